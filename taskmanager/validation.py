@@ -1,0 +1,78 @@
+"""Client-side checks of params and schemas, before anything is sent.
+
+A request the server would reject costs a round trip when online and, for the
+bridge, an outbox row that can only go ``dead`` when offline. So params are
+checked against the type's JSON Schema here with ``jsonschema``, adjusted to
+the server's own validator where the two disagree: the server's ``integer``
+rejects ``1.0`` (JSON Schema draft 7 accepts it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import jsonschema
+import jsonschema.validators
+
+from .exceptions import TaskManagerValidationError
+
+_integer_checker = jsonschema.Draft7Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+)
+ServerCompatibleValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    jsonschema.Draft7Validator, type_checker=_integer_checker
+)
+
+
+def _local_error(message: str, details: list[str] | None = None) -> TaskManagerValidationError:
+    data = {"error": message, "details": details} if details else None
+    return TaskManagerValidationError(None, message, data)
+
+
+def check_params_shape(params: Any) -> dict[str, Any]:
+    """Params must be a non-empty JSON object: the server rejects ``{}`` and lists."""
+    if not isinstance(params, Mapping):
+        raise _local_error(f"params must be a JSON object (dict), got {type(params).__name__}")
+    if not params:
+        raise _local_error(
+            "params must not be empty: the TaskManager server rejects {} "
+            "(it decodes to an empty PHP array). Send at least one field."
+        )
+    try:
+        json.dumps(params, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise _local_error(f"params are not JSON serialisable: {exc}") from None
+    return dict(params)
+
+
+def check_schema(schema: Any) -> dict[str, Any]:
+    """A param schema the server accepts: an object with a top-level ``type``, valid JSON Schema."""
+    if not isinstance(schema, Mapping):
+        raise _local_error(f"param_schema must be a JSON object, got {type(schema).__name__}")
+    if "type" not in schema:
+        raise _local_error("param_schema needs a top-level 'type' (the server rejects it without)")
+    try:
+        ServerCompatibleValidator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise _local_error(f"param_schema is not valid JSON Schema: {exc.message}") from None
+    return dict(schema)
+
+
+def compile_schema(schema: Mapping[str, Any]) -> Any:
+    """A reusable validator for a schema (compiling costs more than validating)."""
+    return ServerCompatibleValidator(schema)
+
+
+def validate_params(validator: Any, task_type: str, params: Mapping[str, Any]) -> None:
+    """Raise one error listing every way ``params`` break the type's schema."""
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        details = [
+            f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}" for e in errors
+        ]
+        raise _local_error(
+            f"Parameter validation failed for task type {task_type!r}: " + "; ".join(details),
+            details,
+        )
