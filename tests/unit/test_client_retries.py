@@ -13,6 +13,7 @@ from taskmanager import (
     TaskManagerClient,
     TaskManagerConfig,
     TaskManagerConnectionError,
+    TaskManagerError,
     TaskManagerProtocolError,
     TaskManagerRateLimitError,
     TaskManagerServerError,
@@ -24,9 +25,13 @@ from taskmanager.transport import backoff_delay, parse_retry_after
 from .conftest import BASE, KEY, FakeTime, err, ok
 
 CREATED = ok({"id": "7", "type": "t", "status": "pending", "dedupe_key": "0" * 64})
-RATE_LIMITED = {"error": "Too Many Requests",
-                "message": "Rate limit exceeded. Please try again in 60 seconds.",
-                "retry_after": 60, "limit": 100, "window": 60}
+RATE_LIMITED = {
+    "error": "Too Many Requests",
+    "message": "Rate limit exceeded. Please try again in 60 seconds.",
+    "retry_after": 60,
+    "limit": 100,
+    "window": 60,
+}
 
 
 @pytest.mark.parametrize("status", [502, 503, 504])
@@ -38,7 +43,7 @@ def test_gateway_errors_retried_with_exponential_backoff(
     mocked.post(f"{BASE}/tasks", json=CREATED)
     assert client.create_task("t", {"a": 1}) == 7
     assert len(fake_time.sleeps) == 3
-    for nominal, slept in zip([1, 2, 4], fake_time.sleeps):
+    for nominal, slept in zip([1, 2, 4], fake_time.sleeps, strict=True):
         assert nominal * 0.8 <= slept <= nominal * 1.2
 
 
@@ -66,7 +71,7 @@ def test_4xx_never_retried(
     mocked: responses.RequestsMock, client: TaskManagerClient, fake_time: FakeTime, status: int
 ):
     mocked.post(f"{BASE}/tasks", status=status, json=err("no"))
-    with pytest.raises(Exception):
+    with pytest.raises(TaskManagerError):
         client.create_task("t", {"a": 1})
     assert len(mocked.calls) == 1 and fake_time.sleeps == []
 
@@ -74,11 +79,22 @@ def test_4xx_never_retried(
 def test_429_waits_retry_after_header(
     mocked: responses.RequestsMock, client: TaskManagerClient, fake_time: FakeTime
 ):
-    mocked.post(f"{BASE}/tasks", status=429, json=RATE_LIMITED,
-                headers={"Retry-After": "7", "X-RateLimit-Limit": "100",
-                         "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1795869205"})
-    mocked.post(f"{BASE}/tasks", json=CREATED,
-                headers={"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "99"})
+    mocked.post(
+        f"{BASE}/tasks",
+        status=429,
+        json=RATE_LIMITED,
+        headers={
+            "Retry-After": "7",
+            "X-RateLimit-Limit": "100",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": "1795869205",
+        },
+    )
+    mocked.post(
+        f"{BASE}/tasks",
+        json=CREATED,
+        headers={"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "99"},
+    )
     assert client.create_task("t", {"a": 1}) == 7
     assert fake_time.sleeps == [7.0]
     assert client.rate_limit is not None and client.rate_limit.remaining == 99
@@ -145,8 +161,9 @@ def test_ssl_error_not_retried(
 
 def test_deadline_caps_total_retry_time(mocked: responses.RequestsMock, fake_time: FakeTime):
     config = TaskManagerConfig(api_url=BASE, api_key=KEY, retry_attempts=10, retry_deadline=5)
-    client = TaskManagerClient(config, sleep=fake_time.sleep, clock=fake_time.clock,
-                               rng=random.Random(1))
+    client = TaskManagerClient(
+        config, sleep=fake_time.sleep, clock=fake_time.clock, rng=random.Random(1)
+    )
     mocked.post(f"{BASE}/tasks", status=503, json=err("down"))
     with pytest.raises(TaskManagerServerError):
         client.create_task("t", {"a": 1})

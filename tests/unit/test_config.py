@@ -19,9 +19,14 @@ def test_defaults_with_empty_environment():
 
 
 def test_environment_fills_what_arguments_leave_out():
-    env = {"TASKMANAGER_API_URL": "https://env.example/api/", "TASKMANAGER_API_KEY": "envkey",
-           "TASKMANAGER_WORKER_ID": "env-worker", "TASKMANAGER_TIMEOUT": "12.5",
-           "TASKMANAGER_RETRY_ATTEMPTS": "5", "TASKMANAGER_VERIFY_TLS": "yes"}
+    env = {
+        "TASKMANAGER_API_URL": "https://env.example/api/",
+        "TASKMANAGER_API_KEY": "envkey",
+        "TASKMANAGER_WORKER_ID": "env-worker",
+        "TASKMANAGER_TIMEOUT": "12.5",
+        "TASKMANAGER_RETRY_ATTEMPTS": "5",
+        "TASKMANAGER_VERIFY_TLS": "yes",
+    }
     config = TaskManagerConfig.from_env(env, worker_id="arg-worker")
     assert config.api_url == "https://env.example/api"  # trailing slash dropped
     assert config.api_key == "envkey"
@@ -74,13 +79,23 @@ def test_plain_http_to_remote_host_refused():
 
 def test_plain_http_allowed_when_explicit():
     config = TaskManagerConfig.from_env(
-        {"TASKMANAGER_API_URL": "http://api.example.com/api",
-         "TASKMANAGER_ALLOW_INSECURE_HTTP": "1"})
+        {
+            "TASKMANAGER_API_URL": "http://api.example.com/api",
+            "TASKMANAGER_ALLOW_INSECURE_HTTP": "1",
+        }
+    )
     assert config.api_url == "http://api.example.com/api"
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8765/api", "http://localhost/api",
-                                 "http://[::1]:80/api", "http://127.3.4.5/api"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8765/api",
+        "http://localhost/api",
+        "http://[::1]:80/api",
+        "http://127.3.4.5/api",
+    ],
+)
 def test_plain_http_to_loopback_allowed(url: str):
     assert TaskManagerConfig.from_env({}, api_url=url).api_url == url
 

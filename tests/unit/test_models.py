@@ -22,8 +22,9 @@ def test_bad_ids_are_protocol_errors(raw):
 
 
 def test_naive_server_timestamp_is_utc():
-    assert to_datetime("2026-11-28 12:32:26") == datetime(2026, 11, 28, 12, 32, 26,
-                                                          tzinfo=timezone.utc)
+    assert to_datetime("2026-11-28 12:32:26") == datetime(
+        2026, 11, 28, 12, 32, 26, tzinfo=timezone.utc
+    )
     assert to_datetime(1795869145).tzinfo is timezone.utc
     assert to_datetime(None) is None
     with pytest.raises(TaskManagerProtocolError):
@@ -31,8 +32,15 @@ def test_naive_server_timestamp_is_utc():
 
 
 def test_task_type_from_register_and_get():
-    t = TaskType.from_json({"id": "4", "name": "n", "version": "1", "param_schema": '{"type":"object"}',
-                            "is_active": "0"})
+    t = TaskType.from_json(
+        {
+            "id": "4",
+            "name": "n",
+            "version": "1",
+            "param_schema": '{"type":"object"}',
+            "is_active": "0",
+        }
+    )
     assert (t.id, t.is_active, t.param_schema) == (4, False, {"type": "object"})
 
 
@@ -42,8 +50,11 @@ def test_missing_field_is_protocol_error():
 
 
 def test_item_access_only_for_fields():
-    claimed = ClaimedTask.from_json({"id": "5", "type": "t", "params": {"a": 1}}, worker_id="w",
-                                    claimed_at=datetime.now(timezone.utc))
+    claimed = ClaimedTask.from_json(
+        {"id": "5", "type": "t", "params": {"a": 1}},
+        worker_id="w",
+        claimed_at=datetime.now(timezone.utc),
+    )
     assert claimed["priority"] == 0 and claimed["attempts"] == 1
     assert claimed.get("nope", "dflt") == "dflt"
     with pytest.raises(KeyError):
