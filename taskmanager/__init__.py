@@ -1,5 +1,7 @@
 """Python client for the PrismQ TaskManager API, and its emulator (``.emulator``)."""
 
+import logging
+
 from .client import TaskManagerClient
 from .config import DEFAULT_API_URL, TaskManagerConfig, default_worker_id
 from .dedupe import dedupe_key, php_json
@@ -19,6 +21,9 @@ from .exceptions import (
     TaskManagerValidationError,
 )
 from .models import ClaimedTask, CompletionResult, CreatedTask, Task, TaskType
+
+# A library logs; the application decides where it goes.
+logging.getLogger("taskmanager").addHandler(logging.NullHandler())
 
 __all__ = [
     "DEFAULT_API_URL",

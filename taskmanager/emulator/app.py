@@ -1,0 +1,253 @@
+"""The API as the deployed server answers it: security layer, routes, envelopes.
+
+``EmulatorApp.handle`` is a pure function of one request (plus the store's
+state and the clock), so the HTTP server around it stays a thin adapter.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .store import ApiError, EmulatorStore
+
+API_PREFIX = "/api"
+UNAUTHORIZED_MESSAGE = "Invalid or missing API key. Include X-API-Key header with your request."
+BROKEN_LIST_TYPES = "Invalid select field: COALESCE(t.usage_count, 0) as usage_count"
+NO_PUBLIC_KEY_PATHS = ("/health",)
+
+
+@dataclass(frozen=True)
+class EmulatorSettings:
+    """How the emulated deployment is set up.
+
+    ``quirks=False`` answers as the code intends (404 for an empty claim, a
+    working ``GET /task-types``), to test clients against a fixed server.
+    ``rate_limit`` is requests per client IP and path per ``rate_window``
+    seconds (``None``: off, as on a deployment without it).
+    """
+
+    api_key: str = "dev"
+    claim_timeout: float = 300.0
+    max_attempts: int = 3
+    rate_limit: int | None = None
+    rate_window: float = 60.0
+    max_body_bytes: int = 1_048_576
+    quirks: bool = True
+    db_path: str = ":memory:"
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _json_bytes(payload: Any) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+class _RateLimiter:
+    """Fixed windows per (client IP, path), as the server's security layer counts."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self._lock = threading.Lock()
+        self._windows: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def hit(self, key: tuple[str, str], now: float) -> tuple[bool, dict[str, str], int]:
+        """(allowed, X-RateLimit headers, seconds until the window resets)."""
+        with self._lock:
+            start, count = self._windows.get(key, (now, 0))
+            if now >= start + self.window:
+                start, count = now, 0
+            count += 1
+            self._windows[key] = (start, count)
+        reset = start + self.window
+        headers = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(max(0, self.limit - count)),
+            "X-RateLimit-Reset": str(math.ceil(reset)),
+        }
+        return count <= self.limit, headers, max(1, math.ceil(reset - now))
+
+
+Route = tuple[str, "re.Pattern[str]", str]
+_ROUTES: list[Route] = [
+    ("GET", re.compile(r"/health"), "health"),
+    ("POST", re.compile(r"/task-types/register"), "register_type"),
+    ("GET", re.compile(r"/task-types"), "list_types"),
+    ("GET", re.compile(r"/task-types/(?P<name>[^/]+)"), "get_type"),
+    ("POST", re.compile(r"/tasks"), "create_task"),
+    ("GET", re.compile(r"/tasks"), "list_tasks"),
+    ("POST", re.compile(r"/tasks/claim"), "claim"),
+    ("GET", re.compile(r"/tasks/(?P<id>\d+)"), "get_task"),
+    ("POST", re.compile(r"/tasks/(?P<id>\d+)/progress"), "progress"),
+    ("POST", re.compile(r"/tasks/(?P<id>\d+)/complete"), "complete"),
+]
+
+
+def api_path(raw_path: str) -> str:
+    """The path relative to the API base, trailing slash dropped (the server ignores it)."""
+    path = urlsplit(raw_path).path
+    if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
+        path = path[len(API_PREFIX) :]
+    return path.rstrip("/") or "/"
+
+
+class EmulatorApp:
+    """Answers one request the way the deployed PHP server does."""
+
+    def __init__(
+        self, settings: EmulatorSettings, store: EmulatorStore, clock: Callable[[], float]
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self._limiter = (
+            _RateLimiter(settings.rate_limit, settings.rate_window) if settings.rate_limit else None
+        )
+
+    # -- envelopes -----------------------------------------------------------------
+    def ok(self, data: Any, headers: dict[str, str] | None = None) -> Response:
+        body = {"success": True, "message": "Success", "data": data, "timestamp": int(self.clock())}
+        return Response(200, _json_bytes(body), headers or {})
+
+    def error(
+        self,
+        status: int,
+        message: str,
+        details: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        body: dict[str, Any] = {"success": False, "error": message}
+        if details:
+            body["details"] = details
+        body["timestamp"] = int(self.clock())
+        return Response(status, _json_bytes(body), headers or {})
+
+    def security_error(self, status: int, title: str, message: str, **extra: Any) -> Response:
+        """The security layer's shape: no ``success`` field, ISO timestamp."""
+        body = {"error": title, "message": message, **extra, "timestamp": _iso(self.clock())}
+        return Response(status, _json_bytes(body))
+
+    # -- dispatch --------------------------------------------------------------------
+    def handle(
+        self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes, client_ip: str
+    ) -> Response:
+        """One request; ``headers`` keys are lower case."""
+        path = api_path(raw_path)
+        limit_headers: dict[str, str] = {}
+        if self._limiter is not None:
+            allowed, limit_headers, wait = self._limiter.hit((client_ip, path), self.clock())
+            if not allowed:
+                response = self.security_error(
+                    429,
+                    "Too Many Requests",
+                    f"Rate limit exceeded. Please try again in {wait} seconds.",
+                    retry_after=wait,
+                    limit=self.settings.rate_limit,
+                    window=int(self.settings.rate_window),
+                )
+                response.headers.update(limit_headers, **{"Retry-After": str(wait)})
+                return response
+        if len(body) > self.settings.max_body_bytes:
+            return self.security_error(
+                413,
+                "Request Too Large",
+                f"Request body exceeds maximum size of {self.settings.max_body_bytes} bytes",
+            )
+        if path not in NO_PUBLIC_KEY_PATHS:
+            given = headers.get("x-api-key") or ""
+            if not hmac.compare_digest(given.encode(), self.settings.api_key.encode()):
+                return self.security_error(401, "Unauthorized", UNAUTHORIZED_MESSAGE)
+        response = self._route(method.upper(), path, raw_path, body)
+        response.headers.update(limit_headers)
+        return response
+
+    def _route(self, method: str, path: str, raw_path: str, body: bytes) -> Response:
+        for route_method, pattern, name in _ROUTES:
+            match = pattern.fullmatch(path)
+            if match and route_method == method:
+                try:
+                    return getattr(self, "_" + name)(match, raw_path, body)  # type: ignore[no-any-return]
+                except ApiError as exc:
+                    return self.error(exc.status, exc.error, exc.details)
+        return self.error(404, "Endpoint not found")
+
+    @staticmethod
+    def _json_body(body: bytes) -> dict[str, Any]:
+        if not body.strip():
+            return {}
+        try:
+            decoded = json.loads(body)
+        except ValueError:
+            raise ApiError(400, "Invalid JSON in request body") from None
+        if not isinstance(decoded, dict):
+            raise ApiError(400, "Invalid JSON in request body")
+        return decoded
+
+    # -- routes ------------------------------------------------------------------------
+    def _health(self, _m: re.Match[str], _p: str, _b: bytes) -> Response:
+        return self.ok(
+            {"status": "healthy", "timestamp": int(self.clock()), "database": "connected"}
+        )
+
+    def _register_type(self, _m: re.Match[str], _p: str, body: bytes) -> Response:
+        return self.ok(self.store.register_type(self._json_body(body)))
+
+    def _list_types(self, _m: re.Match[str], raw_path: str, _b: bytes) -> Response:
+        if self.settings.quirks:
+            return self.error(500, BROKEN_LIST_TYPES)
+        query = parse_qs(urlsplit(raw_path).query)
+        active_only = query.get("active_only", ["false"])[0].lower() in ("1", "true")
+        return self.ok(self.store.list_types(active_only))
+
+    def _get_type(self, match: re.Match[str], _p: str, _b: bytes) -> Response:
+        return self.ok(self.store.get_type(unquote(match["name"])))
+
+    def _create_task(self, _m: re.Match[str], _p: str, body: bytes) -> Response:
+        return self.ok(self.store.create_task(self._json_body(body)))
+
+    def _list_tasks(self, _m: re.Match[str], raw_path: str, _b: bytes) -> Response:
+        query = {k: v[0] for k, v in parse_qs(urlsplit(raw_path).query).items()}
+        try:
+            limit = int(query.get("limit", 50))
+            offset = int(query.get("offset", 0))
+        except ValueError:
+            raise ApiError(400, "limit and offset must be integers") from None
+        return self.ok(
+            self.store.list_tasks(
+                query.get("status"), query.get("type"), max(1, limit), max(0, offset)
+            )
+        )
+
+    def _claim(self, _m: re.Match[str], _p: str, body: bytes) -> Response:
+        claimed = self.store.claim(self._json_body(body))
+        if claimed is not None:
+            return self.ok(claimed)
+        if self.settings.quirks:  # the deployed server's double rollback
+            return self.error(500, "There is no active transaction")
+        return self.error(404, "No available tasks")
+
+    def _get_task(self, match: re.Match[str], _p: str, _b: bytes) -> Response:
+        return self.ok(self.store.get_task(int(match["id"])))
+
+    def _progress(self, match: re.Match[str], _p: str, body: bytes) -> Response:
+        return self.ok(self.store.progress(int(match["id"]), self._json_body(body)))
+
+    def _complete(self, match: re.Match[str], _p: str, body: bytes) -> Response:
+        return self.ok(self.store.complete(int(match["id"]), self._json_body(body)))

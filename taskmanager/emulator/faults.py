@@ -1,0 +1,119 @@
+"""Faults the emulator can be told to inject while it runs.
+
+Rules are consumed one request at a time, first match first, and are safe to
+change from the test's thread while handler threads read them. Paths are API
+paths relative to the base URL, as shell patterns: ``/tasks/*/complete``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+from dataclasses import dataclass
+from enum import Enum
+
+# A hung request is released at the latest after this long, so no thread is leaked.
+MAX_HANG_SECONDS = 600.0
+
+
+class FaultKind(Enum):
+    FAIL = "fail"  # answer with a status instead of handling the request
+    DROP_AFTER_COMMIT = "drop"  # handle (commit) the request, then close without answering
+    HANG = "hang"  # never answer; the connection closes when released or stopped
+
+
+@dataclass
+class FaultRule:
+    kind: FaultKind
+    remaining: int
+    path: str | None = None
+    method: str | None = None
+    status: int = 503
+    body: bytes | None = None
+    content_type: str = "application/json"
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method is not None and self.method.upper() != method.upper():
+            return False
+        return self.path is None or fnmatch.fnmatchcase(path, self.path)
+
+
+class FaultPlan:
+    """The faults in force: latency for every request, and counted rules."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rules: list[FaultRule] = []
+        self._release = threading.Event()
+        self.latency = 0.0
+
+    def _add(self, rule: FaultRule) -> None:
+        if rule.remaining < 1:
+            raise ValueError("a fault needs a count of at least 1")
+        with self._lock:
+            self._rules.append(rule)
+
+    def fail_next(
+        self,
+        count: int = 1,
+        *,
+        status: int = 503,
+        path: str | None = None,
+        method: str | None = None,
+        body: str | bytes | None = None,
+        content_type: str = "text/html",
+    ) -> None:
+        """Answer the next ``count`` matching requests with ``status`` (default: a JSON error)."""
+        raw = body.encode() if isinstance(body, str) else body
+        self._add(
+            FaultRule(
+                FaultKind.FAIL,
+                count,
+                path,
+                method,
+                status,
+                raw,
+                content_type if raw is not None else "application/json",
+            )
+        )
+
+    def drop_after_commit(
+        self, count: int = 1, *, path: str | None = None, method: str | None = None
+    ) -> None:
+        """Handle the next ``count`` matching requests, then drop the connection unanswered."""
+        self._add(FaultRule(FaultKind.DROP_AFTER_COMMIT, count, path, method))
+
+    def hang_next(
+        self, count: int = 1, *, path: str | None = None, method: str | None = None
+    ) -> None:
+        """Never answer the next ``count`` matching requests (until ``release_hangs``)."""
+        self._release.clear()
+        self._add(FaultRule(FaultKind.HANG, count, path, method))
+
+    def take(self, method: str, path: str) -> FaultRule | None:
+        """The rule that applies to this request, one use of it consumed."""
+        with self._lock:
+            for rule in self._rules:
+                if rule.matches(method, path):
+                    rule.remaining -= 1
+                    if rule.remaining <= 0:
+                        self._rules.remove(rule)
+                    return rule
+        return None
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(rule.remaining for rule in self._rules)
+
+    def wait_released(self) -> None:
+        self._release.wait(MAX_HANG_SECONDS)
+
+    def release_hangs(self) -> None:
+        self._release.set()
+
+    def clear(self) -> None:
+        """No more faults: rules dropped, latency 0, hung requests released."""
+        with self._lock:
+            self._rules.clear()
+        self.latency = 0.0
+        self.release_hangs()

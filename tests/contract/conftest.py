@@ -1,0 +1,110 @@
+"""Where the contract suite runs: the emulator (default) or a real deployment.
+
+Set ``TASKMANAGER_CONTRACT_URL`` and ``TASKMANAGER_CONTRACT_KEY`` to run the
+same scenarios against a real server (and ``TASKMANAGER_CONTRACT_CLAIM_TIMEOUT``
+to the deployment's claim timeout in seconds for the lease-expiry scenario).
+Scenarios needing fault injection or emulator settings are skipped there.
+Every scenario uses fresh type names, so none assumes an empty server.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import requests
+
+from taskmanager import TaskManagerClient, TaskManagerConfig, TaskType
+from taskmanager.emulator import EmulatorServer
+
+CHANNEL_SCHEMA = {
+    "type": "object",
+    "properties": {"channel_url": {"type": "string", "minLength": 1}, "top_n": {"type": "integer"}},
+    "required": ["channel_url"],
+}
+
+
+@dataclass
+class Target:
+    """The server under test and what the suite may do to it."""
+
+    url: str
+    key: str
+    emulator: EmulatorServer | None
+    claim_timeout: float | None
+
+    @property
+    def is_emulator(self) -> bool:
+        return self.emulator is not None
+
+    def client(self, **config: Any) -> TaskManagerClient:
+        values = {
+            "api_url": self.url,
+            "api_key": self.key,
+            "backoff_base": 0.05,
+            "retry_deadline": 10.0,
+            **config,
+        }
+        return TaskManagerClient(TaskManagerConfig(**values))
+
+    def raw(
+        self, method: str, path: str, *, key: str | None = None, **kwargs: Any
+    ) -> requests.Response:
+        """A request that bypasses the client, to see the server's own answer."""
+        headers = {"X-API-Key": self.key if key is None else key, **kwargs.pop("headers", {})}
+        return requests.request(method, self.url + path, headers=headers, timeout=10, **kwargs)
+
+    def expire_leases(self) -> None:
+        """Let every current claim run past the server's claim timeout."""
+        if self.emulator is not None:
+            self.emulator.advance_clock(self.emulator.settings.claim_timeout + 1)
+        elif self.claim_timeout is not None:
+            time.sleep(self.claim_timeout + 1)
+        else:
+            pytest.skip("set TASKMANAGER_CONTRACT_CLAIM_TIMEOUT to run lease expiry on a server")
+
+
+@pytest.fixture
+def target() -> Iterator[Target]:
+    url = os.environ.get("TASKMANAGER_CONTRACT_URL")
+    if url:
+        timeout = os.environ.get("TASKMANAGER_CONTRACT_CLAIM_TIMEOUT")
+        yield Target(
+            url.rstrip("/"),
+            os.environ.get("TASKMANAGER_CONTRACT_KEY", ""),
+            None,
+            float(timeout) if timeout else None,
+        )
+        return
+    with EmulatorServer(api_key="contract-key") as server:
+        yield Target(server.url, server.api_key, server, server.settings.claim_timeout)
+
+
+@pytest.fixture
+def emulator(target: Target) -> EmulatorServer:
+    """The emulator behind ``target``; skips the scenario against a real server."""
+    if target.emulator is None:
+        pytest.skip("needs fault injection or emulator settings: emulator only")
+    return target.emulator
+
+
+@pytest.fixture
+def client(target: Target) -> Iterator[TaskManagerClient]:
+    with target.client(worker_id=f"contract-{uuid.uuid4().hex[:8]}") as c:
+        yield c
+
+
+@pytest.fixture
+def fresh_type(client: TaskManagerClient) -> Callable[..., TaskType]:
+    """Register a type with a never-used name; returns the registered type."""
+
+    def register(schema: dict[str, Any] | None = None, prefix: str = "Contract") -> TaskType:
+        name = f"{prefix}.{uuid.uuid4().hex[:12]}"
+        return client.register_task_type(name, "1.0", schema or CHANNEL_SCHEMA)
+
+    return register
