@@ -10,8 +10,12 @@ from hypothesis import settings
 settings.register_profile("suite", database=None, deadline=None)
 settings.load_profile("suite")
 
-_TIERS = {"unit": "unit", "integration": "integration", "contract": "contract",
-          "faults": "integration"}
+_TIERS = {
+    "unit": "unit",
+    "integration": "integration",
+    "contract": "contract",
+    "faults": "integration",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

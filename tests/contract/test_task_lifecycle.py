@@ -244,3 +244,97 @@ def test_concurrent_claimers_never_share_a_task(
 def test_claim_validation_local(client: TaskManagerClient):
     with pytest.raises(TaskManagerValidationError):
         client.claim_task(task_type_id=1, sort_by="nonsense")
+
+
+def test_raw_answer_shapes(
+    target: Target, client: TaskManagerClient, fresh_type: Callable[..., TaskType]
+):
+    """The server's own types, before the client normalises them."""
+    import re
+
+    name = fresh_type({"type": "object"}).name
+    created = target.raw(
+        "POST", "/tasks", json={"type": name, "params": {"a": {}, "x": 1.0, "u": "é/"}}
+    )
+    data = created.json()["data"]
+    assert isinstance(data["id"], str) and data["status"] == "pending"
+    assert re.fullmatch(r"[0-9a-f]{64}", data["dedupe_key"])
+    task_id = int(data["id"])
+    claim = target.raw(
+        "POST",
+        "/tasks/claim",
+        json={"worker_id": "raw-w", "task_type_id": client.task_type_id(name)},
+    )
+    claimed = claim.json()["data"]
+    assert claimed["id"] == task_id and isinstance(claimed["id"], int)
+    assert claimed["params"] == {"a": [], "x": 1, "u": "é/"}  # PHP's re-encoding
+    progress = target.raw(
+        "POST", f"/tasks/{task_id}/progress", json={"worker_id": "raw-w", "progress": 50}
+    )
+    assert progress.json()["data"] == {
+        "id": str(task_id),
+        "progress": 50,
+        "message": "Task progress updated successfully",
+    }
+    done = target.raw(
+        "POST",
+        f"/tasks/{task_id}/complete",
+        json={"worker_id": "raw-w", "success": True, "result": {"k": 1}},
+    )
+    assert done.json()["data"]["id"] == str(task_id)
+    assert done.json()["data"]["status"] == "completed"
+    row = target.raw("GET", f"/tasks/{task_id}").json()["data"]["items"][0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row["created_at"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row["completed_at"])
+    listing = target.raw("GET", "/tasks", params={"type": name, "limit": 5}).json()["data"]
+    assert listing["count"] == 1 and "params" not in listing["items"][0]
+    again = target.raw(
+        "POST", "/tasks", json={"type": name, "params": {"a": {}, "x": 1.0, "u": "é/"}}
+    )
+    assert again.json()["data"] == {
+        "id": task_id,
+        "status": "completed",
+        "deduplicated": True,
+        "message": "Task already exists (deduplicated)",
+    }
+
+
+def test_reregistering_reactivates_a_type(
+    emulator: EmulatorServer, client: TaskManagerClient, fresh_type: Callable[..., TaskType]
+):
+    name = fresh_type().name
+    emulator.store.set_type_active(name, False)
+    assert client.get_task_type(name).is_active is False
+    client.register_task_type(name, "1.1", {"type": "object"})
+    assert client.get_task_type(name).is_active is True
+    assert isinstance(client.create_task(name, {"any": 1}), int)
+
+
+def test_one_client_shared_by_threads(target: Target, fresh_type: Callable[..., TaskType]):
+    """One client (one session) used from 8 threads: the worker-with-threads case."""
+    with target.client(worker_id="shared") as shared:
+        name = fresh_type({"type": "object"}).name
+        created: list[int] = []
+        claimed: list[int] = []
+        lock = threading.Lock()
+
+        def work(index: int) -> None:
+            for n in range(25):
+                task_id = shared.create_task(name, {"t": index, "n": n})
+                with lock:
+                    created.append(task_id)
+            while (task := shared.claim_task(task_type=name)) is not None:
+                shared.complete_task(task.id, {"by": index})
+                with lock:
+                    claimed.append(task.id)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert len(set(created)) == 200
+        assert sorted(claimed) == sorted(created)
+        assert all(
+            t.status == "completed" for t in shared.list_tasks(task_type=name, page_size=100)
+        )
