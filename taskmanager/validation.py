@@ -31,6 +31,14 @@ def _local_error(message: str, details: list[str] | None = None) -> TaskManagerV
     return TaskManagerValidationError(None, message, data)
 
 
+def ensure_json(value: Any, what: str) -> None:
+    """Refuse what JSON cannot carry (NaN, infinities, objects) before storing or sending it."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise _local_error(f"{what} are not JSON serialisable: {exc}") from None
+
+
 def check_params_shape(params: Any) -> dict[str, Any]:
     """Params must be a non-empty JSON object: the server rejects ``{}`` and lists."""
     if not isinstance(params, Mapping):
@@ -40,10 +48,7 @@ def check_params_shape(params: Any) -> dict[str, Any]:
             "params must not be empty: the TaskManager server rejects {} "
             "(it decodes to an empty PHP array). Send at least one field."
         )
-    try:
-        json.dumps(params, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise _local_error(f"params are not JSON serialisable: {exc}") from None
+    ensure_json(params, "params")
     return dict(params)
 
 

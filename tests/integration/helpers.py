@@ -22,3 +22,33 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, every: floa
             return True
         time.sleep(every)
     return condition()
+
+
+PG_URL_ENV = "BRIDGE_TEST_PG_URL"
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def pg_base_url() -> str:
+    import os
+
+    return os.environ.get(PG_URL_ENV, DEFAULT_PG_URL)
+
+
+def pg_unreachable_reason() -> str | None:
+    """Why PostgreSQL cannot be used for tests, or None when it can."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install '.[postgres]')"
+    try:
+        psycopg.connect(pg_base_url(), connect_timeout=3).close()
+    except Exception as exc:
+        return f"PostgreSQL not reachable at {pg_base_url()}: {str(exc).strip()[:120]}"
+    return None
+
+
+def pg_execute(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_base_url(), autocommit=True) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]

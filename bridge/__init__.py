@@ -1,0 +1,27 @@
+"""The bridge: a durable local queue beside the workers, synced with the TaskManager API."""
+
+from .config import BridgeConfig
+from .errors import (
+    BridgeConfigError,
+    BridgeError,
+    DatabaseError,
+    SchemaError,
+    TaskNotHeldError,
+    ValidationError,
+)
+from .models import LocalTask, OutboxEntry, QueueCounts
+from .queue import LocalQueue
+
+__all__ = [
+    "BridgeConfig",
+    "BridgeConfigError",
+    "BridgeError",
+    "DatabaseError",
+    "LocalQueue",
+    "LocalTask",
+    "OutboxEntry",
+    "QueueCounts",
+    "SchemaError",
+    "TaskNotHeldError",
+    "ValidationError",
+]

@@ -1,0 +1,170 @@
+"""Opening the local queue's database: engine, durability settings, schema check, errors.
+
+SQLite (the default, one machine): WAL journal, ``synchronous=FULL`` (a commit
+survives power loss), a busy timeout, and ``BEGIN IMMEDIATE`` for every write
+transaction so that concurrent workers queue up on the write lock instead of
+failing on a lock upgrade. The file and its WAL are created mode 0600.
+PostgreSQL (a fleet sharing one queue): any ``postgresql://`` URL, driven by psycopg 3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
+
+from .errors import BridgeConfigError, DatabaseError, SchemaError
+from .schema import SCHEMA_REVISION
+
+SCHEMA_REVISIONS = ("0001",)  # oldest first; the last is SCHEMA_REVISION
+FIX_COMMAND = "taskmanager-bridge db upgrade"
+DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
+
+
+def normalise_url(url: str) -> str:
+    """A plain path means a SQLite file; ``postgresql://`` means psycopg 3."""
+    if "://" not in url:
+        if url in ("", ":memory:"):
+            raise BridgeConfigError(
+                "db_url: an in-memory database cannot hold a durable queue; give a file path"
+            )
+        return "sqlite:///" + str(Path(url).expanduser().resolve())
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def display_url(url: str | URL) -> str:
+    """The URL with any password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def _create_private_file(path: str) -> None:
+    """Create the SQLite file 0600 before SQLite does (its WAL copies the mode)."""
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise DatabaseError(f"cannot create the queue database {path}: {parent} does not exist")
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
+def _sqlite_engine(url: URL, busy_timeout: float) -> Engine:
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file::memory:"):
+        raise BridgeConfigError(
+            "db_url: an in-memory database cannot hold a durable queue; give a file path"
+        )
+    _create_private_file(database)
+    engine = create_engine(url, connect_args={"timeout": busy_timeout})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        readonly = connection.get_execution_options().get("readonly", False)
+        # Straight to the driver: exec_driver_sql's bookkeeping cost more than the BEGIN.
+        connection.connection.driver_connection.execute("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def open_engine(url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT_SECONDS) -> Engine:
+    """An engine for the queue database (the schema is not checked here)."""
+    try:
+        parsed = make_url(normalise_url(url))
+    except ArgumentError as exc:
+        raise BridgeConfigError(f"db_url {url!r} is not a database URL: {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, busy_timeout)
+    if parsed.get_backend_name() == "postgresql":
+        try:
+            return create_engine(parsed, pool_pre_ping=True)
+        except ImportError as exc:
+            raise BridgeConfigError(
+                f"db_url is PostgreSQL but its driver is missing ({exc}): "
+                "pip install 'taskmanager-bridge[postgres]'"
+            ) from None
+    raise BridgeConfigError(
+        f"db_url {display_url(parsed)}: only SQLite and PostgreSQL are supported"
+    )
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A sentence naming the cause of a database failure (driver noise stripped)."""
+    original = getattr(exc, "orig", None) or exc
+    text_ = str(original).strip().splitlines()[0] if str(original).strip() else repr(original)
+    lowered = text_.lower()
+    if "database is locked" in lowered or "database table is locked" in lowered:
+        return f"the database is locked by another process and stayed locked ({text_})"
+    if "readonly" in lowered or "read-only" in lowered:
+        return f"the database file (or its folder) is read-only ({text_})"
+    if "disk is full" in lowered or "no space" in lowered:
+        return f"the disk is full ({text_})"
+    if "not a database" in lowered or "malformed" in lowered:
+        return f"the file is not a usable SQLite database: corrupt or not ours ({text_})"
+    if "unable to open" in lowered:
+        return f"the database file cannot be opened ({text_})"
+    if "connection" in lowered and ("refused" in lowered or "failed" in lowered):
+        return f"the database server cannot be reached ({text_})"
+    return text_
+
+
+@contextlib.contextmanager
+def translated_errors(engine: Engine) -> Iterator[None]:
+    """Turn driver errors into one ``DatabaseError`` naming the database and the cause."""
+    try:
+        yield
+    except (OperationalError, DBAPIError) as exc:
+        raise DatabaseError(f"{display_url(engine.url)}: {describe_failure(exc)}") from exc
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"{display_url(engine.url)}: {exc}") from exc
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at, or ``None`` when it has no schema."""
+    with translated_errors(engine), engine.connect().execution_options(readonly=True) as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        return str(revision) if revision is not None else None
+
+
+def check_schema(engine: Engine) -> None:
+    """Refuse a database that is missing, behind or ahead of ``SCHEMA_REVISION``."""
+    where = display_url(engine.url)
+    revision = schema_revision(engine)
+    if revision == SCHEMA_REVISION:
+        return
+    if revision is None:
+        raise SchemaError(
+            f"{where} has no taskmanager-bridge schema. Create it with: {FIX_COMMAND}"
+        )
+    if revision in SCHEMA_REVISIONS:
+        raise SchemaError(
+            f"{where} is at schema revision {revision}, behind {SCHEMA_REVISION}. "
+            f"Upgrade it with: {FIX_COMMAND}"
+        )
+    raise SchemaError(
+        f"{where} is at schema revision {revision}, which this version of taskmanager-bridge "
+        f"does not know (it expects {SCHEMA_REVISION}): the database was written by a newer "
+        "version; upgrade taskmanager-bridge"
+    )

@@ -1,0 +1,34 @@
+"""The bridge's exception tree: one clear, typed error per cause."""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base of every error raised by the bridge."""
+
+
+class BridgeConfigError(BridgeError, ValueError):
+    """A setting is unknown, missing or has a bad value (the message names it)."""
+
+
+class DatabaseError(BridgeError):
+    """The local queue's database cannot be used: unreachable, corrupt, locked, read-only, full."""
+
+
+class SchemaError(DatabaseError):
+    """The database has no bridge schema, or one older or newer than this version expects."""
+
+
+class TaskNotHeldError(BridgeError):
+    """The caller no longer holds the task: its lock expired and it was re-queued, or it ended.
+
+    Nothing was changed. ``current_status`` is the task's status now, if it still exists.
+    """
+
+    def __init__(self, message: str, current_status: str | None = None) -> None:
+        super().__init__(message)
+        self.current_status = current_status
+
+
+class ValidationError(BridgeError, ValueError):
+    """Params, a result or a schema that cannot be queued (the server would refuse them)."""

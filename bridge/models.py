@@ -1,0 +1,115 @@
+"""What the local queue hands out: plain frozen values, never live ORM rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LocalTask:
+    """A task in the local queue, as a worker sees it.
+
+    ``locked_by`` + ``attempts`` are the claim token: ``complete``/``fail``/
+    ``progress``/``heartbeat`` succeed only while the row still carries them.
+    ``remote_id`` is ``None`` for a local-only task (``LocalQueue.enqueue``).
+    """
+
+    id: int
+    type: str
+    params: dict[str, Any]
+    priority: int
+    status: str
+    attempts: int
+    locked_by: str | None
+    locked_until: datetime | None
+    remote_id: int | None
+    remote_attempt: int | None
+    remote_worker_id: str | None
+    lease_expires_at: datetime | None
+    progress: int
+    result: dict[str, Any] | None
+    error: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The specification's hybrid pattern calls params ``payload``."""
+        return self.params
+
+    @property
+    def is_remote(self) -> bool:
+        return self.remote_id is not None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> LocalTask:
+        return cls(
+            id=row["id"],
+            type=row["type"],
+            params=row["params"] or {},
+            priority=row["priority"],
+            status=row["status"],
+            attempts=row["attempts"],
+            locked_by=row["locked_by"],
+            locked_until=row["locked_until"],
+            remote_id=row["remote_id"],
+            remote_attempt=row["remote_attempt"],
+            remote_worker_id=row["remote_worker_id"],
+            lease_expires_at=row["lease_expires_at"],
+            progress=row["progress"],
+            result=row["result"],
+            error=row["error"],
+            metadata=row["metadata"] or {},
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+        )
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One remote side effect waiting for (or done with) delivery."""
+
+    id: int
+    kind: str
+    task_id: int | None
+    remote_id: int | None
+    remote_attempt: int | None
+    remote_worker_id: str | None
+    dedupe_key: str | None
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    settled_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> OutboxEntry:
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class CachedTaskType:
+    name: str
+    remote_id: int | None
+    version: str | None
+    param_schema: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """What ``status`` shows: tasks by (type, status), outbox by status, the oldest backlog."""
+
+    tasks: dict[tuple[str, str], int] = field(default_factory=dict)
+    outbox: dict[str, int] = field(default_factory=dict)
+    oldest_pending_outbox: datetime | None = None
+
+    def tasks_with_status(self, status: str) -> int:
+        return sum(n for (_type, s), n in self.tasks.items() if s == status)

@@ -1,0 +1,223 @@
+"""``LocalQueue``: the API workers use. They never talk to the network.
+
+Every call is one local transaction. ``complete``/``fail``/``progress`` write
+the task's new state AND the outbox row the daemon will deliver, so a result
+is durable, and will reach the server, the moment the call returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any
+
+from taskmanager import TaskManagerValidationError, dedupe_key
+from taskmanager.dedupe import canonical_params
+from taskmanager.validation import (
+    check_params_shape,
+    check_schema,
+    compile_schema,
+    ensure_json,
+    validate_params,
+)
+
+from .config import BridgeConfig
+from .database import check_schema as check_database_schema
+from .database import open_engine
+from .errors import ValidationError
+from .models import LocalTask, OutboxEntry, QueueCounts
+from .store import Store
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def default_worker_id() -> str:
+    """Unique per process on a host: two workers never share a lock owner."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _validated(call: Callable[[], Any]) -> Any:
+    """Run a client-side check, re-raising its error as the bridge's ``ValidationError``."""
+    try:
+        return call()
+    except TaskManagerValidationError as exc:
+        raise ValidationError(exc.message) from None
+
+
+class LocalQueue:
+    """The durable local queue (SQLite file by default, PostgreSQL for a fleet).
+
+    ``LocalQueue("queue.db")``, ``LocalQueue("postgresql://...")`` or
+    ``LocalQueue(config=BridgeConfig.load())``. The database must carry the
+    current schema (``taskmanager-bridge db upgrade``); ``migrate=True`` runs
+    that upgrade first.
+    """
+
+    def __init__(
+        self,
+        db_url: str | None = None,
+        *,
+        config: BridgeConfig | None = None,
+        worker_id: str | None = None,
+        migrate: bool = False,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.config = config or BridgeConfig.load(db_url=db_url)
+        if db_url is not None and config is not None:
+            self.config = BridgeConfig.load(db_url=db_url)
+        if migrate:
+            from .migrate import upgrade
+
+            upgrade(self.config.db_url)
+        engine = open_engine(self.config.db_url, busy_timeout=self.config.busy_timeout_seconds)
+        try:
+            check_database_schema(engine)
+        except Exception:
+            engine.dispose()
+            raise
+        self.store = Store(engine)
+        self.worker_id = worker_id or default_worker_id()
+        self.clock = clock
+        self._validators: dict[str, tuple[str, Any]] = {}
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> LocalQueue:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the worker's calls ------------------------------------------------------------
+    def dequeue(
+        self,
+        types: Sequence[str] | str | None = None,
+        worker_id: str | None = None,
+        lock_seconds: float | None = None,
+    ) -> LocalTask | None:
+        """The next task (highest priority, then oldest), locked to this worker; or None."""
+        wanted = [types] if isinstance(types, str) else types
+        return self.store.dequeue(
+            wanted,
+            worker_id or self.worker_id,
+            lock_seconds if lock_seconds is not None else self.config.lock_seconds,
+            self.config.lease_margin_seconds,
+            self.clock(),
+        )
+
+    def heartbeat(self, task: LocalTask, lock_seconds: float | None = None) -> datetime:
+        """Keep the lock while working; returns the new lock expiry."""
+        return self.store.heartbeat(
+            task,
+            lock_seconds if lock_seconds is not None else self.config.lock_seconds,
+            self.clock(),
+        )
+
+    def progress(self, task: LocalTask, percent: int, message: str | None = None) -> None:
+        """Record progress (renews the lock); the newest value replaces an unsent older one."""
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+            raise ValidationError(f"progress must be an int 0..100, got {percent!r}")
+        self.store.record_progress(task, percent, message, self.config.lock_seconds, self.clock())
+
+    def complete(self, task: LocalTask, result: Mapping[str, Any] | None = None) -> None:
+        """Finish the task; durable (and queued for the server) when this returns."""
+        value = dict(result or {})
+        _validated(lambda: ensure_json(value, "results"))
+        self.store.complete(task, value, self.clock())
+
+    def complete_and_dequeue(
+        self,
+        task: LocalTask,
+        result: Mapping[str, Any] | None = None,
+        types: Sequence[str] | str | None = None,
+        lock_seconds: float | None = None,
+    ) -> LocalTask | None:
+        """``complete(task)`` then ``dequeue()`` for the same worker, in one transaction.
+
+        Half the commits of the two calls: the worker loop's fast path.
+        """
+        value = dict(result or {})
+        _validated(lambda: ensure_json(value, "results"))
+        return self.store.complete_and_dequeue(
+            task,
+            value,
+            [types] if isinstance(types, str) else types,
+            lock_seconds if lock_seconds is not None else self.config.lock_seconds,
+            self.config.lease_margin_seconds,
+            self.clock(),
+        )
+
+    def fail(self, task: LocalTask, error: str | BaseException, retry: bool = False) -> None:
+        """Report a failure. ``retry=True`` puts the task back in the local queue instead
+        (it is handed out again while its remote lease allows); otherwise the failure is
+        queued for the server, which retries it up to its attempt limit."""
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        self.store.fail(task, text or "failed", retry, self.clock())
+
+    def enqueue(
+        self,
+        task_type: str,
+        payload: Mapping[str, Any],
+        priority: int = 0,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> LocalTask:
+        """Add a local-only task (the specification's hybrid pattern; nothing is sent)."""
+        params, meta = dict(payload), dict(metadata or {})
+        _validated(lambda: ensure_json(params, "payload"))
+        _validated(lambda: ensure_json(meta, "metadata"))
+        return self.store.enqueue(task_type, params, int(priority), meta, self.clock())
+
+    def get(self, task_id: int) -> LocalTask | None:
+        return self.store.get_task(task_id)
+
+    # -- remote side effects, queued (work offline) -------------------------------------
+    def create_remote_task(
+        self, task_type: str, params: Mapping[str, Any], priority: int = 0
+    ) -> OutboxEntry:
+        """Queue a remote task creation, validated against the type's cached schema.
+
+        The same params queued twice before delivery give the same outbox row.
+        """
+        checked = _validated(lambda: check_params_shape(params))
+        self._validate_against_cache(task_type, checked)
+        canonical = canonical_params(checked)
+        return self.store.queue_create_task(
+            task_type, canonical, int(priority), dedupe_key(task_type, canonical), self.clock()
+        )
+
+    def register_task_type(
+        self, name: str, version: str, param_schema: Mapping[str, Any]
+    ) -> OutboxEntry:
+        """Queue a type registration; its schema validates ``create_remote_task`` at once."""
+        schema = _validated(lambda: check_schema(param_schema))
+        return self.store.queue_register_type(name, version, schema, self.clock())
+
+    def _validate_against_cache(self, task_type: str, params: dict[str, Any]) -> None:
+        cached = self.store.cached_task_type(task_type)
+        if cached is None or not cached.param_schema:
+            return
+        fingerprint = json.dumps(cached.param_schema, sort_keys=True)
+        known = self._validators.get(task_type)
+        if known is None or known[0] != fingerprint:
+            known = (fingerprint, compile_schema(cached.param_schema))
+            self._validators[task_type] = known
+        _validated(lambda: validate_params(known[1], task_type, params))
+
+    # -- observation ---------------------------------------------------------------------
+    def status(self) -> QueueCounts:
+        return self.store.counts()
+
+    def outbox(self, status: str | None = None, limit: int = 100) -> list[OutboxEntry]:
+        return self.store.outbox_entries(status, limit)

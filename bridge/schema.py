@@ -1,0 +1,152 @@
+"""The local queue's tables, as typed SQLAlchemy models.
+
+Created and changed only by the Alembic revisions in ``migrations/``; the
+revision those describe is ``SCHEMA_REVISION`` (a test keeps the two equal).
+Times are stored as naive UTC and handed out as aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, cast
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    desc,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_REVISION = "0001"
+
+TASK_STATUSES = ("queued", "running", "done", "failed", "expired", "cancelled")
+FINISHED_TASK_STATUSES = ("done", "failed", "expired", "cancelled")
+OUTBOX_KINDS = ("complete", "fail", "progress", "create_task", "register_type")
+OUTBOX_STATUSES = ("pending", "delivered", "superseded", "dead")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, naive UTC in the column.
+
+    One representation on SQLite (text) and PostgreSQL (timestamp) so that
+    comparisons in SQL mean the same on both.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc)  # type: ignore[no-any-return]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class TaskRow(Base):
+    """One unit of work in the local queue: a claimed remote task, or a local-only one."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint(_in("status", TASK_STATUSES), name="ck_tasks_status"),
+        # In dequeue order, so the next task is an index seek, not a sort of the backlog.
+        Index("ix_tasks_dequeue", "status", desc("priority"), "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    remote_id: Mapped[int | None] = mapped_column(Integer, unique=True)
+    type: Mapped[str] = mapped_column(String(255))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    remote_attempt: Mapped[int | None] = mapped_column(Integer)
+    remote_worker_id: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    locked_by: Mapped[str | None] = mapped_column(String(255))
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OutboxRow(Base):
+    """One remote side effect to deliver, with everything needed to replay it alone."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        CheckConstraint(_in("kind", OUTBOX_KINDS), name="ck_outbox_kind"),
+        CheckConstraint(_in("status", OUTBOX_STATUSES), name="ck_outbox_status"),
+        Index("ix_outbox_status_id", "status", "id"),
+        Index("ix_outbox_task", "task_id", "kind", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="SET NULL"))
+    remote_id: Mapped[int | None] = mapped_column(Integer)
+    remote_attempt: Mapped[int | None] = mapped_column(Integer)
+    remote_worker_id: Mapped[str | None] = mapped_column(String(255))
+    dedupe_key: Mapped[str | None] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TaskTypeRow(Base):
+    """Cached task type: remote id (for claims) and schema (for offline validation)."""
+
+    __tablename__ = "task_types"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    remote_id: Mapped[int | None] = mapped_column(Integer)
+    version: Mapped[str | None] = mapped_column(String(64))
+    param_schema: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class BridgeStateRow(Base):
+    """Small facts the bridge keeps across restarts (its remote worker id, last contact)."""
+
+    __tablename__ = "bridge_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# The Core tables, for the store's statements (mypy sees __table__ as a bare FromClause).
+tasks = cast(Table, TaskRow.__table__)
+outbox = cast(Table, OutboxRow.__table__)
+task_types = cast(Table, TaskTypeRow.__table__)
+bridge_state = cast(Table, BridgeStateRow.__table__)

@@ -1,0 +1,729 @@
+"""The bridge's storage boundary: every query of the local queue lives here.
+
+Each public method is one transaction. On SQLite a write transaction begins
+with ``BEGIN IMMEDIATE`` (see ``database``), so a dequeue's select-and-update is
+atomic across processes; on PostgreSQL the dequeue's inner select uses
+``FOR UPDATE SKIP LOCKED``. Times are passed in (``now``) so callers, and
+tests, control the clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine, RowMapping
+from sqlalchemy.exc import IntegrityError
+
+from taskmanager import ClaimedTask
+
+from .database import translated_errors
+from .errors import TaskNotHeldError
+from .models import CachedTaskType, LocalTask, OutboxEntry, QueueCounts
+from .schema import FINISHED_TASK_STATUSES, bridge_state, outbox, task_types, tasks
+
+_TASK_COLUMNS = list(tasks.columns)
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)
+
+
+class _Prepared:
+    """The hot path's statements, built once per store.
+
+    Rebuilding a statement on every call cost more than the SQL itself (the
+    benchmark's profile: statement construction and cache-key generation); a
+    statement object built once keeps its compiled form and cache key.
+    """
+
+    def __init__(self, postgresql: bool) -> None:
+        p = bindparam
+        lease_ok = or_(
+            tasks.c.lease_expires_at.is_(None), tasks.c.lease_expires_at > p("p_lease_floor")
+        )
+
+        def dequeue(typed: bool) -> Any:
+            conditions = [tasks.c.status == "queued", lease_ok]
+            if typed:
+                conditions.append(tasks.c.type.in_(p("p_types", expanding=True)))
+            candidate = (
+                select(tasks.c.id)
+                .where(*conditions)
+                .order_by(tasks.c.priority.desc(), tasks.c.id)
+                .limit(1)
+            )
+            if postgresql:
+                candidate = candidate.with_for_update(skip_locked=True)
+            return (
+                update(tasks)
+                .where(tasks.c.id == candidate.scalar_subquery())
+                .values(
+                    status="running",
+                    locked_by=p("p_worker"),
+                    locked_until=p("p_until"),
+                    attempts=tasks.c.attempts + 1,
+                    started_at=p("p_now"),
+                )
+                .returning(*_TASK_COLUMNS)
+            )
+
+        self.dequeue_any = dequeue(typed=False)
+        self.dequeue_typed = dequeue(typed=True)
+        # The claim token: still running, same holder, same local attempt.
+        held = and_(
+            tasks.c.id == p("p_id"),
+            tasks.c.status == "running",
+            tasks.c.locked_by == p("p_holder"),
+            tasks.c.attempts == p("p_attempts"),
+        )
+        self.heartbeat = update(tasks).where(held).values(locked_until=p("p_until"))
+        self.progress = (
+            update(tasks).where(held).values(progress=p("p_progress"), locked_until=p("p_until"))
+        )
+        released = {"locked_by": None, "locked_until": None}
+        # RETURNING progress: a pending progress row needs superseding only if there was one.
+        self.finish_done = (
+            update(tasks)
+            .where(held)
+            .values(
+                status="done", finished_at=p("p_now"), result=p("p_result"), error=None, **released
+            )
+            .returning(tasks.c.progress)
+        )
+        self.finish_failed = (
+            update(tasks)
+            .where(held)
+            .values(status="failed", finished_at=p("p_now"), error=p("p_error"), **released)
+            .returning(tasks.c.progress)
+        )
+        self.requeue_held = (
+            update(tasks).where(held).values(status="queued", error=p("p_error"), **released)
+        )
+        pending_progress = and_(
+            outbox.c.task_id == p("p_task_id"),
+            outbox.c.kind == "progress",
+            outbox.c.status == "pending",
+        )
+        self.replace_progress = (
+            update(outbox)
+            .where(pending_progress)
+            .values(
+                payload=p("p_payload"),
+                remote_attempt=p("p_remote_attempt"),
+                remote_worker_id=p("p_remote_worker"),
+                created_at=p("p_now"),
+            )
+        )
+        self.supersede_progress = (
+            update(outbox)
+            .where(pending_progress)
+            .values(status="superseded", settled_at=p("p_now"), last_error=p("p_reason"))
+        )
+        self.append = insert(outbox)
+        self.append_returning = insert(outbox).returning(outbox.c.id)
+        self.enqueue = insert(tasks).returning(*_TASK_COLUMNS)
+
+
+class Store:
+    """All reads and writes of the local queue, one transaction per method."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.is_postgresql = engine.dialect.name == "postgresql"
+        self._sql = _Prepared(self.is_postgresql)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with translated_errors(self.engine), self.engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with (
+            translated_errors(self.engine),
+            self.engine.connect().execution_options(readonly=True) as conn,
+            conn.begin(),
+        ):
+            yield conn
+
+    # -- tasks: reading ----------------------------------------------------------------
+    @staticmethod
+    def _task(conn: Connection, task_id: int) -> RowMapping | None:
+        return conn.execute(select(*_TASK_COLUMNS).where(tasks.c.id == task_id)).mappings().first()
+
+    def get_task(self, task_id: int) -> LocalTask | None:
+        with self._read() as conn:
+            row = self._task(conn, task_id)
+        return LocalTask.from_row(row) if row is not None else None
+
+    def get_task_by_remote_id(self, remote_id: int) -> LocalTask | None:
+        with self._read() as conn:
+            row = (
+                conn.execute(select(*_TASK_COLUMNS).where(tasks.c.remote_id == remote_id))
+                .mappings()
+                .first()
+            )
+        return LocalTask.from_row(row) if row is not None else None
+
+    # -- tasks: the worker's side ------------------------------------------------------
+    def enqueue(
+        self,
+        task_type: str,
+        params: dict[str, Any],
+        priority: int,
+        metadata: dict[str, Any] | None,
+        now: datetime,
+    ) -> LocalTask:
+        """A local-only task (no remote id): the specification's hybrid pattern."""
+        values = {
+            "type": task_type,
+            "params": params,
+            "priority": priority,
+            "status": "queued",
+            "attempts": 0,
+            "progress": 0,
+            "created_at": now,
+            "metadata": metadata,
+        }
+        with self._write() as conn:
+            row = conn.execute(self._sql.enqueue, values).mappings().one()
+        return LocalTask.from_row(row)
+
+    def dequeue(
+        self,
+        types: Sequence[str] | None,
+        worker_id: str,
+        lock_seconds: float,
+        lease_margin_seconds: float,
+        now: datetime,
+    ) -> LocalTask | None:
+        """Lock the best queued task to ``worker_id``: highest priority, then oldest.
+
+        Skips tasks whose remote lease ends within the margin: they could not be
+        finished in time, and handing them out would break promise 2.
+        """
+        with self._write() as conn:
+            return self._dequeue(conn, types, worker_id, lock_seconds, lease_margin_seconds, now)
+
+    def _dequeue(
+        self,
+        conn: Connection,
+        types: Sequence[str] | None,
+        worker_id: str,
+        lock_seconds: float,
+        lease_margin_seconds: float,
+        now: datetime,
+    ) -> LocalTask | None:
+        values: dict[str, Any] = {
+            "p_lease_floor": now + _seconds(lease_margin_seconds),
+            "p_worker": worker_id,
+            "p_until": now + _seconds(lock_seconds),
+            "p_now": now,
+        }
+        statement = self._sql.dequeue_any
+        if types:
+            statement, values["p_types"] = self._sql.dequeue_typed, list(types)
+        row = conn.execute(statement, values).mappings().first()
+        return LocalTask.from_row(row) if row is not None else None
+
+    @staticmethod
+    def _token(task: LocalTask) -> dict[str, Any]:
+        return {"p_id": task.id, "p_holder": task.locked_by, "p_attempts": task.attempts}
+
+    def _refuse(self, conn: Connection, task: LocalTask, action: str) -> TaskNotHeldError:
+        row = self._task(conn, task.id)
+        if row is None:
+            return TaskNotHeldError(f"cannot {action} task {task.id}: it no longer exists")
+        if row["status"] == "running":
+            why = f"it is now held by {row['locked_by']} (attempt {row['attempts']})"
+        else:
+            why = f"it is {row['status']} now"
+        return TaskNotHeldError(
+            f"cannot {action} task {task.id}: {task.locked_by} (attempt {task.attempts}) "
+            f"no longer holds it; {why}. Nothing was changed.",
+            row["status"],
+        )
+
+    def _update_held(
+        self, conn: Connection, statement: Any, task: LocalTask, action: str, **values: Any
+    ) -> None:
+        if conn.execute(statement, {**self._token(task), **values}).rowcount != 1:
+            raise self._refuse(conn, task, action)
+
+    def heartbeat(self, task: LocalTask, lock_seconds: float, now: datetime) -> datetime:
+        until = now + _seconds(lock_seconds)
+        with self._write() as conn:
+            self._update_held(conn, self._sql.heartbeat, task, "heartbeat", p_until=until)
+        return until
+
+    def record_progress(
+        self,
+        task: LocalTask,
+        percent: int,
+        message: str | None,
+        lock_seconds: float,
+        now: datetime,
+    ) -> None:
+        """Progress also renews the local lock; the newest pending progress row replaces older."""
+        with self._write() as conn:
+            self._update_held(
+                conn,
+                self._sql.progress,
+                task,
+                "report progress on",
+                p_progress=percent,
+                p_until=now + _seconds(lock_seconds),
+            )
+            if task.remote_id is None:
+                return
+            payload = {"progress": percent, "message": message}
+            replaced = conn.execute(
+                self._sql.replace_progress,
+                {
+                    "p_task_id": task.id,
+                    "p_payload": payload,
+                    "p_now": now,
+                    "p_remote_attempt": task.remote_attempt,
+                    "p_remote_worker": task.remote_worker_id,
+                },
+            ).rowcount
+            if not replaced:
+                self._append(conn, "progress", payload, now, task=task)
+
+    def complete(self, task: LocalTask, result: dict[str, Any], now: datetime) -> None:
+        with self._write() as conn:
+            self._finish(conn, task, "complete", {"result": result}, now, p_result=result)
+
+    def complete_and_dequeue(
+        self,
+        task: LocalTask,
+        result: dict[str, Any],
+        types: Sequence[str] | None,
+        lock_seconds: float,
+        lease_margin_seconds: float,
+        now: datetime,
+    ) -> LocalTask | None:
+        """Finish ``task`` and take the next one in ONE transaction (one commit per task)."""
+        with self._write() as conn:
+            self._finish(conn, task, "complete", {"result": result}, now, p_result=result)
+            return self._dequeue(
+                conn, types, str(task.locked_by), lock_seconds, lease_margin_seconds, now
+            )
+
+    def fail(self, task: LocalTask, error: str, retry: bool, now: datetime) -> None:
+        with self._write() as conn:
+            if retry:
+                self._update_held(conn, self._sql.requeue_held, task, "retry", p_error=error)
+            else:
+                self._finish(conn, task, "fail", {"error": error}, now, p_error=error)
+
+    def _finish(
+        self,
+        conn: Connection,
+        task: LocalTask,
+        kind: str,
+        payload: dict[str, Any],
+        now: datetime,
+        **values: Any,
+    ) -> None:
+        """The task's end and its outbox row, in the caller's transaction: promise 1."""
+        statement = self._sql.finish_done if kind == "complete" else self._sql.finish_failed
+        progress = conn.execute(statement, {**self._token(task), "p_now": now, **values}).scalar()
+        if progress is None:
+            raise self._refuse(conn, task, kind)
+        if task.remote_id is None:
+            return
+        if progress:
+            conn.execute(
+                self._sql.supersede_progress,
+                {
+                    "p_task_id": task.id,
+                    "p_now": now,
+                    "p_reason": f"task ended locally ({kind}) before this progress was sent",
+                },
+            )
+        self._append(conn, kind, payload, now, task=task)
+
+    # -- outbox ------------------------------------------------------------------------
+    @staticmethod
+    def _outbox_values(
+        kind: str,
+        payload: dict[str, Any],
+        now: datetime,
+        task: LocalTask | None,
+        dedupe_key: str | None,
+    ) -> dict[str, Any]:
+        """A full outbox row: the same keys every time, so one compiled INSERT serves all."""
+        return {
+            "kind": kind,
+            "payload": payload,
+            "status": "pending",
+            "attempts": 0,
+            "created_at": now,
+            "dedupe_key": dedupe_key,
+            "task_id": task.id if task else None,
+            "remote_id": task.remote_id if task else None,
+            "remote_attempt": task.remote_attempt if task else None,
+            "remote_worker_id": task.remote_worker_id if task else None,
+        }
+
+    def _append(
+        self,
+        conn: Connection,
+        kind: str,
+        payload: dict[str, Any],
+        now: datetime,
+        *,
+        task: LocalTask | None = None,
+    ) -> None:
+        conn.execute(self._sql.append, self._outbox_values(kind, payload, now, task, None))
+
+    def _append_id(
+        self,
+        conn: Connection,
+        kind: str,
+        payload: dict[str, Any],
+        now: datetime,
+        *,
+        dedupe_key: str | None = None,
+    ) -> int:
+        values = self._outbox_values(kind, payload, now, None, dedupe_key)
+        return int(conn.execute(self._sql.append_returning, values).scalar_one())
+
+    def _entry(self, conn: Connection, row_id: int) -> OutboxEntry:
+        row = conn.execute(select(outbox).where(outbox.c.id == row_id)).mappings().one()
+        return OutboxEntry.from_row(row)
+
+    def queue_create_task(
+        self,
+        task_type: str,
+        params: dict[str, Any],
+        priority: int,
+        dedupe_key: str,
+        now: datetime,
+    ) -> OutboxEntry:
+        """Append a remote create; a pending create with the same key is returned instead."""
+        with self._write() as conn:
+            existing = conn.execute(
+                select(outbox.c.id).where(
+                    outbox.c.kind == "create_task",
+                    outbox.c.dedupe_key == dedupe_key,
+                    outbox.c.status == "pending",
+                )
+            ).scalar()
+            if existing is None:
+                payload = {"type": task_type, "params": params, "priority": priority}
+                existing = self._append_id(conn, "create_task", payload, now, dedupe_key=dedupe_key)
+            return self._entry(conn, existing)
+
+    def queue_register_type(
+        self, name: str, version: str, schema: dict[str, Any], now: datetime
+    ) -> OutboxEntry:
+        """Cache the schema at once (offline validation) and append the remote register."""
+        with self._write() as conn:
+            self._upsert_type(conn, name, None, version, schema, now, keep_remote_id=True)
+            payload = {"name": name, "version": version, "param_schema": schema}
+            return self._entry(conn, self._append_id(conn, "register_type", payload, now))
+
+    def pending_outbox(self, now: datetime, limit: int) -> list[OutboxEntry]:
+        """Pending rows that are due, oldest first."""
+        statement = (
+            select(outbox)
+            .where(
+                outbox.c.status == "pending",
+                or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
+            )
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [OutboxEntry.from_row(row) for row in conn.execute(statement).mappings()]
+
+    def outbox_entries(self, status: str | None = None, limit: int = 100) -> list[OutboxEntry]:
+        statement = select(outbox).order_by(outbox.c.id).limit(limit)
+        if status is not None:
+            statement = statement.where(outbox.c.status == status)
+        with self._read() as conn:
+            return [OutboxEntry.from_row(row) for row in conn.execute(statement).mappings()]
+
+    def settle_outbox(self, row_id: int, status: str, reason: str | None, now: datetime) -> None:
+        """End a pending row as delivered, superseded or dead, with its reason."""
+        if status not in ("delivered", "superseded", "dead"):
+            raise ValueError(f"not a final outbox status: {status}")
+        with self._write() as conn:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == row_id, outbox.c.status == "pending")
+                .values(
+                    status=status, last_error=reason, settled_at=now, attempts=outbox.c.attempts + 1
+                )
+            )
+
+    def retry_outbox_at(self, row_id: int, when: datetime, error: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == row_id, outbox.c.status == "pending")
+                .values(next_attempt_at=when, last_error=error, attempts=outbox.c.attempts + 1)
+            )
+
+    def requeue_outbox(self, row_ids: Sequence[int] | None, now: datetime) -> int:
+        """Make dead rows (all, or the given ones) pending again, due now."""
+        statement = update(outbox).where(outbox.c.status == "dead")
+        if row_ids is not None:
+            statement = statement.where(outbox.c.id.in_(list(row_ids)))
+        with self._write() as conn:
+            return conn.execute(
+                statement.values(status="pending", next_attempt_at=now, settled_at=None)
+            ).rowcount
+
+    # -- the daemon's side -------------------------------------------------------------
+    def insert_claimed(
+        self, claimed: ClaimedTask, lease_seconds: float, now: datetime
+    ) -> tuple[LocalTask, bool]:
+        """Record a remote claim locally; idempotent on (remote id, remote attempt).
+
+        Returns the task and whether anything changed. A newer claim of a task we
+        already know renews the lease of a queued/running row, and re-queues a
+        failed/expired/cancelled one; a ``done`` row is left alone (its completion
+        is in the outbox and the server still shows us as the claimer).
+        """
+        lease = claimed.claimed_at + _seconds(lease_seconds)
+        fresh = {
+            "remote_attempt": claimed.attempts,
+            "remote_worker_id": claimed.worker_id,
+            "lease_expires_at": lease,
+        }
+        for _ in range(2):  # a concurrent insert of the same remote id: read it back, once
+            try:
+                with self._write() as conn:
+                    row = (
+                        conn.execute(select(*_TASK_COLUMNS).where(tasks.c.remote_id == claimed.id))
+                        .mappings()
+                        .first()
+                    )
+                    if row is None:
+                        created = (
+                            conn.execute(
+                                insert(tasks)
+                                .values(
+                                    remote_id=claimed.id,
+                                    type=claimed.type,
+                                    params=claimed.params,
+                                    priority=claimed.priority,
+                                    status="queued",
+                                    attempts=0,
+                                    progress=0,
+                                    created_at=now,
+                                    **fresh,
+                                )
+                                .returning(*_TASK_COLUMNS)
+                            )
+                            .mappings()
+                            .one()
+                        )
+                        return LocalTask.from_row(created), True
+                    known = LocalTask.from_row(row)
+                    if (known.remote_attempt or 0) >= claimed.attempts or known.status == "done":
+                        return known, False
+                    values: dict[str, Any] = dict(fresh)
+                    if known.status in FINISHED_TASK_STATUSES:
+                        values.update(
+                            status="queued",
+                            locked_by=None,
+                            locked_until=None,
+                            finished_at=None,
+                            result=None,
+                            progress=0,
+                        )
+                    updated = (
+                        conn.execute(
+                            update(tasks)
+                            .where(tasks.c.id == known.id)
+                            .values(**values)
+                            .returning(*_TASK_COLUMNS)
+                        )
+                        .mappings()
+                        .one()
+                    )
+                    return LocalTask.from_row(updated), True
+            except IntegrityError:
+                continue
+        raise RuntimeError(f"remote task {claimed.id} could not be recorded")  # pragma: no cover
+
+    def expire_unstartable(self, lease_margin_seconds: float, now: datetime) -> int:
+        """Queued remote tasks whose lease ends within the margin will never be handed out."""
+        with self._write() as conn:
+            return conn.execute(
+                update(tasks)
+                .where(
+                    tasks.c.status == "queued",
+                    tasks.c.lease_expires_at.is_not(None),
+                    tasks.c.lease_expires_at <= now + _seconds(lease_margin_seconds),
+                )
+                .values(
+                    status="expired",
+                    finished_at=now,
+                    error="the remote lease ran out before a worker could start it",
+                )
+            ).rowcount
+
+    def requeue_stale_locks(self, lease_margin_seconds: float, now: datetime) -> tuple[int, int]:
+        """Running tasks whose worker stopped heartbeating: (re-queued, expired)."""
+        stale = and_(tasks.c.status == "running", tasks.c.locked_until < now)
+        lease_ok = or_(
+            tasks.c.lease_expires_at.is_(None),
+            tasks.c.lease_expires_at > now + _seconds(lease_margin_seconds),
+        )
+        with self._write() as conn:
+            requeued = conn.execute(
+                update(tasks)
+                .where(stale, lease_ok)
+                .values(
+                    status="queued",
+                    locked_by=None,
+                    locked_until=None,
+                    error="the worker's lock ran out (worker died?); re-queued",
+                )
+            ).rowcount
+            expired = conn.execute(
+                update(tasks)
+                .where(stale)
+                .values(
+                    status="expired",
+                    locked_by=None,
+                    locked_until=None,
+                    finished_at=now,
+                    error="the worker's lock and the remote lease both ran out",
+                )
+            ).rowcount
+        return requeued, expired
+
+    def counts(self) -> QueueCounts:
+        with self._read() as conn:
+            task_rows = conn.execute(
+                select(tasks.c.type, tasks.c.status, func.count()).group_by(
+                    tasks.c.type, tasks.c.status
+                )
+            ).all()
+            outbox_rows = conn.execute(
+                select(outbox.c.status, func.count()).group_by(outbox.c.status)
+            ).all()
+            oldest = conn.execute(
+                select(func.min(outbox.c.created_at)).where(outbox.c.status == "pending")
+            ).scalar()
+        return QueueCounts(
+            tasks={(t, s): n for t, s, n in task_rows},
+            outbox={s: n for s, n in outbox_rows},
+            oldest_pending_outbox=oldest,  # func.min keeps the column's UTC type
+        )
+
+    def prune(self, before: datetime) -> tuple[int, int]:
+        """Delete settled outbox rows and finished tasks older than ``before``; (rows, tasks).
+
+        Nothing pending is touched, dead rows are kept for the operator, and a
+        task is kept while any of its outbox rows is pending.
+        """
+        with self._write() as conn:
+            rows = conn.execute(
+                delete(outbox).where(
+                    outbox.c.status.in_(("delivered", "superseded")), outbox.c.settled_at < before
+                )
+            ).rowcount
+            unsettled = exists().where(
+                outbox.c.task_id == tasks.c.id, outbox.c.status.in_(("pending", "dead"))
+            )
+            finished = conn.execute(
+                delete(tasks).where(
+                    tasks.c.status.in_(FINISHED_TASK_STATUSES),
+                    tasks.c.finished_at < before,
+                    ~unsettled,
+                )
+            ).rowcount
+        return rows, finished
+
+    # -- task types and bridge state -------------------------------------------------------
+    @staticmethod
+    def _upsert_type(
+        conn: Connection,
+        name: str,
+        remote_id: int | None,
+        version: str | None,
+        schema: dict[str, Any] | None,
+        now: datetime,
+        *,
+        keep_remote_id: bool = False,
+    ) -> None:
+        values: dict[str, Any] = {"version": version, "param_schema": schema, "updated_at": now}
+        if not keep_remote_id:
+            values["remote_id"] = remote_id
+        if (
+            conn.execute(
+                update(task_types).where(task_types.c.name == name).values(**values)
+            ).rowcount
+            == 0
+        ):
+            conn.execute(
+                insert(task_types).values(
+                    name=name,
+                    remote_id=remote_id,
+                    **{k: v for k, v in values.items() if k != "remote_id"},
+                )
+            )
+
+    def cache_task_type(
+        self,
+        name: str,
+        remote_id: int | None,
+        version: str | None,
+        schema: dict[str, Any] | None,
+        now: datetime,
+    ) -> None:
+        with self._write() as conn:
+            self._upsert_type(conn, name, remote_id, version, schema, now)
+
+    def cached_task_type(self, name: str) -> CachedTaskType | None:
+        with self._read() as conn:
+            row = (
+                conn.execute(select(task_types).where(task_types.c.name == name)).mappings().first()
+            )
+        if row is None:
+            return None
+        return CachedTaskType(row["name"], row["remote_id"], row["version"], row["param_schema"])
+
+    def get_state(self, key: str) -> str | None:
+        with self._read() as conn:
+            value = conn.execute(
+                select(bridge_state.c.value).where(bridge_state.c.key == key)
+            ).scalar()
+        return str(value) if value is not None else None
+
+    def set_state(self, key: str, value: str, now: datetime) -> None:
+        with self._write() as conn:
+            if (
+                conn.execute(
+                    update(bridge_state)
+                    .where(bridge_state.c.key == key)
+                    .values(value=value, updated_at=now)
+                ).rowcount
+                == 0
+            ):
+                conn.execute(insert(bridge_state).values(key=key, value=value, updated_at=now))

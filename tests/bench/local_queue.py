@@ -1,0 +1,306 @@
+"""Local queue throughput vs litequeue and persist-queue, and vs a bare PostgreSQL loop.
+
+    python tests/bench/local_queue.py [N] [--repeat R]
+
+Every queue runs on SQLite in WAL mode with ``synchronous=FULL`` (litequeue
+defaults to NORMAL and persist-queue leaves the default; both are set to FULL
+here so a commit means the same everywhere). Ours writes the outbox row in the
+same transaction as the completion; the peers write nothing of the kind.
+"dequeue+complete" is one dequeue transaction plus one completion transaction
+per task for everyone. Figures are medians of R runs; ratios are against the
+fastest peer measured in the same run. Needs: pip install litequeue persist-queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert
+
+from bridge import LocalQueue
+from bridge.migrate import upgrade
+from bridge.schema import tasks
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _seed_remote(url: str, n: int) -> None:
+    now = datetime.now(timezone.utc)
+    rows = [
+        {
+            "remote_id": i + 1,
+            "type": "bench",
+            "params": {"n": i},
+            "priority": 0,
+            "status": "queued",
+            "attempts": 0,
+            "progress": 0,
+            "remote_attempt": 1,
+            "remote_worker_id": "bench",
+            "lease_expires_at": now + timedelta(hours=1),
+            "created_at": now,
+        }
+        for i in range(n)
+    ]
+    with LocalQueue(url) as queue, queue.store.engine.begin() as conn:
+        conn.execute(insert(tasks), rows)
+
+
+def _ours_drain(url: str) -> int:
+    done = 0
+    with LocalQueue(url) as queue:
+        while (task := queue.dequeue()) is not None:
+            queue.complete(task, {"ok": True, "n": task.params["n"]})
+            done += 1
+    return done
+
+
+def _ours_drain_fast(url: str) -> int:
+    """The worker loop's fast path: finish and take the next in one transaction."""
+    done = 0
+    with LocalQueue(url) as queue:
+        task = queue.dequeue()
+        while task is not None:
+            task = queue.complete_and_dequeue(task, {"ok": True, "n": task.params["n"]})
+            done += 1
+    return done
+
+
+def _in_processes(target: Callable[..., Any], args: tuple[Any, ...], procs: int) -> float:
+    """Seconds for ``procs`` processes to run ``target(*args)`` to the end."""
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=target, args=args) for _ in range(procs)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+        assert worker.exitcode == 0
+    return time.perf_counter() - started
+
+
+# -- ours ---------------------------------------------------------------------------
+def ours_enqueue(folder: Path, n: int) -> float:
+    url = str(folder / "ours.db")
+    upgrade(url)
+    with LocalQueue(url) as queue:
+        started = time.perf_counter()
+        for i in range(n):
+            queue.enqueue("bench", {"n": i})
+        return n / (time.perf_counter() - started)
+
+
+def ours_cycle(url: str, n: int, procs: int, fast: bool = False) -> float:
+    upgrade(url)
+    _seed_remote(url, n)
+    drain = _ours_drain_fast if fast else _ours_drain
+    if procs == 1:
+        started = time.perf_counter()
+        assert drain(url) == n
+        return n / (time.perf_counter() - started)
+    elapsed = _in_processes(drain, (url,), procs)
+    with LocalQueue(url) as queue:
+        assert queue.status().tasks == {("bench", "done"): n}
+        assert queue.status().outbox == {"pending": n}
+    return n / elapsed
+
+
+# -- litequeue -------------------------------------------------------------------------
+def _litequeue(path: Path) -> Any:
+    from litequeue import LiteQueue
+
+    queue = LiteQueue(str(path))
+    queue.conn.execute("PRAGMA synchronous = FULL")
+    return queue
+
+
+def litequeue_enqueue(folder: Path, n: int) -> float:
+    queue = _litequeue(folder / "lq.db")
+    started = time.perf_counter()
+    for i in range(n):
+        queue.put(f'{{"n": {i}}}')
+    return n / (time.perf_counter() - started)
+
+
+def _litequeue_drain(path: str) -> None:
+    queue = _litequeue(Path(path))
+    while (message := queue.pop()) is not None:
+        queue.done(message.message_id)
+
+
+def litequeue_cycle(folder: Path, n: int, procs: int) -> float:
+    path = folder / "lq-cycle.db"
+    queue = _litequeue(path)
+    with queue.transaction():
+        for i in range(n):
+            queue.put(f'{{"n": {i}}}')
+    if procs == 1:
+        started = time.perf_counter()
+        _litequeue_drain(str(path))
+        return n / (time.perf_counter() - started)
+    return n / _in_processes(_litequeue_drain, (str(path),), procs)
+
+
+# -- persist-queue (threads only: not multi-process safe) ------------------------------
+def _persistqueue(folder: Path) -> Any:
+    from persistqueue import SQLiteAckQueue
+
+    queue = SQLiteAckQueue(str(folder), auto_commit=True)
+    queue._conn.execute("PRAGMA synchronous = FULL")
+    return queue
+
+
+def persistqueue_enqueue(folder: Path, n: int) -> float:
+    queue = _persistqueue(folder / "pq")
+    started = time.perf_counter()
+    for i in range(n):
+        queue.put({"n": i})
+    return n / (time.perf_counter() - started)
+
+
+def persistqueue_cycle(folder: Path, n: int) -> float:
+    queue = _persistqueue(folder / "pq-cycle")
+    for i in range(n):
+        queue.put({"n": i})
+    started = time.perf_counter()
+    for _ in range(n):
+        item = queue.get(block=False)
+        queue.ack(item)
+    return n / (time.perf_counter() - started)
+
+
+# -- PostgreSQL: ours vs a bare FOR UPDATE SKIP LOCKED loop -------------------------------
+def _pg_schema(name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")  # type: ignore[arg-type]
+        conn.execute(f"CREATE SCHEMA {name}")  # type: ignore[arg-type]
+    return f"{PG_URL}?options=-csearch_path%3D{name}"
+
+
+def _bare_pg_drain(url: str) -> None:
+    import psycopg
+
+    dsn, schema = url.split("?")[0], url.split("%3D")[1]
+    with psycopg.connect(dsn, options=f"-csearch_path={schema}") as conn:
+        while True:
+            with conn.transaction():
+                row = conn.execute(
+                    "UPDATE bare_q SET status = 'running' WHERE id = (SELECT id FROM bare_q "
+                    "WHERE status = 'queued' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1) "
+                    "RETURNING id"
+                ).fetchone()
+            if row is None:
+                return
+            with conn.transaction():
+                conn.execute(
+                    "UPDATE bare_q SET status = 'done', result = %s WHERE id = %s",
+                    ('{"ok": true}', row[0]),
+                )
+
+
+def bare_pg_cycle(n: int, procs: int) -> float:
+    import psycopg
+
+    url = _pg_schema("bench_bare")
+    with psycopg.connect(PG_URL, options="-csearch_path=bench_bare", autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE bare_q (id serial PRIMARY KEY, payload jsonb, "
+            "status text NOT NULL DEFAULT 'queued', result jsonb)"
+        )
+        conn.execute(
+            "INSERT INTO bare_q (payload) SELECT jsonb_build_object('n', g) "
+            "FROM generate_series(1, %s) g",
+            (n,),
+        )
+    return n / _in_processes(_bare_pg_drain, (url,), procs)
+
+
+def ours_pg_cycle(n: int, procs: int) -> float:
+    return ours_cycle(_pg_schema("bench_ours"), n, procs)
+
+
+def median_rate(runs: int, measure: Callable[[Path], float]) -> float:
+    rates = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as folder:
+            rates.append(measure(Path(folder)))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("n", nargs="?", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    n, r = args.n, args.repeat
+
+    results: dict[str, float] = {
+        "ours enqueue": median_rate(r, lambda f: ours_enqueue(f, n)),
+        "litequeue put": median_rate(r, lambda f: litequeue_enqueue(f, n)),
+        "persist-queue put": median_rate(r, lambda f: persistqueue_enqueue(f, n)),
+        "ours dequeue+complete (1 proc)": median_rate(
+            r, lambda f: ours_cycle(str(f / "o.db"), n, 1)
+        ),
+        "ours complete_and_dequeue (1 proc)": median_rate(
+            r, lambda f: ours_cycle(str(f / "o.db"), n, 1, fast=True)
+        ),
+        "litequeue pop+done (1 proc)": median_rate(r, lambda f: litequeue_cycle(f, n, 1)),
+        "persist-queue get+ack (1 proc)": median_rate(r, lambda f: persistqueue_cycle(f, n)),
+        "ours dequeue+complete (4 procs)": median_rate(
+            r, lambda f: ours_cycle(str(f / "o.db"), n, 4)
+        ),
+        "ours complete_and_dequeue (4 procs)": median_rate(
+            r, lambda f: ours_cycle(str(f / "o.db"), n, 4, fast=True)
+        ),
+        "litequeue pop+done (4 procs)": median_rate(r, lambda f: litequeue_cycle(f, n, 4)),
+    }
+    if not args.no_postgres:
+        results["ours PostgreSQL dequeue+complete (1 proc)"] = median_rate(
+            r, lambda _f: ours_pg_cycle(n, 1)
+        )
+        results["bare SKIP LOCKED loop (1 proc)"] = median_rate(r, lambda _f: bare_pg_cycle(n, 1))
+        results["ours PostgreSQL dequeue+complete (4 procs)"] = median_rate(
+            r, lambda _f: ours_pg_cycle(n, 4)
+        )
+        results["bare SKIP LOCKED loop (4 procs)"] = median_rate(r, lambda _f: bare_pg_cycle(n, 4))
+
+    print(f"N = {n} tasks, median of {r} runs, ops/s (SQLite: WAL, synchronous=FULL)")
+    for name, rate in results.items():
+        print(f"  {name:45s} {rate:9.0f}")
+
+    def ratio(ours: str, *peers: str) -> None:
+        best = max(peers, key=lambda p: results[p])
+        print(f"  {ours} / {best}: {results[ours] / results[best]:.2f}x")
+
+    print("ratios (>= 1.00 means ours is at least as fast):")
+    ratio("ours enqueue", "litequeue put", "persist-queue put")
+    ratio(
+        "ours dequeue+complete (1 proc)",
+        "litequeue pop+done (1 proc)",
+        "persist-queue get+ack (1 proc)",
+    )
+    ratio(
+        "ours complete_and_dequeue (1 proc)",
+        "litequeue pop+done (1 proc)",
+        "persist-queue get+ack (1 proc)",
+    )
+    ratio("ours dequeue+complete (4 procs)", "litequeue pop+done (4 procs)")
+    ratio("ours complete_and_dequeue (4 procs)", "litequeue pop+done (4 procs)")
+    if not args.no_postgres:
+        ratio("ours PostgreSQL dequeue+complete (1 proc)", "bare SKIP LOCKED loop (1 proc)")
+        ratio("ours PostgreSQL dequeue+complete (4 procs)", "bare SKIP LOCKED loop (4 procs)")
+
+
+if __name__ == "__main__":
+    main()

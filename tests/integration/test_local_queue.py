@@ -1,0 +1,303 @@
+"""The local queue's contract, run on a SQLite file and on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import stat
+from datetime import timedelta
+
+import pytest
+
+from bridge import LocalQueue, TaskNotHeldError, ValidationError
+from taskmanager import ClaimedTask, dedupe_key
+
+from .conftest import Clock
+
+LEASE = 300.0
+
+
+def claimed(
+    remote_id: int,
+    clock: Clock,
+    *,
+    attempts: int = 1,
+    age: float = 0.0,
+    task_type: str = "yt.scrape",
+    priority: int = 0,
+) -> ClaimedTask:
+    return ClaimedTask(
+        id=remote_id,
+        type=task_type,
+        params={"n": remote_id},
+        attempts=attempts,
+        priority=priority,
+        worker_id="bridge-host",
+        claimed_at=clock.now - timedelta(seconds=age),
+    )
+
+
+def add_remote(queue: LocalQueue, clock: Clock, remote_id: int, **kwargs) -> None:
+    queue.store.insert_claimed(claimed(remote_id, clock, **kwargs), LEASE, clock.now)
+
+
+def test_dequeue_order_priority_then_age_and_type_filter(queue: LocalQueue, clock: Clock):
+    low = queue.enqueue("a", {"i": 1}, priority=0)
+    high = queue.enqueue("a", {"i": 2}, priority=5)
+    other = queue.enqueue("b", {"i": 3}, priority=9)
+    low2 = queue.enqueue("a", {"i": 4}, priority=0)
+    assert queue.dequeue(types=["a"]).id == high.id
+    assert queue.dequeue(types="a").id == low.id
+    assert queue.dequeue(types=["a"]).id == low2.id
+    assert queue.dequeue(types=["a"]) is None
+    task = queue.dequeue()
+    assert task.id == other.id and task.status == "running"
+    assert task.locked_by == "worker-a" and task.attempts == 1
+    assert task.locked_until == clock.now + timedelta(seconds=queue.config.lock_seconds)
+    assert queue.dequeue() is None
+
+
+def test_complete_is_one_transaction_with_its_outbox_row(queue: LocalQueue, clock: Clock):
+    add_remote(queue, clock, 41, attempts=2)
+    task = queue.dequeue()
+    assert task.remote_id == 41 and task.remote_attempt == 2
+    queue.complete(task, {"ideas": 3})
+    assert queue.get(task.id).status == "done" and queue.get(task.id).result == {"ideas": 3}
+    [row] = queue.outbox()
+    assert (row.kind, row.remote_id, row.remote_attempt, row.remote_worker_id, row.payload) == (
+        "complete",
+        41,
+        2,
+        "bridge-host",
+        {"result": {"ideas": 3}},
+    )
+    assert row.status == "pending" and row.task_id == task.id
+
+
+def test_local_only_task_writes_no_outbox_row(queue: LocalQueue):
+    queue.enqueue("local", {"x": 1})
+    queue.complete(queue.dequeue(), {"ok": True})
+    assert queue.outbox() == []
+
+
+def test_fail_queues_failure_or_retries_locally(queue: LocalQueue, clock: Clock):
+    add_remote(queue, clock, 7)
+    task = queue.dequeue()
+    queue.fail(task, RuntimeError("page changed"), retry=True)
+    again = queue.dequeue()
+    assert (
+        again.id == task.id and again.attempts == 2 and again.error == "RuntimeError: page changed"
+    )
+    assert queue.outbox() == []
+    queue.fail(again, "still broken")
+    assert queue.get(task.id).status == "failed"
+    [row] = queue.outbox()
+    assert (row.kind, row.payload) == ("fail", {"error": "still broken"})
+
+
+def test_progress_coalesces_and_is_superseded_by_completion(queue: LocalQueue, clock: Clock):
+    add_remote(queue, clock, 9)
+    task = queue.dequeue()
+    for percent in (10, 40, 70):
+        clock.advance(1)
+        queue.progress(task, percent, f"at {percent}")
+    [row] = queue.outbox(status="pending")
+    assert (row.kind, row.payload) == ("progress", {"progress": 70, "message": "at 70"})
+    assert queue.get(task.id).progress == 70
+    assert queue.get(task.id).locked_until == clock.now + timedelta(
+        seconds=queue.config.lock_seconds
+    )
+    queue.complete(task, {"done": 1})
+    kinds = {(r.kind, r.status) for r in queue.outbox()}
+    assert kinds == {("progress", "superseded"), ("complete", "pending")}
+    with pytest.raises(ValidationError):
+        queue.progress(task, 101)
+
+
+def test_outbox_order_is_completion_order(queue: LocalQueue, clock: Clock):
+    for remote_id in (1, 2, 3, 4):
+        add_remote(queue, clock, remote_id)
+    tasks = [queue.dequeue() for _ in range(4)]
+    for task in reversed(tasks):
+        queue.complete(task, {"id": task.remote_id})
+    assert [r.remote_id for r in queue.store.pending_outbox(clock.now, 10)] == [4, 3, 2, 1]
+
+
+def test_lease_respected_by_dequeue_and_expired_by_reaper(queue: LocalQueue, clock: Clock):
+    margin = queue.config.lease_margin_seconds
+    add_remote(queue, clock, 100, age=LEASE - margin + 1)  # ends within the margin
+    add_remote(queue, clock, 101, age=LEASE - margin - 5)  # 5 s of usable lease
+    task = queue.dequeue()
+    assert task.remote_id == 101
+    assert queue.dequeue() is None
+    assert queue.store.expire_unstartable(margin, clock.now) == 1
+    assert queue.store.get_task_by_remote_id(100).status == "expired"
+
+
+def test_lost_lock_is_requeued_and_late_complete_refused(migrated_url: str, clock: Clock):
+    with (
+        LocalQueue(migrated_url, worker_id="slow", clock=clock) as slow,
+        LocalQueue(migrated_url, worker_id="fast", clock=clock) as fast,
+    ):
+        add_remote(slow, clock, 5)
+        held = slow.dequeue(lock_seconds=10)
+        clock.advance(11)
+        assert slow.store.requeue_stale_locks(slow.config.lease_margin_seconds, clock.now) == (1, 0)
+        taken = fast.dequeue()
+        assert taken.id == held.id and taken.attempts == 2
+        with pytest.raises(TaskNotHeldError, match="now held by fast") as info:
+            slow.complete(held, {"by": "slow"})
+        assert info.value.current_status == "running"
+        with pytest.raises(TaskNotHeldError):
+            slow.heartbeat(held)
+        with pytest.raises(TaskNotHeldError):
+            slow.progress(held, 50)
+        assert fast.get(held.id).result is None and fast.outbox() == []
+        fast.complete(taken, {"by": "fast"})
+        with pytest.raises(TaskNotHeldError, match="it is done now"):
+            fast.complete(taken, {"by": "fast again"})
+        assert [r.payload for r in fast.outbox()] == [{"result": {"by": "fast"}}]
+
+
+def test_stale_lock_with_expired_lease_is_expired(queue: LocalQueue, clock: Clock):
+    add_remote(queue, clock, 6)
+    queue.dequeue(lock_seconds=10)
+    clock.advance(LEASE)
+    assert queue.store.requeue_stale_locks(queue.config.lease_margin_seconds, clock.now) == (0, 1)
+    assert queue.store.get_task_by_remote_id(6).status == "expired"
+
+
+def test_heartbeat_extends_the_lock(queue: LocalQueue, clock: Clock):
+    queue.enqueue("a", {"x": 1})
+    task = queue.dequeue(lock_seconds=30)
+    clock.advance(20)
+    assert queue.heartbeat(task, lock_seconds=30) == clock.now + timedelta(seconds=30)
+    clock.advance(20)
+    assert queue.store.requeue_stale_locks(0, clock.now) == (0, 0)
+
+
+def test_insert_claimed_is_idempotent_and_requeues_newer_attempts(queue: LocalQueue, clock: Clock):
+    first, created = queue.store.insert_claimed(claimed(50, clock), LEASE, clock.now)
+    again, changed = queue.store.insert_claimed(claimed(50, clock), LEASE, clock.now)
+    assert created and not changed and again.id == first.id
+    task = queue.dequeue()
+    queue.fail(task, "boom")
+    clock.advance(60)
+    renewed, changed = queue.store.insert_claimed(claimed(50, clock, attempts=2), LEASE, clock.now)
+    assert changed and renewed.id == first.id and renewed.status == "queued"
+    assert renewed.remote_attempt == 2
+    assert renewed.lease_expires_at == clock.now + timedelta(seconds=LEASE)
+    done = queue.dequeue()
+    queue.complete(done, {"ok": 1})
+    _, changed = queue.store.insert_claimed(claimed(50, clock, attempts=3), LEASE, clock.now)
+    assert not changed and queue.get(first.id).status == "done"
+
+
+def test_create_remote_task_offline_validated_and_deduplicated(queue: LocalQueue):
+    queue.register_task_type(
+        "yt.scrape",
+        "1",
+        {
+            "type": "object",
+            "properties": {"url": {"type": "string"}, "n": {"type": "integer"}},
+            "required": ["url"],
+        },
+    )
+    entry = queue.create_remote_task("yt.scrape", {"url": "u", "n": 2}, priority=3)
+    assert entry.kind == "create_task" and entry.dedupe_key == dedupe_key(
+        "yt.scrape", {"n": 2, "url": "u"}
+    )
+    assert entry.payload == {"type": "yt.scrape", "params": {"n": 2, "url": "u"}, "priority": 3}
+    same = queue.create_remote_task("yt.scrape", {"n": 2, "url": "u"})
+    assert same.id == entry.id
+    with pytest.raises(ValidationError, match="'url' is a required property"):
+        queue.create_remote_task("yt.scrape", {"n": 1})
+    with pytest.raises(ValidationError, match="n"):
+        queue.create_remote_task("yt.scrape", {"url": "u", "n": 1.0})
+    with pytest.raises(ValidationError, match="must not be empty"):
+        queue.create_remote_task("unknown.type", {})
+    assert [r.kind for r in queue.outbox()] == ["register_type", "create_task"]
+    assert queue.store.cached_task_type("yt.scrape").remote_id is None
+
+
+def test_bad_values_refused_and_nothing_changed(queue: LocalQueue):
+    queue.enqueue("a", {"x": 1})
+    task = queue.dequeue()
+    with pytest.raises(ValidationError, match="not JSON serialisable"):
+        queue.complete(task, {"x": float("nan")})
+    with pytest.raises(ValidationError):
+        queue.complete(task, {"when": object()})
+    with pytest.raises(ValidationError):
+        queue.register_task_type("t", "1", {"properties": {}})
+    with pytest.raises(ValidationError):
+        queue.enqueue("a", {"x": {1, 2}})
+    assert queue.get(task.id).status == "running"
+    queue.complete(task, {"x": "ünïcode 🎉", "deep": [[[[{"k": None}]]]]})
+    assert queue.get(task.id).result == {"x": "ünïcode 🎉", "deep": [[[[{"k": None}]]]]}
+
+
+def test_counts_settle_requeue_and_prune(queue: LocalQueue, clock: Clock):
+    for remote_id in (1, 2, 3):
+        add_remote(queue, clock, remote_id)
+    for _ in range(3):
+        queue.complete(queue.dequeue(), {"ok": True})
+    rows = queue.store.pending_outbox(clock.now, 10)
+    queue.store.settle_outbox(rows[0].id, "delivered", None, clock.now)
+    queue.store.settle_outbox(rows[1].id, "dead", "400 Validation failed", clock.now)
+    queue.store.retry_outbox_at(rows[2].id, clock.now + timedelta(seconds=30), "503")
+    assert queue.store.pending_outbox(clock.now, 10) == []
+    counts = queue.status()
+    assert counts.tasks == {("yt.scrape", "done"): 3}
+    assert counts.outbox == {"delivered": 1, "dead": 1, "pending": 1}
+    assert counts.oldest_pending_outbox == clock.now
+    assert queue.store.requeue_outbox(None, clock.now) == 1
+    assert queue.status().outbox == {"delivered": 1, "pending": 2}
+    clock.advance(3600)
+    assert queue.store.prune(clock.now) == (1, 1)  # only the delivered row and its task
+    assert sorted(queue.status().outbox.items()) == [("pending", 2)]
+
+
+def test_bridge_state_round_trip(queue: LocalQueue, clock: Clock):
+    assert queue.store.get_state("worker_id") is None
+    queue.store.set_state("worker_id", "host-1", clock.now)
+    queue.store.set_state("worker_id", "host-2", clock.now)
+    assert queue.store.get_state("worker_id") == "host-2"
+
+
+def test_sqlite_files_are_private(tmp_path):
+    from bridge.migrate import upgrade
+
+    path = tmp_path / "private.db"
+    upgrade(str(path))
+    with LocalQueue(str(path)) as queue:
+        queue.enqueue("a", {"x": 1})
+        for suffix in ("", "-wal", "-shm"):
+            mode = stat.S_IMODE(os.stat(f"{path}{suffix}").st_mode)
+            assert mode == 0o600, f"{path}{suffix} is {oct(mode)}"
+
+
+def test_complete_and_dequeue_is_one_step(migrated_url: str, clock: Clock):
+    with (
+        LocalQueue(migrated_url, worker_id="w1", clock=clock) as queue,
+        LocalQueue(migrated_url, worker_id="w2", clock=clock) as other,
+    ):
+        for remote_id in (1, 2, 3):
+            add_remote(queue, clock, remote_id)
+        first = queue.dequeue()
+        second = queue.complete_and_dequeue(first, {"n": 1})
+        assert second.remote_id == 2 and second.locked_by == "w1"
+        assert queue.get(first.id).status == "done"
+        # A refused finish takes nothing: the whole transaction rolls back.
+        clock.advance(queue.config.lock_seconds + 1)
+        queue.store.requeue_stale_locks(queue.config.lease_margin_seconds, clock.now)
+        stolen = other.dequeue()
+        assert stolen.id == second.id
+        with pytest.raises(TaskNotHeldError):
+            queue.complete_and_dequeue(second, {"n": 2})
+        assert [t.status for t in (queue.store.get_task_by_remote_id(r) for r in (1, 2, 3))] == [
+            "done",
+            "running",
+            "queued",
+        ]
+        last = other.complete_and_dequeue(stolen, {"n": 2}, types=["yt.scrape"])
+        assert last.remote_id == 3 and other.complete_and_dequeue(last, {"n": 3}) is None
+        assert [r.remote_id for r in queue.outbox()] == [1, 2, 3]

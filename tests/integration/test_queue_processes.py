@@ -1,0 +1,109 @@
+"""The local queue under real processes: contention, SIGKILL, durability (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert
+
+from bridge import LocalQueue, TaskNotHeldError
+from bridge.schema import tasks
+
+WORKER = str(Path(__file__).parent / "procs" / "queue_worker.py")
+
+
+def seed_remote_tasks(url: str, count: int) -> None:
+    """Claimed remote tasks with long leases, in one transaction (setup, not under test)."""
+    now = datetime.now(timezone.utc)
+    rows = [
+        {
+            "remote_id": 10_000 + n,
+            "type": "bulk",
+            "params": {"n": n},
+            "priority": 0,
+            "status": "queued",
+            "attempts": 0,
+            "progress": 0,
+            "remote_attempt": 1,
+            "remote_worker_id": "bridge-host",
+            "lease_expires_at": now + timedelta(hours=1),
+            "created_at": now,
+        }
+        for n in range(count)
+    ]
+    with LocalQueue(url) as queue, queue.store.engine.begin() as conn:
+        conn.execute(insert(tasks), rows)
+
+
+def run_worker(url: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, WORKER, url, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_four_processes_each_task_handed_out_exactly_once(migrated_url: str):
+    seed_remote_tasks(migrated_url, 2000)
+    workers = [run_worker(migrated_url, "drain") for _ in range(4)]
+    handed_out: list[int] = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err
+        handed_out.extend(json.loads(out))
+    assert len(handed_out) == 2000
+    assert [n for n, times in Counter(handed_out).items() if times > 1] == []
+    with LocalQueue(migrated_url) as queue:
+        assert queue.status().tasks == {("bulk", "done"): 2000}
+        rows = queue.store.pending_outbox(datetime.now(timezone.utc), 5000)
+        assert len(rows) == 2000 and len({r.remote_id for r in rows}) == 2000
+
+
+def test_worker_killed_while_holding_task_is_handed_out_again(migrated_url: str):
+    with LocalQueue(migrated_url, worker_id="survivor") as queue:
+        queue.enqueue("work", {"n": 1})
+        holder = run_worker(migrated_url, "hold", "1")
+        line = holder.stdout.readline() if holder.stdout else ""
+        held = json.loads(line)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        assert holder.returncode == -signal.SIGKILL
+        dead_workers_task = queue.get(held["id"])
+        assert (
+            dead_workers_task.status == "running"
+            and dead_workers_task.locked_by == held["locked_by"]
+        )
+        assert queue.dequeue() is None  # still locked
+        later = datetime.now(timezone.utc) + timedelta(seconds=2)
+        assert queue.store.requeue_stale_locks(queue.config.lease_margin_seconds, later) == (1, 0)
+        again = queue.dequeue()
+        assert again.id == held["id"] and again.locked_by == "survivor" and again.attempts == 2
+        with pytest.raises(TaskNotHeldError):
+            queue.complete(dead_workers_task, {"late": True})
+        queue.complete(again, {"ok": True})
+        assert queue.get(again.id).result == {"ok": True}
+
+
+def test_result_durable_when_process_is_killed_right_after_complete(migrated_url: str):
+    seed_remote_tasks(migrated_url, 1)
+    worker = run_worker(migrated_url, "complete-and-die")
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == -signal.SIGKILL, err
+    task_id = json.loads(out)["id"]
+    with LocalQueue(migrated_url) as queue:
+        task = queue.get(task_id)
+        assert task.status == "done" and task.result == {"survived": True}
+        [row] = queue.outbox()
+        assert (row.kind, row.status, row.payload) == (
+            "complete",
+            "pending",
+            {"result": {"survived": True}},
+        )
