@@ -2,45 +2,257 @@
 
 Each subcommand is a function taking the parsed arguments and returning an
 exit code; errors of the bridge become one line on stderr and exit code 2.
+The API key is never printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from taskmanager import TaskManagerClient, TaskManagerError
 
 from . import migrate
-from .config import BridgeConfig
+from .config import BridgeConfig, parse_toml
 from .database import display_url, normalise_url
-from .errors import BridgeError
-from .schema import SCHEMA_REVISION
+from .errors import BridgeConfigError, BridgeError
+from .schema import OUTBOX_STATUSES, SCHEMA_REVISION, TASK_STATUSES
 
 Command = Callable[[argparse.Namespace], int]
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _config(args: argparse.Namespace) -> BridgeConfig:
     return BridgeConfig.load(args.config, db_url=args.db_url)
 
 
+def _where(config: BridgeConfig) -> str:
+    return display_url(normalise_url(config.db_url))
+
+
+# -- db ----------------------------------------------------------------------------------
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     config = _config(args)
     migrate.upgrade(config.db_url, args.revision)
-    where = display_url(normalise_url(config.db_url))
-    print(f"{where}: at schema revision {migrate.current(config.db_url)}")
+    print(f"{_where(config)}: at schema revision {migrate.current(config.db_url)}")
     return 0
 
 
 def cmd_db_current(args: argparse.Namespace) -> int:
     config = _config(args)
     revision = migrate.current(config.db_url)
-    where = display_url(normalise_url(config.db_url))
     if revision is None:
-        print(f"{where}: no taskmanager-bridge schema (run: taskmanager-bridge db upgrade)")
+        print(
+            f"{_where(config)}: no taskmanager-bridge schema (run: taskmanager-bridge db upgrade)"
+        )
         return 1
     state = "up to date" if revision == SCHEMA_REVISION else f"expected {SCHEMA_REVISION}"
-    print(f"{where}: schema revision {revision} ({state})")
+    print(f"{_where(config)}: schema revision {revision} ({state})")
     return 0 if revision == SCHEMA_REVISION else 1
+
+
+# -- run / worker ----------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import Bridge, Daemon
+    from .queue import LocalQueue
+
+    config = _config(args)
+    if not config.types:
+        raise BridgeConfigError(
+            "types: the daemon needs the task types to claim "
+            '(types = ["..."] in the config, or BRIDGE_TYPES=a,b)'
+        )
+    client = TaskManagerClient(config.client_config())
+    with LocalQueue(config=config) as queue:
+        return Daemon(Bridge(queue, client, config)).run_forever()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .queue import LocalQueue
+    from .worker import Worker, load_handler
+
+    handler = load_handler(args.handler)
+    config = _config(args)
+    with LocalQueue(config=config) as queue:
+        worker = Worker(queue, dict.fromkeys(args.type, handler), args.concurrency)
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            logging.getLogger("bridge.worker").info("signal %d: finishing the task in hand", signum)
+            worker.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        handled = worker.run(max_tasks=args.max_tasks)
+        logging.getLogger("bridge.worker").info("worker stopped after %d task(s)", handled)
+    return 0
+
+
+# -- status ------------------------------------------------------------------------------
+def status_document(config: BridgeConfig, now: datetime | None = None) -> dict[str, Any]:
+    """What ``status --json`` prints (a stable shape, see docs/OPERATIONS.md)."""
+    from .daemon import LAST_CONTACT_KEY, OUTAGE_SINCE_KEY, WORKER_ID_KEY
+    from .queue import LocalQueue
+
+    now = now or datetime.now(timezone.utc)
+    with LocalQueue(config=config) as queue:
+        counts = queue.status()
+        state = {
+            key: queue.store.get_state(key)
+            for key in (WORKER_ID_KEY, LAST_CONTACT_KEY, OUTAGE_SINCE_KEY)
+        }
+    tasks: dict[str, dict[str, int]] = {}
+    for (task_type, status), count in sorted(counts.tasks.items()):
+        tasks.setdefault(task_type, dict.fromkeys(TASK_STATUSES, 0))[status] = count
+    oldest = counts.oldest_pending_outbox
+    return {
+        "database": _where(config),
+        "worker_id": state[WORKER_ID_KEY],
+        "tasks": tasks,
+        "outbox": {status: counts.outbox.get(status, 0) for status in OUTBOX_STATUSES},
+        "oldest_pending_outbox_age_seconds": (now - oldest).total_seconds() if oldest else None,
+        "last_contact": state[LAST_CONTACT_KEY] or None,
+        "outage_since": state[OUTAGE_SINCE_KEY] or None,
+        "in_outage": bool(state[OUTAGE_SINCE_KEY]),
+    }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    doc = status_document(_config(args))
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+    print(f"queue: {doc['database']}   remote worker id: {doc['worker_id'] or '(daemon not run)'}")
+    header = "".join(f"{s:>10}" for s in TASK_STATUSES)
+    print(f"  {'type':30}{header}")
+    for task_type, by_status in doc["tasks"].items():
+        print(f"  {task_type:30}" + "".join(f"{by_status[s]:>10}" for s in TASK_STATUSES))
+    age = doc["oldest_pending_outbox_age_seconds"]
+    oldest = f" (oldest {age:.0f} s)" if age is not None else ""
+    outbox = ", ".join(f"{s} {n}" for s, n in doc["outbox"].items())
+    print(f"outbox: {outbox}{oldest}")
+    print(
+        f"last contact: {doc['last_contact'] or 'never'}   "
+        f"outage: {'since ' + doc['outage_since'] if doc['in_outage'] else 'none'}"
+    )
+    return 0
+
+
+# -- outbox --------------------------------------------------------------------------------
+def cmd_outbox_list(args: argparse.Namespace) -> int:
+    from .queue import LocalQueue
+
+    with LocalQueue(config=_config(args)) as queue:
+        entries = queue.outbox(args.status, args.limit)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": e.id,
+                        "kind": e.kind,
+                        "status": e.status,
+                        "remote_id": e.remote_id,
+                        "remote_attempt": e.remote_attempt,
+                        "attempts": e.attempts,
+                        "created_at": e.created_at.isoformat(),
+                        "reason": e.last_error,
+                        "payload": e.payload,
+                    }
+                    for e in entries
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    print(f"{'id':>7} {'kind':13} {'status':10} {'remote':>8} {'tries':>5}  reason")
+    for e in entries:
+        reason = (e.last_error or "").replace("\n", " ")[:90]
+        print(
+            f"{e.id:>7} {e.kind:13} {e.status:10} {e.remote_id or '-':>8} {e.attempts:>5}  {reason}"
+        )
+    return 0
+
+
+def cmd_outbox_retry(args: argparse.Namespace) -> int:
+    from .queue import LocalQueue
+
+    if not args.dead and not args.ids:
+        raise BridgeError("outbox retry: give row ids, or --dead for every dead row")
+    with LocalQueue(config=_config(args)) as queue:
+        count = queue.store.requeue_outbox(
+            None if args.dead else args.ids, datetime.now(timezone.utc)
+        )
+    print(f"{count} dead row(s) made pending again")
+    return 0
+
+
+# -- register-types ------------------------------------------------------------------------
+def read_type_definitions(path: Path) -> list[dict[str, Any]]:
+    """A JSON list (or {"types": [...]}) or a TOML file of [[types]] tables."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data: Any = parse_toml(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise BridgeError(f"{path}: cannot read type definitions: {exc}") from None
+    items = data.get("types") if isinstance(data, dict) else data
+    if not isinstance(items, list) or not items:
+        raise BridgeError(f"{path}: expected a list of types (or a 'types' list)")
+    for index, item in enumerate(items):
+        missing = [
+            k
+            for k in ("name", "version", "param_schema")
+            if not isinstance(item, dict) or k not in item
+        ]
+        if missing:
+            raise BridgeError(f"{path}: type #{index + 1} lacks {', '.join(missing)}")
+    return [dict(item) for item in items]
+
+
+def cmd_register_types(args: argparse.Namespace) -> int:
+    from .outbox import Verdict, deliver
+    from .queue import LocalQueue
+
+    definitions = read_type_definitions(Path(args.file))
+    config = _config(args)
+    client = TaskManagerClient(config.client_config())
+    now = datetime.now(timezone.utc)
+    with LocalQueue(config=config) as queue:
+        for item in definitions:
+            entry = queue.register_task_type(
+                str(item["name"]), str(item["version"]), item["param_schema"]
+            )
+            outcome = deliver(entry, client)
+            if outcome.verdict is Verdict.DELIVERED:
+                queue.store.settle_outbox(entry.id, "delivered", outcome.reason, now)
+                queue.store.cache_task_type(
+                    item["name"], outcome.remote_id, item["version"], item["param_schema"], now
+                )
+                print(f"registered {item['name']} v{item['version']} ({outcome.reason})")
+            elif outcome.verdict is Verdict.DEAD:
+                queue.store.settle_outbox(entry.id, "dead", outcome.reason, now)
+                print(f"refused {item['name']}: {outcome.reason}", file=sys.stderr)
+                return 1
+            else:
+                print(
+                    f"queued {item['name']} v{item['version']} in the outbox "
+                    f"(server not reachable now: {outcome.reason}); the daemon will send it"
+                )
+    return 0
+
+
+# -- demo ------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(tasks=args.tasks, outage_seconds=args.outage_seconds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,10 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="taskmanager-bridge",
         description="Local queue and outbox between workers and the TaskManager API.",
     )
-    parser.add_argument(
-        "--config", help="TOML config file (default: $BRIDGE_CONFIG or ./bridge.toml)"
-    )
+    parser.add_argument("--config", help="TOML config (default: $BRIDGE_CONFIG or ./bridge.toml)")
     parser.add_argument("--db-url", help="local queue database (overrides the config)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
     db = commands.add_parser("db", help="the local queue's schema").add_subparsers(
@@ -59,17 +270,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upgrade = db.add_parser("upgrade", help="create or upgrade the schema (Alembic)")
     upgrade.add_argument("revision", nargs="?", default="head")
-    upgrade.set_defaults(handler=cmd_db_upgrade)
-    db.add_parser("current", help="show the schema revision").set_defaults(handler=cmd_db_current)
+    upgrade.set_defaults(func=cmd_db_upgrade)
+    db.add_parser("current", help="show the schema revision").set_defaults(func=cmd_db_current)
+
+    commands.add_parser(
+        "run", help="run the daemon (claim, deliver, reap, reconcile)"
+    ).set_defaults(func=cmd_run)
+
+    worker = commands.add_parser("worker", help="run a handler on tasks from the local queue")
+    worker.add_argument("--handler", required=True, help="package.module:function")
+    worker.add_argument(
+        "--type", action="append", required=True, help="task type to run it on (repeatable)"
+    )
+    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--max-tasks", type=int, default=None, help="stop after this many")
+    worker.set_defaults(func=cmd_worker)
+
+    status = commands.add_parser("status", help="queue and outbox counts, contact, outage")
+    status.add_argument("--json", action="store_true", help="machine-readable (stable keys)")
+    status.set_defaults(func=cmd_status)
+
+    outbox = commands.add_parser("outbox", help="inspect or replay outbox rows").add_subparsers(
+        dest="outbox_command", required=True
+    )
+    listing = outbox.add_parser("list", help="rows, oldest first")
+    listing.add_argument("--status", choices=OUTBOX_STATUSES)
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_outbox_list)
+    retry = outbox.add_parser("retry", help="make dead rows pending again")
+    retry.add_argument("ids", nargs="*", type=int)
+    retry.add_argument("--dead", action="store_true", help="every dead row")
+    retry.set_defaults(func=cmd_outbox_retry)
+
+    register = commands.add_parser(
+        "register-types", help="register task types from a JSON or TOML file"
+    )
+    register.add_argument("file")
+    register.set_defaults(func=cmd_register_types)
+
+    demo = commands.add_parser("demo", help="emulator + daemon + 2 workers, with an outage")
+    demo.add_argument("--tasks", type=int, default=40)
+    demo.add_argument("--outage-seconds", type=float, default=4.0)
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler: Command = args.handler
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at INFO
+    command: Command = args.func
     try:
-        return handler(args)
-    except BridgeError as exc:
+        return command(args)
+    except (BridgeError, TaskManagerError) as exc:
         print(f"taskmanager-bridge: error: {exc}", file=sys.stderr)
         return 2
 

@@ -660,6 +660,61 @@ class Store:
             ).rowcount
         return rows, finished
 
+    # -- what the daemon's pull and reap decisions read ---------------------------------
+    def backlog(self, task_type: str) -> tuple[int, int]:
+        """(queued, running) tasks of a type."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(tasks.c.status, func.count())
+                .where(tasks.c.type == task_type, tasks.c.status.in_(("queued", "running")))
+                .group_by(tasks.c.status)
+            ).all()
+        found = {status: count for status, count in rows}
+        return found.get("queued", 0), found.get("running", 0)
+
+    def recent_duration(self, task_type: str, sample: int = 50) -> float | None:
+        """Mean seconds from start to finish of the latest finished tasks of a type."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(tasks.c.started_at, tasks.c.finished_at)
+                .where(
+                    tasks.c.type == task_type,
+                    tasks.c.status.in_(("done", "failed")),
+                    tasks.c.started_at.is_not(None),
+                    tasks.c.finished_at.is_not(None),
+                )
+                .order_by(tasks.c.id.desc())
+                .limit(sample)
+            ).all()
+        spans = [(end - start).total_seconds() for start, end in rows]
+        return sum(spans) / len(spans) if spans else None
+
+    def leases_at_risk(self, lease_margin_seconds: float, now: datetime) -> list[LocalTask]:
+        """Running remote tasks whose lease ends within the margin (their result may be late)."""
+        with self._read() as conn:
+            rows = (
+                conn.execute(
+                    select(*_TASK_COLUMNS).where(
+                        tasks.c.status == "running",
+                        tasks.c.lease_expires_at.is_not(None),
+                        tasks.c.lease_expires_at <= now + _seconds(lease_margin_seconds),
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        return [LocalTask.from_row(row) for row in rows]
+
+    def outbox_backlog(self) -> tuple[int, datetime | None]:
+        """(pending rows, creation time of the oldest)."""
+        with self._read() as conn:
+            count, oldest = conn.execute(
+                select(func.count(), func.min(outbox.c.created_at)).where(
+                    outbox.c.status == "pending"
+                )
+            ).one()
+        return int(count), oldest
+
     # -- task types and bridge state -------------------------------------------------------
     @staticmethod
     def _upsert_type(

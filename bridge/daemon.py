@@ -1,0 +1,442 @@
+"""The bridge daemon: claims remote tasks into the local queue and delivers the outbox.
+
+``Bridge`` holds the four jobs as ``tick(now)`` methods (tests call them with
+a fixed clock); ``Daemon`` runs them on an APScheduler background scheduler,
+each job alone (``max_instances=1``) and coalesced, and stops on SIGTERM/SIGINT
+after one last bounded push. Nothing is lost by stopping at any point: every
+result is already in the local database.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from types import FrameType
+from typing import Any
+
+from taskmanager import (
+    ClaimedTask,
+    TaskManagerAuthError,
+    TaskManagerClient,
+    TaskManagerConnectionError,
+    TaskManagerError,
+    TaskManagerRateLimitError,
+)
+from taskmanager.transport import backoff_delay
+
+from .config import BridgeConfig
+from .outbox import Verdict, deliver
+from .queue import LocalQueue, utcnow
+
+logger = logging.getLogger("bridge.daemon")
+
+WORKER_ID_KEY = "remote_worker_id"
+LAST_CONTACT_KEY = "last_contact"
+OUTAGE_SINCE_KEY = "outage_since"
+LAST_TICK_KEY = "last_tick"
+STATE_WRITE_EVERY = timedelta(seconds=5)
+
+
+def _iso(moment: datetime | None) -> str:
+    return moment.isoformat() if moment else ""
+
+
+class Bridge:
+    """The daemon's jobs. Thread-safe: the scheduler may run different jobs at once."""
+
+    def __init__(
+        self,
+        queue: LocalQueue,
+        client: TaskManagerClient,
+        config: BridgeConfig,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.queue = queue
+        self.store = queue.store
+        self.client = client
+        self.config = config
+        self.rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._claiming = threading.Event()
+        self._claiming.set()
+        self._next_pull: dict[str, datetime] = {}
+        self._pull_interval: dict[str, float] = {}
+        self._next_push: datetime | None = None
+        self._push_failures = 0
+        self._paused_until: datetime | None = None
+        self._outage_since: datetime | None = None
+        self._backlog_paused = False
+        self._risk_logged: set[int] = set()
+        self._state_written: dict[str, datetime] = {}
+        self.worker_id = self._stable_worker_id()
+
+    # -- identity and shared state -----------------------------------------------------
+    def _stable_worker_id(self) -> str:
+        """The remote worker id, fixed in the database on first start.
+
+        Stable across restarts so that our claims stay ours and reconcile finds them.
+        """
+        known = self.store.get_state(WORKER_ID_KEY)
+        if known:
+            return known
+        configured = self.client.config.worker_id
+        chosen = (
+            str(configured)
+            if os.environ.get("TASKMANAGER_WORKER_ID") or self.config.taskmanager.get("worker_id")
+            else f"{socket.gethostname()}-bridge-{uuid.uuid4().hex[:8]}"
+        )
+        self.store.set_state(WORKER_ID_KEY, chosen, utcnow())
+        return chosen
+
+    def _write_state(self, key: str, value: str, now: datetime, *, force: bool = False) -> None:
+        last = self._state_written.get(key)
+        if force or last is None or now - last >= STATE_WRITE_EVERY:
+            self.store.set_state(key, value, now)
+            self._state_written[key] = now
+
+    def _contact_ok(self, now: datetime) -> None:
+        with self._lock:
+            began, self._outage_since = self._outage_since, None
+        if began is not None:
+            pending, _ = self.store.outbox_backlog()
+            logger.warning(
+                "outage ended after %.1f s; %d outbox rows to deliver",
+                (now - began).total_seconds(),
+                pending,
+            )
+            self._write_state(OUTAGE_SINCE_KEY, "", now, force=True)
+        self._write_state(LAST_CONTACT_KEY, _iso(now), now)
+
+    def _contact_failed(self, now: datetime, reason: str) -> None:
+        with self._lock:
+            began = self._outage_since is None
+            if began:
+                self._outage_since = now
+        if began:
+            logger.warning("outage began: %s", reason)
+            self._write_state(OUTAGE_SINCE_KEY, _iso(now), now, force=True)
+
+    @property
+    def in_outage(self) -> bool:
+        return self._outage_since is not None
+
+    def _rate_limited(self, now: datetime) -> bool:
+        return self._paused_until is not None and now < self._paused_until
+
+    def _pause_for_rate_limit(self, now: datetime, retry_after: float | None) -> None:
+        wait = retry_after if retry_after is not None else 60.0
+        self._paused_until = now + timedelta(seconds=wait)
+        logger.warning("rate limited (429): every job waits %.0f s", wait)
+
+    def stop_claiming(self) -> None:
+        self._claiming.clear()
+
+    # -- pull ----------------------------------------------------------------------------
+    def claim_limit(self, task_type: str) -> int:
+        """How many tasks of a type may be claimed now.
+
+        At most ``prefetch`` queued locally, and never more than the local workers
+        can start before the lease (less the margin) runs out, at the measured
+        task duration: a claimed task that cannot start in time is work taken
+        from other bridges for nothing.
+        """
+        queued, _running = self.store.backlog(task_type)
+        usable = self.config.lease_seconds - self.config.lease_margin_seconds
+        duration = self.store.recent_duration(task_type) or self.config.default_task_seconds
+        startable = math.floor(self.config.workers * usable / max(duration, 0.001))
+        return max(0, min(self.config.prefetch - queued, startable - queued))
+
+    def _outbox_too_far_behind(self, now: datetime) -> bool:
+        pending, oldest = self.store.outbox_backlog()
+        age = (now - oldest).total_seconds() if oldest else 0.0
+        behind = (
+            pending > self.config.outbox_pause_rows or age > self.config.outbox_pause_age_seconds
+        )
+        if behind != self._backlog_paused:
+            self._backlog_paused = behind
+            if behind:
+                logger.warning(
+                    "claiming paused: %d outbox rows pending, oldest %.0f s old "
+                    "(results first, new work second)",
+                    pending,
+                    age,
+                )
+            else:
+                logger.info("claiming resumed: outbox backlog is back under its limits")
+        return behind
+
+    def pull_tick(self, now: datetime) -> int:
+        """Claim what the local queue has room for; returns the number claimed."""
+        if not self._claiming.is_set() or self._rate_limited(now):
+            return 0
+        if self._outbox_too_far_behind(now):
+            return 0
+        total = 0
+        for task_type in self.config.types:
+            due = self._next_pull.get(task_type)
+            if due is not None and now < due:
+                continue
+            limit = self.claim_limit(task_type)
+            claimed = 0
+            try:
+                while claimed < limit and self._claiming.is_set():
+                    task = self.client.claim_task(task_type=task_type, worker_id=self.worker_id)
+                    if task is None:
+                        break
+                    self.store.insert_claimed(task, self.config.lease_seconds, now)
+                    claimed += 1
+            except TaskManagerRateLimitError as exc:
+                self._pause_for_rate_limit(now, exc.retry_after)
+                return total + claimed
+            except (TaskManagerConnectionError, TaskManagerAuthError) as exc:
+                self._contact_failed(now, str(exc))
+                return total + claimed
+            except TaskManagerError as exc:
+                logger.warning("claiming %s failed: %s", task_type, exc)
+                self._schedule_pull(task_type, now, found_work=False)
+                continue
+            self._contact_ok(now)
+            total += claimed
+            self._schedule_pull(task_type, now, found_work=claimed > 0 or limit == 0)
+        if total:
+            logger.info("claimed %d task(s)", total)
+        return total
+
+    def _schedule_pull(self, task_type: str, now: datetime, *, found_work: bool) -> None:
+        """Adaptive polling: again at once while work comes, doubling up to the cap when idle."""
+        if found_work:
+            interval = self.config.poll_min_seconds
+        else:
+            previous = self._pull_interval.get(task_type, self.config.poll_min_seconds / 2)
+            interval = min(self.config.poll_max_seconds, previous * 2)
+        self._pull_interval[task_type] = interval
+        self._next_pull[task_type] = now + timedelta(seconds=0 if found_work else interval)
+
+    # -- push ----------------------------------------------------------------------------
+    def push_tick(self, now: datetime, *, ignore_backoff: bool = False) -> int:
+        """Deliver due outbox rows oldest first; returns the number delivered.
+
+        ``ignore_backoff`` tries at once even while backing off from an outage
+        (the shutdown's last push).
+        """
+        backing_off = self._next_push is not None and now < self._next_push
+        if self._rate_limited(now) or (backing_off and not ignore_backoff):
+            return 0
+        delivered = 0
+        held_back: set[int] = set()  # tasks whose earlier row must go first
+        for entry in self.store.pending_outbox(now, self.config.push_batch):
+            if entry.task_id is not None and entry.task_id in held_back:
+                continue
+            outcome = deliver(entry, self.client)
+            verdict = outcome.verdict
+            if verdict is Verdict.OUTAGE:
+                self._contact_failed(now, outcome.reason or "no answer")
+                delay = backoff_delay(
+                    self._push_failures, 1.0, self.config.push_backoff_max_seconds, self.rng
+                )
+                self._push_failures += 1
+                self._next_push = now + timedelta(seconds=delay)
+                break
+            if verdict is Verdict.RATE_LIMITED:
+                self._pause_for_rate_limit(now, outcome.retry_after)
+                break
+            self._contact_ok(now)
+            if verdict is Verdict.DELIVERED:
+                self.store.settle_outbox(entry.id, "delivered", outcome.reason, now)
+                if entry.kind == "register_type":
+                    payload = entry.payload
+                    self.store.cache_task_type(
+                        payload["name"],
+                        outcome.remote_id,
+                        payload["version"],
+                        payload["param_schema"],
+                        now,
+                    )
+                delivered += 1
+            elif verdict is Verdict.SUPERSEDED:
+                self.store.settle_outbox(entry.id, "superseded", outcome.reason, now)
+                logger.warning(
+                    "outbox row %d (%s, task %s) superseded: %s",
+                    entry.id,
+                    entry.kind,
+                    entry.remote_id,
+                    outcome.reason,
+                )
+            elif verdict is Verdict.DEAD:
+                self._bury(entry.id, entry.kind, entry.remote_id, outcome.reason, now)
+            else:  # RETRY
+                if entry.attempts + 1 >= self.config.outbox_max_attempts:
+                    reason = f"gave up after {entry.attempts + 1} attempts: {outcome.reason}"
+                    self._bury(entry.id, entry.kind, entry.remote_id, reason, now)
+                else:
+                    delay = backoff_delay(
+                        entry.attempts, 1.0, self.config.push_backoff_max_seconds, self.rng
+                    )
+                    self.store.retry_outbox_at(
+                        entry.id, now + timedelta(seconds=delay), outcome.reason or "retry"
+                    )
+                if entry.task_id is not None:
+                    held_back.add(entry.task_id)
+        else:
+            self._push_failures = 0
+            self._next_push = None
+        if delivered:
+            logger.info("delivered %d outbox row(s)", delivered)
+        return delivered
+
+    def _bury(
+        self, row_id: int, kind: str, remote_id: int | None, reason: str | None, now: datetime
+    ) -> None:
+        self.store.settle_outbox(row_id, "dead", reason, now)
+        logger.error("outbox row %d (%s, task %s) is dead: %s", row_id, kind, remote_id, reason)
+
+    # -- reap ----------------------------------------------------------------------------
+    def reap_tick(self, now: datetime) -> tuple[int, int, int]:
+        """(expired before start, re-queued after a worker vanished, expired while running)."""
+        margin = self.config.lease_margin_seconds
+        expired = self.store.expire_unstartable(margin, now)
+        requeued, lost = self.store.requeue_stale_locks(margin, now)
+        if expired:
+            logger.warning(
+                "%d queued task(s) expired: their lease ran out before a worker started them",
+                expired,
+            )
+        if requeued or lost:
+            logger.warning("worker locks ran out: %d task(s) re-queued, %d expired", requeued, lost)
+        for task in self.store.leases_at_risk(margin, now):
+            if task.id not in self._risk_logged:
+                self._risk_logged.add(task.id)
+                logger.warning(
+                    "lease at risk: task %d (remote %s, %s) still running, lease ends %s",
+                    task.id,
+                    task.remote_id,
+                    task.type,
+                    _iso(task.lease_expires_at),
+                )
+        self._write_state(LAST_TICK_KEY, _iso(now), now)
+        return expired, requeued, lost
+
+    # -- reconcile -----------------------------------------------------------------------
+    def reconcile_tick(self, now: datetime) -> int:
+        """Import tasks the server says we hold but the local queue does not know."""
+        imported = 0
+        try:
+            for row in self.client.list_tasks(status="claimed", page_size=100):
+                if row.claimed_by != self.worker_id:
+                    continue
+                local = self.store.get_task_by_remote_id(row.id)
+                if local is not None and (local.remote_attempt or 0) >= row.attempts:
+                    continue
+                full = self.client.get_task(row.id)
+                claim = ClaimedTask(
+                    id=full.id,
+                    type=full.type,
+                    params=full.params or {},
+                    attempts=full.attempts,
+                    priority=full.priority,
+                    worker_id=self.worker_id,
+                    claimed_at=full.claimed_at or now,
+                )
+                _, changed = self.store.insert_claimed(claim, self.config.lease_seconds, now)
+                imported += int(changed)
+        except (TaskManagerConnectionError, TaskManagerAuthError) as exc:
+            self._contact_failed(now, str(exc))
+            return imported
+        except TaskManagerError as exc:
+            logger.warning("reconcile failed: %s", exc)
+            return imported
+        self._contact_ok(now)
+        if imported:
+            logger.warning("reconciled %d orphan claim(s) held by %s", imported, self.worker_id)
+        return imported
+
+
+class Daemon:
+    """Runs a ``Bridge``'s jobs on APScheduler until told to stop."""
+
+    def __init__(self, bridge: Bridge, clock: Callable[[], datetime] = utcnow) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.bridge = bridge
+        self.clock = clock
+        self._stop = threading.Event()
+        self._signals = 0
+        self.scheduler: Any = BackgroundScheduler(
+            timezone=timezone.utc,
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 60},
+        )
+        config = bridge.config
+        jobs: list[tuple[str, Callable[[datetime], Any], float]] = [
+            ("pull", bridge.pull_tick, config.poll_min_seconds),
+            ("push", bridge.push_tick, config.push_interval_seconds),
+            ("reap", bridge.reap_tick, config.reap_interval_seconds),
+            ("reconcile", bridge.reconcile_tick, config.reconcile_interval_seconds),
+        ]
+        start = datetime.now(timezone.utc)
+        for name, tick, seconds in jobs:
+            self.scheduler.add_job(
+                self._guarded(name, tick),
+                "interval",
+                seconds=seconds,
+                id=name,
+                name=name,
+                next_run_time=start,
+            )
+
+    def _guarded(self, name: str, tick: Callable[[datetime], Any]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                tick(self.clock())
+            except Exception:
+                logger.exception("%s tick failed; it runs again at its next interval", name)
+
+        return run
+
+    def start(self) -> None:
+        logger.info(
+            "bridge started: worker id %s, types %s",
+            self.bridge.worker_id,
+            ", ".join(self.bridge.config.types),
+        )
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        """Stop claiming, let running jobs end, then one last push within the time allowed."""
+        self.bridge.stop_claiming()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        deadline = time.monotonic() + self.bridge.config.shutdown_push_seconds
+        while time.monotonic() < deadline:
+            pending, _ = self.bridge.store.outbox_backlog()
+            if not pending or self.bridge.in_outage:
+                break
+            if not self.bridge.push_tick(self.clock(), ignore_backoff=True):
+                break
+        pending, _ = self.bridge.store.outbox_backlog()
+        logger.info("bridge stopped; %d outbox row(s) pending (kept for the next start)", pending)
+
+    def request_stop(self, signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            logger.warning("second signal: exiting now (everything is in the local database)")
+            os._exit(1)
+        logger.info("signal %d: stopping (claims stop, last push follows)", signum)
+        self._stop.set()
+
+    def run_forever(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.start()
+        self._stop.wait()
+        self.stop()
+        return 0

@@ -1,0 +1,329 @@
+"""The daemon's jobs, called as tick(now) against the emulator over real HTTP, on both databases."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+
+from bridge import BridgeConfig, LocalQueue
+from bridge.daemon import Bridge, Daemon
+from taskmanager import TaskManagerClient, TaskManagerConfig
+from taskmanager.emulator import EmulatorServer
+
+from .conftest import Clock
+
+TYPE = "t.work"
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+@dataclass
+class Rig:
+    server: EmulatorServer
+    queue: LocalQueue
+    bridge: Bridge
+    clock: Clock
+    admin: TaskManagerClient  # another client: seeds tasks, inspects the server
+
+    def create(self, count: int, start: int = 0) -> list[int]:
+        return [self.admin.create_task(TYPE, {"n": i}) for i in range(start, start + count)]
+
+    def claims(self) -> int:
+        return self.server.request_counts()["POST /tasks/claim"]
+
+
+def make_bridge(queue: LocalQueue, server: EmulatorServer, clock: Clock, **settings) -> Bridge:
+    values = {
+        "types": [TYPE],
+        "prefetch": 5,
+        "workers": 2,
+        "default_task_seconds": 1.0,
+        "poll_min_seconds": 0.5,
+        "poll_max_seconds": 8.0,
+        **settings,
+    }
+    config = BridgeConfig.load(env={}, db_url=queue.config.db_url, **values)
+    client = TaskManagerClient(
+        TaskManagerConfig.from_env(
+            {},
+            api_url=server.url,
+            api_key=server.api_key,
+            worker_id="bridge-under-test",
+            retry_attempts=0,
+            timeout=2,
+        ),
+        now=clock,
+    )
+    return Bridge(queue, client, config)
+
+
+@pytest.fixture
+def rig(migrated_url: str, clock: Clock) -> Iterator[Rig]:
+    with (
+        EmulatorServer() as server,
+        LocalQueue(migrated_url, clock=clock) as queue,
+        server.client() as admin,
+    ):
+        admin.register_task_type(TYPE, "1", SCHEMA)
+        yield Rig(server, queue, make_bridge(queue, server, clock), clock, admin)
+
+
+def test_pull_fills_to_prefetch_then_as_room_appears(rig: Rig):
+    rig.create(8)
+    assert rig.bridge.pull_tick(rig.clock.now) == 5
+    assert rig.queue.status().tasks == {(TYPE, "queued"): 5}
+    claimed = [t for t in rig.admin.list_tasks(status="claimed")]
+    assert len(claimed) == 5 and {t.claimed_by for t in claimed} == {rig.bridge.worker_id}
+    assert rig.bridge.pull_tick(rig.clock.now) == 0  # no room
+    for _ in range(3):
+        rig.queue.complete(rig.queue.dequeue(), {"ok": True})
+    assert rig.bridge.pull_tick(rig.clock.now) == 3
+
+
+def test_adaptive_polling_backs_off_when_idle(rig: Rig):
+    assert rig.bridge.pull_tick(rig.clock.now) == 0
+    asked = rig.claims()
+    assert rig.bridge.pull_tick(rig.clock.now) == 0
+    assert rig.claims() == asked  # not due yet
+    rig.create(1)
+    intervals = []
+    for _ in range(5):  # 0.5, 1, 2, 4, 8 s when idle: find how long until it asks again
+        waited = 0.0
+        while rig.claims() == asked:
+            rig.clock.advance(0.25)
+            waited += 0.25
+            rig.bridge.pull_tick(rig.clock.now)
+        asked = rig.claims()
+        intervals.append(waited)
+        if rig.queue.status().tasks:
+            break
+    assert intervals[0] <= 1.0 and rig.queue.status().tasks == {(TYPE, "queued"): 1}
+
+
+def test_claim_limit_keeps_claims_startable_within_the_lease(migrated_url: str, clock: Clock):
+    with (
+        EmulatorServer() as server,
+        LocalQueue(migrated_url, clock=clock) as queue,
+        server.client() as admin,
+    ):
+        admin.register_task_type(TYPE, "1", SCHEMA)
+        for i in range(6):
+            admin.create_task(TYPE, {"n": i})
+        bridge = make_bridge(
+            queue,
+            server,
+            clock,
+            workers=1,
+            lease_seconds=300,
+            lease_margin_seconds=30,
+            default_task_seconds=100,
+        )
+        assert bridge.claim_limit(TYPE) == 2  # 1 worker x 270 s usable / 100 s per task
+        assert bridge.pull_tick(clock.now) == 2
+
+
+def test_pull_pauses_while_outbox_is_behind(migrated_url: str, clock: Clock):
+    with EmulatorServer() as server, LocalQueue(migrated_url, clock=clock) as queue:
+        bridge = make_bridge(queue, server, clock, outbox_pause_rows=2)
+        for i in range(3):
+            queue.create_remote_task(TYPE, {"n": i})
+        assert bridge.pull_tick(clock.now) == 0
+        assert server.request_counts()["POST /tasks/claim"] == 0
+
+
+def test_completion_reaches_the_server(rig: Rig):
+    [remote_id] = rig.create(1)
+    rig.bridge.pull_tick(rig.clock.now)
+    task = rig.queue.dequeue()
+    rig.queue.progress(task, 50, "half")
+    assert rig.bridge.push_tick(rig.clock.now) == 1
+    assert rig.admin.get_task(remote_id).progress == 50
+    rig.queue.complete(task, {"ideas": 7})
+    assert rig.bridge.push_tick(rig.clock.now) == 1
+    remote = rig.admin.get_task(remote_id)
+    assert (remote.status, remote.result) == ("completed", {"ideas": 7})
+    assert {e.status for e in rig.queue.outbox()} == {"delivered"}
+
+
+def test_failure_reaches_the_server_as_retry(rig: Rig):
+    [remote_id] = rig.create(1)
+    rig.bridge.pull_tick(rig.clock.now)
+    rig.queue.fail(rig.queue.dequeue(), ValueError("bad page"))
+    rig.bridge.push_tick(rig.clock.now)
+    remote = rig.admin.get_task(remote_id)
+    assert (remote.status, remote.error_message) == ("pending", "ValueError: bad page")
+    [row] = rig.queue.outbox()
+    assert row.status == "delivered" and "pending (retry)" in (row.last_error or "")
+
+
+def test_outage_loses_nothing_and_backlog_drains(rig: Rig, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="bridge")
+    ids = rig.create(3)
+    rig.bridge.pull_tick(rig.clock.now)
+    rig.server.go_down()
+    for _ in range(3):
+        rig.queue.complete(rig.queue.dequeue(), {"offline": True})
+    assert rig.bridge.push_tick(rig.clock.now) == 0
+    assert rig.bridge.in_outage and "outage began" in caplog.text
+    assert rig.queue.status().outbox == {"pending": 3}
+    assert all(e.attempts == 0 for e in rig.queue.outbox())  # an outage is not the rows' fault
+    rig.server.come_back()
+    assert rig.bridge.push_tick(rig.clock.now) == 0  # still backing off
+    rig.clock.advance(5)
+    assert rig.bridge.push_tick(rig.clock.now) == 3
+    assert "outage ended" in caplog.text and not rig.bridge.in_outage
+    assert [rig.admin.get_task(i).status for i in ids] == ["completed"] * 3
+
+
+def test_answer_lost_after_commit_is_delivered(rig: Rig):
+    [remote_id] = rig.create(1)
+    rig.bridge.pull_tick(rig.clock.now)
+    rig.queue.complete(rig.queue.dequeue(), {"n": 1})
+    rig.server.faults.drop_after_commit(path="/tasks/*/complete")
+    rig.bridge.push_tick(rig.clock.now)  # the answer is lost: treated as an outage
+    rig.clock.advance(5)
+    assert rig.bridge.push_tick(rig.clock.now) == 1  # the replay gets 400, settled by reading
+    [row] = rig.queue.outbox()
+    assert row.status == "delivered" and "already applied" in (row.last_error or "")
+    assert rig.admin.get_task(remote_id).result == {"n": 1}
+
+
+def test_lease_taken_by_another_worker_is_superseded(rig: Rig):
+    [remote_id] = rig.create(1)
+    rig.bridge.pull_tick(rig.clock.now)
+    task = rig.queue.dequeue()
+    rig.server.advance_clock(301)
+    rival = rig.admin.claim_task(task_type=TYPE, worker_id="rival-worker")
+    assert rival is not None and rival.id == remote_id
+    rig.queue.complete(task, {"by": "us"})
+    rig.bridge.push_tick(rig.clock.now)
+    [row] = rig.queue.outbox()
+    assert row.status == "superseded"
+    assert "rival-worker" in (row.last_error or "") and "kept locally" in (row.last_error or "")
+    assert rig.queue.get(task.id).result == {"by": "us"}
+    assert rig.queue.status().outbox == {"superseded": 1}
+
+
+def test_rejected_row_goes_dead_and_later_rows_still_go(rig: Rig):
+    rig.admin.register_task_type("t.off", "1", {"type": "object"})
+    rig.server.store.set_type_active("t.off", False)
+    rig.queue.create_remote_task("t.off", {"n": 1})  # the server answers 400: type not active
+    rig.queue.create_remote_task(TYPE, {"m": "no n"})  # refused by the cached schema
+    [remote_id] = rig.create(1)
+    rig.bridge.pull_tick(rig.clock.now)
+    rig.queue.complete(rig.queue.dequeue(), {"ok": True})
+    assert rig.bridge.push_tick(rig.clock.now) == 1
+    inactive, invalid, delivered = rig.queue.outbox()
+    assert inactive.status == "dead" and "400: Task type is not active" in (
+        inactive.last_error or ""
+    )
+    assert invalid.status == "dead" and "'n' is a required property" in (invalid.last_error or "")
+    assert delivered.status == "delivered"
+    assert rig.admin.get_task(remote_id).status == "completed"
+
+
+def test_429_pauses_every_job_until_retry_after(rig: Rig):
+    [remote_id] = rig.create(1)
+    rig.bridge.pull_tick(rig.clock.now)
+    rig.queue.complete(rig.queue.dequeue(), {"ok": True})
+    body = json.dumps({"error": "Too Many Requests", "message": "slow down", "retry_after": 30})
+    rig.server.faults.fail_next(status=429, body=body, content_type="application/json")
+    assert rig.bridge.push_tick(rig.clock.now) == 0
+    before = len(rig.server.requests)
+    rig.clock.advance(10)
+    assert rig.bridge.push_tick(rig.clock.now) == 0 and rig.bridge.pull_tick(rig.clock.now) == 0
+    assert len(rig.server.requests) == before  # nothing sent before Retry-After
+    rig.clock.advance(21)
+    assert rig.bridge.push_tick(rig.clock.now) == 1
+    assert rig.admin.get_task(remote_id).status == "completed"
+
+
+def test_5xx_row_is_retried_later_and_keeps_task_order(rig: Rig):
+    [remote_id] = rig.create(1)
+    rig.bridge.pull_tick(rig.clock.now)
+    task = rig.queue.dequeue()
+    rig.queue.progress(task, 40)
+    rig.bridge.push_tick(rig.clock.now)
+    rig.queue.progress(task, 80)
+    rig.server.faults.fail_next(status=500, path="/tasks/*/progress")
+    rig.bridge.push_tick(rig.clock.now)
+    [_, progress] = rig.queue.outbox()
+    assert progress.status == "pending" and progress.attempts == 1
+    rig.clock.advance(5)
+    assert rig.bridge.push_tick(rig.clock.now) == 1
+    assert rig.admin.get_task(remote_id).progress == 80
+
+
+def test_reap_expires_and_requeues(rig: Rig, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.WARNING, logger="bridge")
+    rig.create(2)
+    rig.bridge.pull_tick(rig.clock.now)
+    running = rig.queue.dequeue(lock_seconds=5)
+    rig.clock.advance(6)
+    assert rig.bridge.reap_tick(rig.clock.now) == (0, 1, 0)
+    rig.clock.advance(300)
+    assert rig.bridge.reap_tick(rig.clock.now)[0] == 2
+    assert rig.queue.get(running.id).status == "expired"
+    assert "expired" in caplog.text
+
+
+def test_reconcile_imports_orphan_claims(rig: Rig):
+    ids = rig.create(2)
+    orphan = rig.admin.claim_task(task_type=TYPE, worker_id=rig.bridge.worker_id)
+    assert orphan is not None and orphan.id == ids[0]
+    assert rig.bridge.reconcile_tick(rig.clock.now) == 1
+    local = rig.queue.store.get_task_by_remote_id(orphan.id)
+    assert local is not None and local.status == "queued" and local.params == {"n": 0}
+    assert rig.bridge.reconcile_tick(rig.clock.now) == 0
+
+
+def test_worker_id_is_stable_across_restarts(rig: Rig, clock: Clock):
+    again = make_bridge(rig.queue, rig.server, clock)
+    assert again.worker_id == rig.bridge.worker_id
+
+
+def test_failing_tick_is_logged_and_does_not_escape(rig: Rig, caplog: pytest.LogCaptureFixture):
+    def broken(_now):
+        raise RuntimeError("boom")
+
+    daemon = Daemon(rig.bridge, clock=rig.clock)
+    daemon._guarded("pull", broken)()
+    assert "pull tick failed" in caplog.text and "boom" in caplog.text
+    daemon.scheduler.start(paused=True)  # job defaults apply when the scheduler starts
+    try:
+        for name in ("pull", "push", "reap", "reconcile"):
+            job = daemon.scheduler.get_job(name)
+            assert (job.max_instances, job.coalesce) == (1, True)
+    finally:
+        daemon.scheduler.shutdown(wait=False)
+
+
+def test_register_type_delivery_caches_remote_id(rig: Rig):
+    rig.queue.register_task_type("t.new", "2", {"type": "object"})
+    rig.bridge.push_tick(rig.clock.now)
+    cached = rig.queue.store.cached_task_type("t.new")
+    assert cached is not None and cached.remote_id == rig.admin.get_task_type("t.new").id
+
+
+def test_backoff_grows_while_outage_lasts(rig: Rig):
+    rig.create(1)
+    rig.bridge.pull_tick(rig.clock.now)
+    rig.queue.complete(rig.queue.dequeue(), {"ok": True})
+    rig.server.go_down()
+    attempts_at = []
+    for _ in range(60):
+        before = rig.bridge._push_failures
+        rig.bridge.push_tick(rig.clock.now)
+        if rig.bridge._push_failures != before:
+            attempts_at.append(rig.clock.now)
+        rig.clock.advance(0.5)
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(attempts_at)]
+    assert len(gaps) >= 3 and gaps[-1] > gaps[0]
+    assert max(gaps) <= rig.bridge.config.push_backoff_max_seconds * 1.2 + 0.5
+    rig.server.come_back()
+    assert timedelta(0) <= rig.clock.now - attempts_at[-1]
