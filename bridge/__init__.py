@@ -11,6 +11,7 @@ from .errors import (
 )
 from .models import LocalTask, OutboxEntry, QueueCounts
 from .queue import LocalQueue
+from .worker import TaskContext, Worker
 
 __all__ = [
     "BridgeConfig",
@@ -22,6 +23,8 @@ __all__ = [
     "OutboxEntry",
     "QueueCounts",
     "SchemaError",
+    "TaskContext",
     "TaskNotHeldError",
     "ValidationError",
+    "Worker",
 ]

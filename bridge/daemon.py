@@ -437,6 +437,9 @@ class Daemon:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         self.start()
-        self._stop.wait()
+        # Wait in slices: a signal delivered to a scheduler thread only runs its Python
+        # handler once the main thread wakes up.
+        while not self._stop.wait(0.2):
+            pass
         self.stop()
         return 0

@@ -186,5 +186,6 @@ class Worker:
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join()
+            while thread.is_alive():  # in slices, so signal handlers run (see Daemon)
+                thread.join(0.2)
         return self.completed + self.failed

@@ -327,3 +327,20 @@ def test_backoff_grows_while_outage_lasts(rig: Rig):
     assert max(gaps) <= rig.bridge.config.push_backoff_max_seconds * 1.2 + 0.5
     rig.server.come_back()
     assert timedelta(0) <= rig.clock.now - attempts_at[-1]
+
+
+def test_lease_expiry_before_start_then_reclaimed_later(rig: Rig):
+    [remote_id] = rig.create(1)
+    rig.bridge.pull_tick(rig.clock.now)
+    rig.clock.advance(300)  # our clock: the lease is gone before any worker started it
+    assert rig.queue.dequeue() is None
+    assert rig.bridge.reap_tick(rig.clock.now)[0] == 1
+    rig.server.advance_clock(301)  # the server's clock: the claim timed out there too
+    rig.bridge._next_pull.clear()
+    assert rig.bridge.pull_tick(rig.clock.now) == 1  # offered again, claimed again
+    task = rig.queue.dequeue()
+    assert task is not None and task.remote_id == remote_id and task.remote_attempt == 2
+    rig.queue.complete(task, {"second": "try"})
+    rig.bridge.push_tick(rig.clock.now)
+    remote = rig.admin.get_task(remote_id)
+    assert (remote.status, remote.attempts, remote.result) == ("completed", 2, {"second": "try"})

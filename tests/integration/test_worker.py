@@ -1,0 +1,102 @@
+"""bridge.Worker: handlers, failures, progress, heartbeat, graceful stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from bridge import BridgeConfig, BridgeError, LocalQueue
+from bridge.migrate import upgrade
+from bridge.worker import Worker, load_handler
+
+
+def square(params):
+    return {"square": params["x"] ** 2}
+
+
+def explode(params):
+    raise ValueError(f"cannot handle {params['x']}")
+
+
+def with_progress(params, context):
+    context.progress(50, "half way")
+    return None
+
+
+@pytest.fixture
+def local(tmp_path):
+    url = str(tmp_path / "w.db")
+    upgrade(url)
+    with LocalQueue(config=BridgeConfig.load(env={}, db_url=url, lock_seconds=1)) as queue:
+        yield queue
+
+
+def test_results_and_failures_are_recorded(local: LocalQueue):
+    ok = [local.enqueue("sq", {"x": i}) for i in range(5)]
+    bad = local.enqueue("boom", {"x": 9})
+    worker = Worker(local, {"sq": square, "boom": explode}, concurrency=2, poll_seconds=0.05)
+    assert worker.run(max_tasks=6) == 6
+    assert [local.get(t.id).result for t in ok] == [{"square": i * i} for i in range(5)]
+    failed = local.get(bad.id)
+    assert failed.status == "failed" and failed.error == "ValueError: cannot handle 9"
+    assert (worker.completed, worker.failed) == (5, 1)
+
+
+def test_context_progress_and_non_dict_results(local: LocalQueue):
+    task = local.enqueue("p", {"x": 1})
+    other = local.enqueue("plain", {"x": 2})
+    Worker(local, {"p": with_progress, "plain": lambda params: params["x"] + 1}).run(max_tasks=2)
+    assert local.get(task.id).progress == 50 and local.get(task.id).result == {}
+    assert local.get(other.id).result == {"result": 3}
+
+
+def test_heartbeat_keeps_the_lock_of_a_long_task(local: LocalQueue):
+    task = local.enqueue("slow", {"x": 1})
+
+    def slow(params):
+        time.sleep(1.6)  # longer than the 1 s lock: only the heartbeat keeps it
+        assert local.store.requeue_stale_locks(0, local.clock()) == (0, 0)
+        return {"slept": True}
+
+    Worker(local, {"slow": slow}).run(max_tasks=1)
+    assert local.get(task.id).status == "done" and local.get(task.id).attempts == 1
+
+
+def test_stop_finishes_the_task_in_hand(local: LocalQueue):
+    started = threading.Event()
+
+    def long(params):
+        started.set()
+        time.sleep(0.3)
+        return {"n": params["n"]}
+
+    for n in range(3):
+        local.enqueue("long", {"n": n})
+    worker = Worker(local, {"long": long}, poll_seconds=0.05)
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    started.wait(5)
+    worker.stop()
+    runner.join(5)
+    assert not runner.is_alive()
+    statuses = sorted(t.status for t in (local.get(i) for i in (1, 2, 3)))
+    assert statuses == ["done", "queued", "queued"]
+
+
+def test_load_handler_errors_are_clear():
+    assert load_handler("tests.integration.test_worker:square") is square
+    with pytest.raises(BridgeError, match=r"package\.module:function"):
+        load_handler("nocolon")
+    with pytest.raises(BridgeError, match="cannot import"):
+        load_handler("no_such_module_xyz:f")
+    with pytest.raises(BridgeError, match="has no attribute"):
+        load_handler("tests.integration.test_worker:missing")
+
+
+def test_worker_needs_handlers(local: LocalQueue):
+    with pytest.raises(BridgeError):
+        Worker(local, {})
+    with pytest.raises(BridgeError):
+        Worker(local, {"a": square}, concurrency=0)
