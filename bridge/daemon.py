@@ -234,70 +234,74 @@ class Bridge:
             return 0
         delivered = 0
         held_back: set[int] = set()  # tasks whose earlier row must go first
-        for entry in self.store.pending_outbox(now, self.config.push_batch):
-            if entry.task_id is not None and entry.task_id in held_back:
-                continue
-            outcome = deliver(entry, self.client)
-            verdict = outcome.verdict
-            if verdict is Verdict.OUTAGE:
-                self._contact_failed(now, outcome.reason or "no answer")
-                delay = backoff_delay(
-                    self._push_failures, 1.0, self.config.push_backoff_max_seconds, self.rng
-                )
-                self._push_failures += 1
-                self._next_push = now + timedelta(seconds=delay)
-                break
-            if verdict is Verdict.RATE_LIMITED:
-                self._pause_for_rate_limit(now, outcome.retry_after)
-                break
-            self._contact_ok(now)
-            if verdict is Verdict.DELIVERED:
-                self.store.settle_outbox(entry.id, "delivered", outcome.reason, now)
-                if entry.kind == "register_type":
-                    payload = entry.payload
-                    self.store.cache_task_type(
-                        payload["name"],
-                        outcome.remote_id,
-                        payload["version"],
-                        payload["param_schema"],
-                        now,
-                    )
-                delivered += 1
-            elif verdict is Verdict.SUPERSEDED:
-                self.store.settle_outbox(entry.id, "superseded", outcome.reason, now)
-                logger.warning(
-                    "outbox row %d (%s, task %s) superseded: %s",
-                    entry.id,
-                    entry.kind,
-                    entry.remote_id,
-                    outcome.reason,
-                )
-            elif verdict is Verdict.DEAD:
-                self._bury(entry.id, entry.kind, entry.remote_id, outcome.reason, now)
-            else:  # RETRY
-                if entry.attempts + 1 >= self.config.outbox_max_attempts:
-                    reason = f"gave up after {entry.attempts + 1} attempts: {outcome.reason}"
-                    self._bury(entry.id, entry.kind, entry.remote_id, reason, now)
-                else:
+        verdicts: list[tuple[int, str, str | None]] = []  # recorded in one transaction
+        try:
+            for entry in self.store.pending_outbox(now, self.config.push_batch):
+                if entry.task_id is not None and entry.task_id in held_back:
+                    continue
+                outcome = deliver(entry, self.client)
+                verdict = outcome.verdict
+                if verdict is Verdict.OUTAGE:
+                    self._contact_failed(now, outcome.reason or "no answer")
                     delay = backoff_delay(
-                        entry.attempts, 1.0, self.config.push_backoff_max_seconds, self.rng
+                        self._push_failures, 1.0, self.config.push_backoff_max_seconds, self.rng
                     )
-                    self.store.retry_outbox_at(
-                        entry.id, now + timedelta(seconds=delay), outcome.reason or "retry"
+                    self._push_failures += 1
+                    self._next_push = now + timedelta(seconds=delay)
+                    break
+                if verdict is Verdict.RATE_LIMITED:
+                    self._pause_for_rate_limit(now, outcome.retry_after)
+                    break
+                self._contact_ok(now)
+                if verdict is Verdict.DELIVERED:
+                    verdicts.append((entry.id, "delivered", outcome.reason))
+                    if entry.kind == "register_type":
+                        payload = entry.payload
+                        self.store.cache_task_type(
+                            payload["name"],
+                            outcome.remote_id,
+                            payload["version"],
+                            payload["param_schema"],
+                            now,
+                        )
+                    delivered += 1
+                elif verdict is Verdict.SUPERSEDED:
+                    verdicts.append((entry.id, "superseded", outcome.reason))
+                    logger.warning(
+                        "outbox row %d (%s, task %s) superseded: %s",
+                        entry.id,
+                        entry.kind,
+                        entry.remote_id,
+                        outcome.reason,
                     )
-                if entry.task_id is not None:
-                    held_back.add(entry.task_id)
-        else:
-            self._push_failures = 0
-            self._next_push = None
+                elif verdict is Verdict.DEAD:
+                    verdicts.append((entry.id, "dead", outcome.reason))
+                    self._log_dead(entry.id, entry.kind, entry.remote_id, outcome.reason)
+                else:  # RETRY
+                    if entry.attempts + 1 >= self.config.outbox_max_attempts:
+                        reason = f"gave up after {entry.attempts + 1} attempts: {outcome.reason}"
+                        verdicts.append((entry.id, "dead", reason))
+                        self._log_dead(entry.id, entry.kind, entry.remote_id, reason)
+                    else:
+                        delay = backoff_delay(
+                            entry.attempts, 1.0, self.config.push_backoff_max_seconds, self.rng
+                        )
+                        self.store.retry_outbox_at(
+                            entry.id, now + timedelta(seconds=delay), outcome.reason or "retry"
+                        )
+                    if entry.task_id is not None:
+                        held_back.add(entry.task_id)
+            else:
+                self._push_failures = 0
+                self._next_push = None
+        finally:
+            self.store.settle_outbox_many(verdicts, now)
         if delivered:
             logger.info("delivered %d outbox row(s)", delivered)
         return delivered
 
-    def _bury(
-        self, row_id: int, kind: str, remote_id: int | None, reason: str | None, now: datetime
-    ) -> None:
-        self.store.settle_outbox(row_id, "dead", reason, now)
+    @staticmethod
+    def _log_dead(row_id: int, kind: str, remote_id: int | None, reason: str | None) -> None:
         logger.error("outbox row %d (%s, task %s) is dead: %s", row_id, kind, remote_id, reason)
 
     # -- reap ----------------------------------------------------------------------------

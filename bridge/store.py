@@ -134,6 +134,16 @@ class _Prepared:
             .where(pending_progress)
             .values(status="superseded", settled_at=p("p_now"), last_error=p("p_reason"))
         )
+        self.settle = (
+            update(outbox)
+            .where(outbox.c.id == p("p_id"), outbox.c.status == "pending")
+            .values(
+                status=p("p_status"),
+                last_error=p("p_reason"),
+                settled_at=p("p_now"),
+                attempts=outbox.c.attempts + 1,
+            )
+        )
         self.append = insert(outbox)
         self.append_returning = insert(outbox).returning(outbox.c.id)
         self.enqueue = insert(tasks).returning(*_TASK_COLUMNS)
@@ -466,16 +476,27 @@ class Store:
 
     def settle_outbox(self, row_id: int, status: str, reason: str | None, now: datetime) -> None:
         """End a pending row as delivered, superseded or dead, with its reason."""
-        if status not in ("delivered", "superseded", "dead"):
-            raise ValueError(f"not a final outbox status: {status}")
+        self.settle_outbox_many([(row_id, status, reason)], now)
+
+    def settle_outbox_many(
+        self, verdicts: Sequence[tuple[int, str, str | None]], now: datetime
+    ) -> None:
+        """Record many rows' ends in one transaction (the push's batch).
+
+        Recording after sending is safe to lose: a row sent but not recorded is
+        sent again, and every kind of row replays idempotently.
+        """
+        if not verdicts:
+            return
+        for _, status, _ in verdicts:
+            if status not in ("delivered", "superseded", "dead"):
+                raise ValueError(f"not a final outbox status: {status}")
+        params = [
+            {"p_id": row_id, "p_status": status, "p_reason": reason, "p_now": now}
+            for row_id, status, reason in verdicts
+        ]
         with self._write() as conn:
-            conn.execute(
-                update(outbox)
-                .where(outbox.c.id == row_id, outbox.c.status == "pending")
-                .values(
-                    status=status, last_error=reason, settled_at=now, attempts=outbox.c.attempts + 1
-                )
-            )
+            conn.execute(self._sql.settle, params)
 
     def retry_outbox_at(self, row_id: int, when: datetime, error: str) -> None:
         with self._write() as conn:

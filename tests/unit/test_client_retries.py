@@ -244,3 +244,25 @@ def test_request_body_not_json_refused_before_sending(
     with pytest.raises(TaskManagerValidationError, match="not valid JSON"):
         client.complete_task(1, {"when": object()})
     assert len(mocked.calls) == 0
+
+
+def test_environment_proxy_and_ca_settings_read_once_at_construction(monkeypatch, tmp_path):
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not used for a request here")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    client = TaskManagerClient(TaskManagerConfig.from_env({}, api_url=BASE, api_key=KEY))
+    session = client._transport.session
+    assert session.proxies["https"] == "http://proxy.internal:3128"
+    assert session.verify == str(bundle)
+    assert session.trust_env is False  # requests no longer rescans os.environ per request
+    monkeypatch.setenv("HTTPS_PROXY", "http://changed:1")
+    assert session.proxies["https"] == "http://proxy.internal:3128"
+
+
+def test_verify_off_overrides_environment_bundle(monkeypatch, caplog):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    with caplog.at_level(logging.WARNING, logger="taskmanager"):
+        client = TaskManagerClient(TaskManagerConfig.from_env({}, api_url=BASE, verify_tls=False))
+    assert client._transport.session.verify is False
+    assert "verification is OFF" in caplog.text
