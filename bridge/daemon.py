@@ -150,7 +150,7 @@ class Bridge:
         task duration: a claimed task that cannot start in time is work taken
         from other bridges for nothing.
         """
-        queued, _running = self.store.backlog(task_type)
+        queued = self.store.queued_count(task_type)
         usable = self.config.lease_seconds - self.config.lease_margin_seconds
         duration = self.store.recent_duration(task_type) or self.config.default_task_seconds
         startable = math.floor(self.config.workers * usable / max(duration, 0.001))

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     desc,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -71,8 +72,16 @@ class TaskRow(Base):
     __tablename__ = "tasks"
     __table_args__ = (
         CheckConstraint(_in("status", TASK_STATUSES), name="ck_tasks_status"),
-        # In dequeue order, so the next task is an index seek, not a sort of the backlog.
-        Index("ix_tasks_dequeue", "status", desc("priority"), "id"),
+        # Queued tasks only, in dequeue order: the next task is an index seek, and tasks
+        # that start or finish leave the index instead of being moved within it (fewer
+        # pages written per commit).
+        Index(
+            "ix_tasks_queued",
+            desc("priority"),
+            "id",
+            sqlite_where=text("status = 'queued'"),
+            postgresql_where=text("status = 'queued'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -103,8 +112,25 @@ class OutboxRow(Base):
     __table_args__ = (
         CheckConstraint(_in("kind", OUTBOX_KINDS), name="ck_outbox_kind"),
         CheckConstraint(_in("status", OUTBOX_STATUSES), name="ck_outbox_status"),
-        Index("ix_outbox_status_id", "status", "id"),
-        Index("ix_outbox_task", "task_id", "kind", "status"),
+        # Partial indexes: each row kind touches only the index its queries need.
+        Index(
+            "ix_outbox_pending",
+            "id",
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index(
+            "ix_outbox_pending_progress",
+            "task_id",
+            sqlite_where=text("kind = 'progress' AND status = 'pending'"),
+            postgresql_where=text("kind = 'progress' AND status = 'pending'"),
+        ),
+        Index(
+            "ix_outbox_pending_create",
+            "dedupe_key",
+            sqlite_where=text("kind = 'create_task' AND status = 'pending'"),
+            postgresql_where=text("kind = 'create_task' AND status = 'pending'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -10,6 +10,7 @@ tests, control the clock.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,118 +36,26 @@ from .database import translated_errors
 from .errors import TaskNotHeldError
 from .models import CachedTaskType, LocalTask, OutboxEntry, QueueCounts
 from .schema import FINISHED_TASK_STATUSES, bridge_state, outbox, task_types, tasks
+from .statements import TASK_COLUMNS, Prepared, Statement
 
-_TASK_COLUMNS = list(tasks.columns)
+_TASK_COLUMNS = TASK_COLUMNS
+
+# Built once (not hot enough for statements.Prepared, but no reason to rebuild them).
+_SETTLE = (
+    update(outbox)
+    .where(outbox.c.id == bindparam("p_id"), outbox.c.status == "pending")
+    .values(
+        status=bindparam("p_status"),
+        last_error=bindparam("p_reason"),
+        settled_at=bindparam("p_now"),
+        attempts=outbox.c.attempts + 1,
+    )
+)
+_APPEND_RETURNING_ID = insert(outbox).returning(outbox.c.id)
 
 
 def _seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
-
-
-class _Prepared:
-    """The hot path's statements, built once per store.
-
-    Rebuilding a statement on every call cost more than the SQL itself (the
-    benchmark's profile: statement construction and cache-key generation); a
-    statement object built once keeps its compiled form and cache key.
-    """
-
-    def __init__(self, postgresql: bool) -> None:
-        p = bindparam
-        lease_ok = or_(
-            tasks.c.lease_expires_at.is_(None), tasks.c.lease_expires_at > p("p_lease_floor")
-        )
-
-        def dequeue(typed: bool) -> Any:
-            conditions = [tasks.c.status == "queued", lease_ok]
-            if typed:
-                conditions.append(tasks.c.type.in_(p("p_types", expanding=True)))
-            candidate = (
-                select(tasks.c.id)
-                .where(*conditions)
-                .order_by(tasks.c.priority.desc(), tasks.c.id)
-                .limit(1)
-            )
-            if postgresql:
-                candidate = candidate.with_for_update(skip_locked=True)
-            return (
-                update(tasks)
-                .where(tasks.c.id == candidate.scalar_subquery())
-                .values(
-                    status="running",
-                    locked_by=p("p_worker"),
-                    locked_until=p("p_until"),
-                    attempts=tasks.c.attempts + 1,
-                    started_at=p("p_now"),
-                )
-                .returning(*_TASK_COLUMNS)
-            )
-
-        self.dequeue_any = dequeue(typed=False)
-        self.dequeue_typed = dequeue(typed=True)
-        # The claim token: still running, same holder, same local attempt.
-        held = and_(
-            tasks.c.id == p("p_id"),
-            tasks.c.status == "running",
-            tasks.c.locked_by == p("p_holder"),
-            tasks.c.attempts == p("p_attempts"),
-        )
-        self.heartbeat = update(tasks).where(held).values(locked_until=p("p_until"))
-        self.progress = (
-            update(tasks).where(held).values(progress=p("p_progress"), locked_until=p("p_until"))
-        )
-        released = {"locked_by": None, "locked_until": None}
-        # RETURNING progress: a pending progress row needs superseding only if there was one.
-        self.finish_done = (
-            update(tasks)
-            .where(held)
-            .values(
-                status="done", finished_at=p("p_now"), result=p("p_result"), error=None, **released
-            )
-            .returning(tasks.c.progress)
-        )
-        self.finish_failed = (
-            update(tasks)
-            .where(held)
-            .values(status="failed", finished_at=p("p_now"), error=p("p_error"), **released)
-            .returning(tasks.c.progress)
-        )
-        self.requeue_held = (
-            update(tasks).where(held).values(status="queued", error=p("p_error"), **released)
-        )
-        pending_progress = and_(
-            outbox.c.task_id == p("p_task_id"),
-            outbox.c.kind == "progress",
-            outbox.c.status == "pending",
-        )
-        self.replace_progress = (
-            update(outbox)
-            .where(pending_progress)
-            .values(
-                payload=p("p_payload"),
-                remote_attempt=p("p_remote_attempt"),
-                remote_worker_id=p("p_remote_worker"),
-                created_at=p("p_now"),
-            )
-        )
-        self.supersede_progress = (
-            update(outbox)
-            .where(pending_progress)
-            .values(status="superseded", settled_at=p("p_now"), last_error=p("p_reason"))
-        )
-        self.settle = (
-            update(outbox)
-            .where(outbox.c.id == p("p_id"), outbox.c.status == "pending")
-            .values(
-                status=p("p_status"),
-                last_error=p("p_reason"),
-                settled_at=p("p_now"),
-                attempts=outbox.c.attempts + 1,
-            )
-        )
-        self.append = insert(outbox)
-        self.append_returning = insert(outbox).returning(outbox.c.id)
-        self.enqueue = insert(tasks).returning(*_TASK_COLUMNS)
 
 
 class Store:
@@ -155,15 +64,36 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.is_postgresql = engine.dialect.name == "postgresql"
-        self._sql = _Prepared(self.is_postgresql)
+        self._sql = Prepared(engine.dialect)
+        self._thread_local = threading.local()
+        self._connections: list[Connection] = []
+        self._connections_lock = threading.Lock()
 
     def close(self) -> None:
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            with contextlib.suppress(Exception):
+                conn.close()
         self.engine.dispose()
+
+    def _connection(self) -> Connection:
+        """This thread's connection, opened once (a pool checkout per transaction cost
+        more than the transaction's SQL on the worker's hot path)."""
+        conn: Connection | None = getattr(self._thread_local, "conn", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect()
+            self._thread_local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
-        with translated_errors(self.engine), self.engine.begin() as conn:
-            yield conn
+        with translated_errors(self.engine):
+            conn = self._connection()
+            with conn.begin():
+                yield conn
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -214,7 +144,7 @@ class Store:
             "metadata": metadata,
         }
         with self._write() as conn:
-            row = conn.execute(self._sql.enqueue, values).mappings().one()
+            row = self._sql.enqueue.run(conn, {f"v_{k}": v for k, v in values.items()}).one()
         return LocalTask.from_row(row)
 
     def dequeue(
@@ -248,10 +178,9 @@ class Store:
             "p_until": now + _seconds(lock_seconds),
             "p_now": now,
         }
-        statement = self._sql.dequeue_any
-        if types:
-            statement, values["p_types"] = self._sql.dequeue_typed, list(types)
-        row = conn.execute(statement, values).mappings().first()
+        wanted = list(types or ())
+        values.update({f"p_type_{i}": name for i, name in enumerate(wanted)})
+        row = self._sql.dequeue(len(wanted)).run(conn, values).first()
         return LocalTask.from_row(row) if row is not None else None
 
     @staticmethod
@@ -273,9 +202,9 @@ class Store:
         )
 
     def _update_held(
-        self, conn: Connection, statement: Any, task: LocalTask, action: str, **values: Any
+        self, conn: Connection, statement: Statement, task: LocalTask, action: str, **values: Any
     ) -> None:
-        if conn.execute(statement, {**self._token(task), **values}).rowcount != 1:
+        if statement.run(conn, {**self._token(task), **values}).rowcount != 1:
             raise self._refuse(conn, task, action)
 
     def heartbeat(self, task: LocalTask, lock_seconds: float, now: datetime) -> datetime:
@@ -305,8 +234,8 @@ class Store:
             if task.remote_id is None:
                 return
             payload = {"progress": percent, "message": message}
-            replaced = conn.execute(
-                self._sql.replace_progress,
+            replaced = self._sql.replace_progress.run(
+                conn,
                 {
                     "p_task_id": task.id,
                     "p_payload": payload,
@@ -356,14 +285,14 @@ class Store:
     ) -> None:
         """The task's end and its outbox row, in the caller's transaction: promise 1."""
         statement = self._sql.finish_done if kind == "complete" else self._sql.finish_failed
-        progress = conn.execute(statement, {**self._token(task), "p_now": now, **values}).scalar()
+        progress = statement.run(conn, {**self._token(task), "p_now": now, **values}).scalar()
         if progress is None:
             raise self._refuse(conn, task, kind)
         if task.remote_id is None:
             return
         if progress:
-            conn.execute(
-                self._sql.supersede_progress,
+            self._sql.supersede_progress.run(
+                conn,
                 {
                     "p_task_id": task.id,
                     "p_now": now,
@@ -404,7 +333,7 @@ class Store:
         *,
         task: LocalTask | None = None,
     ) -> None:
-        conn.execute(self._sql.append, self._outbox_values(kind, payload, now, task, None))
+        self._sql.append.run(conn, self._outbox_values(kind, payload, now, task, None))
 
     def _append_id(
         self,
@@ -416,7 +345,7 @@ class Store:
         dedupe_key: str | None = None,
     ) -> int:
         values = self._outbox_values(kind, payload, now, None, dedupe_key)
-        return int(conn.execute(self._sql.append_returning, values).scalar_one())
+        return int(conn.execute(_APPEND_RETURNING_ID, values).scalar_one())
 
     def _entry(self, conn: Connection, row_id: int) -> OutboxEntry:
         row = conn.execute(select(outbox).where(outbox.c.id == row_id)).mappings().one()
@@ -496,7 +425,7 @@ class Store:
             for row_id, status, reason in verdicts
         ]
         with self._write() as conn:
-            conn.execute(self._sql.settle, params)
+            conn.execute(_SETTLE, params)
 
     def retry_outbox_at(self, row_id: int, when: datetime, error: str) -> None:
         with self._write() as conn:
@@ -682,16 +611,16 @@ class Store:
         return rows, finished
 
     # -- what the daemon's pull and reap decisions read ---------------------------------
-    def backlog(self, task_type: str) -> tuple[int, int]:
-        """(queued, running) tasks of a type."""
+    def queued_count(self, task_type: str) -> int:
+        """Tasks of a type waiting for a worker (answered from the queued-tasks index)."""
         with self._read() as conn:
-            rows = conn.execute(
-                select(tasks.c.status, func.count())
-                .where(tasks.c.type == task_type, tasks.c.status.in_(("queued", "running")))
-                .group_by(tasks.c.status)
-            ).all()
-        found = {status: count for status, count in rows}
-        return found.get("queued", 0), found.get("running", 0)
+            return int(
+                conn.execute(
+                    select(func.count()).where(
+                        tasks.c.status == "queued", tasks.c.type == task_type
+                    )
+                ).scalar_one()
+            )
 
     def recent_duration(self, task_type: str, sample: int = 50) -> float | None:
         """Mean seconds from start to finish of the latest finished tasks of a type."""

@@ -44,7 +44,14 @@ def upgrade() -> None:
         ),
         sa.UniqueConstraint("remote_id"),
     )
-    op.create_index("ix_tasks_dequeue", "tasks", ["status", sa.text("priority DESC"), "id"])
+    queued = sa.text("status = 'queued'")
+    op.create_index(
+        "ix_tasks_queued",
+        "tasks",
+        [sa.text("priority DESC"), "id"],
+        sqlite_where=queued,
+        postgresql_where=queued,
+    )
     op.create_table(
         "outbox",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
@@ -71,8 +78,26 @@ def upgrade() -> None:
             "status IN ('pending', 'delivered', 'superseded', 'dead')", name="ck_outbox_status"
         ),
     )
-    op.create_index("ix_outbox_status_id", "outbox", ["status", "id"])
-    op.create_index("ix_outbox_task", "outbox", ["task_id", "kind", "status"])
+    pending = sa.text("status = 'pending'")
+    progress = sa.text("kind = 'progress' AND status = 'pending'")
+    create = sa.text("kind = 'create_task' AND status = 'pending'")
+    op.create_index(
+        "ix_outbox_pending", "outbox", ["id"], sqlite_where=pending, postgresql_where=pending
+    )
+    op.create_index(
+        "ix_outbox_pending_progress",
+        "outbox",
+        ["task_id"],
+        sqlite_where=progress,
+        postgresql_where=progress,
+    )
+    op.create_index(
+        "ix_outbox_pending_create",
+        "outbox",
+        ["dedupe_key"],
+        sqlite_where=create,
+        postgresql_where=create,
+    )
     op.create_table(
         "task_types",
         sa.Column("name", sa.String(255), primary_key=True),
@@ -92,8 +117,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("bridge_state")
     op.drop_table("task_types")
-    op.drop_index("ix_outbox_task", table_name="outbox")
-    op.drop_index("ix_outbox_status_id", table_name="outbox")
+    op.drop_index("ix_outbox_pending_create", table_name="outbox")
+    op.drop_index("ix_outbox_pending_progress", table_name="outbox")
+    op.drop_index("ix_outbox_pending", table_name="outbox")
     op.drop_table("outbox")
-    op.drop_index("ix_tasks_dequeue", table_name="tasks")
+    op.drop_index("ix_tasks_queued", table_name="tasks")
     op.drop_table("tasks")

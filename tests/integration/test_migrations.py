@@ -35,13 +35,13 @@ def test_upgrade_compare_downgrade_upgrade(db_url: str):
                     d
                     for d in diff
                     if not (
-                        d[0] in ("add_index", "remove_index") and d[1].name == "ix_tasks_dequeue"
+                        d[0] in ("add_index", "remove_index") and d[1].name == "ix_tasks_queued"
                     )
                 ]
                 ddl = conn.execute(
-                    text("SELECT sql FROM sqlite_master WHERE name = 'ix_tasks_dequeue'")
+                    text("SELECT sql FROM sqlite_master WHERE name = 'ix_tasks_queued'")
                 ).scalar()
-                assert "priority DESC" in ddl
+                assert "priority DESC" in ddl and "WHERE status = 'queued'" in ddl
             assert diff == []
             assert set(inspect(conn).get_table_names()) >= TABLES
         downgrade(db_url)
@@ -111,4 +111,4 @@ def test_sqlite_dequeue_is_an_index_seek_not_a_sort(tmp_path):
             "ORDER BY priority DESC, id LIMIT 1"
         ).fetchall()
     details = " | ".join(str(row[-1]) for row in plan)
-    assert "ix_tasks_dequeue" in details and "TEMP B-TREE" not in details
+    assert "ix_tasks_queued" in details and "TEMP B-TREE" not in details
