@@ -21,7 +21,9 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    and_,
     desc,
+    literal_column,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -176,3 +178,19 @@ tasks = cast(Table, TaskRow.__table__)
 outbox = cast(Table, OutboxRow.__table__)
 task_types = cast(Table, TaskTypeRow.__table__)
 bridge_state = cast(Table, BridgeStateRow.__table__)
+
+
+def _constant(value: str) -> Any:
+    """A string constant written into the SQL, not bound as a parameter.
+
+    SQLite (and a generic PostgreSQL plan) can use a partial index only when the
+    query's own text implies the index's WHERE; a bound ``?`` does not.
+    """
+    return literal_column(f"'{value}'")
+
+
+# The predicates of the partial indexes above; queries use exactly these.
+IS_QUEUED = tasks.c.status == _constant("queued")
+IS_PENDING = outbox.c.status == _constant("pending")
+IS_PENDING_PROGRESS = and_(outbox.c.kind == _constant("progress"), IS_PENDING)
+IS_PENDING_CREATE = and_(outbox.c.kind == _constant("create_task"), IS_PENDING)

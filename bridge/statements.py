@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Dialect
 
-from .schema import outbox, tasks
+from .schema import IS_PENDING_PROGRESS, IS_QUEUED, outbox, tasks
 
 TASK_COLUMNS = list(tasks.columns)
 Processor = Callable[[Any], Any]
@@ -136,11 +136,7 @@ class Prepared:
         self.requeue_held = prepare(
             update(tasks).where(held).values(status="queued", error=p("p_error"), **released)
         )
-        pending_progress = and_(
-            outbox.c.task_id == p("p_task_id"),
-            outbox.c.kind == "progress",
-            outbox.c.status == "pending",
-        )
+        pending_progress = and_(outbox.c.task_id == p("p_task_id"), IS_PENDING_PROGRESS)
         self.replace_progress = prepare(
             update(outbox)
             .where(pending_progress)
@@ -191,7 +187,7 @@ class Prepared:
         """Lock the best queued task (of ``type_count`` named types, 0 = any): one statement."""
         statement = self._dequeue.get(type_count)
         if statement is None:
-            conditions = [tasks.c.status == "queued", self._lease_ok]
+            conditions = [IS_QUEUED, self._lease_ok]
             if type_count:
                 conditions.append(
                     tasks.c.type.in_([bindparam(f"p_type_{i}") for i in range(type_count)])

@@ -35,7 +35,16 @@ from taskmanager import ClaimedTask
 from .database import translated_errors
 from .errors import TaskNotHeldError
 from .models import CachedTaskType, LocalTask, OutboxEntry, QueueCounts
-from .schema import FINISHED_TASK_STATUSES, bridge_state, outbox, task_types, tasks
+from .schema import (
+    FINISHED_TASK_STATUSES,
+    IS_PENDING,
+    IS_PENDING_CREATE,
+    IS_QUEUED,
+    bridge_state,
+    outbox,
+    task_types,
+    tasks,
+)
 from .statements import TASK_COLUMNS, Prepared, Statement
 
 _TASK_COLUMNS = TASK_COLUMNS
@@ -363,9 +372,8 @@ class Store:
         with self._write() as conn:
             existing = conn.execute(
                 select(outbox.c.id).where(
-                    outbox.c.kind == "create_task",
+                    IS_PENDING_CREATE,
                     outbox.c.dedupe_key == dedupe_key,
-                    outbox.c.status == "pending",
                 )
             ).scalar()
             if existing is None:
@@ -387,7 +395,7 @@ class Store:
         statement = (
             select(outbox)
             .where(
-                outbox.c.status == "pending",
+                IS_PENDING,
                 or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
             )
             .order_by(outbox.c.id)
@@ -525,7 +533,7 @@ class Store:
             return conn.execute(
                 update(tasks)
                 .where(
-                    tasks.c.status == "queued",
+                    IS_QUEUED,
                     tasks.c.lease_expires_at.is_not(None),
                     tasks.c.lease_expires_at <= now + _seconds(lease_margin_seconds),
                 )
@@ -577,9 +585,7 @@ class Store:
             outbox_rows = conn.execute(
                 select(outbox.c.status, func.count()).group_by(outbox.c.status)
             ).all()
-            oldest = conn.execute(
-                select(func.min(outbox.c.created_at)).where(outbox.c.status == "pending")
-            ).scalar()
+            oldest = conn.execute(select(func.min(outbox.c.created_at)).where(IS_PENDING)).scalar()
         return QueueCounts(
             tasks={(t, s): n for t, s, n in task_rows},
             outbox={s: n for s, n in outbox_rows},
@@ -616,9 +622,7 @@ class Store:
         with self._read() as conn:
             return int(
                 conn.execute(
-                    select(func.count()).where(
-                        tasks.c.status == "queued", tasks.c.type == task_type
-                    )
+                    select(func.count()).where(IS_QUEUED, tasks.c.type == task_type)
                 ).scalar_one()
             )
 
@@ -659,9 +663,7 @@ class Store:
         """(pending rows, creation time of the oldest)."""
         with self._read() as conn:
             count, oldest = conn.execute(
-                select(func.count(), func.min(outbox.c.created_at)).where(
-                    outbox.c.status == "pending"
-                )
+                select(func.count(), func.min(outbox.c.created_at)).where(IS_PENDING)
             ).one()
         return int(count), oldest
 

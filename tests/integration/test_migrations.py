@@ -98,17 +98,58 @@ def test_missing_folder_is_a_clear_error(tmp_path):
         LocalQueue(str(tmp_path / "nope" / "queue.db"))
 
 
-def test_sqlite_dequeue_is_an_index_seek_not_a_sort(tmp_path):
-    """The next task comes off the index in order: no sort of the whole backlog."""
-    import sqlite3
+def test_sqlite_hot_statements_use_their_indexes(tmp_path):
+    """The statements the queue really runs (compiled, with their parameters) are index
+    lookups: no scan of the whole table and no sort of the backlog."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import or_, select
+
+    from bridge.schema import IS_PENDING, IS_PENDING_CREATE, IS_QUEUED, outbox, tasks
+    from bridge.statements import Prepared
 
     path = tmp_path / "plan.db"
     upgrade(str(path))
-    with sqlite3.connect(path) as conn:
-        plan = conn.execute(
-            "EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE status = 'queued' AND "
-            "(lease_expires_at IS NULL OR lease_expires_at > '2026-01-01') "
-            "ORDER BY priority DESC, id LIMIT 1"
-        ).fetchall()
-    details = " | ".join(str(row[-1]) for row in plan)
-    assert "ix_tasks_queued" in details and "TEMP B-TREE" not in details
+    engine = open_engine(str(path))
+    prepared = Prepared(engine.dialect)
+
+    def assert_indexed(name: str, plan_rows: list[tuple]) -> None:
+        lines = [str(row[-1]) for row in plan_rows]
+        bad = [
+            line
+            for line in lines
+            if "TEMP B-TREE" in line or (line.startswith("SCAN") and "USING" not in line)
+        ]
+        assert not bad, f"{name}: {' | '.join(lines)}"
+
+    now = datetime.now(timezone.utc)
+    plain = {
+        "pending outbox": select(outbox.c.id)
+        .where(IS_PENDING, or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now))
+        .order_by(outbox.c.id)
+        .limit(10),
+        "pending create": select(outbox.c.id).where(IS_PENDING_CREATE, outbox.c.dedupe_key == "k"),
+        "queued count": select(tasks.c.id).where(IS_QUEUED, tasks.c.type == "t"),
+    }
+    try:
+        with engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            checks = {
+                "dequeue": prepared.dequeue(0),
+                "dequeue typed": prepared.dequeue(2),
+                "supersede progress": prepared.supersede_progress,
+                "replace progress": prepared.replace_progress,
+                "finish": prepared.finish_done,
+            }
+            for name, statement in checks.items():
+                sql, count = statement.sql, statement.sql.count("?")
+                plan = raw.execute(f"EXPLAIN QUERY PLAN {sql}", [None] * count).fetchall()
+                assert_indexed(name, plan)
+            for name, query in plain.items():
+                compiled = query.compile(dialect=engine.dialect)
+                params = [compiled.construct_params()[k] for k in compiled.positiontup]
+                params = [v.replace(tzinfo=None) if isinstance(v, datetime) else v for v in params]
+                plan = raw.execute(f"EXPLAIN QUERY PLAN {compiled.string}", params).fetchall()
+                assert_indexed(name, plan)
+    finally:
+        engine.dispose()
