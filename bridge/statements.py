@@ -47,13 +47,25 @@ class Statement:
 
     def __init__(self, statement: Any, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
-        self._compiled = compiled
         self.sql = compiled.string
-        self._order: list[str] | None = list(compiled.positiontup) if compiled.positional else None
-        self._binds: dict[str, Processor | None] = {
-            name: bind.type.dialect_impl(dialect).bind_processor(dialect)
-            for name, bind in compiled.binds.items()
-        }
+        # Per parameter, once: its name, the literal value the statement itself carries,
+        # whether the caller must give it (our p_* parameters), and the type's processor.
+        names = (
+            list(compiled.positiontup)
+            if compiled.positional
+            else list(compiled.bind_names.values())
+        )
+        by_name = {name: bind for bind, name in compiled.bind_names.items()}
+        self._plan: list[tuple[str, Any, bool, Processor | None]] = [
+            (
+                name,
+                by_name[name].value,
+                by_name[name].required,
+                by_name[name].type.dialect_impl(dialect).bind_processor(dialect),
+            )
+            for name in names
+        ]
+        self._positional = compiled.positional
         returning = getattr(statement, "_returning", ()) or ()
         self._columns = [
             (column.name, column.type.dialect_impl(dialect).result_processor(dialect, None))
@@ -61,12 +73,15 @@ class Statement:
         ]
 
     def _parameters(self, values: Mapping[str, Any]) -> Any:
-        full = self._compiled.construct_params(dict(values))
-        for name, value in full.items():
-            processor = self._binds.get(name)
-            if processor is not None and value is not None:
-                full[name] = processor(value)
-        return [full[name] for name in self._order] if self._order is not None else full
+        converted = []
+        for name, literal, required, process in self._plan:
+            if required and name not in values:
+                raise KeyError(f"statement parameter {name!r} was not given")
+            value = values.get(name, literal)
+            converted.append(process(value) if process is not None and value is not None else value)
+        if self._positional:
+            return converted
+        return {plan[0]: value for plan, value in zip(self._plan, converted, strict=True)}
 
     def run(self, conn: Connection, values: Mapping[str, Any]) -> Result:
         """Execute inside ``conn``'s current transaction."""
