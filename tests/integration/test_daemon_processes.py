@@ -204,3 +204,25 @@ def test_demo_command_loses_nothing():
     assert "lost: 0" in done.stdout and "network DOWN" in done.stdout
     assert "demo-key" not in done.stdout + done.stderr
     assert time.monotonic() - started < 60
+
+
+def test_second_signal_exits_at_once_and_loses_nothing(setup):
+    server, client, config, _ = setup
+    remote = client.create_task(TYPE, {"n": 1})
+    daemon = cli(config, "run", server=server)
+    with LocalQueue(config=BridgeConfig.load(config)) as queue:
+        assert wait_until(lambda: queue.status().tasks.get((TYPE, "queued"), 0) == 1, 20)
+        daemon.send_signal(signal.SIGSTOP)
+        queue.complete(queue.dequeue(), {"kept": True})
+        daemon.send_signal(signal.SIGTERM)  # two different signals stay pending together
+        daemon.send_signal(signal.SIGINT)
+        daemon.send_signal(signal.SIGCONT)
+        _, err = daemon.communicate(timeout=30)
+        assert daemon.returncode == 1 and "second signal: exiting now" in err
+        assert queue.status().tasks == {(TYPE, "done"): 1}  # the result is still here
+    rerun = cli(config, "run", server=server)
+    try:
+        assert wait_until(lambda: client.get_task(remote).status == "completed", 20)
+    finally:
+        rerun.send_signal(signal.SIGTERM)
+        rerun.communicate(timeout=30)
