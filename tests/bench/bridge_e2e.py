@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
-
-from sqlalchemy import insert
 
 from bridge import BridgeConfig, LocalQueue, Worker
 from bridge.daemon import Bridge
 from bridge.migrate import upgrade
-from bridge.schema import tasks
 from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for tests.seed
+from tests.seed import seed_claimed_tasks
 
 TYPE = "bench.work"
 
@@ -150,25 +151,9 @@ def drain_vs_bare(n: int) -> tuple[float, float]:
         bridge = make_bridge(Path(tmp), server, push_batch=500)
         # Our side: n completions made during an outage, waiting in the outbox.
         ours = seed_claimed(server, n, bridge.worker_id, 0)
-        now = datetime.now(timezone.utc)
-        rows = [
-            {
-                "remote_id": rid,
-                "type": TYPE,
-                "params": {"n": i},
-                "priority": 0,
-                "status": "queued",
-                "attempts": 0,
-                "progress": 0,
-                "remote_attempt": 1,
-                "remote_worker_id": bridge.worker_id,
-                "created_at": now,
-                "lease_expires_at": now + timedelta(hours=1),
-            }
-            for i, rid in enumerate(ours)
-        ]
-        with bridge.store.engine.begin() as conn:
-            conn.execute(insert(tasks), rows)
+        seed_claimed_tasks(
+            bridge.queue.config.db_url, ours, task_type=TYPE, worker_id=bridge.worker_id
+        )
         task = bridge.queue.dequeue()
         while task is not None:
             task = bridge.queue.complete_and_dequeue(task, {"n": task.params["n"]})

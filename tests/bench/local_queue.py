@@ -16,42 +16,24 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert
-
 from bridge import LocalQueue
 from bridge.migrate import upgrade
-from bridge.schema import tasks
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for tests.seed
+from tests.seed import seed_claimed_tasks
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def _seed_remote(url: str, n: int) -> None:
-    now = datetime.now(timezone.utc)
-    rows = [
-        {
-            "remote_id": i + 1,
-            "type": "bench",
-            "params": {"n": i},
-            "priority": 0,
-            "status": "queued",
-            "attempts": 0,
-            "progress": 0,
-            "remote_attempt": 1,
-            "remote_worker_id": "bench",
-            "lease_expires_at": now + timedelta(hours=1),
-            "created_at": now,
-        }
-        for i in range(n)
-    ]
-    with LocalQueue(url) as queue, queue.store.engine.begin() as conn:
-        conn.execute(insert(tasks), rows)
+    seed_claimed_tasks(url, range(1, n + 1), task_type="bench", worker_id="bench")
 
 
 def _ours_drain(url: str) -> int:

@@ -11,35 +11,17 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert
 
 from bridge import LocalQueue, TaskNotHeldError
-from bridge.schema import tasks
+from tests.seed import seed_claimed_tasks
 
 WORKER = str(Path(__file__).parent / "procs" / "queue_worker.py")
 
 
 def seed_remote_tasks(url: str, count: int) -> None:
-    """Claimed remote tasks with long leases, in one transaction (setup, not under test)."""
-    now = datetime.now(timezone.utc)
-    rows = [
-        {
-            "remote_id": 10_000 + n,
-            "type": "bulk",
-            "params": {"n": n},
-            "priority": 0,
-            "status": "queued",
-            "attempts": 0,
-            "progress": 0,
-            "remote_attempt": 1,
-            "remote_worker_id": "bridge-host",
-            "lease_expires_at": now + timedelta(hours=1),
-            "created_at": now,
-        }
-        for n in range(count)
-    ]
-    with LocalQueue(url) as queue, queue.store.engine.begin() as conn:
-        conn.execute(insert(tasks), rows)
+    seed_claimed_tasks(
+        url, range(10_000, 10_000 + count), task_type="bulk", worker_id="bridge-host"
+    )
 
 
 def run_worker(url: str, *args: str) -> subprocess.Popen[str]:
