@@ -12,8 +12,9 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -24,10 +25,11 @@ from . import migrate
 from .config import BridgeConfig, parse_toml
 from .database import display_url, normalise_url
 from .errors import BridgeConfigError, BridgeError
+from .logs import setup_logging
+from .metrics import Metrics, NullMetrics
 from .schema import OUTBOX_STATUSES, SCHEMA_REVISION, TASK_STATUSES
 
 Command = Callable[[argparse.Namespace], int]
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _config(args: argparse.Namespace) -> BridgeConfig:
@@ -70,9 +72,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             "types: the daemon needs the task types to claim "
             '(types = ["..."] in the config, or BRIDGE_TYPES=a,b)'
         )
-    client = TaskManagerClient(config.client_config())
     with LocalQueue(config=config) as queue:
-        return Daemon(Bridge(queue, client, config)).run_forever()
+        metrics: NullMetrics = NullMetrics()
+        if args.metrics_port is not None:
+            metrics = Metrics(queue.store)
+            metrics.serve(args.metrics_port, args.metrics_address)
+            logging.getLogger("bridge.daemon").info(
+                "metrics on http://%s:%d/metrics", args.metrics_address, args.metrics_port
+            )
+        client = TaskManagerClient(config.client_config(), observer=metrics.observe_request)
+        return Daemon(Bridge(queue, client, config, metrics=metrics)).run_forever()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -125,8 +134,26 @@ def status_document(config: BridgeConfig, now: datetime | None = None) -> dict[s
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    doc = status_document(_config(args))
-    if args.json:
+    config = _config(args)
+    if not args.watch:
+        return _print_status(status_document(config), args.json)
+    try:
+        while True:
+            doc = status_document(config)
+            print("\033[2J\033[H", end="")  # clear the terminal, cursor home
+            print(
+                f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC, every {args.interval:g} s "
+                "(Ctrl-C to stop)"
+            )
+            _print_status(doc, args.json)
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _print_status(doc: dict[str, Any], as_json: bool) -> int:
+    if as_json:
         print(json.dumps(doc, indent=2, sort_keys=True))
         return 0
     print(f"queue: {doc['database']}   remote worker id: {doc['worker_id'] or '(daemon not run)'}")
@@ -141,6 +168,65 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(
         f"last contact: {doc['last_contact'] or 'never'}   "
         f"outage: {'since ' + doc['outage_since'] if doc['in_outage'] else 'none'}"
+    )
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """0 when healthy, 1 otherwise, with the reason: for systemd, Docker, Kubernetes probes."""
+    from .daemon import LAST_TICK_KEY
+    from .queue import LocalQueue
+
+    config = _config(args)
+    now = datetime.now(timezone.utc)
+    doc = status_document(config, now)
+    with LocalQueue(config=config) as queue:
+        last_tick = queue.store.get_state(LAST_TICK_KEY)
+    problems = []
+    age = doc["oldest_pending_outbox_age_seconds"]
+    if age is not None and age > args.max_outbox_age:
+        problems.append(
+            f"oldest pending outbox row is {age:.0f} s old (limit {args.max_outbox_age:g} s)"
+        )
+    if not last_tick:
+        problems.append("the daemon has never run on this database")
+    else:
+        idle = (now - datetime.fromisoformat(last_tick)).total_seconds()
+        if idle > args.max_tick_age:
+            problems.append(
+                f"the daemon last ticked {idle:.0f} s ago (limit {args.max_tick_age:g} s)"
+            )
+    if problems:
+        print("unhealthy: " + "; ".join(problems))
+        return 1
+    print("healthy")
+    return 0
+
+
+def parse_age(text: str) -> timedelta:
+    """``7d``, ``12h``, ``30m``, ``90s`` (or plain seconds) -> timedelta."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(value) * units[unit]
+    except ValueError:
+        raise BridgeError(
+            f"--older-than must look like 7d, 12h, 30m or 90s, got {text!r}"
+        ) from None
+    if seconds <= 0:
+        raise BridgeError(f"--older-than must be positive, got {text!r}")
+    return timedelta(seconds=seconds)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .queue import LocalQueue
+
+    age = parse_age(args.older_than)
+    with LocalQueue(config=_config(args)) as queue:
+        rows, finished = queue.store.prune(datetime.now(timezone.utc) - age)
+    print(
+        f"pruned {rows} settled outbox row(s) and {finished} finished task(s) older than "
+        f"{args.older_than}; nothing pending or dead was touched"
     )
     return 0
 
@@ -191,6 +277,19 @@ def cmd_outbox_retry(args: argparse.Namespace) -> int:
             None if args.dead else args.ids, datetime.now(timezone.utc)
         )
     print(f"{count} dead row(s) made pending again")
+    return 0
+
+
+def cmd_outbox_discard(args: argparse.Namespace) -> int:
+    from .queue import LocalQueue
+
+    if not args.dead and not args.ids:
+        raise BridgeError("outbox discard: give row ids, or --dead for every dead row")
+    with LocalQueue(config=_config(args)) as queue:
+        count = queue.store.discard_outbox(
+            None if args.dead else args.ids, datetime.now(timezone.utc)
+        )
+    print(f"{count} dead row(s) discarded (kept as superseded, with their reason)")
     return 0
 
 
@@ -263,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="TOML config (default: $BRIDGE_CONFIG or ./bridge.toml)")
     parser.add_argument("--db-url", help="local queue database (overrides the config)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines on stderr: text (default) or JSON lines",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     db = commands.add_parser("db", help="the local queue's schema").add_subparsers(
@@ -273,9 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(func=cmd_db_upgrade)
     db.add_parser("current", help="show the schema revision").set_defaults(func=cmd_db_current)
 
-    commands.add_parser(
-        "run", help="run the daemon (claim, deliver, reap, reconcile)"
-    ).set_defaults(func=cmd_run)
+    run = commands.add_parser("run", help="run the daemon (claim, deliver, reap, reconcile)")
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (needs the [metrics] extra)",
+    )
+    run.add_argument("--metrics-address", default="127.0.0.1")
+    run.set_defaults(func=cmd_run)
 
     worker = commands.add_parser("worker", help="run a handler on tasks from the local queue")
     worker.add_argument("--handler", required=True, help="package.module:function")
@@ -288,7 +399,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="queue and outbox counts, contact, outage")
     status.add_argument("--json", action="store_true", help="machine-readable (stable keys)")
+    status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     status.set_defaults(func=cmd_status)
+
+    health = commands.add_parser("health", help="exit 0 when healthy, 1 when not (for probes)")
+    health.add_argument(
+        "--max-outbox-age",
+        type=float,
+        default=900.0,
+        help="seconds the oldest pending outbox row may wait",
+    )
+    health.add_argument(
+        "--max-tick-age", type=float, default=60.0, help="seconds since the daemon's last tick"
+    )
+    health.set_defaults(func=cmd_health)
+
+    prune = commands.add_parser("prune", help="delete settled outbox rows and finished tasks")
+    prune.add_argument("--older-than", required=True, help="age: 7d, 12h, 30m, 90s")
+    prune.set_defaults(func=cmd_prune)
 
     outbox = commands.add_parser("outbox", help="inspect or replay outbox rows").add_subparsers(
         dest="outbox_command", required=True
@@ -302,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("ids", nargs="*", type=int)
     retry.add_argument("--dead", action="store_true", help="every dead row")
     retry.set_defaults(func=cmd_outbox_retry)
+    discard = outbox.add_parser("discard", help="end dead rows for good (kept as superseded)")
+    discard.add_argument("ids", nargs="*", type=int)
+    discard.add_argument("--dead", action="store_true", help="every dead row")
+    discard.set_defaults(func=cmd_outbox_discard)
 
     register = commands.add_parser(
         "register-types", help="register task types from a JSON or TOML file"
@@ -318,10 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
-    )
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at INFO
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     command: Command = args.func
     try:
         return command(args)

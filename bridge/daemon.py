@@ -34,6 +34,9 @@ from taskmanager import (
 from taskmanager.transport import backoff_delay
 
 from .config import BridgeConfig
+from .logs import task_fields
+from .metrics import NullMetrics
+from .models import OutboxEntry
 from .outbox import Verdict, deliver
 from .queue import LocalQueue, utcnow
 
@@ -60,7 +63,9 @@ class Bridge:
         config: BridgeConfig,
         *,
         rng: random.Random | None = None,
+        metrics: NullMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or NullMetrics()
         self.queue = queue
         self.store = queue.store
         self.client = client
@@ -206,6 +211,7 @@ class Bridge:
                 self._schedule_pull(task_type, now, found_work=False)
                 continue
             self._contact_ok(now)
+            self.metrics.claimed(task_type, claimed)
             total += claimed
             self._schedule_pull(task_type, now, found_work=claimed > 0 or limit == 0)
         if total:
@@ -254,7 +260,7 @@ class Bridge:
                     break
                 self._contact_ok(now)
                 if verdict is Verdict.DELIVERED:
-                    verdicts.append((entry.id, "delivered", outcome.reason))
+                    self._record(entry, "delivered", outcome.reason, verdicts)
                     if entry.kind == "register_type":
                         payload = entry.payload
                         self.store.cache_task_type(
@@ -265,23 +271,12 @@ class Bridge:
                             now,
                         )
                     delivered += 1
-                elif verdict is Verdict.SUPERSEDED:
-                    verdicts.append((entry.id, "superseded", outcome.reason))
-                    logger.warning(
-                        "outbox row %d (%s, task %s) superseded: %s",
-                        entry.id,
-                        entry.kind,
-                        entry.remote_id,
-                        outcome.reason,
-                    )
-                elif verdict is Verdict.DEAD:
-                    verdicts.append((entry.id, "dead", outcome.reason))
-                    self._log_dead(entry.id, entry.kind, entry.remote_id, outcome.reason)
+                elif verdict in (Verdict.SUPERSEDED, Verdict.DEAD):
+                    self._record(entry, verdict.value, outcome.reason, verdicts)
                 else:  # RETRY
                     if entry.attempts + 1 >= self.config.outbox_max_attempts:
                         reason = f"gave up after {entry.attempts + 1} attempts: {outcome.reason}"
-                        verdicts.append((entry.id, "dead", reason))
-                        self._log_dead(entry.id, entry.kind, entry.remote_id, reason)
+                        self._record(entry, "dead", reason, verdicts)
                     else:
                         delay = backoff_delay(
                             entry.attempts, 1.0, self.config.push_backoff_max_seconds, self.rng
@@ -289,6 +284,7 @@ class Bridge:
                         self.store.retry_outbox_at(
                             entry.id, now + timedelta(seconds=delay), outcome.reason or "retry"
                         )
+                        self.metrics.retried(entry.kind)
                     if entry.task_id is not None:
                         held_back.add(entry.task_id)
             else:
@@ -300,9 +296,32 @@ class Bridge:
             logger.info("delivered %d outbox row(s)", delivered)
         return delivered
 
-    @staticmethod
-    def _log_dead(row_id: int, kind: str, remote_id: int | None, reason: str | None) -> None:
-        logger.error("outbox row %d (%s, task %s) is dead: %s", row_id, kind, remote_id, reason)
+    def _record(
+        self,
+        entry: OutboxEntry,
+        status: str,
+        reason: str | None,
+        verdicts: list[tuple[int, str, str | None]],
+    ) -> None:
+        """Queue a row's final status for the batch's one transaction; count it; log it."""
+        verdicts.append((entry.id, status, reason))
+        self.metrics.settled(entry.kind, status)
+        if status == "delivered":
+            return
+        task = self.store.get_task(entry.task_id) if entry.task_id is not None else None
+        task_type = task.type if task else entry.payload.get("type") or entry.payload.get("name")
+        log = logger.error if status == "dead" else logger.warning
+        log(
+            "outbox row %d (%s, task %s, remote %s, %s) %s: %s",
+            entry.id,
+            entry.kind,
+            entry.task_id,
+            entry.remote_id,
+            task_type,
+            "is dead" if status == "dead" else "superseded",
+            reason,
+            extra=task_fields(entry.task_id, entry.remote_id, task_type, outbox_id=entry.id),
+        )
 
     # -- reap ----------------------------------------------------------------------------
     def reap_tick(self, now: datetime) -> tuple[int, int, int]:
@@ -326,6 +345,7 @@ class Bridge:
                     task.remote_id,
                     task.type,
                     _iso(task.lease_expires_at),
+                    extra=task_fields(task.id, task.remote_id, task.type),
                 )
         self._write_state(LAST_TICK_KEY, _iso(now), now)
         return expired, requeued, lost

@@ -453,6 +453,22 @@ class Store:
                 statement.values(status="pending", next_attempt_at=now, settled_at=None)
             ).rowcount
 
+    def discard_outbox(self, row_ids: Sequence[int] | None, now: datetime) -> int:
+        """End dead rows (all, or the given ones) as superseded by the operator's decision.
+
+        The row and its first reason stay, so the record of what was not delivered survives.
+        """
+        statement = update(outbox).where(outbox.c.status == "dead")
+        if row_ids is not None:
+            statement = statement.where(outbox.c.id.in_(list(row_ids)))
+        reason = "discarded by the operator; it was dead because: " + func.coalesce(
+            outbox.c.last_error, ""
+        )
+        with self._write() as conn:
+            return conn.execute(
+                statement.values(status="superseded", settled_at=now, last_error=reason)
+            ).rowcount
+
     # -- the daemon's side -------------------------------------------------------------
     def insert_claimed(
         self, claimed: ClaimedTask, lease_seconds: float, now: datetime

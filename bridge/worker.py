@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BridgeError, TaskNotHeldError
+from .logs import task_fields
 from .models import LocalTask
 from .queue import LocalQueue
 
@@ -85,7 +86,12 @@ class _Heartbeat:
                 self.queue.heartbeat(self.task)
             except TaskNotHeldError as exc:
                 self.lost = True
-                logger.warning("task %d lost its lock while running: %s", self.task.id, exc)
+                logger.warning(
+                    "task %d lost its lock while running: %s",
+                    self.task.id,
+                    exc,
+                    extra=task_fields(self.task.id, self.task.remote_id, self.task.type),
+                )
                 return
             except BridgeError as exc:
                 logger.warning("heartbeat of task %d failed (will retry): %s", self.task.id, exc)
@@ -164,13 +170,24 @@ class Worker:
                     else:
                         task = self.queue.complete_and_dequeue(task, outcome, types)
                 else:
-                    logger.warning("task %d (%s) failed: %s", task.id, task.type, outcome)
+                    logger.warning(
+                        "task %d (%s) failed: %s",
+                        task.id,
+                        task.type,
+                        outcome,
+                        extra=task_fields(task.id, task.remote_id, task.type),
+                    )
                     self.queue.fail(task, outcome)
                     with self._count_lock:
                         self.failed += 1
                     task = None
             except TaskNotHeldError as exc:
-                logger.warning("result of task %d not recorded: %s", current.id, exc)
+                logger.warning(
+                    "result of task %d not recorded: %s",
+                    current.id,
+                    exc,
+                    extra=task_fields(current.id, current.remote_id, current.type),
+                )
                 task = None
             if max_tasks is not None and self.completed + self.failed >= max_tasks:
                 self._stop.set()

@@ -31,7 +31,7 @@ from .exceptions import (
     TaskManagerValidationError,
 )
 from .models import ClaimedTask, CompletionResult, CreatedTask, Task, TaskType
-from .transport import RateLimitInfo, Transport
+from .transport import RateLimitInfo, RequestObserver, Transport
 from .validation import check_params_shape, check_schema, compile_schema, validate_params
 
 logger = logging.getLogger("taskmanager.client")
@@ -68,7 +68,9 @@ class TaskManagerClient:
     """Thread-safe client for one TaskManager API; one keep-alive session per client.
 
     ``sleep``, ``clock`` and ``rng`` drive retries and back-off; ``now`` stamps
-    claims. Tests pass their own to run without waiting.
+    claims. Tests pass their own to run without waiting. ``observer`` is called
+    after every HTTP attempt with (method, path template, status, seconds): the
+    bridge's request-latency metric hangs on it.
     """
 
     def __init__(
@@ -80,9 +82,12 @@ class TaskManagerClient:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        observer: RequestObserver | None = None,
     ) -> None:
         self.config = config if config is not None else TaskManagerConfig()
-        self._transport = Transport(self.config, session, sleep=sleep, clock=clock, rng=rng)
+        self._transport = Transport(
+            self.config, session, sleep=sleep, clock=clock, rng=rng, observer=observer
+        )
         self._now = now
         self._lock = threading.Lock()
         self._types: dict[str, _KnownType] = {}

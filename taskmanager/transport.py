@@ -39,6 +39,13 @@ USER_AGENT = "taskmanager-bridge/0.1 (+python-requests)"
 
 # (status, error text) -> True when the answer means "nothing to return" rather than an error.
 NothingPredicate = Callable[[int, str], bool]
+# Called after every attempt: (method, path with ids folded to {id}, status or error name, seconds).
+RequestObserver = Callable[[str, str, str, float], None]
+
+
+def path_template(path: str) -> str:
+    """``/tasks/12/complete`` -> ``/tasks/{id}/complete``: one label per endpoint."""
+    return "/".join("{id}" if part.isdigit() else part for part in path.split("/"))
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,9 @@ class Transport:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
+        self.observer = observer
         self.config = config
         self.session = session if session is not None else self._own_session(config)
         if not config.verify_tls:
@@ -237,12 +246,15 @@ class Transport:
             try:
                 answer = self._send(method, url, payload, query, auth)
             except _NotRetryable as wrapped:
+                self._observe(method, path, type(wrapped.error).__name__, attempt_started)
                 raise wrapped.error from None
             except TaskManagerConnectionError as exc:
+                self._observe(method, path, type(exc).__name__, attempt_started)
                 error: TaskManagerError = exc
                 status_text = type(exc).__name__
                 delay_hint: float | None = None
             else:
+                self._observe(method, path, str(answer.status), attempt_started)
                 self._note_rate_limit(answer.headers)
                 outcome = self._judge(method, url, answer, nothing_when)
                 if not isinstance(outcome, TaskManagerError):
@@ -328,6 +340,13 @@ class Transport:
             raw_text=answer.text[:BODY_SNIPPET_CHARS],
             retry_after=retry_after,
         )
+
+    def _observe(self, method: str, path: str, outcome: str, started: float) -> None:
+        if self.observer is not None:
+            try:
+                self.observer(method, path_template(path), outcome, self.clock() - started)
+            except Exception:  # metrics must never break a request
+                logger.debug("request observer failed", exc_info=True)
 
     def _note_rate_limit(self, headers: Mapping[str, str]) -> None:
         if "X-RateLimit-Limit" in headers or "X-RateLimit-Remaining" in headers:

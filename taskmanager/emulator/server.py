@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ..transport import path_template
 from .app import EmulatorApp, EmulatorSettings, Response, api_path
 from .faults import FaultKind, FaultPlan
 from .store import EmulatorStore
@@ -259,8 +260,7 @@ class EmulatorServer:
         """Requests per endpoint, ids folded: ``{"POST /tasks/{id}/complete": 3, ...}``."""
         counts: Counter[str] = Counter()
         for record in self.requests:
-            parts = ["{id}" if part.isdigit() else part for part in record.path.split("/")]
-            counts[f"{record.method} {'/'.join(parts)}"] += 1
+            counts[f"{record.method} {path_template(record.path)}"] += 1
         return counts
 
     def client(self, **config: Any) -> Any:

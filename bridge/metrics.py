@@ -1,0 +1,128 @@
+"""Prometheus metrics for the daemon (optional: pip install 'taskmanager-bridge[metrics]').
+
+Counters are fed by the daemon's jobs; queue depth, outbox backlog and contact
+age are read from the database at scrape time, so they are right whichever
+process changed them (workers write the queue, not the daemon).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import BridgeConfigError
+from .store import Store
+
+
+class NullMetrics:
+    """What the daemon reports to when metrics are off: nothing."""
+
+    def claimed(self, task_type: str, count: int) -> None:
+        """Remote tasks claimed."""
+
+    def settled(self, kind: str, status: str) -> None:
+        """An outbox row ended delivered, superseded or dead."""
+
+    def retried(self, kind: str) -> None:
+        """An outbox row will be tried again later."""
+
+    def observe_request(self, method: str, endpoint: str, status: str, seconds: float) -> None:
+        """One HTTP attempt to the TaskManager API."""
+
+
+class _QueueCollector:
+    """Gauges computed from the database on each scrape."""
+
+    def __init__(self, store: Store, last_contact_key: str) -> None:
+        self.store = store
+        self.last_contact_key = last_contact_key
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        now = datetime.now(timezone.utc)
+        counts = self.store.counts()
+        depth = GaugeMetricFamily(
+            "taskmanager_bridge_tasks", "Local tasks by type and status", labels=["type", "status"]
+        )
+        for (task_type, status), count in counts.tasks.items():
+            depth.add_metric([task_type, status], count)
+        yield depth
+        rows = GaugeMetricFamily(
+            "taskmanager_bridge_outbox_rows", "Outbox rows by status", labels=["status"]
+        )
+        for status, count in counts.outbox.items():
+            rows.add_metric([status], count)
+        yield rows
+        oldest = counts.oldest_pending_outbox
+        yield GaugeMetricFamily(
+            "taskmanager_bridge_outbox_oldest_pending_seconds",
+            "Age of the oldest pending outbox row (0 when none)",
+            value=(now - oldest).total_seconds() if oldest else 0.0,
+        )
+        contact = self.store.get_state(self.last_contact_key)
+        since = (now - datetime.fromisoformat(contact)).total_seconds() if contact else -1.0
+        yield GaugeMetricFamily(
+            "taskmanager_bridge_seconds_since_contact",
+            "Seconds since the last successful answer from the API (-1: never)",
+            value=since,
+        )
+
+
+class Metrics(NullMetrics):
+    """Counters, a request-latency histogram and database gauges in one registry."""
+
+    def __init__(self, store: Store, last_contact_key: str = "last_contact") -> None:
+        try:
+            from prometheus_client import CollectorRegistry, Counter, Histogram
+        except ImportError:
+            raise BridgeConfigError(
+                "metrics need prometheus-client: pip install 'taskmanager-bridge[metrics]'"
+            ) from None
+        self.registry = CollectorRegistry()
+        self._claims = Counter(
+            "taskmanager_bridge_claims", "Remote tasks claimed", ["type"], registry=self.registry
+        )
+        self._settled = Counter(
+            "taskmanager_bridge_outbox_settled",
+            "Outbox rows ended, by kind and final status",
+            ["kind", "status"],
+            registry=self.registry,
+        )
+        self._retried = Counter(
+            "taskmanager_bridge_outbox_retries",
+            "Outbox deliveries to try again later",
+            ["kind"],
+            registry=self.registry,
+        )
+        self._requests = Histogram(
+            "taskmanager_bridge_request_seconds",
+            "TaskManager API requests, by endpoint and status",
+            ["method", "endpoint", "status"],
+            registry=self.registry,
+        )
+        self.registry.register(_QueueCollector(store, last_contact_key))
+
+    def claimed(self, task_type: str, count: int) -> None:
+        self._claims.labels(task_type).inc(count)
+
+    def settled(self, kind: str, status: str) -> None:
+        self._settled.labels(kind, status).inc()
+
+    def retried(self, kind: str) -> None:
+        self._retried.labels(kind).inc()
+
+    def observe_request(self, method: str, endpoint: str, status: str, seconds: float) -> None:
+        self._requests.labels(method, endpoint, status).observe(seconds)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return bytes(generate_latest(self.registry))
+
+    def serve(self, port: int, address: str = "127.0.0.1") -> None:
+        """Expose /metrics on ``address:port`` (loopback unless told otherwise)."""
+        from prometheus_client import start_http_server
+
+        start_http_server(port, address, registry=self.registry)
