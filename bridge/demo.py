@@ -72,7 +72,7 @@ def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[
 
 
 def _remote_completed(server: EmulatorServer) -> int:
-    return int(server.store.list_tasks("completed", DEMO_TYPE, 10_000, 0)["count"])
+    return server.store.count_tasks("completed")
 
 
 def _progress_line(elapsed: float, remote: int, tasks: int, counts: QueueCounts, up: bool) -> str:

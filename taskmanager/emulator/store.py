@@ -342,6 +342,14 @@ class EmulatorStore:
         }
         return {"items": [item], "count": 1}
 
+    def count_tasks(self, status: str | None = None) -> int:
+        """Not an API operation: how many tasks (with that status) exist, for tests and demos."""
+        sql, args = "SELECT COUNT(*) FROM tasks", []
+        if status:
+            sql, args = sql + " WHERE status = ?", [status]
+        with self._lock:
+            return int(self._db.execute(sql, args).fetchone()[0])
+
     def list_tasks(
         self, status: str | None, type_pattern: str | None, limit: int, offset: int
     ) -> dict[str, Any]:
