@@ -128,12 +128,24 @@ def describe_failure(exc: BaseException) -> str:
     return text_
 
 
+def driver_errors(engine: Engine) -> tuple[type[BaseException], ...]:
+    """The DBAPI's own error class: raised by statements run on the driver connection."""
+    dbapi = getattr(engine.dialect, "loaded_dbapi", None) or engine.dialect.dbapi
+    error = getattr(dbapi, "Error", None)
+    return (error,) if isinstance(error, type) else ()
+
+
 @contextlib.contextmanager
 def translated_errors(engine: Engine) -> Iterator[None]:
-    """Turn driver errors into one ``DatabaseError`` naming the database and the cause."""
+    """Turn driver errors into one ``DatabaseError`` naming the database and the cause.
+
+    Covers SQLAlchemy's wrapped errors and the driver's own (the hot path and the
+    SQLite BEGIN run on the driver connection directly).
+    """
+    caught: tuple[type[BaseException], ...] = (OperationalError, DBAPIError, *driver_errors(engine))
     try:
         yield
-    except (OperationalError, DBAPIError) as exc:
+    except caught as exc:
         raise DatabaseError(f"{display_url(engine.url)}: {describe_failure(exc)}") from exc
     except SQLAlchemyError as exc:
         raise DatabaseError(f"{display_url(engine.url)}: {exc}") from exc

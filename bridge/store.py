@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from taskmanager import ClaimedTask
 
-from .database import translated_errors
+from .database import driver_errors, translated_errors
 from .errors import TaskNotHeldError
 from .models import CachedTaskType, LocalTask, OutboxEntry, QueueCounts
 from .schema import (
@@ -75,6 +75,7 @@ class Store:
         self.is_postgresql = engine.dialect.name == "postgresql"
         self._sql = Prepared(engine.dialect)
         self._thread_local = threading.local()
+        self._driver_errors = driver_errors(engine)
         self._connections: list[Connection] = []
         self._connections_lock = threading.Lock()
 
@@ -101,8 +102,16 @@ class Store:
     def _write(self) -> Iterator[Connection]:
         with translated_errors(self.engine):
             conn = self._connection()
-            with conn.begin():
-                yield conn
+            try:
+                with conn.begin():
+                    yield conn
+            except self._driver_errors:
+                # A failure below SQLAlchemy (driver cursor, raw BEGIN) leaves it unaware of
+                # the connection's state: drop the connection, the next call opens a new one.
+                self._thread_local.conn = None
+                with contextlib.suppress(Exception):
+                    conn.invalidate()
+                raise
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:

@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     completed_at REAL,
     created_at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS tasks_claimable ON tasks(type_id, status, created_at);
+CREATE INDEX IF NOT EXISTS tasks_claimable ON tasks(type_id, status, created_at, id);
 """
 
 
@@ -226,17 +226,28 @@ class EmulatorStore:
         pattern = body.get("type_pattern")
         with self._lock:
             now = self.clock()
-            sql = (
-                "SELECT t.id, tt.name AS type FROM tasks t JOIN task_types tt ON tt.id = t.type_id "
-                "WHERE t.type_id = ? AND (t.status = 'pending' OR "
-                "(t.status = 'claimed' AND t.claimed_at < ?))"
+            # Two candidates, each an index seek (an OR of both made every claim scan and
+            # sort the whole table): the first pending task and the first expired claim.
+            base = (
+                f"SELECT t.id, tt.name AS type, t.{sort_by} AS sort_key FROM tasks t "
+                "JOIN task_types tt ON tt.id = t.type_id WHERE t.type_id = ? AND "
             )
-            args: list[Any] = [type_id, now - self.claim_timeout]
-            if pattern:
-                sql += " AND tt.name LIKE ?"
-                args.append(str(pattern))
-            sql += f" ORDER BY t.{sort_by} {sort_order}, t.id {sort_order} LIMIT 1"
-            row = self._one(sql, *args)
+            tail = " AND tt.name LIKE ?" if pattern else ""
+            tail += f" ORDER BY t.{sort_by} {sort_order}, t.id {sort_order} LIMIT 1"
+            extra = [str(pattern)] if pattern else []
+            candidates = [
+                self._one(base + "t.status = 'pending'" + tail, type_id, *extra),
+                self._one(
+                    base + "t.status = 'claimed' AND t.claimed_at < ?" + tail,
+                    type_id,
+                    now - self.claim_timeout,
+                    *extra,
+                ),
+            ]
+            found = [c for c in candidates if c is not None]
+            row = (min if sort_order == "ASC" else max)(
+                found, key=lambda c: (c["sort_key"], c["id"]), default=None
+            )
             if row is None:
                 return None
             self._db.execute(

@@ -301,3 +301,30 @@ def test_complete_and_dequeue_is_one_step(migrated_url: str, clock: Clock):
         last = other.complete_and_dequeue(stolen, {"n": 2}, types=["yt.scrape"])
         assert last.remote_id == 3 and other.complete_and_dequeue(last, {"n": 3}) is None
         assert [r.remote_id for r in queue.outbox()] == [1, 2, 3]
+
+
+def test_locked_database_is_a_clear_error_and_recovers(tmp_path, clock: Clock):
+    import sqlite3
+
+    from bridge import BridgeConfig, DatabaseError
+    from bridge.migrate import upgrade
+
+    path = tmp_path / "locked.db"
+    upgrade(str(path))
+    config = BridgeConfig.load(env={}, db_url=str(path), busy_timeout_seconds=0.2)
+    with LocalQueue(config=config, clock=clock) as queue:
+        queue.enqueue("a", {"x": 1})
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # another process holding the write lock
+        try:
+            with pytest.raises(DatabaseError, match="locked by another process"):
+                queue.dequeue()
+            with pytest.raises(DatabaseError, match="locked by another process"):
+                queue.enqueue("a", {"x": 2})
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        task = queue.dequeue()  # the cause is gone: the same queue works again
+        assert task is not None and task.params == {"x": 1}
+        queue.complete(task, {"ok": True})
+        assert queue.status().tasks == {("a", "done"): 1}
