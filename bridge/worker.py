@@ -25,6 +25,7 @@ from .queue import LocalQueue
 logger = logging.getLogger("bridge.worker")
 
 Handler = Callable[..., Any]
+MIN_POLL_SECONDS = 0.01
 
 
 def load_handler(spec: str) -> Handler:
@@ -151,12 +152,17 @@ class Worker:
         worker_id = f"{self.queue.worker_id}-{index}"
         types = sorted(self.handlers)
         task = None
+        idle = MIN_POLL_SECONDS
         while not self._stop.is_set():
             if task is None:
                 task = self.queue.dequeue(types, worker_id=worker_id)
                 if task is None:
-                    self._stop.wait(self.poll_seconds)
+                    # Soon again just after work (the daemon refills in bursts), backing
+                    # off to poll_seconds when the queue stays empty.
+                    self._stop.wait(idle)
+                    idle = min(self.poll_seconds, idle * 2)
                     continue
+                idle = MIN_POLL_SECONDS
             current = task
             ok, outcome = self._run_one(current)
             try:

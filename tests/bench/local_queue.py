@@ -95,6 +95,73 @@ def ours_cycle(url: str, n: int, procs: int, fast: bool = False) -> float:
     return n / elapsed
 
 
+def floor_cycle(url: str, n: int) -> float:
+    """Our exact worker-loop statements on bare sqlite3: no SQLAlchemy, no models.
+
+    The floor of this design (finish + outbox row + next dequeue, one commit), to
+    tell our overhead from the work the design itself requires.
+    """
+    import json
+    import sqlite3
+
+    from bridge.database import open_engine
+    from bridge.statements import Prepared
+
+    upgrade(url)
+    _seed_remote(url, n)
+    engine = open_engine(url)
+    prepared = Prepared(engine.dialect)
+    engine.dispose()
+    finish, append, dequeue = prepared.finish_done.sql, prepared.append.sql, prepared.dequeue(0).sql
+    conn = sqlite3.connect(url, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    now, until, floor = "2026-11-28 12:00:00.000000", "2099-01-01 00:00:00.000000", "2000-01-01"
+    take = ["running", 1, "bench", until, now, floor, 1, 0]
+    started = time.perf_counter()
+    conn.execute("BEGIN IMMEDIATE")
+    row = conn.execute(dequeue, take).fetchone()
+    conn.execute("COMMIT")
+    done = 0
+    while row is not None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            finish,
+            [
+                "done",
+                None,
+                None,
+                json.dumps({"ok": True}),
+                None,
+                now,
+                row[0],
+                "running",
+                "bench",
+                1,
+            ],
+        ).fetchall()
+        conn.execute(
+            append,
+            [
+                "complete",
+                row[0],
+                row[1],
+                1,
+                "bench",
+                None,
+                json.dumps({"result": {"ok": True}}),
+                "pending",
+                0,
+                now,
+            ],
+        )
+        row = conn.execute(dequeue, take).fetchone()
+        conn.execute("COMMIT")
+        done += 1
+    assert done == n
+    return n / (time.perf_counter() - started)
+
+
 # -- litequeue -------------------------------------------------------------------------
 def _litequeue(path: Path) -> Any:
     from litequeue import LiteQueue
@@ -236,6 +303,9 @@ def main() -> None:
         ),
         "ours complete_and_dequeue (1 proc)": median_rate(
             r, lambda f: ours_cycle(str(f / "o.db"), n, 1, fast=True)
+        ),
+        "floor: our statements on bare sqlite3 (1 proc)": median_rate(
+            r, lambda f: floor_cycle(str(f / "floor.db"), n)
         ),
         "litequeue pop+done (1 proc)": median_rate(r, lambda f: litequeue_cycle(f, n, 1)),
         "persist-queue get+ack (1 proc)": median_rate(r, lambda f: persistqueue_cycle(f, n)),

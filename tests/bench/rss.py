@@ -35,6 +35,7 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("n", nargs="?", type=int, default=100_000)
+    parser.add_argument("--progress", action="store_true", help="print progress every 10 s")
     args = parser.parse_args()
     n = args.n
     with tempfile.TemporaryDirectory() as tmp, EmulatorServer(api_key="rss") as server:
@@ -77,6 +78,8 @@ def main() -> None:
                     time.sleep(2)
                     done = server.store.count_tasks("completed")
                     samples.append((done, rss_mb(daemon.pid), rss_mb(worker.pid)))
+                    if args.progress and len(samples) % 5 == 0:
+                        print(f"  {done} done, {time.monotonic() - started:.0f} s", flush=True)
                     if time.monotonic() - started > 3600:
                         raise SystemExit("no end after an hour")
                 peaks = (rss_mb(daemon.pid, "VmHWM"), rss_mb(worker.pid, "VmHWM"))
