@@ -27,10 +27,11 @@ from .exceptions import (
     TaskManagerConflictError,
     TaskManagerError,
     TaskManagerNotFoundError,
+    TaskManagerProtocolError,
     TaskManagerServerError,
     TaskManagerValidationError,
 )
-from .models import ClaimedTask, CompletionResult, CreatedTask, Task, TaskType
+from .models import ClaimedTask, CompletionResult, CreatedTask, Task, TaskType, as_object
 from .transport import RateLimitInfo, RequestObserver, Transport
 from .validation import check_params_shape, check_schema, compile_schema, validate_params
 
@@ -144,7 +145,8 @@ class TaskManagerClient:
             "/task-types/register",
             body={"name": name, "version": version, "param_schema": schema},
         )
-        registered = TaskType.from_json({**data, "param_schema": schema, "is_active": 1})
+        answer = as_object(data, "register")
+        registered = TaskType.from_json({**answer, "param_schema": schema, "is_active": 1})
         self._remember_type(registered.name, registered.id, schema)
         return registered
 
@@ -170,8 +172,8 @@ class TaskManagerClient:
                 url=exc.url,
                 raw_text=exc.raw_text,
             ) from exc
-        items = data.get("items", []) if isinstance(data, Mapping) else data
-        return [TaskType.from_json(item) for item in items or []]
+        items = data if isinstance(data, list) else self._items(data, "task type list")
+        return [TaskType.from_json(item) for item in items]
 
     def task_type_id(self, name: str) -> int:
         """The numeric id the claim endpoint needs, looked up once and cached."""
@@ -366,7 +368,7 @@ class TaskManagerClient:
             if task_type:
                 query["type"] = task_type
             data = self._request("GET", "/tasks", query=query)
-            items = data.get("items", []) if isinstance(data, Mapping) else []
+            items = self._items(data, "task list")
             for item in items:
                 if max_items is not None and seen >= max_items:
                     return
@@ -391,16 +393,25 @@ class TaskManagerClient:
         return php_json(dict(result)) if result else "failed"
 
     @staticmethod
-    def _single_item(data: Any, what: str) -> Mapping[str, Any]:
-        """The row of a ``{"items": [row], "count": 1}`` answer; empty items mean not found."""
-        items = data.get("items") if isinstance(data, Mapping) else None
-        if not items:
-            raise TaskManagerNotFoundError(
-                404,
-                f"{what} not found (the server answered 200 with no items)",
+    def _items(data: Any, what: str) -> list[Any]:
+        """The ``items`` list of a ``{"items": [...], "count": n}`` answer."""
+        items = as_object(data, what).get("items")
+        if not isinstance(items, list):
+            raise TaskManagerProtocolError(
+                200,
+                f"{what} answer has no 'items' list: {data!r:.120}",
                 data if isinstance(data, Mapping) else None,
             )
-        return dict(items[0])
+        return items
+
+    def _single_item(self, data: Any, what: str) -> Any:
+        """The row of a ``{"items": [row], "count": 1}`` answer; empty items mean not found."""
+        items = self._items(data, what)
+        if not items:
+            raise TaskManagerNotFoundError(
+                404, f"{what} not found (the server answered 200 with no items)", data
+            )
+        return items[0]
 
     def _settle_conflict(
         self,

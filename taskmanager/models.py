@@ -82,10 +82,27 @@ def to_optional_object(value: Any, what: str) -> dict[str, Any] | None:
     return None if value is None else to_object(value, what)
 
 
+def as_object(data: Any, model: str) -> Mapping[str, Any]:
+    """The answer must be a JSON object; anything else is a protocol error."""
+    if not isinstance(data, Mapping):
+        raise _protocol_error(f"{model} answer is not an object: {data!r:.80}", data)
+    return data
+
+
 def require(data: Mapping[str, Any], key: str, model: str) -> Any:
     if key not in data:
         raise _protocol_error(f"{model} answer has no {key!r}", data)
     return data[key]
+
+
+def to_text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise _protocol_error(f"{what} is not text: {value!r:.80}", value)
+    return value
+
+
+def to_optional_text(value: Any, what: str) -> str | None:
+    return None if value is None else to_text(value, what)
 
 
 class _ItemAccess:
@@ -117,10 +134,11 @@ class TaskType(_ItemAccess):
     created: bool | None = None
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> TaskType:
+    def from_json(cls, data: Any) -> TaskType:
+        data = as_object(data, "task type")
         return cls(
             id=to_int(require(data, "id", "task type"), "task type id"),
-            name=str(require(data, "name", "task type")),
+            name=to_text(require(data, "name", "task type"), "task type name"),
             version=str(data.get("version", "")),
             param_schema=to_object(data.get("param_schema"), "param_schema"),
             is_active=to_bool(data.get("is_active", True)),
@@ -153,18 +171,19 @@ class Task(_ItemAccess):
     created_at: datetime | None = None
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Task:
+    def from_json(cls, data: Any) -> Task:
+        data = as_object(data, "task")
         return cls(
             id=to_int(require(data, "id", "task"), "task id"),
-            type=str(require(data, "type", "task")),
-            status=str(require(data, "status", "task")),
+            type=to_text(require(data, "type", "task"), "task type"),
+            status=to_text(require(data, "status", "task"), "task status"),
             params=to_optional_object(data.get("params"), "params"),
             result=to_optional_object(data.get("result"), "result"),
-            error_message=data.get("error_message"),
+            error_message=to_optional_text(data.get("error_message"), "error_message"),
             priority=to_optional_int(data.get("priority"), "priority") or 0,
             progress=to_optional_int(data.get("progress"), "progress") or 0,
             attempts=to_optional_int(data.get("attempts"), "attempts") or 0,
-            claimed_by=data.get("claimed_by"),
+            claimed_by=to_optional_text(data.get("claimed_by"), "claimed_by"),
             claimed_at=to_datetime(data.get("claimed_at")),
             completed_at=to_datetime(data.get("completed_at")),
             created_at=to_datetime(data.get("created_at")),
@@ -189,12 +208,11 @@ class ClaimedTask(_ItemAccess):
     claimed_at: datetime
 
     @classmethod
-    def from_json(
-        cls, data: Mapping[str, Any], *, worker_id: str, claimed_at: datetime
-    ) -> ClaimedTask:
+    def from_json(cls, data: Any, *, worker_id: str, claimed_at: datetime) -> ClaimedTask:
+        data = as_object(data, "claim")
         return cls(
             id=to_int(require(data, "id", "claim"), "task id"),
-            type=str(require(data, "type", "claim")),
+            type=to_text(require(data, "type", "claim"), "task type"),
             params=to_object(data.get("params"), "params"),
             attempts=to_optional_int(data.get("attempts"), "attempts") or 1,
             priority=to_optional_int(data.get("priority"), "priority") or 0,
@@ -214,13 +232,14 @@ class CreatedTask(_ItemAccess):
     type: str | None = None
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> CreatedTask:
+    def from_json(cls, data: Any) -> CreatedTask:
+        data = as_object(data, "create")
         return cls(
             id=to_int(require(data, "id", "create"), "task id"),
-            status=str(data.get("status", "")),
+            status=to_text(data.get("status", ""), "task status"),
             deduplicated=to_bool(data.get("deduplicated", False)),
-            dedupe_key=data.get("dedupe_key"),
-            type=data.get("type"),
+            dedupe_key=to_optional_text(data.get("dedupe_key"), "dedupe_key"),
+            type=to_optional_text(data.get("type"), "task type"),
         )
 
 
@@ -243,8 +262,9 @@ class CompletionResult(_ItemAccess):
         return self.status.startswith("pending")
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> CompletionResult:
+    def from_json(cls, data: Any) -> CompletionResult:
+        data = as_object(data, "complete")
         return cls(
             id=to_int(require(data, "id", "complete"), "task id"),
-            status=str(data.get("status", "")),
+            status=to_text(require(data, "status", "complete"), "task status"),
         )

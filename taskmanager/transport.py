@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -67,20 +68,39 @@ def backoff_delay(retry_number: int, base: float, cap: float, rng: random.Random
     return float(nominal * rng.uniform(0.8, 1.2))
 
 
+# Longest wait a server may ask for: anything longer is treated as this (a day).
+MAX_RETRY_AFTER_SECONDS = 86_400.0
+
+
+def finite_number(value: Any) -> float | None:
+    """A number the server sent, if it is one and finite ("INFINITY", "nan", "" -> None)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def wait_seconds(value: Any) -> float | None:
+    """A Retry-After figure as a usable wait: finite, >= 0, at most a day."""
+    number = finite_number(value)
+    return None if number is None else min(max(0.0, number), MAX_RETRY_AFTER_SECONDS)
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """``Retry-After`` in seconds: delta-seconds or an HTTP date."""
     if value is None or not value.strip():
         return None
     text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
+    if finite_number(text) is not None:
+        return wait_seconds(text)
     try:
         when = parsedate_to_datetime(text).timestamp()
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0.0, when - (time.time() if now is None else now))
+    return wait_seconds(when - (time.time() if now is None else now))
 
 
 def encode_body(body: Any) -> bytes:
@@ -94,10 +114,7 @@ def encode_body(body: Any) -> bytes:
 
 
 def _header_number(headers: Mapping[str, str], name: str) -> float | None:
-    try:
-        return float(headers[name])
-    except (KeyError, TypeError, ValueError):
-        return None
+    return finite_number(headers.get(name))
 
 
 def _error_text(body: Mapping[str, Any]) -> str:
@@ -329,8 +346,8 @@ class Transport:
         if nothing_when is not None and nothing_when(answer.status, message):
             return _Data(None)
         retry_after = parse_retry_after(answer.headers.get("Retry-After"))
-        if retry_after is None and isinstance(body.get("retry_after"), (int, float)):
-            retry_after = float(body["retry_after"])
+        if retry_after is None:
+            retry_after = wait_seconds(body.get("retry_after"))
         return TaskManagerAPIError.from_response(
             answer.status,
             message,

@@ -266,3 +266,23 @@ def test_verify_off_overrides_environment_bundle(monkeypatch, caplog):
         client = TaskManagerClient(TaskManagerConfig.from_env({}, api_url=BASE, verify_tls=False))
     assert client._transport.session.verify is False
     assert "verification is OFF" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("INFINITY", None), ("nan", None), ("-5", 0.0), ("1e12", 86_400.0), ("", None)],
+)
+def test_retry_after_values_are_sanitised(header: str, expected):
+    assert parse_retry_after(header) == expected
+
+
+def test_infinite_rate_limit_headers_are_ignored(
+    mocked: responses.RequestsMock, client: TaskManagerClient
+):
+    mocked.post(
+        f"{BASE}/tasks",
+        json=CREATED,
+        headers={"X-RateLimit-Limit": "INFINITY", "X-RateLimit-Remaining": "nan"},
+    )
+    assert client.create_task("t", {"a": 1}) == 7
+    assert client.rate_limit is not None and client.rate_limit.limit is None
