@@ -347,6 +347,12 @@ def main() -> None:
         "litequeue pop+done (1 proc)",
         "persist-queue get+ack (1 proc)",
     )
+    ratio(
+        "floor: our statements on bare sqlite3 (1 proc)",
+        "litequeue pop+done (1 proc)",
+        "persist-queue get+ack (1 proc)",
+    )
+    ratio("ours complete_and_dequeue (1 proc)", "floor: our statements on bare sqlite3 (1 proc)")
     ratio("ours dequeue+complete (4 procs)", "litequeue pop+done (4 procs)")
     ratio("ours complete_and_dequeue (4 procs)", "litequeue pop+done (4 procs)")
     if not args.no_postgres:
