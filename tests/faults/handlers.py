@@ -1,0 +1,33 @@
+"""The handler the crash harness's worker processes run (imported by path tests.faults.handlers).
+
+It records each run (start and end, with the process id) in the file named by
+CRASH_RUN_LOG, one O_APPEND line at a time, so the harness can check that no
+two runs of one task overlapped, even across killed processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+
+def expected(params: dict[str, Any]) -> dict[str, Any]:
+    return {"n": params["n"], "square": params["n"] ** 2}
+
+
+def _log(event: str, n: int) -> None:
+    line = f"{os.getpid()} {event} {n} {time.time():.6f}\n".encode()
+    fd = os.open(os.environ["CRASH_RUN_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def compute(params: dict[str, Any]) -> dict[str, Any]:
+    _log("start", params["n"])
+    time.sleep(0.02 + (params["n"] % 5) * 0.01)
+    result = expected(params)
+    _log("end", params["n"])
+    return result

@@ -1,0 +1,170 @@
+"""Crash anywhere: SIGKILL the daemon and the workers at random moments, restart them,
+and check that nothing is lost, nothing is wrong, and no task ran twice at once.
+
+Seeded (CRASH_SEED, default 1234); CRASH_KILLS (default 50) kills per run, more
+for a soak: CRASH_KILLS=500 CRASH_TASKS=1000 python3 -m pytest tests/faults -k crash
+Kill points covered by chance and by construction: between a remote claim and its
+local insert (daemon killed mid-pull), between a local commit and its delivery
+(results waiting in the outbox), during delivery after the server committed
+(answers dropped after commit by the emulator, with kills around them).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from bridge import BridgeConfig, LocalQueue
+from bridge.migrate import upgrade
+from taskmanager.emulator import EmulatorServer
+
+from ..integration.helpers import wait_until
+from .handlers import expected
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+TYPE = "crash.work"
+SEED = int(os.environ.get("CRASH_SEED", "1234"))
+KILLS = int(os.environ.get("CRASH_KILLS", "50"))
+TASKS = int(os.environ.get("CRASH_TASKS", "120"))
+
+
+class Fleet:
+    """The daemon and two workers as processes, each restartable after a kill."""
+
+    def __init__(self, config: Path, env: dict[str, str], folder: Path) -> None:
+        common = [sys.executable, "-m", "bridge", "--config", str(config)]
+        worker = [
+            *common,
+            "worker",
+            "--handler",
+            "tests.faults.handlers:compute",
+            "--type",
+            TYPE,
+            "--concurrency",
+            "2",
+        ]
+        self.commands = {"daemon": [*common, "run"], "worker-1": worker, "worker-2": worker}
+        self.env, self.folder = env, folder
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        for name in self.commands:
+            self.start(name)
+
+    def start(self, name: str) -> None:
+        log = (self.folder / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(
+            self.commands[name], stdout=log, stderr=log, env=self.env, cwd=ROOT
+        )
+        log.close()
+
+    def kill_and_restart(self, name: str) -> None:
+        process = self.processes[name]
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        self.start(name)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def overlapping_runs(run_log: Path) -> list[str]:
+    """Runs of one task by two processes whose [start, end] intervals overlap."""
+    open_runs: dict[tuple[int, int], float] = {}
+    runs: dict[int, list[tuple[float, float, int]]] = defaultdict(list)
+    for line in run_log.read_text().splitlines():
+        pid, event, n, at = line.split()
+        key = (int(pid), int(n))
+        if event == "start":
+            open_runs[key] = float(at)
+        elif key in open_runs:
+            runs[int(n)].append((open_runs.pop(key), float(at), int(pid)))
+    problems = []
+    for n, intervals in runs.items():
+        intervals.sort()
+        for (s1, e1, p1), (s2, e2, p2) in itertools.pairwise(intervals):
+            if s2 < e1:
+                problems.append(
+                    f"task n={n}: pid {p1} [{s1:.3f}, {e1:.3f}] and pid {p2} "
+                    f"[{s2:.3f}, {e2:.3f}] overlap"
+                )
+    return problems
+
+
+def test_crash_anywhere_loses_nothing(tmp_path):
+    rng = random.Random(SEED)
+    db = str(tmp_path / "queue.db")
+    upgrade(db)
+    run_log = tmp_path / "runs.log"
+    with EmulatorServer(api_key="crash-key") as server:
+        client = server.client()
+        client.register_task_type(TYPE, "1", {"type": "object"})
+        params = [{"n": i} for i in range(TASKS)]
+        ids = [client.create_task(TYPE, p) for p in params]
+        config = tmp_path / "bridge.toml"
+        config.write_text(
+            f'db_url = "{db}"\ntypes = ["{TYPE}"]\nprefetch = 8\nworkers = 4\n'
+            "lock_seconds = 2\nlease_margin_seconds = 5\ndefault_task_seconds = 0.05\n"
+            "poll_min_seconds = 0.05\npoll_max_seconds = 0.3\npush_interval_seconds = 0.05\n"
+            "push_backoff_max_seconds = 0.5\nreap_interval_seconds = 0.2\n"
+            "reconcile_interval_seconds = 1\nshutdown_push_seconds = 2\n"
+            f'[taskmanager]\napi_url = "{server.url}"\ntimeout = 2\nretry_attempts = 1\n'
+            "backoff_base = 0.05\nretry_deadline = 2\n"
+        )
+        env = {**os.environ, "TASKMANAGER_API_KEY": server.api_key, "CRASH_RUN_LOG": str(run_log)}
+        fleet = Fleet(config, env, tmp_path)
+        kills: dict[str, int] = defaultdict(int)
+        try:
+            for kill in range(KILLS):
+                time.sleep(rng.uniform(0.05, 0.35))
+                if kill % 10 == 3:  # an answer lost after the server committed it
+                    server.faults.drop_after_commit(
+                        path=rng.choice(["/tasks/*/complete", "/tasks/claim", "/tasks/*/progress"])
+                    )
+                victim = rng.choice(["daemon", "daemon", "worker-1", "worker-2"])
+                fleet.kill_and_restart(victim)
+                kills[victim] += 1
+            server.faults.clear()
+
+            def all_completed() -> bool:
+                return server.store.count_tasks("completed") == TASKS
+
+            drained = wait_until(all_completed, timeout=120, every=0.25)
+        finally:
+            fleet.stop()
+        remote = {i: client.get_task(i) for i in ids}
+        with LocalQueue(config=BridgeConfig.load(config)) as queue:
+            counts = queue.status()
+            pending = queue.outbox("pending", 10_000)
+            dead = queue.outbox("dead", 10_000)
+    wrong = [
+        (i, t.status, t.result)
+        for (i, t), p in zip(remote.items(), params, strict=True)
+        if t.status != "completed" or t.result != expected(p)
+    ]
+    report = (
+        f"seed {SEED}, kills {dict(kills)}, remote completed "
+        f"{sum(t.status == 'completed' for t in remote.values())}/{TASKS}, "
+        f"local {counts.tasks}, outbox {counts.outbox}"
+    )
+    print(report)
+    assert sum(kills.values()) >= KILLS
+    assert drained, f"not drained: {report}"
+    assert wrong == [], f"wrong or missing results: {wrong[:5]} ({report})"
+    assert pending == [], f"outbox rows never delivered: {pending[:3]}"
+    assert dead == [], f"dead rows: {[(d.kind, d.last_error) for d in dead[:3]]}"
+    assert overlapping_runs(run_log) == []
