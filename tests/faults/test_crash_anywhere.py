@@ -156,8 +156,14 @@ def test_crash_anywhere_loses_nothing(tmp_path):
         for (i, t), p in zip(remote.items(), params, strict=True)
         if t.status != "completed" or t.result != expected(p)
     ]
+    starts: dict[str, int] = defaultdict(int)
+    for line in run_log.read_text().splitlines():
+        if " start " in line:
+            starts[line.split()[2]] += 1
+    rerun = sum(1 for count in starts.values() if count > 1)
     report = (
-        f"seed {SEED}, kills {dict(kills)}, remote completed "
+        f"seed {SEED}, kills {dict(kills)}, tasks run again after a kill {rerun}, "
+        f"remote completed "
         f"{sum(t.status == 'completed' for t in remote.values())}/{TASKS}, "
         f"local {counts.tasks}, outbox {counts.outbox}"
     )
