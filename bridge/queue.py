@@ -7,6 +7,7 @@ is durable, and will reach the server, the moment the call returns.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -68,9 +69,11 @@ class LocalQueue:
         migrate: bool = False,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self.config = config or BridgeConfig.load(db_url=db_url)
-        if db_url is not None and config is not None:
-            self.config = BridgeConfig.load(db_url=db_url)
+        if config is None:
+            config = BridgeConfig.load(db_url=db_url)
+        elif db_url is not None:  # the given config, with this database
+            config = dataclasses.replace(config, db_url=db_url)
+        self.config = config
         if migrate:
             from .migrate import upgrade
 

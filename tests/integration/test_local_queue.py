@@ -328,3 +328,14 @@ def test_locked_database_is_a_clear_error_and_recovers(tmp_path, clock: Clock):
         assert task is not None and task.params == {"x": 1}
         queue.complete(task, {"ok": True})
         assert queue.status().tasks == {("a", "done"): 1}
+
+
+def test_explicit_url_overrides_only_the_url_of_a_given_config(tmp_path):
+    from bridge import BridgeConfig
+    from bridge.migrate import upgrade
+
+    url = str(tmp_path / "override.db")
+    upgrade(url)
+    config = BridgeConfig.load(env={}, db_url="elsewhere.db", lock_seconds=7)
+    with LocalQueue(url, config=config) as queue:
+        assert queue.config.db_url == url and queue.config.lock_seconds == 7
