@@ -25,6 +25,7 @@ from .schema import SCHEMA_REVISION
 SCHEMA_REVISIONS = ("0001",)  # oldest first; the last is SCHEMA_REVISION
 FIX_COMMAND = "taskmanager-bridge db upgrade"
 DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
+POOL_OVERFLOW = 64  # beyond the pool's 5: one connection per thread using the queue
 
 
 def normalise_url(url: str) -> str:
@@ -64,7 +65,8 @@ def _sqlite_engine(url: URL, busy_timeout: float) -> Engine:
             "db_url: an in-memory database cannot hold a durable queue; give a file path"
         )
     _create_private_file(database)
-    engine = create_engine(url, connect_args={"timeout": busy_timeout})
+    # Every thread using the queue keeps one connection (see Store): room for many workers.
+    engine = create_engine(url, connect_args={"timeout": busy_timeout}, max_overflow=POOL_OVERFLOW)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -97,7 +99,7 @@ def open_engine(url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT_SECONDS)
         return _sqlite_engine(parsed, busy_timeout)
     if parsed.get_backend_name() == "postgresql":
         try:
-            return create_engine(parsed, pool_pre_ping=True)
+            return create_engine(parsed, pool_pre_ping=True, max_overflow=POOL_OVERFLOW)
         except ImportError as exc:
             raise BridgeConfigError(
                 f"db_url is PostgreSQL but its driver is missing ({exc}): "

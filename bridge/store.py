@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from taskmanager import ClaimedTask
 
 from .database import driver_errors, translated_errors
-from .errors import TaskNotHeldError
+from .errors import DatabaseError, TaskNotHeldError
 from .models import CachedTaskType, LocalTask, OutboxEntry, QueueCounts
 from .schema import (
     FINISHED_TASK_STATUSES,
@@ -67,6 +68,20 @@ def _seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
 
 
+class _ThreadConnection:
+    """One thread's connection; closing it (or losing it with the thread) returns it."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class Store:
     """All reads and writes of the local queue, one transaction per method."""
 
@@ -76,27 +91,30 @@ class Store:
         self._sql = Prepared(engine.dialect)
         self._thread_local = threading.local()
         self._driver_errors = driver_errors(engine)
-        self._connections: list[Connection] = []
+        self._holders: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._connections_lock = threading.Lock()
 
     def close(self) -> None:
         with self._connections_lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            with contextlib.suppress(Exception):
-                conn.close()
+            holders = list(self._holders)
+        for holder in holders:
+            holder.close()
         self.engine.dispose()
 
     def _connection(self) -> Connection:
         """This thread's connection, opened once (a pool checkout per transaction cost
-        more than the transaction's SQL on the worker's hot path)."""
-        conn: Connection | None = getattr(self._thread_local, "conn", None)
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self.engine.connect()
-            self._thread_local.conn = conn
+        more than the transaction's SQL on the worker's hot path).
+
+        It goes back to the pool when the thread ends (its holder is freed with the
+        thread's local storage), so short-lived threads do not exhaust the pool.
+        """
+        holder: _ThreadConnection | None = getattr(self._thread_local, "holder", None)
+        if holder is None or holder.conn.closed or holder.conn.invalidated:
+            holder = _ThreadConnection(self.engine.connect())
+            self._thread_local.holder = holder
             with self._connections_lock:
-                self._connections.append(conn)
-        return conn
+                self._holders.add(holder)
+        return holder.conn
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -108,7 +126,7 @@ class Store:
             except self._driver_errors:
                 # A failure below SQLAlchemy (driver cursor, raw BEGIN) leaves it unaware of
                 # the connection's state: drop the connection, the next call opens a new one.
-                self._thread_local.conn = None
+                self._thread_local.holder = None
                 with contextlib.suppress(Exception):
                     conn.invalidate()
                 raise
@@ -548,8 +566,10 @@ class Store:
                         .one()
                     )
                     return LocalTask.from_row(updated), True
-            except IntegrityError:
-                continue
+            except DatabaseError as exc:
+                if isinstance(exc.__cause__, IntegrityError):  # another writer inserted it first
+                    continue
+                raise
         raise RuntimeError(f"remote task {claimed.id} could not be recorded")  # pragma: no cover
 
     def expire_unstartable(self, lease_margin_seconds: float, now: datetime) -> int:

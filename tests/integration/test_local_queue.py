@@ -339,3 +339,53 @@ def test_explicit_url_overrides_only_the_url_of_a_given_config(tmp_path):
     config = BridgeConfig.load(env={}, db_url="elsewhere.db", lock_seconds=7)
     with LocalQueue(url, config=config) as queue:
         assert queue.config.db_url == url and queue.config.lock_seconds == 7
+
+
+def test_concurrent_inserts_of_one_claim_leave_one_row(migrated_url: str, clock: Clock):
+    """Two daemons sharing a PostgreSQL queue record the same claim at the same moment."""
+    import threading
+
+    if not migrated_url.startswith("postgresql"):
+        pytest.skip("SQLite serialises writers (BEGIN IMMEDIATE): no race to lose")
+    queues = [LocalQueue(migrated_url, clock=clock) for _ in range(2)]
+    try:
+        for attempt in range(20):  # fresh threads each time: their connections must not leak
+            barrier = threading.Barrier(2)
+            results: list = []
+            errors: list = []
+
+            def insert(
+                queue: LocalQueue, remote_id: int, barrier=barrier, results=results, errors=errors
+            ) -> None:
+                barrier.wait()
+                try:
+                    results.append(
+                        queue.store.insert_claimed(claimed(remote_id, clock), LEASE, clock.now)
+                    )
+                except Exception as exc:  # the test reports any
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=insert, args=(q, 900 + attempt)) for q in queues]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert errors == []
+            assert len({task.id for task, _ in results}) == 1
+            assert sorted(created for _, created in results) == [False, True]
+    finally:
+        for queue in queues:
+            queue.close()
+
+
+def test_short_lived_threads_do_not_exhaust_the_pool(queue: LocalQueue):
+    import threading
+
+    def one_call() -> None:
+        queue.enqueue("t", {"x": 1})
+
+    for _ in range(100):  # far beyond the pool's size + overflow if connections leaked
+        thread = threading.Thread(target=one_call)
+        thread.start()
+        thread.join()
+    assert queue.status().tasks == {("t", "queued"): 100}
