@@ -27,7 +27,7 @@ def _log(event: str, n: int) -> None:
 
 def compute(params: dict[str, Any]) -> dict[str, Any]:
     _log("start", params["n"])
-    time.sleep(0.02 + (params["n"] % 5) * 0.01)
+    time.sleep(0.3 if params["n"] % 4 == 0 else 0.02 + (params["n"] % 5) * 0.01)
     result = expected(params)
     _log("end", params["n"])
     return result

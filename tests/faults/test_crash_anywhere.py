@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TYPE = "crash.work"
 SEED = int(os.environ.get("CRASH_SEED", "1234"))
 KILLS = int(os.environ.get("CRASH_KILLS", "50"))
-TASKS = int(os.environ.get("CRASH_TASKS", "120"))
+TASKS = int(os.environ.get("CRASH_TASKS", "240"))
 
 
 class Fleet:
@@ -65,6 +65,19 @@ class Fleet:
             self.commands[name], stdout=log, stderr=log, env=self.env, cwd=ROOT
         )
         log.close()
+
+    def busy_worker(self, run_log: Path) -> str | None:
+        """A worker process with a handler run in progress (started, not ended), if any."""
+        if not run_log.exists():
+            return None
+        open_pids: set[int] = set()
+        for line in run_log.read_text().splitlines():
+            pid, event, _n, _at = line.split()
+            (open_pids.add if event == "start" else open_pids.discard)(int(pid))
+        for name, process in self.processes.items():
+            if name != "daemon" and process.pid in open_pids:
+                return name
+        return None
 
     def kill_and_restart(self, name: str) -> None:
         process = self.processes[name]
@@ -117,7 +130,7 @@ def test_crash_anywhere_loses_nothing(tmp_path):
         ids = [client.create_task(TYPE, p) for p in params]
         config = tmp_path / "bridge.toml"
         config.write_text(
-            f'db_url = "{db}"\ntypes = ["{TYPE}"]\nprefetch = 8\nworkers = 4\n'
+            f'db_url = "{db}"\ntypes = ["{TYPE}"]\nprefetch = 40\nworkers = 4\n'
             "lock_seconds = 2\nlease_margin_seconds = 5\ndefault_task_seconds = 0.05\n"
             "poll_min_seconds = 0.05\npoll_max_seconds = 0.3\npush_interval_seconds = 0.05\n"
             "push_backoff_max_seconds = 0.5\nreap_interval_seconds = 0.2\n"
@@ -135,7 +148,8 @@ def test_crash_anywhere_loses_nothing(tmp_path):
                     server.faults.drop_after_commit(
                         path=rng.choice(["/tasks/*/complete", "/tasks/claim", "/tasks/*/progress"])
                     )
-                victim = rng.choice(["daemon", "daemon", "worker-1", "worker-2"])
+                busy = fleet.busy_worker(run_log) if rng.random() < 0.5 else None
+                victim = busy or rng.choice(["daemon", "daemon", "worker-1", "worker-2"])
                 fleet.kill_and_restart(victim)
                 kills[victim] += 1
             server.faults.clear()
