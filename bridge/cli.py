@@ -267,30 +267,25 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_outbox_retry(args: argparse.Namespace) -> int:
+def _on_dead_rows(args: argparse.Namespace, verb: str, done: str) -> int:
+    """``outbox retry`` and ``outbox discard``: the given dead rows, or all with --dead."""
     from .queue import LocalQueue
 
     if not args.dead and not args.ids:
-        raise BridgeError("outbox retry: give row ids, or --dead for every dead row")
+        raise BridgeError(f"outbox {verb}: give row ids, or --dead for every dead row")
     with LocalQueue(config=_config(args)) as queue:
-        count = queue.store.requeue_outbox(
-            None if args.dead else args.ids, datetime.now(timezone.utc)
-        )
-    print(f"{count} dead row(s) made pending again")
+        act = queue.store.requeue_outbox if verb == "retry" else queue.store.discard_outbox
+        count = act(None if args.dead else args.ids, datetime.now(timezone.utc))
+    print(f"{count} dead row(s) {done}")
     return 0
+
+
+def cmd_outbox_retry(args: argparse.Namespace) -> int:
+    return _on_dead_rows(args, "retry", "made pending again")
 
 
 def cmd_outbox_discard(args: argparse.Namespace) -> int:
-    from .queue import LocalQueue
-
-    if not args.dead and not args.ids:
-        raise BridgeError("outbox discard: give row ids, or --dead for every dead row")
-    with LocalQueue(config=_config(args)) as queue:
-        count = queue.store.discard_outbox(
-            None if args.dead else args.ids, datetime.now(timezone.utc)
-        )
-    print(f"{count} dead row(s) discarded (kept as superseded, with their reason)")
-    return 0
+    return _on_dead_rows(args, "discard", "discarded (kept as superseded, with their reason)")
 
 
 # -- register-types ------------------------------------------------------------------------

@@ -3,8 +3,30 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bridge_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = ROOT, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """``python -m bridge ARGS`` run to the end, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=cwd,
+        check=False,
+        **kwargs,
+    )
 
 
 def free_port() -> int:

@@ -11,22 +11,10 @@ import pytest
 
 from bridge.migrate import current
 
+from .helpers import bridge_cli
+
 pytestmark = pytest.mark.acceptance
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def bridge_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=cwd,
-        check=False,
-    )
 
 
 def test_db_current_upgrade_current(tmp_path):

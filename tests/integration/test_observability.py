@@ -23,25 +23,11 @@ from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
 
 from .conftest import Clock
+from .helpers import bridge_cli as cli
 from .helpers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TYPE = "obs.work"
-
-
-def cli(
-    *args: str, env: dict[str, str] | None = None, **kwargs
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-        cwd=ROOT,
-        **kwargs,
-    )
 
 
 @pytest.fixture
