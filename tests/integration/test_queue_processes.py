@@ -33,20 +33,21 @@ def run_worker(url: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def test_four_processes_each_task_handed_out_exactly_once(migrated_url: str):
-    seed_remote_tasks(migrated_url, 2000)
-    workers = [run_worker(migrated_url, "drain") for _ in range(4)]
+@pytest.mark.parametrize(("processes", "count"), [(4, 2000), (8, 10_000)])
+def test_processes_each_task_handed_out_exactly_once(migrated_url: str, processes: int, count: int):
+    seed_remote_tasks(migrated_url, count)
+    workers = [run_worker(migrated_url, "drain") for _ in range(processes)]
     handed_out: list[int] = []
     for worker in workers:
-        out, err = worker.communicate(timeout=300)
+        out, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, err
         handed_out.extend(json.loads(out))
-    assert len(handed_out) == 2000
+    assert len(handed_out) == count
     assert [n for n, times in Counter(handed_out).items() if times > 1] == []
     with LocalQueue(migrated_url) as queue:
-        assert queue.status().tasks == {("bulk", "done"): 2000}
-        rows = queue.store.pending_outbox(datetime.now(timezone.utc), 5000)
-        assert len(rows) == 2000 and len({r.remote_id for r in rows}) == 2000
+        assert queue.status().tasks == {("bulk", "done"): count}
+        rows = queue.store.pending_outbox(datetime.now(timezone.utc), count + 1)
+        assert len(rows) == count and len({r.remote_id for r in rows}) == count
 
 
 def test_worker_killed_while_holding_task_is_handed_out_again(migrated_url: str):
