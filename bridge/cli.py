@@ -73,15 +73,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             '(types = ["..."] in the config, or BRIDGE_TYPES=a,b)'
         )
     with LocalQueue(config=config) as queue:
-        metrics: NullMetrics = NullMetrics()
-        if args.metrics_port is not None:
-            metrics = Metrics(queue.store)
+        metrics = Metrics(queue.store) if args.metrics_port is not None else NullMetrics()
+        client = TaskManagerClient(config.client_config(), observer=metrics.observe_request)
+        daemon = Daemon(Bridge(queue, client, config, metrics=metrics))
+        # Before anything is visible from outside: a SIGTERM sent as soon as the metrics
+        # answer must stop the daemon cleanly, not kill it.
+        daemon.handle_signals()
+        if isinstance(metrics, Metrics):
             metrics.serve(args.metrics_port, args.metrics_address)
             logging.getLogger("bridge.daemon").info(
                 "metrics on http://%s:%d/metrics", args.metrics_address, args.metrics_port
             )
-        client = TaskManagerClient(config.client_config(), observer=metrics.observe_request)
-        return Daemon(Bridge(queue, client, config, metrics=metrics)).run_forever()
+        return daemon.run_forever()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

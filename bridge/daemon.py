@@ -457,9 +457,13 @@ class Daemon:
         logger.info("signal %d: stopping (claims stop, last push follows)", signum)
         self._stop.set()
 
-    def run_forever(self) -> int:
+    def handle_signals(self) -> None:
+        """SIGTERM/SIGINT stop the daemon gracefully from now on (main thread only)."""
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+
+    def run_forever(self) -> int:
+        self.handle_signals()
         self.start()
         # Wait in slices: a signal delivered to a scheduler thread only runs its Python
         # handler once the main thread wakes up.

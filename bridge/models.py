@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -47,6 +47,16 @@ class LocalTask:
         return self.remote_id is not None
 
     @classmethod
+    def from_values(cls, values: Sequence[Any]) -> LocalTask:
+        """From a row whose columns are in this class's field order (``TASK_COLUMNS``):
+        the worker's hot path, without a name lookup per column."""
+        if values[_PARAMS] is None or values[_METADATA] is None:
+            values = list(values)
+            values[_PARAMS] = values[_PARAMS] or {}
+            values[_METADATA] = values[_METADATA] or {}
+        return cls(*values)
+
+    @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> LocalTask:
         return cls(
             id=row["id"],
@@ -69,6 +79,10 @@ class LocalTask:
             started_at=row["started_at"],
             finished_at=row["finished_at"],
         )
+
+
+_FIELDS = list(LocalTask.__dataclass_fields__)
+_PARAMS, _METADATA = _FIELDS.index("params"), _FIELDS.index("metadata")
 
 
 @dataclass(frozen=True)

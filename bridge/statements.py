@@ -19,88 +19,98 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Dialect
 
+from .models import LocalTask
 from .schema import IS_PENDING_PROGRESS, IS_QUEUED, outbox, tasks
 
-TASK_COLUMNS = list(tasks.columns)
+# In LocalTask's field order, so a returned row builds a task positionally.
+TASK_COLUMNS = [tasks.c[name] for name in LocalTask.__dataclass_fields__]
 Processor = Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
 class Result:
-    rows: list[dict[str, Any]]
+    rows: list[list[Any]]
     rowcount: int
 
-    def first(self) -> dict[str, Any] | None:
+    def first(self) -> list[Any] | None:
         return self.rows[0] if self.rows else None
 
-    def one(self) -> dict[str, Any]:
+    def one(self) -> list[Any]:
         if len(self.rows) != 1:
             raise RuntimeError(f"expected one row, got {len(self.rows)}")
         return self.rows[0]
 
     def scalar(self) -> Any:
-        return next(iter(self.rows[0].values())) if self.rows else None
+        return self.rows[0][0] if self.rows else None
 
 
 class Statement:
-    """One Core statement, compiled for a dialect, run on the DBAPI cursor."""
+    """One Core statement, compiled for a dialect, run on the DBAPI connection."""
 
     def __init__(self, statement: Any, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
         self.sql = compiled.string
-        # Per parameter, once: its name, the literal value the statement itself carries,
-        # whether the caller must give it (our p_* parameters), and the type's processor.
         names = (
             list(compiled.positiontup)
             if compiled.positional
             else list(compiled.bind_names.values())
         )
         by_name = {name: bind for bind, name in compiled.bind_names.items()}
-        self._plan: list[tuple[str, Any, bool, Processor | None]] = [
-            (
-                name,
-                by_name[name].value,
-                by_name[name].required,
-                by_name[name].type.dialect_impl(dialect).bind_processor(dialect),
-            )
-            for name in names
-        ]
+
+        def processor(name: str) -> Processor | None:
+            return by_name[name].type.dialect_impl(dialect).bind_processor(dialect)  # type: ignore[no-any-return]
+
+        # Per parameter, once: either the caller's value to convert (our bindparams) or
+        # a literal the statement itself carries, converted here and never again.
+        self._plan: list[tuple[str, Processor | None, Any]] = []
+        for name in names:
+            bind, process = by_name[name], processor(name)
+            if bind.required:
+                self._plan.append((name, process, None))
+            else:
+                value = bind.value
+                literal = process(value) if process is not None and value is not None else value
+                self._plan.append(("", None, literal))
+        self._names = names
         self._positional = compiled.positional
-        returning = getattr(statement, "_returning", ()) or ()
-        self._columns = [
-            (column.name, column.type.dialect_impl(dialect).result_processor(dialect, None))
-            for column in returning
+        columns = statement.selected_columns if statement.is_select else statement._returning
+        self._returns = bool(columns)
+        # Only the columns whose values need converting (JSON, datetimes), by position.
+        self._converters = [
+            (index, process)
+            for index, column in enumerate(columns)
+            if (process := column.type.dialect_impl(dialect).result_processor(dialect, None))
         ]
 
     def _parameters(self, values: Mapping[str, Any]) -> Any:
         converted = []
-        for name, literal, required, process in self._plan:
-            if required and name not in values:
-                raise KeyError(f"statement parameter {name!r} was not given")
-            value = values.get(name, literal)
+        for name, process, literal in self._plan:
+            if not name:
+                converted.append(literal)
+                continue
+            try:
+                value = values[name]
+            except KeyError:
+                raise KeyError(f"statement parameter {name!r} was not given") from None
             converted.append(process(value) if process is not None and value is not None else value)
         if self._positional:
             return converted
-        return {plan[0]: value for plan, value in zip(self._plan, converted, strict=True)}
+        return dict(zip(self._names, converted, strict=True))
 
     def run(self, conn: Connection, values: Mapping[str, Any]) -> Result:
-        """Execute inside ``conn``'s current transaction."""
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        """Execute inside ``conn``'s current transaction (SQLAlchemy's, or the store's
+        own on SQLite's hot path)."""
+        driver = conn.connection.driver_connection
+        cursor = driver.execute(self.sql, self._parameters(values))  # type: ignore[union-attr]
         try:
-            cursor.execute(self.sql, self._parameters(values))
-            rows: list[dict[str, Any]] = []
-            if self._columns:
+            rows: list[list[Any]] = []
+            if self._returns:
                 for raw in cursor.fetchall():
-                    rows.append(
-                        {
-                            name: (
-                                process(value)
-                                if process is not None and value is not None
-                                else value
-                            )
-                            for (name, process), value in zip(self._columns, raw, strict=True)
-                        }
-                    )
+                    row = list(raw)
+                    for index, process in self._converters:
+                        if row[index] is not None:
+                            row[index] = process(row[index])
+                    rows.append(row)
             return Result(rows, cursor.rowcount)
         finally:
             cursor.close()
@@ -197,6 +207,7 @@ class Prepared:
             )
         }
         self.enqueue = prepare(insert(tasks).values(**task_row).returning(*TASK_COLUMNS))
+        self.task_by_id = prepare(select(*TASK_COLUMNS).where(tasks.c.id == p("p_id")))
 
     def dequeue(self, type_count: int) -> Statement:
         """Lock the best queued task (of ``type_count`` named types, 0 = any): one statement."""

@@ -1,0 +1,65 @@
+"""Times in the queue: any aware datetime in, the same instant out as aware UTC.
+
+On SQLite the store converts datetimes itself (one C call each way, see
+``schema.UTCDateTime``); these tests hold that path to SQLAlchemy's own format
+and to the PostgreSQL behaviour.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select, update
+
+from bridge import LocalQueue
+from bridge.schema import tasks
+
+from .conftest import Clock
+
+PLUS_TWO = timezone(timedelta(hours=2))
+
+
+def test_an_instant_given_in_another_zone_reads_back_as_the_same_utc_instant(
+    migrated_url: str,
+) -> None:
+    local_noon = datetime(2026, 11, 28, 14, 0, 0, 123456, tzinfo=PLUS_TWO)
+    with LocalQueue(migrated_url, clock=lambda: local_noon) as queue:
+        task = queue.enqueue("t", {})
+        assert task.created_at == local_noon
+        assert task.created_at.tzinfo is timezone.utc
+        assert task.created_at.hour == 12
+        # The generic SQLAlchemy path reads what the fast path wrote, and the other way.
+        with queue.store.engine.connect() as conn:
+            stored = conn.execute(select(tasks.c.created_at).where(tasks.c.id == task.id))
+            assert stored.scalar_one() == local_noon
+            later = local_noon + timedelta(minutes=5)
+            conn.execute(update(tasks).where(tasks.c.id == task.id).values(created_at=later))
+            conn.commit()
+        reread = queue.get(task.id)
+        assert reread is not None and reread.created_at == later
+
+
+def test_sqlite_stores_utc_text_in_sqlalchemys_own_format(tmp_path) -> None:
+    from bridge.migrate import upgrade
+
+    url = str(tmp_path / "q.db")
+    upgrade(url)
+    at = datetime(2026, 1, 2, 5, 6, 7, tzinfo=PLUS_TWO)
+    with LocalQueue(url, clock=lambda: at) as queue:
+        task = queue.enqueue("t", {})
+        with queue.store.engine.connect() as conn:
+            raw = conn.exec_driver_sql(
+                "SELECT created_at FROM tasks WHERE id = ?", (task.id,)
+            ).scalar_one()
+    assert raw == "2026-01-02 03:06:07.000000"
+
+
+def test_a_naive_datetime_is_refused_and_nothing_is_written(
+    migrated_url: str, clock: Clock
+) -> None:
+    with LocalQueue(migrated_url, clock=lambda: datetime(2026, 11, 28, 12, 0)) as queue:
+        with pytest.raises(ValueError, match="naive datetime"):
+            queue.enqueue("t", {})
+    with LocalQueue(migrated_url, clock=clock) as queue:
+        assert queue.status().tasks == {}
