@@ -26,6 +26,7 @@ SCHEMA_REVISIONS = ("0001",)  # oldest first; the last is SCHEMA_REVISION
 FIX_COMMAND = "taskmanager-bridge db upgrade"
 DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
 POOL_OVERFLOW = 64  # beyond the pool's 5: one connection per thread using the queue
+SYNCHRONOUS_FULL = "PRAGMA synchronous = FULL"  # a commit waits for the disk
 
 
 def normalise_url(url: str) -> str:
@@ -75,7 +76,7 @@ def _sqlite_engine(url: URL, busy_timeout: float) -> Engine:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute(SYNCHRONOUS_FULL)
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
             cursor.close()

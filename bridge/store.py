@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 
 from taskmanager import ClaimedTask
 
-from .database import driver_errors, translated_errors
+from .database import SYNCHRONOUS_FULL, driver_errors, translated_errors
 from .errors import DatabaseError, TaskNotHeldError
 from .models import CachedTaskType, LocalTask, OutboxEntry, QueueCounts
 from .schema import (
@@ -130,7 +130,7 @@ class Store:
                 raise
 
     @contextlib.contextmanager
-    def _hot_write(self) -> Iterator[Connection]:
+    def _hot_write(self, *, durable: bool = True) -> Iterator[Connection]:
         """A write transaction for the worker's calls, which run only prepared statements.
 
         On SQLite it is begun and committed on the driver connection itself: SQLAlchemy's
@@ -138,6 +138,14 @@ class Store:
         ``complete_and_dequeue``. SQLAlchemy sees an idle connection throughout, so
         nothing else may run on it inside (``Statement.run`` only). PostgreSQL takes
         the ordinary path.
+
+        ``durable=False`` (SQLite only) commits without waiting for the disk: the
+        commit reaches the OS, so it survives any process crash, and only a power loss
+        or OS crash can undo it. Used for taking a task: that undone, the task is simply
+        queued again, and every worker that could hold it died in the same crash. The
+        WAL is written in order, so the next durable commit (the task's completion)
+        makes this one durable too. Not on PostgreSQL: a fleet's workers on other
+        machines outlive a database server crash.
         """
         if self.is_postgresql:
             with self._write() as conn:
@@ -147,6 +155,8 @@ class Store:
             conn = self._connection()
             driver = conn.connection.driver_connection
             try:
+                if not durable:
+                    driver.execute("PRAGMA synchronous = NORMAL")  # type: ignore[union-attr]
                 driver.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
             except self._driver_errors:
                 self._drop(conn)
@@ -157,9 +167,17 @@ class Store:
             except BaseException:
                 try:
                     driver.rollback()  # type: ignore[union-attr]
+                    if not durable:
+                        driver.execute(SYNCHRONOUS_FULL)  # type: ignore[union-attr]
+                except self._driver_errors:
+                    self._drop(conn)  # unknown state, or skipping fsyncs: never reuse it
+                raise
+            if not durable:
+                try:
+                    driver.execute(SYNCHRONOUS_FULL)  # type: ignore[union-attr]
                 except self._driver_errors:
                     self._drop(conn)
-                raise
+                    raise
 
     def _drop(self, conn: Connection) -> None:
         """Forget a connection in an unknown state; this thread's next call opens another."""
@@ -231,7 +249,7 @@ class Store:
         Skips tasks whose remote lease ends within the margin: they could not be
         finished in time, and handing them out would break promise 2.
         """
-        with self._hot_write() as conn:
+        with self._hot_write(durable=False) as conn:
             return self._dequeue(conn, types, worker_id, lock_seconds, lease_margin_seconds, now)
 
     def _dequeue(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 # A hung request is released at the latest after this long, so no thread is leaked.
@@ -20,6 +20,7 @@ class FaultKind(Enum):
     FAIL = "fail"  # answer with a status instead of handling the request
     DROP_AFTER_COMMIT = "drop"  # handle (commit) the request, then close without answering
     HANG = "hang"  # never answer; the connection closes when released or stopped
+    HOLD_AFTER_COMMIT = "hold"  # handle (commit), then hold the answer until released; drop it
 
 
 @dataclass
@@ -31,6 +32,7 @@ class FaultRule:
     status: int = 503
     body: bytes | None = None
     content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method.upper() != method.upper():
@@ -62,8 +64,10 @@ class FaultPlan:
         method: str | None = None,
         body: str | bytes | None = None,
         content_type: str = "text/html",
+        headers: dict[str, str] | None = None,
     ) -> None:
-        """Answer the next ``count`` matching requests with ``status`` (default: a JSON error)."""
+        """Answer the next ``count`` matching requests with ``status`` (default: a JSON error),
+        adding ``headers`` (``{"Retry-After": "2"}`` with 429 makes a rate-limit storm)."""
         raw = body.encode() if isinstance(body, str) else body
         self._add(
             FaultRule(
@@ -74,6 +78,7 @@ class FaultPlan:
                 status,
                 raw,
                 content_type if raw is not None else "application/json",
+                dict(headers or {}),
             )
         )
 
@@ -82,6 +87,15 @@ class FaultPlan:
     ) -> None:
         """Handle the next ``count`` matching requests, then drop the connection unanswered."""
         self._add(FaultRule(FaultKind.DROP_AFTER_COMMIT, count, path, method))
+
+    def hold_after_commit(
+        self, count: int = 1, *, path: str | None = None, method: str | None = None
+    ) -> None:
+        """Handle the next ``count`` matching requests, then hold the answers back (until
+        ``release_hangs``) and drop them: a window, as long as the test wants, in which
+        the server has committed and the client does not know it yet."""
+        self._release.clear()
+        self._add(FaultRule(FaultKind.HOLD_AFTER_COMMIT, count, path, method))
 
     def hang_next(
         self, count: int = 1, *, path: str | None = None, method: str | None = None

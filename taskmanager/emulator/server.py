@@ -35,7 +35,8 @@ IDLE_CONNECTION_SECONDS = 30.0
 class RequestRecord:
     method: str
     path: str
-    status: int | str  # "dropped" or "hung" when no answer was sent
+    status: int | str  # "dropped", "held" or "hung" when no answer was sent
+    at: float = 0.0  # time.monotonic() when the request arrived
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -77,20 +78,25 @@ class _Handler(BaseHTTPRequestHandler):
         emulator = self.server.emulator
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
+        arrived = time.monotonic()
         path = api_path(self.path)
         if emulator.faults.latency:
             time.sleep(emulator.faults.latency)
         rule = emulator.faults.take(self.command, path)
         if rule is not None and rule.kind is FaultKind.HANG:
-            emulator._record(self.command, path, "hung")
+            emulator._record(self.command, path, "hung", arrived)
             emulator.faults.wait_released()
             self._abort()
             return
         if rule is not None and rule.kind is FaultKind.FAIL:
             response = (
-                Response(rule.status, rule.body, {"Content-Type": rule.content_type})
+                Response(
+                    rule.status, rule.body, {"Content-Type": rule.content_type, **rule.headers}
+                )
                 if rule.body is not None
-                else emulator.app.error(rule.status, f"Injected failure ({rule.status})")
+                else emulator.app.error(
+                    rule.status, f"Injected failure ({rule.status})", headers=rule.headers
+                )
             )
         else:
             response = emulator.app.handle(
@@ -101,10 +107,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self.client_address[0],
             )
         if rule is not None and rule.kind is FaultKind.DROP_AFTER_COMMIT:
-            emulator._record(self.command, path, "dropped")
+            emulator._record(self.command, path, "dropped", arrived)
             self._abort()
             return
-        emulator._record(self.command, path, response.status)
+        if rule is not None and rule.kind is FaultKind.HOLD_AFTER_COMMIT:
+            emulator._record(self.command, path, "held", arrived)
+            emulator.faults.wait_released()
+            self._abort()
+            return
+        emulator._record(self.command, path, response.status, arrived)
         self.send_response(response.status)
         headers = {"Content-Type": "application/json; charset=utf-8", **response.headers}
         for name, value in headers.items():
@@ -251,9 +262,9 @@ class EmulatorServer:
             else:
                 self._connections.discard(connection)
 
-    def _record(self, method: str, path: str, status: int | str) -> None:
+    def _record(self, method: str, path: str, status: int | str, at: float) -> None:
         with self._lock:
-            self._records.append(RequestRecord(method, path, status))
+            self._records.append(RequestRecord(method, path, status, at))
 
     @property
     def requests(self) -> list[RequestRecord]:

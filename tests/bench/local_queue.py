@@ -1,14 +1,15 @@
 """Local queue throughput vs litequeue and persist-queue, and vs a bare PostgreSQL loop.
 
-    python tests/bench/local_queue.py [N] [--repeat R]
+    python tests/bench/local_queue.py [N] [--repeat R] [--no-postgres]
 
 Every queue runs on SQLite in WAL mode with ``synchronous=FULL`` (litequeue
 defaults to NORMAL and persist-queue leaves the default; both are set to FULL
 here so a commit means the same everywhere). Ours writes the outbox row in the
 same transaction as the completion; the peers write nothing of the kind.
 "dequeue+complete" is one dequeue transaction plus one completion transaction
-per task for everyone. Figures are medians of R runs; ratios are against the
-fastest peer measured in the same run. Needs: pip install litequeue persist-queue.
+per task for everyone. Figures are medians of R rounds, each round running every
+measure once (interleaved, so the machine's drift hits all alike); ratios are
+against the fastest peer. Needs: pip install litequeue persist-queue.
 """
 
 from __future__ import annotations
@@ -278,54 +279,61 @@ def ours_pg_cycle(n: int, procs: int) -> float:
     return ours_cycle(_pg_schema("bench_ours"), n, procs)
 
 
-def median_rate(runs: int, measure: Callable[[Path], float]) -> float:
-    rates = []
-    for _ in range(runs):
-        with tempfile.TemporaryDirectory() as folder:
-            rates.append(measure(Path(folder)))
-    return statistics.median(rates)
+def interleaved_medians(
+    rounds: int, measures: dict[str, Callable[[Path], float]]
+) -> dict[str, float]:
+    """Each measure once per round, rounds one after the other, then the medians.
+
+    This machine's fsync speed drifts by +-20% over a minute; measuring all of A
+    then all of B turned that drift into a ratio. Interleaved, each round sees the
+    same conditions for everyone.
+    """
+    rates: dict[str, list[float]] = {name: [] for name in measures}
+    for _ in range(rounds):
+        for name, measure in measures.items():
+            with tempfile.TemporaryDirectory() as folder:
+                rates[name].append(measure(Path(folder)))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("n", nargs="?", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
-    n, r = args.n, args.repeat
+    n = args.n
 
-    results: dict[str, float] = {
-        "ours enqueue": median_rate(r, lambda f: ours_enqueue(f, n)),
-        "litequeue put": median_rate(r, lambda f: litequeue_enqueue(f, n)),
-        "persist-queue put": median_rate(r, lambda f: persistqueue_enqueue(f, n)),
-        "ours dequeue+complete (1 proc)": median_rate(
-            r, lambda f: ours_cycle(str(f / "o.db"), n, 1)
+    measures: dict[str, Callable[[Path], float]] = {
+        "ours enqueue": lambda f: ours_enqueue(f, n),
+        "litequeue put": lambda f: litequeue_enqueue(f, n),
+        "persist-queue put": lambda f: persistqueue_enqueue(f, n),
+        "ours dequeue+complete (1 proc)": lambda f: ours_cycle(str(f / "o.db"), n, 1),
+        "ours complete_and_dequeue (1 proc)": lambda f: ours_cycle(
+            str(f / "o.db"), n, 1, fast=True
         ),
-        "ours complete_and_dequeue (1 proc)": median_rate(
-            r, lambda f: ours_cycle(str(f / "o.db"), n, 1, fast=True)
+        "floor: our statements on bare sqlite3 (1 proc)": lambda f: floor_cycle(
+            str(f / "floor.db"), n
         ),
-        "floor: our statements on bare sqlite3 (1 proc)": median_rate(
-            r, lambda f: floor_cycle(str(f / "floor.db"), n)
+        "litequeue pop+done (1 proc)": lambda f: litequeue_cycle(f, n, 1),
+        "persist-queue get+ack (1 proc)": lambda f: persistqueue_cycle(f, n),
+        "ours dequeue+complete (4 procs)": lambda f: ours_cycle(str(f / "o.db"), n, 4),
+        "ours complete_and_dequeue (4 procs)": lambda f: ours_cycle(
+            str(f / "o.db"), n, 4, fast=True
         ),
-        "litequeue pop+done (1 proc)": median_rate(r, lambda f: litequeue_cycle(f, n, 1)),
-        "persist-queue get+ack (1 proc)": median_rate(r, lambda f: persistqueue_cycle(f, n)),
-        "ours dequeue+complete (4 procs)": median_rate(
-            r, lambda f: ours_cycle(str(f / "o.db"), n, 4)
-        ),
-        "ours complete_and_dequeue (4 procs)": median_rate(
-            r, lambda f: ours_cycle(str(f / "o.db"), n, 4, fast=True)
-        ),
-        "litequeue pop+done (4 procs)": median_rate(r, lambda f: litequeue_cycle(f, n, 4)),
+        "litequeue pop+done (4 procs)": lambda f: litequeue_cycle(f, n, 4),
     }
     if not args.no_postgres:
-        results["ours PostgreSQL dequeue+complete (1 proc)"] = median_rate(
-            r, lambda _f: ours_pg_cycle(n, 1)
+        measures.update(
+            {
+                "ours PostgreSQL dequeue+complete (1 proc)": lambda _f: ours_pg_cycle(n, 1),
+                "bare SKIP LOCKED loop (1 proc)": lambda _f: bare_pg_cycle(n, 1),
+                "ours PostgreSQL dequeue+complete (4 procs)": lambda _f: ours_pg_cycle(n, 4),
+                "bare SKIP LOCKED loop (4 procs)": lambda _f: bare_pg_cycle(n, 4),
+            }
         )
-        results["bare SKIP LOCKED loop (1 proc)"] = median_rate(r, lambda _f: bare_pg_cycle(n, 1))
-        results["ours PostgreSQL dequeue+complete (4 procs)"] = median_rate(
-            r, lambda _f: ours_pg_cycle(n, 4)
-        )
-        results["bare SKIP LOCKED loop (4 procs)"] = median_rate(r, lambda _f: bare_pg_cycle(n, 4))
+    results = interleaved_medians(args.repeat, measures)
+    r = args.repeat
 
     print(f"N = {n} tasks, median of {r} runs, ops/s (SQLite: WAL, synchronous=FULL)")
     for name, rate in results.items():

@@ -3,7 +3,9 @@ hangs, 5xx bursts, HTML pages, rate limits and size limits."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 import time
 from collections.abc import Callable
 
@@ -139,6 +141,50 @@ def test_5xx_burst_is_retried(
     assert isinstance(client.create_task(name, {"channel_url": "burst"}), int)
     posts = [r.status for r in emulator.requests if (r.method, r.path) == ("POST", "/tasks")]
     assert posts == [503, 503, 200]
+
+
+def test_injected_429_storm_carries_retry_after_and_the_client_waits_it_out(
+    emulator: EmulatorServer, target
+):
+    emulator.faults.fail_next(2, status=429, path="/tasks/*", headers={"Retry-After": "1"})
+    with (
+        target.client(retry_attempts=3, retry_deadline=10) as client,
+        pytest.raises(TaskManagerNotFoundError),
+    ):
+        client.get_task(987654)
+    answers = [r for r in emulator.requests if r.path == "/tasks/987654"]
+    assert [r.status for r in answers] == [429, 429, 200]
+    for refused, following in itertools.pairwise(answers):
+        assert following.at - refused.at >= 0.95  # nothing sent before Retry-After ran out
+
+
+def test_hold_after_commit_commits_then_answers_nothing_until_released(
+    emulator: EmulatorServer, client: TaskManagerClient, fresh_type: Callable[..., TaskType]
+):
+    name = fresh_type().name
+    emulator.faults.hold_after_commit(path="/tasks", method="POST")
+    outcome: list[object] = []
+    sender = threading.Thread(
+        target=lambda: outcome.append(client.create_task(name, {"channel_url": "held"}))
+    )
+    sender.start()
+    assert _eventually(lambda: any(r.status == "held" for r in emulator.requests))
+    time.sleep(0.2)
+    assert outcome == [] and sender.is_alive()  # committed, and the client still waits
+    assert len(list(client.list_tasks(task_type=name))) == 1
+    emulator.faults.release_hangs()
+    sender.join(10)
+    # The answer was dropped; the client's retry is deduplicated onto the same task.
+    assert outcome == [task.id for task in client.list_tasks(task_type=name)]
+
+
+def _eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def test_html_gateway_page_is_protocol_error(emulator: EmulatorServer, client: TaskManagerClient):

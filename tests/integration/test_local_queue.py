@@ -275,6 +275,32 @@ def test_sqlite_files_are_private(tmp_path):
             assert mode == 0o600, f"{path}{suffix} is {oct(mode)}"
 
 
+def test_taking_a_task_skips_the_fsync_but_nothing_after_it_does(tmp_path):
+    """Only the dequeue commits without waiting for the disk (see Store._hot_write):
+    the connection is back to synchronous=FULL after it, even when it fails."""
+    from bridge.migrate import upgrade
+
+    path = str(tmp_path / "q.db")
+    upgrade(path)
+    full = 2
+    with LocalQueue(path) as queue:
+
+        def synchronous() -> int:
+            driver = queue.store._connection().connection.driver_connection
+            return int(driver.execute("PRAGMA synchronous").fetchone()[0])
+
+        assert synchronous() == full
+        queue.enqueue("a", {})
+        task = queue.dequeue()
+        assert task is not None and synchronous() == full
+        assert queue.dequeue() is None and synchronous() == full
+        with pytest.raises(ValueError):
+            queue.dequeue(lock_seconds=float("nan"))  # fails inside the transaction
+        assert synchronous() == full
+        queue.complete(task, {"ok": True})
+        assert queue.get(task.id).status == "done"
+
+
 def test_complete_and_dequeue_is_one_step(migrated_url: str, clock: Clock):
     with (
         LocalQueue(migrated_url, worker_id="w1", clock=clock) as queue,

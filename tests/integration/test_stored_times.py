@@ -58,8 +58,11 @@ def test_sqlite_stores_utc_text_in_sqlalchemys_own_format(tmp_path) -> None:
 def test_a_naive_datetime_is_refused_and_nothing_is_written(
     migrated_url: str, clock: Clock
 ) -> None:
-    with LocalQueue(migrated_url, clock=lambda: datetime(2026, 11, 28, 12, 0)) as queue:
-        with pytest.raises(ValueError, match="naive datetime"):
-            queue.enqueue("t", {})
+    naive = datetime(2026, 11, 28, 12, 0)
+    with (
+        LocalQueue(migrated_url, clock=lambda: naive) as queue,
+        pytest.raises(ValueError, match="naive datetime"),
+    ):
+        queue.enqueue("t", {})
     with LocalQueue(migrated_url, clock=clock) as queue:
         assert queue.status().tasks == {}
