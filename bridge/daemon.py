@@ -138,9 +138,15 @@ class Bridge:
     def _rate_limited(self, now: datetime) -> bool:
         return self._paused_until is not None and now < self._paused_until
 
-    def _pause_for_rate_limit(self, now: datetime, retry_after: float | None) -> None:
+    def _pause_for_rate_limit(
+        self, now: datetime, retry_after: float | None, tick_started: float
+    ) -> None:
+        """Every job waits Retry-After, counted from when the 429 came: ``now`` is when
+        the tick began, and a tick can spend seconds on the network before its 429
+        (a storm test caught claims resuming a second early)."""
         wait = retry_after if retry_after is not None else 60.0
-        self._paused_until = now + timedelta(seconds=wait)
+        spent = time.monotonic() - tick_started
+        self._paused_until = now + timedelta(seconds=spent + wait)
         logger.warning("rate limited (429): every job waits %.0f s", wait)
 
     def stop_claiming(self) -> None:
@@ -182,6 +188,7 @@ class Bridge:
 
     def pull_tick(self, now: datetime) -> int:
         """Claim what the local queue has room for; returns the number claimed."""
+        tick_started = time.monotonic()
         if not self._claiming.is_set() or self._rate_limited(now):
             return 0
         if self._outbox_too_far_behind(now):
@@ -201,7 +208,7 @@ class Bridge:
                     self.store.insert_claimed(task, self.config.lease_seconds, now)
                     claimed += 1
             except TaskManagerRateLimitError as exc:
-                self._pause_for_rate_limit(now, exc.retry_after)
+                self._pause_for_rate_limit(now, exc.retry_after, tick_started)
                 return total + claimed
             except (TaskManagerConnectionError, TaskManagerAuthError) as exc:
                 self._contact_failed(now, str(exc))
@@ -235,6 +242,7 @@ class Bridge:
         ``ignore_backoff`` tries at once even while backing off from an outage
         (the shutdown's last push).
         """
+        tick_started = time.monotonic()
         backing_off = self._next_push is not None and now < self._next_push
         if self._rate_limited(now) or (backing_off and not ignore_backoff):
             return 0
@@ -256,7 +264,7 @@ class Bridge:
                     self._next_push = now + timedelta(seconds=delay)
                     break
                 if verdict is Verdict.RATE_LIMITED:
-                    self._pause_for_rate_limit(now, outcome.retry_after)
+                    self._pause_for_rate_limit(now, outcome.retry_after, tick_started)
                     break
                 self._contact_ok(now)
                 if verdict is Verdict.DELIVERED:

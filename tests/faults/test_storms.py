@@ -1,0 +1,200 @@
+"""Network storms against the running daemon: its real scheduler threads, a worker
+running handlers, and the emulator over HTTP, one storm after another:
+
+5xx bursts, a 429 storm with Retry-After, latency spikes beyond the client's
+timeout (answers lost after the server committed), and an outage with the
+server gone from its port (STORM_OUTAGE_SECONDS, default 8; the soak in
+docs/RELIABILITY.md runs minutes).
+
+At the end: every task completed remotely once, with its worker's result; no
+outbox row pending or dead; no request on a path before the Retry-After of a
+429 on that path ran out; no job of the daemon overlapping itself although
+ticks ran far longer than their interval.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from bridge import BridgeConfig, LocalQueue
+from bridge.daemon import Bridge, Daemon
+from bridge.migrate import upgrade
+from bridge.worker import Worker
+from taskmanager import TaskManagerClient, TaskManagerConfig
+from taskmanager.emulator import EmulatorServer
+
+from ..integration.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+TYPE = "storm.work"
+WAVE = 12
+OUTAGE_SECONDS = float(os.environ.get("STORM_OUTAGE_SECONDS", "8"))
+RETRY_AFTER = 1
+JOBS = ("pull", "push", "reap", "reconcile")
+
+
+def handler(params: dict[str, Any]) -> dict[str, Any]:
+    time.sleep(0.05)
+    return {"n": params["n"], "double": params["n"] * 2}
+
+
+class TickLog:
+    """When each of the daemon's jobs ran: (start, end) per job, to check overlaps."""
+
+    def __init__(self) -> None:
+        self.intervals: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        self._lock = threading.Lock()
+
+    def wrap(self, name: str, tick: Callable[[datetime], Any]) -> Callable[[datetime], Any]:
+        def timed(now: datetime) -> Any:
+            started = time.monotonic()
+            try:
+                return tick(now)
+            finally:
+                with self._lock:
+                    self.intervals[name].append((started, time.monotonic()))
+
+        return timed
+
+    def overlaps(self) -> list[str]:
+        found = []
+        for name, runs in self.intervals.items():
+            for (s1, e1), (s2, e2) in itertools.pairwise(sorted(runs)):
+                if s2 < e1:
+                    found.append(f"{name}: [{s1:.3f}, {e1:.3f}] and [{s2:.3f}, {e2:.3f}]")
+        return found
+
+    def longest(self, name: str) -> float:
+        return max((end - start for start, end in self.intervals[name]), default=0.0)
+
+
+def early_requests_after_429(server: EmulatorServer) -> list[str]:
+    """Requests on a path that arrived before a 429's Retry-After on that path ran out."""
+    refused_until: dict[str, float] = {}
+    early = []
+    for record in server.requests:
+        until = refused_until.get(record.path)
+        if until is not None and record.at < until - 0.05:
+            early.append(f"{record.method} {record.path} {until - record.at:.2f} s early")
+        if record.status == 429:
+            refused_until[record.path] = record.at + RETRY_AFTER
+    return early
+
+
+def test_storms_lose_nothing_and_change_remote_state_once(tmp_path):
+    db = str(tmp_path / "q.db")
+    upgrade(db)
+    ticks = TickLog()
+    with EmulatorServer() as server, LocalQueue(db) as queue:
+        admin = server.client()
+        admin.register_task_type(TYPE, "1", {"type": "object"})
+        config = BridgeConfig.load(
+            env={},
+            db_url=db,
+            types=[TYPE],
+            prefetch=WAVE,
+            poll_min_seconds=0.05,
+            poll_max_seconds=0.3,
+            push_interval_seconds=0.05,
+            push_backoff_max_seconds=1.0,
+            reap_interval_seconds=0.2,
+            reconcile_interval_seconds=1.0,
+        )
+        client = TaskManagerClient(
+            TaskManagerConfig.from_env(
+                {},
+                api_url=server.url,
+                api_key=server.api_key,
+                timeout=0.5,
+                retry_attempts=2,
+                backoff_base=0.05,
+                retry_deadline=3,
+            )
+        )
+        bridge = Bridge(queue, client, config)
+        for job in JOBS:
+            tick_name = f"{job}_tick"
+            setattr(bridge, tick_name, ticks.wrap(job, getattr(bridge, tick_name)))
+        daemon = Daemon(bridge)
+        worker = Worker(queue, {TYPE: handler}, concurrency=2, poll_seconds=0.05)
+        worker_thread = threading.Thread(target=worker.run, daemon=True)
+        created: list[tuple[int, int]] = []
+
+        def wave() -> None:
+            start = len(created)
+            for n in range(start, start + WAVE):
+                created.append((admin.create_task(TYPE, {"n": n}), n))
+
+        def remote_done() -> int:
+            return server.store.count_tasks("completed")
+
+        daemon.start()
+        worker_thread.start()
+        try:
+            wave()  # 5xx burst on every path
+            server.faults.fail_next(25, status=503)
+            assert wait_until(lambda: server.faults.pending() == 0, 30)
+            assert wait_until(lambda: remote_done() == len(created), 30), "after 5xx burst"
+
+            wave()  # 429 storm
+            server.faults.fail_next(15, status=429, headers={"Retry-After": str(RETRY_AFTER)})
+            assert wait_until(lambda: server.faults.pending() == 0, 60)
+            assert wait_until(lambda: remote_done() == len(created), 30), "after 429 storm"
+
+            wave()  # latency beyond the client's timeout: answers lost after commit
+            server.faults.latency = 0.8
+            time.sleep(3)
+            server.faults.latency = 0.0
+            assert wait_until(lambda: remote_done() == len(created), 30), "after latency"
+
+            # Outage: claimed tasks are finished locally while the server is gone.
+            wave()
+            assert wait_until(lambda: queue.status().tasks.get((TYPE, "queued"), 0) > 0, 10)
+            done_before = queue.status().tasks.get((TYPE, "done"), 0)
+            with server.outage():
+                time.sleep(OUTAGE_SECONDS)
+                during = queue.status()
+            assert during.tasks.get((TYPE, "done"), 0) > done_before, "workers stopped"
+            assert during.outbox.get("pending", 0) > 0
+            wave()  # new work after the outage
+            assert wait_until(lambda: remote_done() == len(created), 60), "after outage"
+        finally:
+            server.faults.clear()
+            worker.stop()
+            daemon.stop()
+            worker_thread.join(10)
+
+        counts = queue.status()
+        pending, dead = queue.outbox("pending", 1000), queue.outbox("dead", 1000)
+        wrong = [
+            (task_id, task.status, task.result)
+            for task_id, n in created
+            if (task := admin.get_task(task_id)).status != "completed"
+            or task.result != {"n": n, "double": 2 * n}
+        ]
+        accepted: dict[str, int] = defaultdict(int)
+        for record in server.requests:
+            if record.path.endswith("/complete") and record.status == 200:
+                accepted[record.path] += 1
+        statuses = {str(r.status) for r in server.requests}
+
+    assert wrong == [], wrong[:5]
+    assert pending == [] and dead == [], (counts.outbox, [d.last_error for d in dead[:3]])
+    assert {path: n for path, n in accepted.items() if n > 1} == {}, "completed twice"
+    assert len(accepted) == len(created)
+    assert {"503", "429"} <= statuses
+    assert early_requests_after_429(server) == []
+    assert ticks.overlaps() == []
+    # Under load: a pull tick outlived its interval many times over (it could have
+    # overlapped itself), and every job kept running.
+    assert ticks.longest("pull") > 10 * config.poll_min_seconds
+    assert all(len(ticks.intervals[job]) > 3 for job in JOBS)
