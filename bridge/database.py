@@ -120,6 +120,11 @@ def describe_failure(exc: BaseException) -> str:
         return f"the database is locked by another process and stayed locked ({text_})"
     if "readonly" in lowered or "read-only" in lowered:
         return f"the database file (or its folder) is read-only ({text_})"
+    if "disk i/o error" in lowered:
+        return (
+            f"the disk refused a read or write ({text_}): the file may have been made "
+            "read-only, or the disk is failing"
+        )
     if "disk is full" in lowered or "no space" in lowered:
         return f"the disk is full ({text_})"
     if "not a database" in lowered or "malformed" in lowered:
