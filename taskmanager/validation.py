@@ -37,6 +37,11 @@ def ensure_json(value: Any, what: str) -> None:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise _local_error(f"{what} are not JSON serialisable: {exc}") from None
+    except RecursionError:
+        raise _local_error(
+            f"{what} are nested too deeply to encode as JSON (the server's PHP decoder "
+            "refuses more than 512 levels anyway)"
+        ) from None
 
 
 def check_params_shape(params: Any) -> dict[str, Any]:

@@ -100,6 +100,27 @@ _ROUTES: list[Route] = [
 ]
 
 
+# PHP's json_decode refuses (returns null for) anything nested deeper than its default
+# depth of 512: the server answers such a body as invalid JSON. PHP's documented
+# default, assumed here: not measured on the deployment.
+PHP_JSON_DEPTH = 512
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth as PHP counts it: a scalar 0, ``{}``/``[]`` 1, ``{"a": []}`` 2."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        )
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def api_path(raw_path: str) -> str:
     """The path relative to the API base, trailing slash dropped (the server ignores it)."""
     path = urlsplit(raw_path).path
@@ -194,9 +215,13 @@ class EmulatorApp:
             return {}
         try:
             decoded = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ApiError(400, "Invalid JSON in request body") from None
         if not isinstance(decoded, dict):
+            raise ApiError(400, "Invalid JSON in request body")
+        # Brackets counted first: the walk only runs on bodies that could be too deep.
+        could_be_deep = body.count(b"{") + body.count(b"[") > PHP_JSON_DEPTH
+        if could_be_deep and _depth(decoded) > PHP_JSON_DEPTH:
             raise ApiError(400, "Invalid JSON in request body")
         return decoded
 
