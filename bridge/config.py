@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from taskmanager import TaskManagerConfig, TaskManagerConfigError
+from taskmanager.config import parse_number
 
 from .errors import BridgeConfigError
 
@@ -153,15 +154,10 @@ def _coerce(setting: Setting, raw: Any, source: str) -> Any:
         if not isinstance(raw, str) or not raw.strip():
             raise BridgeConfigError(f"{where} must be a non-empty string, got {raw!r}")
         return raw.strip()
-    if isinstance(raw, bool):
-        raise BridgeConfigError(f"{where} must be a number, got {raw!r}")
     try:
-        value = setting.kind(raw)
-    except (TypeError, ValueError):
-        raise BridgeConfigError(f"{where} must be a number, got {raw!r}") from None
-    if setting.minimum is not None and value < setting.minimum:
-        raise BridgeConfigError(f"{where} must be >= {setting.minimum}, got {raw!r}")
-    return value
+        return parse_number(where, raw, setting.kind, setting.minimum or 0)
+    except TaskManagerConfigError as exc:
+        raise BridgeConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -221,9 +217,15 @@ class BridgeConfig:
         if unknown:
             raise BridgeConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         if values["poll_max_seconds"] < values["poll_min_seconds"]:
-            raise BridgeConfigError("poll_max_seconds must be >= poll_min_seconds")
+            raise BridgeConfigError(
+                f"poll_max_seconds ({values['poll_max_seconds']}) must be >= "
+                f"poll_min_seconds ({values['poll_min_seconds']})"
+            )
         if values["lease_margin_seconds"] >= values["lease_seconds"]:
-            raise BridgeConfigError("lease_margin_seconds must be smaller than lease_seconds")
+            raise BridgeConfigError(
+                f"lease_margin_seconds ({values['lease_margin_seconds']}) must be smaller "
+                f"than lease_seconds ({values['lease_seconds']})"
+            )
         return cls(**values, taskmanager=taskmanager, source=str(source) if source else None)
 
     def client_config(self, env: Mapping[str, str] | None = None) -> TaskManagerConfig:

@@ -8,9 +8,10 @@ Every bad value is a ``TaskManagerConfigError`` that names the setting.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -55,16 +56,32 @@ def _parse_bool(name: str, raw: Any) -> bool:
     raise TaskManagerConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-def _parse_number(name: str, raw: Any, kind: Callable[[Any], _T], minimum: float) -> _T:
+# No setting needs more: 10,000,000 s is 115 days, and a larger value is a typo
+# that would overflow a datetime later instead of failing here.
+MAX_SETTING_VALUE = 10_000_000
+
+
+def parse_number(name: str, raw: Any, kind: type[_T], minimum: float) -> _T:
+    """A setting's number from TOML, the environment or an argument, or an error naming it.
+
+    Finite, within [minimum, MAX_SETTING_VALUE], and whole when ``kind`` is ``int``
+    (``2.5`` workers is refused, not truncated). Shared by the client and the bridge.
+    """
     if isinstance(raw, bool):
         raise TaskManagerConfigError(f"{name} must be a number, got {raw!r}")
     try:
-        value = kind(raw)
-    except (TypeError, ValueError):
+        value = float(raw.strip() if isinstance(raw, str) else raw)
+    except (TypeError, ValueError, OverflowError):
         raise TaskManagerConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:  # type: ignore[operator]
+    if not math.isfinite(value):
+        raise TaskManagerConfigError(f"{name} must be a finite number, got {raw!r}")
+    if kind is int and not value.is_integer():
+        raise TaskManagerConfigError(f"{name} must be a whole number, got {raw!r}")
+    if value < minimum:
         raise TaskManagerConfigError(f"{name} must be >= {minimum}, got {raw!r}")
-    return value
+    if value > MAX_SETTING_VALUE:
+        raise TaskManagerConfigError(f"{name} must be <= {MAX_SETTING_VALUE:,}, got {raw!r}")
+    return kind(value)  # type: ignore[call-arg]
 
 
 @dataclass(frozen=True)
@@ -112,14 +129,14 @@ class TaskManagerConfig:
             "api_url": str(pick("api_url", DEFAULT_API_URL)).rstrip("/"),
             "api_key": pick("api_key", None),
             "worker_id": str(pick("worker_id", "") or default_worker_id()),
-            "timeout": _parse_number("timeout", pick("timeout", 30.0), float, 0.001),
-            "connect_timeout": _parse_number(
+            "timeout": parse_number("timeout", pick("timeout", 30.0), float, 0.001),
+            "connect_timeout": parse_number(
                 "connect_timeout", pick("connect_timeout", 5.0), float, 0.001
             ),
-            "retry_attempts": _parse_number("retry_attempts", pick("retry_attempts", 3), int, 0),
-            "backoff_base": _parse_number("backoff_base", pick("backoff_base", 1.0), float, 0),
-            "backoff_max": _parse_number("backoff_max", pick("backoff_max", 30.0), float, 0),
-            "retry_deadline": _parse_number(
+            "retry_attempts": parse_number("retry_attempts", pick("retry_attempts", 3), int, 0),
+            "backoff_base": parse_number("backoff_base", pick("backoff_base", 1.0), float, 0),
+            "backoff_max": parse_number("backoff_max", pick("backoff_max", 30.0), float, 0),
+            "retry_deadline": parse_number(
                 "retry_deadline", pick("retry_deadline", 60.0), float, 0
             ),
             "verify_tls": _parse_bool("verify_tls", pick("verify_tls", True)),
