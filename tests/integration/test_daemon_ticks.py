@@ -17,6 +17,7 @@ from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
 
 from .conftest import Clock
+from .helpers import bridge_cli
 
 TYPE = "t.work"
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
@@ -207,6 +208,12 @@ def test_lease_taken_by_another_worker_is_superseded(rig: Rig):
     assert "rival-worker" in (row.last_error or "") and "kept locally" in (row.last_error or "")
     assert rig.queue.get(task.id).result == {"by": "us"}
     assert rig.queue.status().outbox == {"superseded": 1}
+    # The operator sees it, with the reason, in `status` and `outbox list`.
+    db = ["--db-url", rig.queue.config.db_url]
+    status = bridge_cli(*db, "status")
+    assert "superseded 1" in status.stdout, status.stdout + status.stderr
+    listing = bridge_cli(*db, "outbox", "list", "--status", "superseded")
+    assert "rival-worker" in listing.stdout, listing.stdout + listing.stderr
 
 
 def test_rejected_row_goes_dead_and_later_rows_still_go(rig: Rig):
