@@ -3,10 +3,11 @@ and check that nothing is lost, nothing is wrong, and no task ran twice at once.
 
 Seeded (CRASH_SEED, default 1234); CRASH_KILLS (default 50) kills per run, more
 for a soak: CRASH_KILLS=500 CRASH_TASKS=1000 python3 -m pytest tests/faults -k crash
-Kill points covered by chance and by construction: between a remote claim and its
-local insert (daemon killed mid-pull), between a local commit and its delivery
-(results waiting in the outbox), during delivery after the server committed
-(answers dropped after commit by the emulator, with kills around them).
+Kill points are hit here at random: between a remote claim and its local insert
+(daemon killed mid-pull), between a local commit and its delivery (results waiting
+in the outbox), during delivery after the server committed (answers dropped after
+commit by the emulator, with kills around them). tests/faults/test_kill_points.py
+forces each of those windows deterministically.
 """
 
 from __future__ import annotations

@@ -54,11 +54,11 @@ class TickLog:
         self.intervals: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self._lock = threading.Lock()
 
-    def wrap(self, name: str, tick: Callable[[datetime], Any]) -> Callable[[datetime], Any]:
-        def timed(now: datetime) -> Any:
+    def wrap(self, name: str, tick: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(now: datetime, *args: Any, **kwargs: Any) -> Any:
             started = time.monotonic()
             try:
-                return tick(now)
+                return tick(now, *args, **kwargs)
             finally:
                 with self._lock:
                     self.intervals[name].append((started, time.monotonic()))
@@ -90,6 +90,7 @@ def early_requests_after_429(server: EmulatorServer) -> list[str]:
     return early
 
 
+@pytest.mark.timeout(120 + 2 * OUTAGE_SECONDS)
 def test_storms_lose_nothing_and_change_remote_state_once(tmp_path):
     db = str(tmp_path / "q.db")
     upgrade(db)
@@ -185,13 +186,22 @@ def test_storms_lose_nothing_and_change_remote_state_once(tmp_path):
         for record in server.requests:
             if record.path.endswith("/complete") and record.status == 200:
                 accepted[record.path] += 1
-        statuses = {str(r.status) for r in server.requests}
 
+    by_status: dict[str, int] = defaultdict(int)
+    for record in server.requests:
+        by_status[str(record.status)] += 1
+    print(
+        f"tasks {len(created)}, outage {OUTAGE_SECONDS:.0f} s, requests by answer "
+        f"{dict(sorted(by_status.items()))}, longest pull tick {ticks.longest('pull'):.2f} s, "
+        f"ticks { ({job: len(ticks.intervals[job]) for job in JOBS}) }, overlaps "
+        f"{len(ticks.overlaps())}, accepted completions per task "
+        f"{set(accepted.values())}"
+    )
     assert wrong == [], wrong[:5]
     assert pending == [] and dead == [], (counts.outbox, [d.last_error for d in dead[:3]])
     assert {path: n for path, n in accepted.items() if n > 1} == {}, "completed twice"
     assert len(accepted) == len(created)
-    assert {"503", "429"} <= statuses
+    assert {"503", "429"} <= set(by_status)
     assert early_requests_after_429(server) == []
     assert ticks.overlaps() == []
     # Under load: a pull tick outlived its interval many times over (it could have

@@ -356,6 +356,34 @@ def test_locked_database_is_a_clear_error_and_recovers(tmp_path, clock: Clock):
         assert queue.status().tasks == {("a", "done"): 1}
 
 
+def test_reaping_takes_the_write_lock_only_when_a_lock_ran_out(tmp_path, clock: Clock):
+    """The reaper's search must not stall the workers: with another writer holding
+    the lock it still answers, and it waits for the lock only to change something."""
+    import sqlite3
+
+    from bridge import BridgeConfig, DatabaseError
+    from bridge.migrate import upgrade
+
+    path = tmp_path / "reap.db"
+    upgrade(str(path))
+    config = BridgeConfig.load(env={}, db_url=str(path), busy_timeout_seconds=0.2)
+    with LocalQueue(config=config, clock=clock) as queue:
+        queue.enqueue("a", {"x": 1})
+        task = queue.dequeue()
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # a worker in the middle of a write
+        try:
+            assert queue.store.requeue_stale_locks(30, clock.now) == (0, 0)
+            clock.advance(queue.config.lock_seconds + 1)
+            with pytest.raises(DatabaseError, match="locked"):
+                queue.store.requeue_stale_locks(30, clock.now)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert queue.store.requeue_stale_locks(30, clock.now) == (1, 0)
+        assert queue.get(task.id).status == "queued"
+
+
 def test_explicit_url_overrides_only_the_url_of_a_given_config(tmp_path):
     from bridge import BridgeConfig
     from bridge.migrate import upgrade
