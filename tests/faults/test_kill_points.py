@@ -30,6 +30,11 @@ def held(server: EmulatorServer, path_end: str) -> bool:
     return any(r.status == "held" and r.path.endswith(path_end) for r in server.requests)
 
 
+def reconciled(server: EmulatorServer) -> bool:
+    """The daemon's reconcile has listed the server's claimed tasks at least once."""
+    return any((r.method, r.path, r.status) == ("GET", "/tasks", 200) for r in server.requests)
+
+
 def kill(process: subprocess.Popen[str]) -> None:
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=10)
@@ -56,10 +61,15 @@ def setup(db_url: str, tmp_path):
 
 def test_killed_between_the_remote_claim_and_the_local_insert(setup):
     server, client, config, queue = setup
-    server.faults.hold_after_commit(1, path="/tasks/claim")
-    task_id = client.create_task(TYPE, {"n": 1})
-    daemon = cli(config, "run", server=server)
+    # Reconcile would import the claim while its answer is held (the server already
+    # lists it as ours): only the start-up run, done before the task exists.
+    daemon = cli(
+        config, "run", server=server, env_extra={"BRIDGE_RECONCILE_INTERVAL_SECONDS": "600"}
+    )
     try:
+        assert wait_until(lambda: reconciled(server), 20)
+        server.faults.hold_after_commit(1, path="/tasks/claim")
+        task_id = client.create_task(TYPE, {"n": 1})
         assert wait_until(lambda: held(server, "/tasks/claim"), 20)
         assert client.get_task(task_id).status == "claimed"  # the server committed the claim
         assert queue.store.get_task_by_remote_id(task_id) is None  # the bridge has nothing

@@ -35,8 +35,14 @@ def write_config(folder: Path, server: EmulatorServer, db_url: str) -> Path:
     return path
 
 
-def cli(config: Path, *args: str, server: EmulatorServer, **kwargs) -> subprocess.Popen[str]:
-    env = {**os.environ, "TASKMANAGER_API_KEY": server.api_key}
+def cli(
+    config: Path,
+    *args: str,
+    server: EmulatorServer,
+    env_extra: dict[str, str] | None = None,
+    **kwargs,
+) -> subprocess.Popen[str]:
+    env = {**os.environ, "TASKMANAGER_API_KEY": server.api_key, **(env_extra or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "bridge", "--config", str(config), *args],
         stdout=subprocess.PIPE,
