@@ -51,7 +51,9 @@ def main() -> None:
         config = BridgeConfig.load(env={}, db_url=db, busy_timeout_seconds=0.1)
         with LocalQueue(config=config) as queue, sqlite3.connect(db) as bare:
             store, now = queue.store, datetime.now(timezone.utc)
-            scan = _ms(lambda: bare.execute("SELECT count(*) FROM tasks WHERE error IS NULL").fetchone())
+            scan = _ms(
+                lambda: bare.execute("SELECT count(*) FROM tasks WHERE error IS NULL").fetchone()
+            )
             print(f"{args.finished:,} finished tasks; bare full scan {scan:.1f} ms")
             for name, call in [
                 ("requeue_stale_locks (reap)", lambda: store.requeue_stale_locks(30, now)),
