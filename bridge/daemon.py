@@ -34,6 +34,8 @@ from taskmanager import (
 from taskmanager.transport import backoff_delay
 
 from .config import BridgeConfig
+from .database import check_schema
+from .errors import DatabaseError, SchemaError
 from .logs import task_fields
 from .metrics import NullMetrics
 from .models import OutboxEntry
@@ -403,6 +405,7 @@ class Daemon:
         self.clock = clock
         self._stop = threading.Event()
         self._signals = 0
+        self.fatal: str | None = None  # why the daemon stopped by itself, if it did
         self.scheduler: Any = BackgroundScheduler(
             timezone=timezone.utc,
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 60},
@@ -429,10 +432,30 @@ class Daemon:
         def run() -> None:
             try:
                 tick(self.clock())
+            except DatabaseError as exc:
+                if not self._schema_gone(exc):
+                    logger.exception("%s tick failed; it runs again at its next interval", name)
             except Exception:
                 logger.exception("%s tick failed; it runs again at its next interval", name)
 
         return run
+
+    def _schema_gone(self, cause: DatabaseError) -> bool:
+        """After a database error: is the schema itself wrong now (dropped, downgraded,
+        replaced by a newer version's)? Then no tick can succeed: stop, saying which
+        command fixes it, instead of failing every tick until someone reads the log.
+        A database that is merely locked, full or unreachable is not that: keep going."""
+        try:
+            check_schema(self.bridge.store.engine)
+        except SchemaError as exc:
+            if self.fatal is None:
+                self.fatal = str(exc)
+                logger.error("stopping: the queue database changed under the daemon: %s", exc)
+                self._stop.set()
+            return True
+        except DatabaseError:
+            return False
+        return False
 
     def start(self) -> None:
         logger.info(
@@ -447,6 +470,8 @@ class Daemon:
         self.bridge.stop_claiming()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if self.fatal is not None:
+            return  # no database to push from
         deadline = time.monotonic() + self.bridge.config.shutdown_push_seconds
         while time.monotonic() < deadline:
             pending, _ = self.bridge.store.outbox_backlog()
@@ -478,4 +503,4 @@ class Daemon:
         while not self._stop.wait(0.2):
             pass
         self.stop()
-        return 0
+        return 1 if self.fatal is not None else 0

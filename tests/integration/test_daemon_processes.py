@@ -112,6 +112,26 @@ def test_sigterm_stops_claiming_pushes_and_exits_zero(setup):
     assert [client.get_task(i).status for i in ids] == ["completed"] * 3
 
 
+def test_schema_dropped_under_the_running_daemon_stops_it_naming_the_fix(setup):
+    from bridge.migrate import downgrade
+
+    server, client, config, db_url = setup
+    client.create_task(TYPE, {"n": 1})
+    daemon = cli(config, "run", server=server)
+    try:
+        with LocalQueue(config=BridgeConfig.load(config)) as queue:
+            assert wait_until(lambda: queue.status().tasks.get((TYPE, "queued"), 0) == 1, 20)
+        downgrade(db_url)  # e.g. an operator's mistake: the tables are gone
+        _out, err = daemon.communicate(timeout=30)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert daemon.returncode == 1, err
+    assert "the queue database changed under the daemon" in err
+    assert "taskmanager-bridge db upgrade" in err
+    assert err.count("Traceback") <= 1  # one clear stop, not a traceback every tick
+
+
 def test_worker_process_runs_a_handler_and_stops_on_sigterm(setup):
     server, client, config, _ = setup
     remote = client.create_task(TYPE, {"n": 7})
