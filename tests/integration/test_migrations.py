@@ -148,7 +148,7 @@ def test_sqlite_hot_statements_use_their_indexes(tmp_path):
             for name, query in plain.items():
                 compiled = query.compile(dialect=engine.dialect)
                 params = [compiled.construct_params()[k] for k in compiled.positiontup]
-                params = [v.replace(tzinfo=None) if isinstance(v, datetime) else v for v in params]
+                params = [v.isoformat(" ") if isinstance(v, datetime) else v for v in params]
                 plan = raw.execute(f"EXPLAIN QUERY PLAN {compiled.string}", params).fetchall()
                 assert_indexed(name, plan)
     finally:
