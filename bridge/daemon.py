@@ -432,15 +432,15 @@ class Daemon:
         def run() -> None:
             try:
                 tick(self.clock())
-            except DatabaseError as exc:
-                if not self._schema_gone(exc):
+            except DatabaseError:
+                if not self._schema_gone():
                     logger.exception("%s tick failed; it runs again at its next interval", name)
             except Exception:
                 logger.exception("%s tick failed; it runs again at its next interval", name)
 
         return run
 
-    def _schema_gone(self, cause: DatabaseError) -> bool:
+    def _schema_gone(self) -> bool:
         """After a database error: is the schema itself wrong now (dropped, downgraded,
         replaced by a newer version's)? Then no tick can succeed: stop, saying which
         command fixes it, instead of failing every tick until someone reads the log.
