@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,24 @@ _TIERS = {
     "contract": "contract",
     "faults": "integration",
 }
+
+
+# The long form of the fault tests (docs/RELIABILITY.md); a variable set explicitly wins.
+SOAK = {"CRASH_KILLS": "200", "CRASH_TASKS": "600", "STORM_OUTAGE_SECONDS": "120"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        help="long fault runs: 200 kills over 600 tasks, a 120 s outage in the storm test",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("soak"):
+        for name, value in SOAK.items():
+            os.environ.setdefault(name, value)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -3,8 +3,7 @@ running handlers, and the emulator over HTTP, one storm after another:
 
 5xx bursts, a 429 storm with Retry-After, latency spikes beyond the client's
 timeout (answers lost after the server committed), and an outage with the
-server gone from its port (STORM_OUTAGE_SECONDS, default 8; the soak in
-docs/RELIABILITY.md runs minutes).
+server gone from its port (STORM_OUTAGE_SECONDS, default 8; ``--soak``: 120).
 
 At the end: every task completed remotely once, with its worker's result; no
 outbox row pending or dead; no request on a path before the Retry-After of a
