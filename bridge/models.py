@@ -58,27 +58,8 @@ class LocalTask:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> LocalTask:
-        return cls(
-            id=row["id"],
-            type=row["type"],
-            params=row["params"] or {},
-            priority=row["priority"],
-            status=row["status"],
-            attempts=row["attempts"],
-            locked_by=row["locked_by"],
-            locked_until=row["locked_until"],
-            remote_id=row["remote_id"],
-            remote_attempt=row["remote_attempt"],
-            remote_worker_id=row["remote_worker_id"],
-            lease_expires_at=row["lease_expires_at"],
-            progress=row["progress"],
-            result=row["result"],
-            error=row["error"],
-            metadata=row["metadata"] or {},
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-        )
+        """From a row keyed by column name (any column order)."""
+        return cls.from_values([row[name] for name in _FIELDS])
 
 
 _FIELDS = list(LocalTask.__dataclass_fields__)
