@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeAlias
 
 from taskmanager import TaskManagerClient, TaskManagerError
 
@@ -27,9 +27,11 @@ from .database import display_url, normalise_url
 from .errors import BridgeConfigError, BridgeError
 from .logs import setup_logging
 from .metrics import Metrics, NullMetrics
+from .operations import Operations
 from .schema import OUTBOX_STATUSES, SCHEMA_REVISION, TASK_STATUSES
 
 Command = Callable[[argparse.Namespace], int]
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def _config(args: argparse.Namespace) -> BridgeConfig:
@@ -64,7 +66,6 @@ def cmd_db_current(args: argparse.Namespace) -> int:
 # -- run / worker ----------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Bridge, Daemon
-    from .queue import LocalQueue
 
     config = _config(args)
     if not config.types:
@@ -72,10 +73,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             "types: the daemon needs the task types to claim "
             '(types = ["..."] in the config, or BRIDGE_TYPES=a,b)'
         )
-    with LocalQueue(config=config) as queue:
-        metrics = Metrics(queue.store) if args.metrics_port is not None else NullMetrics()
+    with Operations.open(config) as operations:
+        metrics = Metrics(operations) if args.metrics_port is not None else NullMetrics()
         client = TaskManagerClient(config.client_config(), observer=metrics.observe_request)
-        daemon = Daemon(Bridge(queue, client, config, metrics=metrics))
+        daemon = Daemon(Bridge(operations.store, client, config, metrics=metrics))
         # Before anything is visible from outside: a SIGTERM sent as soon as the metrics
         # answer must stop the daemon cleanly, not kill it.
         daemon.handle_signals()
@@ -110,30 +111,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 # -- status ------------------------------------------------------------------------------
 def status_document(config: BridgeConfig, now: datetime | None = None) -> dict[str, Any]:
     """What ``status --json`` prints (a stable shape, see docs/OPERATIONS.md)."""
-    from .daemon import LAST_CONTACT_KEY, OUTAGE_SINCE_KEY, WORKER_ID_KEY
-    from .queue import LocalQueue
-
-    now = now or datetime.now(timezone.utc)
-    with LocalQueue(config=config) as queue:
-        counts = queue.status()
-        state = {
-            key: queue.store.get_state(key)
-            for key in (WORKER_ID_KEY, LAST_CONTACT_KEY, OUTAGE_SINCE_KEY)
-        }
-    tasks: dict[str, dict[str, int]] = {}
-    for (task_type, status), count in sorted(counts.tasks.items()):
-        tasks.setdefault(task_type, dict.fromkeys(TASK_STATUSES, 0))[status] = count
-    oldest = counts.oldest_pending_outbox
-    return {
-        "database": _where(config),
-        "worker_id": state[WORKER_ID_KEY],
-        "tasks": tasks,
-        "outbox": {status: counts.outbox.get(status, 0) for status in OUTBOX_STATUSES},
-        "oldest_pending_outbox_age_seconds": (now - oldest).total_seconds() if oldest else None,
-        "last_contact": state[LAST_CONTACT_KEY] or None,
-        "outage_since": state[OUTAGE_SINCE_KEY] or None,
-        "in_outage": bool(state[OUTAGE_SINCE_KEY]),
-    }
+    with Operations.open(config) as operations:
+        return operations.snapshot(now or datetime.now(timezone.utc)).to_json()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -177,28 +156,10 @@ def _print_status(doc: dict[str, Any], as_json: bool) -> int:
 
 def cmd_health(args: argparse.Namespace) -> int:
     """0 when healthy, 1 otherwise, with the reason: for systemd, Docker, Kubernetes probes."""
-    from .daemon import LAST_TICK_KEY
-    from .queue import LocalQueue
-
-    config = _config(args)
-    now = datetime.now(timezone.utc)
-    doc = status_document(config, now)
-    with LocalQueue(config=config) as queue:
-        last_tick = queue.store.get_state(LAST_TICK_KEY)
-    problems = []
-    age = doc["oldest_pending_outbox_age_seconds"]
-    if age is not None and age > args.max_outbox_age:
-        problems.append(
-            f"oldest pending outbox row is {age:.0f} s old (limit {args.max_outbox_age:g} s)"
+    with Operations.open(_config(args)) as operations:
+        problems = operations.health_problems(
+            datetime.now(timezone.utc), args.max_outbox_age, args.max_tick_age
         )
-    if not last_tick:
-        problems.append("the daemon has never run on this database")
-    else:
-        idle = (now - datetime.fromisoformat(last_tick)).total_seconds()
-        if idle > args.max_tick_age:
-            problems.append(
-                f"the daemon last ticked {idle:.0f} s ago (limit {args.max_tick_age:g} s)"
-            )
     if problems:
         print("unhealthy: " + "; ".join(problems))
         return 1
@@ -222,11 +183,9 @@ def parse_age(text: str) -> timedelta:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .queue import LocalQueue
-
     age = parse_age(args.older_than)
-    with LocalQueue(config=_config(args)) as queue:
-        rows, finished = queue.store.prune(datetime.now(timezone.utc) - age)
+    with Operations.open(_config(args)) as operations:
+        rows, finished = operations.prune(age, datetime.now(timezone.utc))
     print(
         f"pruned {rows} settled outbox row(s) and {finished} finished task(s) older than "
         f"{args.older_than}; nothing pending or dead was touched"
@@ -236,10 +195,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 # -- outbox --------------------------------------------------------------------------------
 def cmd_outbox_list(args: argparse.Namespace) -> int:
-    from .queue import LocalQueue
-
-    with LocalQueue(config=_config(args)) as queue:
-        entries = queue.outbox(args.status, args.limit)
+    with Operations.open(_config(args)) as operations:
+        entries = operations.outbox(args.status, args.limit)
     if args.json:
         print(
             json.dumps(
@@ -272,12 +229,10 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
 
 def _on_dead_rows(args: argparse.Namespace, verb: str, done: str) -> int:
     """``outbox retry`` and ``outbox discard``: the given dead rows, or all with --dead."""
-    from .queue import LocalQueue
-
     if not args.dead and not args.ids:
         raise BridgeError(f"outbox {verb}: give row ids, or --dead for every dead row")
-    with LocalQueue(config=_config(args)) as queue:
-        act = queue.store.requeue_outbox if verb == "retry" else queue.store.discard_outbox
+    with Operations.open(_config(args)) as operations:
+        act = operations.retry_dead if verb == "retry" else operations.discard_dead
         count = act(None if args.dead else args.ids, datetime.now(timezone.utc))
     print(f"{count} dead row(s) {done}")
     return 0
@@ -314,33 +269,24 @@ def read_type_definitions(path: Path) -> list[dict[str, Any]]:
 
 
 def cmd_register_types(args: argparse.Namespace) -> int:
-    from .outbox import Verdict, deliver
-    from .queue import LocalQueue
+    from .outbox import Verdict
 
     definitions = read_type_definitions(Path(args.file))
     config = _config(args)
     client = TaskManagerClient(config.client_config())
-    now = datetime.now(timezone.utc)
-    with LocalQueue(config=config) as queue:
-        for item in definitions:
-            entry = queue.register_task_type(
-                str(item["name"]), str(item["version"]), item["param_schema"]
-            )
-            outcome = deliver(entry, client)
-            if outcome.verdict is Verdict.DELIVERED:
-                queue.store.settle_outbox(entry.id, "delivered", outcome.reason, now)
-                queue.store.cache_task_type(
-                    item["name"], outcome.remote_id, item["version"], item["param_schema"], now
-                )
-                print(f"registered {item['name']} v{item['version']} ({outcome.reason})")
-            elif outcome.verdict is Verdict.DEAD:
-                queue.store.settle_outbox(entry.id, "dead", outcome.reason, now)
-                print(f"refused {item['name']}: {outcome.reason}", file=sys.stderr)
+    with Operations.open(config) as operations:
+        now = datetime.now(timezone.utc)
+        for done in operations.register_types(definitions, client, now):
+            verdict, reason = done.outcome.verdict, done.outcome.reason
+            if verdict is Verdict.DELIVERED:
+                print(f"registered {done.name} v{done.version} ({reason})")
+            elif verdict is Verdict.DEAD:
+                print(f"refused {done.name}: {reason}", file=sys.stderr)
                 return 1
             else:
                 print(
-                    f"queued {item['name']} v{item['version']} in the outbox "
-                    f"(server not reachable now: {outcome.reason}); the daemon will send it"
+                    f"queued {done.name} v{done.version} in the outbox "
+                    f"(server not reachable now: {reason}); the daemon will send it"
                 )
     return 0
 
@@ -352,22 +298,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(tasks=args.tasks, outage_seconds=args.outage_seconds)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="taskmanager-bridge",
-        description="Local queue and outbox between workers and the TaskManager API.",
-    )
-    parser.add_argument("--config", help="TOML config (default: $BRIDGE_CONFIG or ./bridge.toml)")
-    parser.add_argument("--db-url", help="local queue database (overrides the config)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text",
-        help="log lines on stderr: text (default) or JSON lines",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_db(commands: Subparsers) -> None:
     db = commands.add_parser("db", help="the local queue's schema").add_subparsers(
         dest="db_command", required=True
     )
@@ -376,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(func=cmd_db_upgrade)
     db.add_parser("current", help="show the schema revision").set_defaults(func=cmd_db_current)
 
+
+def _add_run(commands: Subparsers) -> None:
     run = commands.add_parser("run", help="run the daemon (claim, deliver, reap, reconcile)")
     run.add_argument(
         "--metrics-port",
@@ -386,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-address", default="127.0.0.1")
     run.set_defaults(func=cmd_run)
 
+
+def _add_worker(commands: Subparsers) -> None:
     worker = commands.add_parser("worker", help="run a handler on tasks from the local queue")
     worker.add_argument("--handler", required=True, help="package.module:function")
     worker.add_argument(
@@ -395,12 +330,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--max-tasks", type=int, default=None, help="stop after this many")
     worker.set_defaults(func=cmd_worker)
 
+
+def _add_status(commands: Subparsers) -> None:
     status = commands.add_parser("status", help="queue and outbox counts, contact, outage")
     status.add_argument("--json", action="store_true", help="machine-readable (stable keys)")
     status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     status.set_defaults(func=cmd_status)
 
+
+def _add_health(commands: Subparsers) -> None:
     health = commands.add_parser("health", help="exit 0 when healthy, 1 when not (for probes)")
     health.add_argument(
         "--max-outbox-age",
@@ -413,10 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.set_defaults(func=cmd_health)
 
+
+def _add_prune(commands: Subparsers) -> None:
     prune = commands.add_parser("prune", help="delete settled outbox rows and finished tasks")
     prune.add_argument("--older-than", required=True, help="age: 7d, 12h, 30m, 90s")
     prune.set_defaults(func=cmd_prune)
 
+
+def _add_outbox(commands: Subparsers) -> None:
     outbox = commands.add_parser("outbox", help="inspect or replay outbox rows").add_subparsers(
         dest="outbox_command", required=True
     )
@@ -434,16 +377,52 @@ def build_parser() -> argparse.ArgumentParser:
     discard.add_argument("--dead", action="store_true", help="every dead row")
     discard.set_defaults(func=cmd_outbox_discard)
 
+
+def _add_register_types(commands: Subparsers) -> None:
     register = commands.add_parser(
         "register-types", help="register task types from a JSON or TOML file"
     )
     register.add_argument("file")
     register.set_defaults(func=cmd_register_types)
 
+
+def _add_demo(commands: Subparsers) -> None:
     demo = commands.add_parser("demo", help="emulator + daemon + 2 workers, with an outage")
     demo.add_argument("--tasks", type=int, default=40)
     demo.add_argument("--outage-seconds", type=float, default=4.0)
     demo.set_defaults(func=cmd_demo)
+
+
+COMMANDS = (
+    _add_db,
+    _add_run,
+    _add_worker,
+    _add_status,
+    _add_health,
+    _add_prune,
+    _add_outbox,
+    _add_register_types,
+    _add_demo,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taskmanager-bridge",
+        description="Local queue and outbox between workers and the TaskManager API.",
+    )
+    parser.add_argument("--config", help="TOML config (default: $BRIDGE_CONFIG or ./bridge.toml)")
+    parser.add_argument("--db-url", help="local queue database (overrides the config)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines on stderr: text (default) or JSON lines",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(commands)
     return parser
 
 

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from types import FrameType
 from typing import Any
@@ -39,15 +40,16 @@ from .errors import DatabaseError, SchemaError
 from .logs import task_fields
 from .metrics import NullMetrics
 from .models import OutboxEntry
-from .outbox import Verdict, deliver
-from .queue import LocalQueue, utcnow
+from .outbox import Outcome, Verdict, apply_outcome, deliver
+from .queue import utcnow
+from .schema import FinalOutboxStatus
+from .storage import Store
+from .storage.state import LAST_CONTACT_KEY, LAST_TICK_KEY, OUTAGE_SINCE_KEY, WORKER_ID_KEY
 
 logger = logging.getLogger("bridge.daemon")
 
-WORKER_ID_KEY = "remote_worker_id"
-LAST_CONTACT_KEY = "last_contact"
-OUTAGE_SINCE_KEY = "outage_since"
-LAST_TICK_KEY = "last_tick"
+__all__ = ["LAST_CONTACT_KEY", "LAST_TICK_KEY", "OUTAGE_SINCE_KEY", "WORKER_ID_KEY", "Bridge"]
+
 STATE_WRITE_EVERY = timedelta(seconds=5)
 
 
@@ -55,12 +57,21 @@ def _iso(moment: datetime | None) -> str:
     return moment.isoformat() if moment else ""
 
 
+@dataclass
+class _PushBatch:
+    """One push's running record: verdicts to store together, tasks held back."""
+
+    verdicts: list[tuple[int, FinalOutboxStatus, str | None]] = field(default_factory=list)
+    held_back: set[int] = field(default_factory=set)  # tasks whose earlier row must go first
+    delivered: int = 0
+
+
 class Bridge:
     """The daemon's jobs. Thread-safe: the scheduler may run different jobs at once."""
 
     def __init__(
         self,
-        queue: LocalQueue,
+        store: Store,
         client: TaskManagerClient,
         config: BridgeConfig,
         *,
@@ -68,8 +79,7 @@ class Bridge:
         metrics: NullMetrics | None = None,
     ) -> None:
         self.metrics = metrics or NullMetrics()
-        self.queue = queue
-        self.store = queue.store
+        self.store = store
         self.client = client
         self.config = config
         self.rng = rng or random.Random()
@@ -143,9 +153,8 @@ class Bridge:
     def _pause_for_rate_limit(
         self, now: datetime, retry_after: float | None, tick_started: float
     ) -> None:
-        """Every job waits Retry-After, counted from when the 429 came: ``now`` is when
-        the tick began, and a tick can spend seconds on the network before its 429
-        (a storm test caught claims resuming a second early)."""
+        """Every job waits Retry-After counted from the 429, not from the tick's start
+        (``now``): a tick can spend seconds on the network before its 429."""
         wait = retry_after if retry_after is not None else 60.0
         spent = time.monotonic() - tick_started
         self._paused_until = now + timedelta(seconds=spent + wait)
@@ -201,31 +210,47 @@ class Bridge:
             if due is not None and now < due:
                 continue
             limit = self.claim_limit(task_type)
-            claimed = 0
-            try:
-                while claimed < limit and self._claiming.is_set():
-                    task = self.client.claim_task(task_type=task_type, worker_id=self.worker_id)
-                    if task is None:
-                        break
-                    self.store.insert_claimed(task, self.config.lease_seconds, now)
-                    claimed += 1
-            except TaskManagerRateLimitError as exc:
-                self._pause_for_rate_limit(now, exc.retry_after, tick_started)
-                return total + claimed
-            except (TaskManagerConnectionError, TaskManagerAuthError) as exc:
-                self._contact_failed(now, str(exc))
-                return total + claimed
-            except TaskManagerError as exc:
-                logger.warning("claiming %s failed: %s", task_type, exc)
-                self._schedule_pull(task_type, now, found_work=False)
-                continue
-            self._contact_ok(now)
-            self.metrics.claimed(task_type, claimed)
+            claimed, error = self._claim_burst(task_type, limit, now)
             total += claimed
-            self._schedule_pull(task_type, now, found_work=claimed > 0 or limit == 0)
+            self.metrics.claimed(task_type, claimed)
+            if error is None:
+                self._contact_ok(now)
+                self._schedule_pull(task_type, now, found_work=claimed > 0 or limit == 0)
+            elif not self._claim_failed(task_type, error, now, tick_started):
+                break
         if total:
             logger.info("claimed %d task(s)", total)
         return total
+
+    def _claim_burst(
+        self, task_type: str, limit: int, now: datetime
+    ) -> tuple[int, TaskManagerError | None]:
+        """Claim up to ``limit`` tasks of a type, stopping at the first empty answer."""
+        claimed = 0
+        try:
+            while claimed < limit and self._claiming.is_set():
+                task = self.client.claim_task(task_type=task_type, worker_id=self.worker_id)
+                if task is None:
+                    break
+                self.store.insert_claimed(task, self.config.lease_seconds, now)
+                claimed += 1
+        except TaskManagerError as exc:
+            return claimed, exc
+        return claimed, None
+
+    def _claim_failed(
+        self, task_type: str, error: TaskManagerError, now: datetime, tick_started: float
+    ) -> bool:
+        """Act on a failed claim; True when the other types may still be claimed."""
+        if isinstance(error, TaskManagerRateLimitError):
+            self._pause_for_rate_limit(now, error.retry_after, tick_started)
+            return False
+        if isinstance(error, (TaskManagerConnectionError, TaskManagerAuthError)):
+            self._contact_failed(now, str(error))
+            return False
+        logger.warning("claiming %s failed: %s", task_type, error)
+        self._schedule_pull(task_type, now, found_work=False)
+        return True
 
     def _schedule_pull(self, task_type: str, now: datetime, *, found_work: bool) -> None:
         """Adaptive polling: again at once while work comes, doubling up to the cap when idle."""
@@ -248,70 +273,73 @@ class Bridge:
         backing_off = self._next_push is not None and now < self._next_push
         if self._rate_limited(now) or (backing_off and not ignore_backoff):
             return 0
-        delivered = 0
-        held_back: set[int] = set()  # tasks whose earlier row must go first
-        verdicts: list[tuple[int, str, str | None]] = []  # recorded in one transaction
+        batch = _PushBatch()
         try:
             for entry in self.store.pending_outbox(now, self.config.push_batch):
-                if entry.task_id is not None and entry.task_id in held_back:
-                    continue
+                if entry.task_id is not None and entry.task_id in batch.held_back:
+                    continue  # an earlier row of its task must go first
                 outcome = deliver(entry, self.client)
-                verdict = outcome.verdict
-                if verdict is Verdict.OUTAGE:
-                    self._contact_failed(now, outcome.reason or "no answer")
-                    delay = backoff_delay(
-                        self._push_failures, 1.0, self.config.push_backoff_max_seconds, self.rng
-                    )
-                    self._push_failures += 1
-                    self._next_push = now + timedelta(seconds=delay)
+                if not self._apply(entry, outcome, now, tick_started, batch):
                     break
-                if verdict is Verdict.RATE_LIMITED:
-                    self._pause_for_rate_limit(now, outcome.retry_after, tick_started)
-                    break
-                self._contact_ok(now)
-                if verdict is Verdict.DELIVERED:
-                    self._record(entry, "delivered", outcome.reason, verdicts)
-                    if entry.kind == "register_type":
-                        payload = entry.payload
-                        self.store.cache_task_type(
-                            payload["name"],
-                            outcome.remote_id,
-                            payload["version"],
-                            payload["param_schema"],
-                            now,
-                        )
-                    delivered += 1
-                elif verdict in (Verdict.SUPERSEDED, Verdict.DEAD):
-                    self._record(entry, verdict.value, outcome.reason, verdicts)
-                else:  # RETRY
-                    if entry.attempts + 1 >= self.config.outbox_max_attempts:
-                        reason = f"gave up after {entry.attempts + 1} attempts: {outcome.reason}"
-                        self._record(entry, "dead", reason, verdicts)
-                    else:
-                        delay = backoff_delay(
-                            entry.attempts, 1.0, self.config.push_backoff_max_seconds, self.rng
-                        )
-                        self.store.retry_outbox_at(
-                            entry.id, now + timedelta(seconds=delay), outcome.reason or "retry"
-                        )
-                        self.metrics.retried(entry.kind)
-                    if entry.task_id is not None:
-                        held_back.add(entry.task_id)
             else:
                 self._push_failures = 0
                 self._next_push = None
         finally:
-            self.store.settle_outbox_many(verdicts, now)
-        if delivered:
-            logger.info("delivered %d outbox row(s)", delivered)
-        return delivered
+            self.store.settle_outbox_many(batch.verdicts, now)
+        if batch.delivered:
+            logger.info("delivered %d outbox row(s)", batch.delivered)
+        return batch.delivered
+
+    def _apply(
+        self,
+        entry: OutboxEntry,
+        outcome: Outcome,
+        now: datetime,
+        tick_started: float,
+        batch: _PushBatch,
+    ) -> bool:
+        """Act on one row's outcome; False when the push must stop (outage, 429)."""
+        if outcome.verdict is Verdict.OUTAGE:
+            self._contact_failed(now, outcome.reason or "no answer")
+            delay = backoff_delay(
+                self._push_failures, 1.0, self.config.push_backoff_max_seconds, self.rng
+            )
+            self._push_failures += 1
+            self._next_push = now + timedelta(seconds=delay)
+            return False
+        if outcome.verdict is Verdict.RATE_LIMITED:
+            self._pause_for_rate_limit(now, outcome.retry_after, tick_started)
+            return False
+        self._contact_ok(now)
+        final, reason = apply_outcome(self.store, entry, outcome, now), outcome.reason
+        if final is None:  # RETRY
+            final, reason = self._retry_later(entry, outcome, now)
+            if entry.task_id is not None:
+                batch.held_back.add(entry.task_id)
+        if final is not None:
+            self._record(entry, final, reason, batch.verdicts)
+            batch.delivered += final == "delivered"
+        return True
+
+    def _retry_later(
+        self, entry: OutboxEntry, outcome: Outcome, now: datetime
+    ) -> tuple[FinalOutboxStatus | None, str | None]:
+        """Schedule the row's next attempt; "dead" once it has had all its attempts."""
+        if entry.attempts + 1 >= self.config.outbox_max_attempts:
+            return "dead", f"gave up after {entry.attempts + 1} attempts: {outcome.reason}"
+        delay = backoff_delay(entry.attempts, 1.0, self.config.push_backoff_max_seconds, self.rng)
+        self.store.retry_outbox_at(
+            entry.id, now + timedelta(seconds=delay), outcome.reason or "retry"
+        )
+        self.metrics.retried(entry.kind)
+        return None, outcome.reason
 
     def _record(
         self,
         entry: OutboxEntry,
-        status: str,
+        status: FinalOutboxStatus,
         reason: str | None,
-        verdicts: list[tuple[int, str, str | None]],
+        verdicts: list[tuple[int, FinalOutboxStatus, str | None]],
     ) -> None:
         """Queue a row's final status for the batch's one transaction; count it; log it."""
         verdicts.append((entry.id, status, reason))
@@ -363,6 +391,9 @@ class Bridge:
     # -- reconcile -----------------------------------------------------------------------
     def reconcile_tick(self, now: datetime) -> int:
         """Import tasks the server says we hold but the local queue does not know."""
+        tick_started = time.monotonic()
+        if self._rate_limited(now):
+            return 0
         imported = 0
         try:
             for row in self.client.list_tasks(status="claimed", page_size=100):
@@ -383,6 +414,9 @@ class Bridge:
                 )
                 _, changed = self.store.insert_claimed(claim, self.config.lease_seconds, now)
                 imported += int(changed)
+        except TaskManagerRateLimitError as exc:
+            self._pause_for_rate_limit(now, exc.retry_after, tick_started)
+            return imported
         except (TaskManagerConnectionError, TaskManagerAuthError) as exc:
             self._contact_failed(now, str(exc))
             return imported

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .errors import BridgeConfigError
-from .store import Store
+from .operations import Operations
 
 
 class NullMetrics:
@@ -34,15 +34,14 @@ class NullMetrics:
 class _QueueCollector:
     """Gauges computed from the database on each scrape."""
 
-    def __init__(self, store: Store, last_contact_key: str) -> None:
-        self.store = store
-        self.last_contact_key = last_contact_key
+    def __init__(self, operations: Operations) -> None:
+        self.operations = operations
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        now = datetime.now(timezone.utc)
-        counts = self.store.counts()
+        snapshot = self.operations.snapshot(datetime.now(timezone.utc))
+        counts = snapshot.counts
         depth = GaugeMetricFamily(
             "taskmanager_bridge_tasks", "Local tasks by type and status", labels=["type", "status"]
         )
@@ -55,14 +54,13 @@ class _QueueCollector:
         for status, count in counts.outbox.items():
             rows.add_metric([status], count)
         yield rows
-        oldest = counts.oldest_pending_outbox
         yield GaugeMetricFamily(
             "taskmanager_bridge_outbox_oldest_pending_seconds",
             "Age of the oldest pending outbox row (0 when none)",
-            value=(now - oldest).total_seconds() if oldest else 0.0,
+            value=snapshot.oldest_pending_age or 0.0,
         )
-        contact = self.store.get_state(self.last_contact_key)
-        since = (now - datetime.fromisoformat(contact)).total_seconds() if contact else -1.0
+        contact = snapshot.last_contact
+        since = (snapshot.now - contact).total_seconds() if contact else -1.0
         yield GaugeMetricFamily(
             "taskmanager_bridge_seconds_since_contact",
             "Seconds since the last successful answer from the API (-1: never)",
@@ -73,7 +71,7 @@ class _QueueCollector:
 class Metrics(NullMetrics):
     """Counters, a request-latency histogram and database gauges in one registry."""
 
-    def __init__(self, store: Store, last_contact_key: str = "last_contact") -> None:
+    def __init__(self, operations: Operations) -> None:
         try:
             from prometheus_client import CollectorRegistry, Counter, Histogram
         except ImportError:
@@ -102,7 +100,7 @@ class Metrics(NullMetrics):
             ["method", "endpoint", "status"],
             registry=self.registry,
         )
-        self.registry.register(_QueueCollector(store, last_contact_key))
+        self.registry.register(_QueueCollector(operations))
 
     def claimed(self, task_type: str, count: int) -> None:
         self._claims.labels(task_type).inc(count)

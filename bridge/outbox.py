@@ -16,6 +16,7 @@ later attempt (promise 3):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 
 from taskmanager import (
@@ -30,6 +31,8 @@ from taskmanager import (
 )
 
 from .models import OutboxEntry
+from .schema import FinalOutboxStatus
+from .storage import Store
 
 
 class Verdict(Enum):
@@ -120,3 +123,22 @@ def deliver(entry: OutboxEntry, client: TaskManagerClient) -> Outcome:
         return Outcome(Verdict.DEAD, f"{exc}{details}")
     except TaskManagerError as exc:  # 5xx, protocol errors: maybe better later
         return Outcome(Verdict.RETRY, str(exc))
+
+
+def apply_outcome(
+    store: Store, entry: OutboxEntry, outcome: Outcome, now: datetime
+) -> FinalOutboxStatus | None:
+    """The local effects of a row's outcome, and the final status to record for it
+    (``None``: the row stays pending). The caller records it: at once, or with its batch."""
+    if outcome.verdict is Verdict.DELIVERED:
+        if entry.kind == "register_type":
+            payload = entry.payload
+            store.cache_task_type(
+                payload["name"], outcome.remote_id, payload["version"], payload["param_schema"], now
+            )
+        return "delivered"
+    if outcome.verdict is Verdict.SUPERSEDED:
+        return "superseded"
+    if outcome.verdict is Verdict.DEAD:
+        return "dead"
+    return None

@@ -27,11 +27,10 @@ from taskmanager.validation import (
 )
 
 from .config import BridgeConfig
-from .database import check_schema as check_database_schema
-from .database import open_engine
 from .errors import ValidationError
 from .models import LocalTask, OutboxEntry, QueueCounts
-from .store import Store
+from .schema import OutboxStatus
+from .storage import Store, open_store
 
 
 def utcnow() -> datetime:
@@ -43,7 +42,7 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _validated(call: Callable[[], Any]) -> Any:
+def validated(call: Callable[[], Any]) -> Any:
     """Run a client-side check, re-raising its error as the bridge's ``ValidationError``."""
     try:
         return call()
@@ -78,13 +77,7 @@ class LocalQueue:
             from .migrate import upgrade
 
             upgrade(self.config.db_url)
-        engine = open_engine(self.config.db_url, busy_timeout=self.config.busy_timeout_seconds)
-        try:
-            check_database_schema(engine)
-        except Exception:
-            engine.dispose()
-            raise
-        self.store = Store(engine)
+        self.store: Store = open_store(self.config.db_url, self.config.busy_timeout_seconds)
         self.worker_id = worker_id or default_worker_id()
         self.clock = clock
         self._validators: dict[str, tuple[str, Any]] = {}
@@ -137,7 +130,7 @@ class LocalQueue:
     def complete(self, task: LocalTask, result: Mapping[str, Any] | None = None) -> None:
         """Finish the task; durable (and queued for the server) when this returns."""
         value = dict(result or {})
-        _validated(lambda: ensure_json(value, "results"))
+        validated(lambda: ensure_json(value, "results"))
         self.store.complete(task, value, self.clock())
 
     def complete_and_dequeue(
@@ -152,7 +145,7 @@ class LocalQueue:
         Half the commits of the two calls: the worker loop's fast path.
         """
         value = dict(result or {})
-        _validated(lambda: ensure_json(value, "results"))
+        validated(lambda: ensure_json(value, "results"))
         return self.store.complete_and_dequeue(
             task,
             value,
@@ -178,8 +171,8 @@ class LocalQueue:
     ) -> LocalTask:
         """Add a local-only task (the specification's hybrid pattern; nothing is sent)."""
         params, meta = dict(payload), dict(metadata or {})
-        _validated(lambda: ensure_json(params, "payload"))
-        _validated(lambda: ensure_json(meta, "metadata"))
+        validated(lambda: ensure_json(params, "payload"))
+        validated(lambda: ensure_json(meta, "metadata"))
         return self.store.enqueue(task_type, params, int(priority), meta, self.clock())
 
     def get(self, task_id: int) -> LocalTask | None:
@@ -193,7 +186,7 @@ class LocalQueue:
 
         The same params queued twice before delivery give the same outbox row.
         """
-        checked = _validated(lambda: check_params_shape(params))
+        checked = validated(lambda: check_params_shape(params))
         self._validate_against_cache(task_type, checked)
         canonical = canonical_params(checked)
         return self.store.queue_create_task(
@@ -204,7 +197,7 @@ class LocalQueue:
         self, name: str, version: str, param_schema: Mapping[str, Any]
     ) -> OutboxEntry:
         """Queue a type registration; its schema validates ``create_remote_task`` at once."""
-        schema = _validated(lambda: check_schema(param_schema))
+        schema = validated(lambda: check_schema(param_schema))
         return self.store.queue_register_type(name, version, schema, self.clock())
 
     def _validate_against_cache(self, task_type: str, params: dict[str, Any]) -> None:
@@ -216,11 +209,11 @@ class LocalQueue:
         if known is None or known[0] != fingerprint:
             known = (fingerprint, compile_schema(cached.param_schema))
             self._validators[task_type] = known
-        _validated(lambda: validate_params(known[1], task_type, params))
+        validated(lambda: validate_params(known[1], task_type, params))
 
     # -- observation ---------------------------------------------------------------------
     def status(self) -> QueueCounts:
         return self.store.counts()
 
-    def outbox(self, status: str | None = None, limit: int = 100) -> list[OutboxEntry]:
+    def outbox(self, status: OutboxStatus | None = None, limit: int = 100) -> list[OutboxEntry]:
         return self.store.outbox_entries(status, limit)

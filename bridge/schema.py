@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import Any, Literal, cast, get_args
 
 from sqlalchemy import (
     JSON,
@@ -32,10 +32,22 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA_REVISION = "0001"
 
-TASK_STATUSES = ("queued", "running", "done", "failed", "expired", "cancelled")
-FINISHED_TASK_STATUSES = ("done", "failed", "expired", "cancelled")
-OUTBOX_KINDS = ("complete", "fail", "progress", "create_task", "register_type")
-OUTBOX_STATUSES = ("pending", "delivered", "superseded", "dead")
+# The states and kinds as types mypy checks; the tuples (for SQL and CLI choices) follow them.
+TaskStatus = Literal["queued", "running", "done", "failed", "expired"]
+FinishedTaskStatus = Literal["done", "failed", "expired"]
+OutboxKind = Literal["complete", "fail", "progress", "create_task", "register_type"]
+OutboxStatus = Literal["pending", "delivered", "superseded", "dead"]
+FinalOutboxStatus = Literal["delivered", "superseded", "dead"]
+
+TASK_STATUSES: tuple[TaskStatus, ...] = get_args(TaskStatus)
+FINISHED_TASK_STATUSES: tuple[FinishedTaskStatus, ...] = get_args(FinishedTaskStatus)
+OUTBOX_KINDS: tuple[OutboxKind, ...] = get_args(OutboxKind)
+OUTBOX_STATUSES: tuple[OutboxStatus, ...] = get_args(OutboxStatus)
+FINAL_OUTBOX_STATUSES: tuple[FinalOutboxStatus, ...] = get_args(FinalOutboxStatus)
+# Revision 0001's constraint also admits 'cancelled', which nothing writes. Changing a
+# CHECK on SQLite means rebuilding ``tasks``, whose drop would null every outbox row's
+# task_id (ON DELETE SET NULL): the value goes when a revision rebuilds the table anyway.
+STORED_TASK_STATUSES = (*TASK_STATUSES, "cancelled")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -105,7 +117,7 @@ class TaskRow(Base):
 
     __tablename__ = "tasks"
     __table_args__ = (
-        CheckConstraint(_in("status", TASK_STATUSES), name="ck_tasks_status"),
+        CheckConstraint(_in("status", STORED_TASK_STATUSES), name="ck_tasks_status"),
         # Queued tasks only, in dequeue order: the next task is an index seek, and tasks
         # that start or finish leave the index instead of being moved within it (fewer
         # pages written per commit).

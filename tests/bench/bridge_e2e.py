@@ -40,7 +40,7 @@ def make_bridge(folder: Path, server: EmulatorServer, **settings: object) -> Bri
             {}, api_url=server.url, api_key=server.api_key, worker_id="bench-bridge"
         )
     )
-    return Bridge(LocalQueue(config=config), client, config)
+    return Bridge(LocalQueue(config=config).store, client, config)
 
 
 def run_jobs(bridge: Bridge, stop: threading.Event) -> threading.Thread:

@@ -106,7 +106,7 @@ def floor_cycle(url: str, n: int) -> float:
     import sqlite3
 
     from bridge.database import open_engine
-    from bridge.statements import Prepared
+    from bridge.storage.statements import Prepared
 
     upgrade(url)
     _seed_remote(url, n)

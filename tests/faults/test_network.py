@@ -38,7 +38,7 @@ def test_hanging_claims_do_not_stop_deliveries(tmp_path):
                 {}, api_url=server.url, api_key=server.api_key, timeout=0.5, retry_attempts=0
             )
         )
-        daemon = Daemon(Bridge(queue, client, config))
+        daemon = Daemon(Bridge(queue.store, client, config))
         daemon.start()
         try:
             assert wait_until(lambda: queue.status().tasks.get((TYPE, "queued"), 0) == 3, 10)

@@ -64,7 +64,7 @@ def truncate_wal(db: str) -> None:
 
 def bridge_for(queue: LocalQueue, server: EmulatorServer, db: str) -> Bridge:
     config = BridgeConfig.load(env={}, db_url=db, types=[TYPE], prefetch=5)
-    return Bridge(queue, server.client(), config)
+    return Bridge(queue.store, server.client(), config)
 
 
 def test_disk_full_refuses_cleanly_and_recovers_when_space_returns(small_disk: Path):

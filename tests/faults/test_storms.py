@@ -120,7 +120,7 @@ def test_storms_lose_nothing_and_change_remote_state_once(tmp_path):
                 retry_deadline=3,
             )
         )
-        bridge = Bridge(queue, client, config)
+        bridge = Bridge(queue.store, client, config)
         for job in JOBS:
             tick_name = f"{job}_tick"
             setattr(bridge, tick_name, ticks.wrap(job, getattr(bridge, tick_name)))

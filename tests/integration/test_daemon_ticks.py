@@ -60,7 +60,7 @@ def make_bridge(queue: LocalQueue, server: EmulatorServer, clock: Clock, **setti
         ),
         now=clock,
     )
-    return Bridge(queue, client, config)
+    return Bridge(queue.store, client, config)
 
 
 @pytest.fixture

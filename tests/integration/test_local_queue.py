@@ -286,7 +286,7 @@ def test_taking_a_task_skips_the_fsync_but_nothing_after_it_does(tmp_path):
     with LocalQueue(path) as queue:
 
         def synchronous() -> int:
-            driver = queue.store._connection().connection.driver_connection
+            driver = queue.store.db.connection().connection.driver_connection
             return int(driver.execute("PRAGMA synchronous").fetchone()[0])
 
         assert synchronous() == full

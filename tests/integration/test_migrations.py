@@ -106,7 +106,7 @@ def test_sqlite_hot_statements_use_their_indexes(tmp_path):
     from sqlalchemy import or_, select
 
     from bridge.schema import IS_PENDING, IS_PENDING_CREATE, IS_QUEUED, outbox, tasks
-    from bridge.statements import Prepared
+    from bridge.storage.statements import Prepared
 
     path = tmp_path / "plan.db"
     upgrade(str(path))

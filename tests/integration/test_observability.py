@@ -19,6 +19,7 @@ from bridge.daemon import Bridge
 from bridge.errors import BridgeError
 from bridge.metrics import Metrics
 from bridge.migrate import upgrade
+from bridge.operations import Operations
 from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
 
@@ -45,7 +46,7 @@ def test_health_reports_daemon_and_outbox(db: str, clock: Clock):
         client = TaskManagerClient(
             TaskManagerConfig.from_env({}, api_url=server.url, api_key=server.api_key), now=clock
         )
-        bridge = Bridge(queue, client, config)
+        bridge = Bridge(queue.store, client, config)
         from datetime import datetime, timezone
 
         bridge.reap_tick(datetime.now(timezone.utc))
@@ -135,14 +136,14 @@ def test_metrics_count_and_read_the_database(db: str, clock: Clock):
         admin = server.client()
         admin.register_task_type(TYPE, "1", {"type": "object"})
         admin.create_task(TYPE, {"n": 1})
-        metrics = Metrics(queue.store)
         config = BridgeConfig.load(env={}, db_url=db, types=[TYPE])
+        metrics = Metrics(Operations(queue.store, config))
         client = TaskManagerClient(
             TaskManagerConfig.from_env({}, api_url=server.url, api_key=server.api_key),
             now=clock,
             observer=metrics.observe_request,
         )
-        bridge = Bridge(queue, client, config, metrics=metrics)
+        bridge = Bridge(queue.store, client, config, metrics=metrics)
         bridge.pull_tick(clock.now)
         queue.complete(queue.dequeue(), {"ok": True})
         bridge.push_tick(clock.now)

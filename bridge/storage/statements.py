@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Dialect
 
-from .models import LocalTask
-from .schema import IS_PENDING_PROGRESS, IS_QUEUED, outbox, tasks
+from ..models import LocalTask
+from ..schema import IS_PENDING_PROGRESS, IS_QUEUED, outbox, tasks
 
 # In LocalTask's field order, so a returned row builds a task positionally.
 TASK_COLUMNS = [tasks.c[name] for name in LocalTask.__dataclass_fields__]

@@ -1,0 +1,163 @@
+"""What operators ask of a bridge: status, health, dead outbox rows, pruning, type
+registration. The CLI, the metrics collector and the dashboard all go through
+``Operations``; none of them touches the store or the daemon's state keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from taskmanager import TaskManagerClient
+from taskmanager.validation import check_schema
+
+from .config import BridgeConfig
+from .database import display_url, normalise_url
+from .models import OutboxEntry, QueueCounts
+from .outbox import Outcome, apply_outcome, deliver
+from .queue import validated
+from .schema import OUTBOX_STATUSES, TASK_STATUSES, OutboxStatus
+from .storage import Store, open_store
+from .storage.state import LAST_CONTACT_KEY, LAST_TICK_KEY, OUTAGE_SINCE_KEY, WORKER_ID_KEY
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The queue and the daemon's last known state, read at one moment."""
+
+    database: str
+    now: datetime
+    counts: QueueCounts
+    worker_id: str | None
+    last_contact: datetime | None
+    outage_since: datetime | None
+    last_tick: datetime | None
+
+    @property
+    def oldest_pending_age(self) -> float | None:
+        oldest = self.counts.oldest_pending_outbox
+        return (self.now - oldest).total_seconds() if oldest else None
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``status --json`` prints (a stable shape, see docs/OPERATIONS.md)."""
+        tasks: dict[str, dict[str, int]] = {}
+        for (task_type, status), count in sorted(self.counts.tasks.items()):
+            tasks.setdefault(task_type, dict.fromkeys(TASK_STATUSES, 0))[status] = count
+        return {
+            "database": self.database,
+            "worker_id": self.worker_id,
+            "tasks": tasks,
+            "outbox": {s: self.counts.outbox.get(s, 0) for s in OUTBOX_STATUSES},
+            "oldest_pending_outbox_age_seconds": self.oldest_pending_age,
+            "last_contact": _iso(self.last_contact),
+            "outage_since": _iso(self.outage_since),
+            "in_outage": self.outage_since is not None,
+        }
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What became of one type definition given to ``register_types``."""
+
+    name: str
+    version: str
+    outcome: Outcome
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _moment(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+class Operations:
+    """The operator's view of one bridge database."""
+
+    def __init__(self, store: Store, config: BridgeConfig) -> None:
+        self.store = store
+        self.config = config
+
+    @classmethod
+    @contextmanager
+    def open(cls, config: BridgeConfig) -> Iterator[Operations]:
+        store = open_store(config.db_url, config.busy_timeout_seconds)
+        try:
+            yield cls(store, config)
+        finally:
+            store.close()
+
+    @property
+    def database(self) -> str:
+        return display_url(normalise_url(self.config.db_url))
+
+    def snapshot(self, now: datetime) -> Snapshot:
+        state = self.store.get_state
+        return Snapshot(
+            database=self.database,
+            now=now,
+            counts=self.store.counts(),
+            worker_id=state(WORKER_ID_KEY),
+            last_contact=_moment(state(LAST_CONTACT_KEY)),
+            outage_since=_moment(state(OUTAGE_SINCE_KEY)),
+            last_tick=_moment(state(LAST_TICK_KEY)),
+        )
+
+    def health_problems(
+        self, now: datetime, max_outbox_age: float, max_tick_age: float
+    ) -> list[str]:
+        """Why the bridge is unhealthy (an empty list when it is healthy)."""
+        snapshot = self.snapshot(now)
+        problems = []
+        age = snapshot.oldest_pending_age
+        if age is not None and age > max_outbox_age:
+            problems.append(
+                f"oldest pending outbox row is {age:.0f} s old (limit {max_outbox_age:g} s)"
+            )
+        if snapshot.last_tick is None:
+            problems.append("the daemon has never run on this database")
+        else:
+            idle = (now - snapshot.last_tick).total_seconds()
+            if idle > max_tick_age:
+                problems.append(
+                    f"the daemon last ticked {idle:.0f} s ago (limit {max_tick_age:g} s)"
+                )
+        return problems
+
+    def outbox(self, status: OutboxStatus | None = None, limit: int = 100) -> list[OutboxEntry]:
+        return self.store.outbox_entries(status, limit)
+
+    def retry_dead(self, row_ids: Sequence[int] | None, now: datetime) -> int:
+        """Make dead rows (all, or these) pending again, due now."""
+        return self.store.requeue_outbox(row_ids, now)
+
+    def discard_dead(self, row_ids: Sequence[int] | None, now: datetime) -> int:
+        """End dead rows (all, or these) as superseded, keeping their reason."""
+        return self.store.discard_outbox(row_ids, now)
+
+    def prune(self, older_than: timedelta, now: datetime) -> tuple[int, int]:
+        """Delete settled rows and finished tasks older than the age; (rows, tasks)."""
+        return self.store.prune(now - older_than)
+
+    def register_types(
+        self, definitions: Sequence[dict[str, Any]], client: TaskManagerClient, now: datetime
+    ) -> Iterator[Registration]:
+        """Queue each registration (offline validation starts at once) and send it now.
+
+        Stops after the first refusal; what could not be sent stays in the outbox for
+        the daemon.
+        """
+        for item in definitions:
+            name, version = str(item["name"]), str(item["version"])
+            schema = validated(partial(check_schema, item["param_schema"]))
+            entry = self.store.queue_register_type(name, version, schema, now)
+            outcome = deliver(entry, client)
+            final = apply_outcome(self.store, entry, outcome, now)
+            if final is not None:
+                self.store.settle_outbox(entry.id, final, outcome.reason, now)
+            yield Registration(name, version, outcome)

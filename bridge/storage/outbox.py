@@ -1,0 +1,224 @@
+"""Queries of the outbox: appending side effects, reading what is due, settling rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, exists, func, insert, or_, select, update
+
+from ..models import LocalTask, OutboxEntry
+from ..schema import (
+    FINAL_OUTBOX_STATUSES,
+    IS_PENDING,
+    IS_PENDING_CREATE,
+    FinalOutboxStatus,
+    OutboxKind,
+    OutboxStatus,
+    outbox,
+)
+from .connector import Connector
+from .state import upsert_task_type
+from .statements import Prepared
+
+_SETTLE = (
+    update(outbox)
+    .where(outbox.c.id == bindparam("p_id"), outbox.c.status == "pending")
+    .values(
+        status=bindparam("p_status"),
+        last_error=bindparam("p_reason"),
+        settled_at=bindparam("p_now"),
+        attempts=outbox.c.attempts + 1,
+    )
+)
+_APPEND_RETURNING_ID = insert(outbox).returning(outbox.c.id)
+
+Verdicts = Sequence[tuple[int, FinalOutboxStatus, str | None]]
+
+
+def outbox_values(
+    kind: OutboxKind,
+    payload: dict[str, Any],
+    now: datetime,
+    task: LocalTask | None,
+    dedupe_key: str | None,
+) -> dict[str, Any]:
+    """A full outbox row: the same keys every time, so one compiled INSERT serves all."""
+    return {
+        "kind": kind,
+        "payload": payload,
+        "status": "pending",
+        "attempts": 0,
+        "created_at": now,
+        "dedupe_key": dedupe_key,
+        "task_id": task.id if task else None,
+        "remote_id": task.remote_id if task else None,
+        "remote_attempt": task.remote_attempt if task else None,
+        "remote_worker_id": task.remote_worker_id if task else None,
+    }
+
+
+def append_for_task(
+    sql: Prepared,
+    conn: Connection,
+    kind: OutboxKind,
+    payload: dict[str, Any],
+    now: datetime,
+    task: LocalTask,
+) -> None:
+    """A task's side effect, in the caller's transaction (with the task's own change)."""
+    sql.append.run(conn, outbox_values(kind, payload, now, task, None))
+
+
+def _append_id(
+    conn: Connection,
+    kind: OutboxKind,
+    payload: dict[str, Any],
+    now: datetime,
+    dedupe_key: str | None = None,
+) -> int:
+    values = outbox_values(kind, payload, now, None, dedupe_key)
+    return int(conn.execute(_APPEND_RETURNING_ID, values).scalar_one())
+
+
+def _entry(conn: Connection, row_id: int) -> OutboxEntry:
+    row = conn.execute(select(outbox).where(outbox.c.id == row_id)).mappings().one()
+    return OutboxEntry.from_row(row)
+
+
+def _dead_rows(row_ids: Sequence[int] | None) -> Any:
+    statement = update(outbox).where(outbox.c.status == "dead")
+    if row_ids is not None:
+        statement = statement.where(outbox.c.id.in_(list(row_ids)))
+    return statement
+
+
+class OutboxQueries:
+    """Reads and writes of the ``outbox`` table not tied to a worker's task."""
+
+    db: Connector
+
+    def queue_create_task(
+        self,
+        task_type: str,
+        params: dict[str, Any],
+        priority: int,
+        dedupe_key: str,
+        now: datetime,
+    ) -> OutboxEntry:
+        """Append a remote create; a pending create with the same key is returned instead."""
+        with self.db.write() as conn:
+            existing = conn.execute(
+                select(outbox.c.id).where(IS_PENDING_CREATE, outbox.c.dedupe_key == dedupe_key)
+            ).scalar()
+            if existing is None:
+                payload = {"type": task_type, "params": params, "priority": priority}
+                existing = _append_id(conn, "create_task", payload, now, dedupe_key)
+            return _entry(conn, existing)
+
+    def queue_register_type(
+        self, name: str, version: str, schema: dict[str, Any], now: datetime
+    ) -> OutboxEntry:
+        """Cache the schema at once (offline validation) and append the remote register."""
+        with self.db.write() as conn:
+            upsert_task_type(conn, name, None, version, schema, now, keep_remote_id=True)
+            payload = {"name": name, "version": version, "param_schema": schema}
+            return _entry(conn, _append_id(conn, "register_type", payload, now))
+
+    def pending_outbox(self, now: datetime, limit: int) -> list[OutboxEntry]:
+        """Pending rows that are due, oldest first; none of a task whose earlier row
+        still waits for its retry time (a task's rows reach the server in order)."""
+        earlier = outbox.alias("earlier")
+        earlier_waits = exists().where(
+            earlier.c.task_id == outbox.c.task_id,
+            earlier.c.status == "pending",
+            earlier.c.id < outbox.c.id,
+            earlier.c.next_attempt_at > now,
+        )
+        statement = (
+            select(outbox)
+            .where(
+                IS_PENDING,
+                or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
+                ~earlier_waits,
+            )
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        with self.db.read() as conn:
+            return [OutboxEntry.from_row(row) for row in conn.execute(statement).mappings()]
+
+    def outbox_entries(
+        self, status: OutboxStatus | None = None, limit: int = 100
+    ) -> list[OutboxEntry]:
+        statement = select(outbox).order_by(outbox.c.id).limit(limit)
+        if status is not None:
+            statement = statement.where(outbox.c.status == status)
+        with self.db.read() as conn:
+            return [OutboxEntry.from_row(row) for row in conn.execute(statement).mappings()]
+
+    def outbox_entry(self, row_id: int) -> OutboxEntry | None:
+        with self.db.read() as conn:
+            row = conn.execute(select(outbox).where(outbox.c.id == row_id)).mappings().first()
+        return OutboxEntry.from_row(row) if row is not None else None
+
+    def settle_outbox(
+        self, row_id: int, status: FinalOutboxStatus, reason: str | None, now: datetime
+    ) -> None:
+        """End a pending row as delivered, superseded or dead, with its reason."""
+        self.settle_outbox_many([(row_id, status, reason)], now)
+
+    def settle_outbox_many(self, verdicts: Verdicts, now: datetime) -> None:
+        """Record many rows' ends in one transaction (the push's batch).
+
+        Recording after sending is safe to lose: a row sent but not recorded is
+        sent again, and every kind of row replays idempotently.
+        """
+        if not verdicts:
+            return
+        for _, status, _ in verdicts:
+            if status not in FINAL_OUTBOX_STATUSES:
+                raise ValueError(f"not a final outbox status: {status}")
+        params = [
+            {"p_id": row_id, "p_status": status, "p_reason": reason, "p_now": now}
+            for row_id, status, reason in verdicts
+        ]
+        with self.db.write() as conn:
+            conn.execute(_SETTLE, params)
+
+    def retry_outbox_at(self, row_id: int, when: datetime, error: str) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == row_id, outbox.c.status == "pending")
+                .values(next_attempt_at=when, last_error=error, attempts=outbox.c.attempts + 1)
+            )
+
+    def requeue_outbox(self, row_ids: Sequence[int] | None, now: datetime) -> int:
+        """Make dead rows (all, or the given ones) pending again, due now."""
+        with self.db.write() as conn:
+            return conn.execute(
+                _dead_rows(row_ids).values(status="pending", next_attempt_at=now, settled_at=None)
+            ).rowcount
+
+    def discard_outbox(self, row_ids: Sequence[int] | None, now: datetime) -> int:
+        """End dead rows (all, or the given ones) as superseded by the operator's decision.
+
+        The row and its first reason stay, so the record of what was not delivered survives.
+        """
+        reason = "discarded by the operator; it was dead because: " + func.coalesce(
+            outbox.c.last_error, ""
+        )
+        with self.db.write() as conn:
+            return conn.execute(
+                _dead_rows(row_ids).values(status="superseded", settled_at=now, last_error=reason)
+            ).rowcount
+
+    def outbox_backlog(self) -> tuple[int, datetime | None]:
+        """(pending rows, creation time of the oldest)."""
+        with self.db.read() as conn:
+            count, oldest = conn.execute(
+                select(func.count(), func.min(outbox.c.created_at)).where(IS_PENDING)
+            ).one()
+        return int(count), oldest
