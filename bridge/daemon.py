@@ -77,12 +77,14 @@ class Bridge:
         *,
         rng: random.Random | None = None,
         metrics: NullMetrics | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.metrics = metrics or NullMetrics()
         self.store = store
         self.client = client
         self.config = config
         self.rng = rng or random.Random()
+        self.monotonic = monotonic  # how long a tick has run (a 429 pause counts from the 429)
         self._lock = threading.Lock()
         self._claiming = threading.Event()
         self._claiming.set()
@@ -156,7 +158,7 @@ class Bridge:
         """Every job waits Retry-After counted from the 429, not from the tick's start
         (``now``): a tick can spend seconds on the network before its 429."""
         wait = retry_after if retry_after is not None else 60.0
-        spent = time.monotonic() - tick_started
+        spent = self.monotonic() - tick_started
         self._paused_until = now + timedelta(seconds=spent + wait)
         logger.warning("rate limited (429): every job waits %.0f s", wait)
 
@@ -199,7 +201,7 @@ class Bridge:
 
     def pull_tick(self, now: datetime) -> int:
         """Claim what the local queue has room for; returns the number claimed."""
-        tick_started = time.monotonic()
+        tick_started = self.monotonic()
         if not self._claiming.is_set() or self._rate_limited(now):
             return 0
         if self._outbox_too_far_behind(now):
@@ -269,7 +271,7 @@ class Bridge:
         ``ignore_backoff`` tries at once even while backing off from an outage
         (the shutdown's last push).
         """
-        tick_started = time.monotonic()
+        tick_started = self.monotonic()
         backing_off = self._next_push is not None and now < self._next_push
         if self._rate_limited(now) or (backing_off and not ignore_backoff):
             return 0
@@ -391,7 +393,7 @@ class Bridge:
     # -- reconcile -----------------------------------------------------------------------
     def reconcile_tick(self, now: datetime) -> int:
         """Import tasks the server says we hold but the local queue does not know."""
-        tick_started = time.monotonic()
+        tick_started = self.monotonic()
         if self._rate_limited(now):
             return 0
         imported = 0

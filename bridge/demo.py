@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -84,11 +85,107 @@ def _progress_line(elapsed: float, remote: int, tasks: int, counts: QueueCounts,
     )
 
 
+@dataclass
+class _Outage:
+    """When the demo cut the network and when it brought it back."""
+
+    seconds: float
+    cut_at: datetime | None = None
+    restored_at: datetime | None = None
+
+    def step(self, server: EmulatorServer, remote: int, tasks: int) -> str | None:
+        """Cut after a third of the tasks, restore after ``seconds``; what to announce."""
+        now = datetime.now(timezone.utc)
+        if self.cut_at is None and remote >= tasks // 3:
+            server.go_down()
+            self.cut_at = now
+            return (
+                f"--- network cut for {self.seconds:.0f} s: workers keep going, "
+                "completions wait in the outbox ---"
+            )
+        if (
+            self.restored_at is None
+            and self.cut_at is not None
+            and (now - self.cut_at).total_seconds() >= self.seconds
+        ):
+            server.come_back()
+            self.restored_at = now
+            return "--- network restored: the outbox replays ---"
+        return None
+
+    def covers(self, moment: datetime) -> bool:
+        return bool(self.cut_at and self.restored_at and self.cut_at <= moment <= self.restored_at)
+
+
+def _create_tasks(server: EmulatorServer, tasks: int) -> tuple[list[int], list[dict[str, Any]]]:
+    client = server.client()
+    client.register_task_type(
+        DEMO_TYPE,
+        "1.0",
+        {
+            "type": "object",
+            "properties": {"channel_url": {"type": "string", "minLength": 1}},
+            "required": ["channel_url"],
+        },
+    )
+    params = [{"channel_url": f"https://youtube.com/@channel{i:03d}"} for i in range(tasks)]
+    return [client.create_task(DEMO_TYPE, p) for p in params], params
+
+
+def _start_processes(
+    config_path: Path, folder: Path, server: EmulatorServer
+) -> list[subprocess.Popen[bytes]]:
+    env = {**os.environ, "TASKMANAGER_API_KEY": server.api_key}
+    common = ["--config", str(config_path)]
+    worker = [*common, "worker", "--handler", "bridge.demo:scrape", "--type", DEMO_TYPE]
+    return [_start([*common, "run"], folder / "daemon.log", env)] + [
+        _start(worker, folder / f"worker{i}.log", env) for i in (1, 2)
+    ]
+
+
+def _stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _watch(
+    server: EmulatorServer, queue: LocalQueue, tasks: int, outage: _Outage, started: float
+) -> int:
+    """Print progress until every task is completed remotely after the outage (or the
+    deadline); returns the completions made during the outage and replayed after it."""
+    while time.monotonic() - started < DEADLINE_SECONDS:
+        time.sleep(0.5)
+        remote = _remote_completed(server)
+        elapsed = time.monotonic() - started
+        print(_progress_line(elapsed, remote, tasks, queue.status(), server.is_up))
+        announcement = outage.step(server, remote, tasks)
+        if announcement:
+            print(announcement)
+        if remote >= tasks and outage.restored_at is not None:
+            break
+    delivered = queue.outbox("delivered", 100_000)
+    return sum(1 for e in delivered if e.kind == "complete" and outage.covers(e.created_at))
+
+
+def _verified(server: EmulatorServer, remote_ids: list[int], params: list[dict[str, Any]]) -> int:
+    """Tasks the server shows completed with exactly the result their worker computed."""
+    client = server.client()
+    verified = 0
+    for remote_id, p in zip(remote_ids, params, strict=True):
+        task = client.get_task(remote_id)
+        verified += task.status == "completed" and task.result == expected_result(p)
+    return verified
+
+
 def run_demo(tasks: int = 40, outage_seconds: float = 4.0) -> int:
     started = time.monotonic()
     for noisy in ("taskmanager", "alembic"):  # the emulator logs every request, alembic each step
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    say = print
     with (
         tempfile.TemporaryDirectory(prefix="taskmanager-bridge-demo-") as tmp,
         EmulatorServer(api_key="demo-key", claim_timeout=120) as server,
@@ -97,90 +194,25 @@ def run_demo(tasks: int = 40, outage_seconds: float = 4.0) -> int:
         config_path = _write_config(folder, server)
         config = BridgeConfig.load(config_path)
         migrate.upgrade(config.db_url)
-        say(f"emulator on {server.url}; local queue {folder / 'queue.db'}")
-
-        client = server.client()
-        client.register_task_type(
-            DEMO_TYPE,
-            "1.0",
-            {
-                "type": "object",
-                "properties": {"channel_url": {"type": "string", "minLength": 1}},
-                "required": ["channel_url"],
-            },
-        )
-        params = [{"channel_url": f"https://youtube.com/@channel{i:03d}"} for i in range(tasks)]
-        remote_ids = [client.create_task(DEMO_TYPE, p) for p in params]
-        say(f"created {tasks} tasks of {DEMO_TYPE}; starting the daemon and 2 workers")
-
-        env = {**os.environ, "TASKMANAGER_API_KEY": server.api_key}
-        common = ["--config", str(config_path)]
-        processes = [_start([*common, "run"], folder / "daemon.log", env)] + [
-            _start(
-                [*common, "worker", "--handler", "bridge.demo:scrape", "--type", DEMO_TYPE],
-                folder / f"worker{i}.log",
-                env,
-            )
-            for i in (1, 2)
-        ]
-        cut_at = restored_at = None
+        print(f"emulator on {server.url}; local queue {folder / 'queue.db'}")
+        remote_ids, params = _create_tasks(server, tasks)
+        print(f"created {tasks} tasks of {DEMO_TYPE}; starting the daemon and 2 workers")
+        processes = _start_processes(config_path, folder, server)
+        outage = _Outage(outage_seconds)
         try:
             with LocalQueue(config=config) as queue:
-                while time.monotonic() - started < DEADLINE_SECONDS:
-                    time.sleep(0.5)
-                    remote = _remote_completed(server)
-                    counts = queue.status()
-                    say(
-                        _progress_line(
-                            time.monotonic() - started, remote, tasks, counts, server.is_up
-                        )
-                    )
-                    if cut_at is None and remote >= tasks // 3:
-                        server.go_down()
-                        cut_at = datetime.now(timezone.utc)
-                        say(
-                            f"--- network cut for {outage_seconds:.0f} s: workers keep going, "
-                            "completions wait in the outbox ---"
-                        )
-                    elif (
-                        restored_at is None
-                        and cut_at is not None
-                        and (datetime.now(timezone.utc) - cut_at).total_seconds() >= outage_seconds
-                    ):
-                        server.come_back()
-                        restored_at = datetime.now(timezone.utc)
-                        say("--- network restored: the outbox replays ---")
-                    if remote >= tasks and restored_at is not None:
-                        break
-                replayed = sum(
-                    1
-                    for e in queue.outbox("delivered", 100_000)
-                    if e.kind == "complete"
-                    and cut_at
-                    and restored_at
-                    and cut_at <= e.created_at <= restored_at
-                )
+                replayed = _watch(server, queue, tasks, outage, started)
         finally:
-            for process in processes:
-                process.send_signal(signal.SIGTERM)
-            for process in processes:
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-        verified = 0
-        for remote_id, p in zip(remote_ids, params, strict=True):
-            task = client.get_task(remote_id)
-            if task.status == "completed" and task.result == expected_result(p):
-                verified += 1
+            _stop_processes(processes)
+        verified = _verified(server, remote_ids, params)
         lost = tasks - verified
-        say("")
-        say(f"tasks completed remotely with their worker's result: {verified}/{tasks}")
-        say(f"completions made during the outage and replayed after it: {replayed}")
-        say(f"lost: {lost}")
-        say(f"time taken: {time.monotonic() - started:.1f} s")
+        print("")
+        print(f"tasks completed remotely with their worker's result: {verified}/{tasks}")
+        print(f"completions made during the outage and replayed after it: {replayed}")
+        print(f"lost: {lost}")
+        print(f"time taken: {time.monotonic() - started:.1f} s")
         if lost:
             for log in sorted(folder.glob("*.log")):
-                say(f"\n--- {log.name} (last lines) ---")
-                say("\n".join(log.read_text(errors="replace").splitlines()[-15:]))
+                print(f"\n--- {log.name} (last lines) ---")
+                print("\n".join(log.read_text(errors="replace").splitlines()[-15:]))
         return 0 if lost == 0 else 1

@@ -73,10 +73,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=timezone.utc)  # type: ignore[no-any-return]
 
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
-        """On SQLite, one C call per value each way: the generic path (ours chained to
-        the dialect's ``%``-format of a dict, and its regex on the way back) cost more
-        than the rest of a dequeue's parameters. The text is the dialect's own storage
-        format, so values written either way read back the same."""
+        """On SQLite, one C call per value each way (the generic path is slower than the
+        rest of a dequeue's parameters), writing the dialect's own storage format so that
+        values written either way read back the same."""
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
         return _sqlite_datetime_text

@@ -1,13 +1,11 @@
-"""The queue's hot-path statements, compiled once and run straight on the driver.
+"""The worker's hot-path statements, compiled once and run straight on the driver.
 
-Profiling the worker loop showed SQLAlchemy's per-execution machinery
-(execution context, result objects, events) costing several times the SQL
-itself, with fsync cheap. These few statements are still written with
-SQLAlchemy Core and compiled by the engine's own dialect; ``Statement.run``
-then hands the compiled SQL to the DBAPI cursor of the connection the
-surrounding SQLAlchemy transaction holds, converting values with SQLAlchemy's
-own type processors (JSON, UTC datetimes). One executor, both databases; every
-other query of the store goes through plain SQLAlchemy.
+Written with SQLAlchemy Core and compiled by the engine's own dialect, then run
+on the DBAPI cursor of the connection the surrounding transaction holds, with
+values converted by SQLAlchemy's own type processors (JSON, UTC datetimes):
+SQLAlchemy's per-execution machinery would cost more than the SQL itself
+(figures in docs/BENCHMARKS.md). One executor for both databases; every other
+query goes through plain SQLAlchemy.
 """
 
 from __future__ import annotations

@@ -1,0 +1,202 @@
+"""Mutation check of the bridge's decisions: each named mutation, applied alone to a copy
+of the tree, must make the fast test tiers fail.
+
+    python3 scripts/mutation_check.py            # every mutation
+    python3 scripts/mutation_check.py -k claim   # those whose name contains "claim"
+
+Run on demand (not in CI: a few minutes). A mutation whose text is no longer in its
+file fails the run, so the list cannot silently go stale as the code changes. The
+last score is in docs/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST_TIERS = [
+    "tests/unit",
+    "tests/integration/test_daemon_ticks.py",
+    "tests/integration/test_local_queue.py",
+    "tests/integration/test_worker.py",
+]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    old: str
+    new: str
+
+
+MUTATIONS = [
+    Mutation(
+        "claim token without its attempt number",
+        "bridge/storage/statements.py",
+        'tasks.c.attempts == p("p_attempts"),',
+        "",
+    ),
+    Mutation(
+        "dequeue ignores the lease margin",
+        "bridge/storage/statements.py",
+        'tasks.c.lease_expires_at > p("p_lease_floor")',
+        'tasks.c.lease_expires_at > p("p_now")',
+    ),
+    Mutation(
+        "a conflict read back classed RETRY instead of SUPERSEDED",
+        "bridge/outbox.py",
+        "    return Outcome(\n        Verdict.SUPERSEDED,",
+        "    return Outcome(\n        Verdict.RETRY,",
+    ),
+    Mutation(
+        "a 401 treated as a dead row instead of an outage",
+        "bridge/outbox.py",
+        'return Outcome(Verdict.OUTAGE, f"authentication failed',
+        'return Outcome(Verdict.DEAD, f"authentication failed',
+    ),
+    Mutation(
+        "429 pause counted from the tick's start",
+        "bridge/daemon.py",
+        "timedelta(seconds=spent + wait)",
+        "timedelta(seconds=wait)",
+    ),
+    Mutation(
+        "claim limit ignores what is queued",
+        "bridge/daemon.py",
+        "startable - queued)",
+        "startable)",
+    ),
+    Mutation(
+        "claim limit ignores the measured duration",
+        "bridge/daemon.py",
+        "self.store.recent_duration(task_type) or self.config.default_task_seconds",
+        "self.config.default_task_seconds",
+    ),
+    Mutation(
+        "idle polling never backs off",
+        "bridge/daemon.py",
+        "previous * 2)",
+        "previous)",
+    ),
+    Mutation(
+        "a claim burst goes on after an empty answer",
+        "bridge/daemon.py",
+        "                if task is None:\n                    break",
+        "                if task is None:\n                    continue",
+    ),
+    Mutation(
+        "no per-task hold-back within a push",
+        "bridge/daemon.py",
+        "if entry.task_id is not None and entry.task_id in batch.held_back:",
+        "if False:",
+    ),
+    Mutation(
+        "no per-task hold-back across pushes",
+        "bridge/storage/outbox.py",
+        "                ~earlier_waits,\n",
+        "",
+    ),
+    Mutation(
+        "an outage does not stop the push",
+        "bridge/daemon.py",
+        "            self._next_push = now + timedelta(seconds=delay)\n            return False",
+        "            self._next_push = now + timedelta(seconds=delay)\n            return True",
+    ),
+    Mutation(
+        "a failing row never goes dead",
+        "bridge/daemon.py",
+        "if entry.attempts + 1 >= self.config.outbox_max_attempts:",
+        "if False:",
+    ),
+    Mutation(
+        "reconcile ignores the 429 pause",
+        "bridge/daemon.py",
+        "        tick_started = self.monotonic()\n        if self._rate_limited(now):\n"
+        "            return 0\n        imported = 0",
+        "        tick_started = self.monotonic()\n        imported = 0",
+    ),
+    Mutation(
+        "reconcile imports other workers' claims",
+        "bridge/daemon.py",
+        "if row.claimed_by != self.worker_id:",
+        "if False:",
+    ),
+    Mutation(
+        "reaper re-queues stale tasks whatever their lease",
+        "bridge/storage/tasks.py",
+        ".where(stale, lease_ok)",
+        ".where(stale)",
+    ),
+]
+
+
+def copy_tree(target: Path) -> None:
+    """The tracked and untracked-but-not-ignored files, as they are in the working tree."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (n.decode() for n in listed)):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+def run_tiers(tree: Path, tests: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    command = [sys.executable, "-m", "pytest", "-x", "-q", *tests]
+    return subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-k", default="", help="only mutations whose name contains this")
+    parser.add_argument(
+        "--tests", nargs="+", default=FAST_TIERS, help="test paths to run (default: fast tiers)"
+    )
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if args.k.lower() in m.name.lower()]
+    survivors: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
+        tree = Path(tmp)
+        copy_tree(tree)
+        baseline = run_tiers(tree, args.tests)
+        if baseline.returncode != 0:
+            print(baseline.stdout[-3000:])
+            print("the fast tiers fail without any mutation: fix that first")
+            return 2
+        for mutation in chosen:
+            path = tree / mutation.path
+            original = path.read_text(encoding="utf-8")
+            if original.count(mutation.old) != 1:
+                print(f"STALE   {mutation.name}: its text is not exactly once in {mutation.path}")
+                return 2
+            path.write_text(original.replace(mutation.old, mutation.new), encoding="utf-8")
+            started = time.monotonic()
+            try:
+                result = run_tiers(tree, args.tests)
+            finally:
+                path.write_text(original, encoding="utf-8")
+            killed = result.returncode != 0
+            took = time.monotonic() - started
+            print(f"{'killed ' if killed else 'SURVIVED'} {mutation.name} ({took:.0f} s)")
+            if not killed:
+                survivors.append(mutation.name)
+    print(f"\n{len(chosen) - len(survivors)}/{len(chosen)} mutations killed by the fast tiers")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

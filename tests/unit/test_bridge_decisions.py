@@ -1,0 +1,386 @@
+"""The daemon's decisions, each pinned directly: a scripted client, a settable clock, a
+SQLite file copied from one migrated template (no server, no sleeping).
+
+Each test names the decision it pins; docs/RELIABILITY.md lists the mutations of
+these decisions that the tests kill (``scripts/mutation_check.py``).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from bridge import BridgeConfig, LocalQueue
+from bridge.daemon import Bridge
+from bridge.migrate import upgrade
+from bridge.outbox import Verdict, deliver
+from bridge.storage import Store
+from taskmanager import (
+    ClaimedTask,
+    CompletionResult,
+    Task,
+    TaskManagerAuthError,
+    TaskManagerConflictError,
+    TaskManagerConnectionError,
+    TaskManagerNotFoundError,
+    TaskManagerRateLimitError,
+    TaskManagerServerError,
+    TaskManagerValidationError,
+)
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+TYPE = "t.work"
+WORKER = "bridge-under-test"
+
+
+@dataclass
+class Clock:
+    """Wall time for the jobs (``now``) and a monotonic time the fake network advances."""
+
+    now: datetime = T0
+    mono: float = 100.0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+        self.mono += seconds
+
+
+@dataclass
+class FakeClient:
+    """The part of ``TaskManagerClient`` the daemon uses, scripted per method.
+
+    ``remote`` holds the claimable tasks per type; ``errors[method]`` are raised, in
+    order, by that method's next calls; every call costs ``call_seconds`` of the
+    monotonic clock (the network's time inside a tick).
+    """
+
+    clock: Clock
+    remote: dict[str, list[int]] = field(default_factory=dict)
+    errors: dict[str, list[Exception]] = field(default_factory=dict)
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    claimed_rows: list[Task] = field(default_factory=list)
+    call_seconds: float = 0.0
+    config: Any = field(default_factory=lambda: SimpleNamespace(worker_id=WORKER))
+
+    def _call(self, method: str, arg: Any) -> None:
+        self.calls.append((method, arg))
+        self.clock.mono += self.call_seconds
+        pending = self.errors.get(method)
+        if pending:
+            raise pending.pop(0)
+
+    def called(self, method: str) -> list[Any]:
+        return [arg for name, arg in self.calls if name == method]
+
+    def claim_task(self, task_type: str, worker_id: str) -> ClaimedTask | None:
+        self._call("claim", task_type)
+        ids = self.remote.get(task_type)
+        if not ids:
+            return None
+        return ClaimedTask(ids.pop(0), task_type, {"n": 1}, 1, 0, worker_id, self.clock.now)
+
+    def complete_task(self, task_id: int, result: Any, worker_id: str) -> CompletionResult:
+        self._call("complete", task_id)
+        return CompletionResult(id=task_id, status="completed")
+
+    def fail_task(self, task_id: int, error: str, worker_id: str) -> CompletionResult:
+        self._call("fail", task_id)
+        return CompletionResult(id=task_id, status="pending (retry)")
+
+    def update_progress(self, task_id: int, progress: int, message: Any, worker_id: str) -> None:
+        self._call("progress", task_id)
+
+    def list_tasks(self, status: str, page_size: int) -> Iterator[Task]:
+        self._call("list", status)
+        yield from self.claimed_rows
+
+    def get_task(self, task_id: int) -> Task:
+        self._call("get", task_id)
+        return next(row for row in self.claimed_rows if row.id == task_id)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "queue.db"
+    upgrade(str(path))
+    return path
+
+
+@dataclass
+class Rig:
+    queue: LocalQueue
+    store: Store
+    client: FakeClient
+    clock: Clock
+    make: Callable[..., Bridge]
+
+    def finished_task(self, seconds: float) -> None:
+        """A local task that ran for ``seconds`` (what the duration measure reads)."""
+        self.queue.enqueue(TYPE, {"n": 1})
+        task = self.queue.dequeue(TYPE)
+        assert task is not None
+        self.clock.advance(seconds)
+        self.queue.complete(task, {})
+
+
+@pytest.fixture
+def rig(template: Path, tmp_path: Path) -> Iterator[Rig]:
+    db = tmp_path / "queue.db"
+    shutil.copy(template, db)
+    clock = Clock()
+    client = FakeClient(clock)
+    with LocalQueue(str(db), clock=clock) as queue:
+
+        def make(**settings: Any) -> Bridge:
+            values = {
+                "types": [TYPE],
+                "prefetch": 5,
+                "workers": 2,
+                "default_task_seconds": 1.0,
+                "poll_min_seconds": 0.5,
+                "poll_max_seconds": 8.0,
+                **settings,
+            }
+            config = BridgeConfig.load(env={}, db_url=str(db), **values)
+            return Bridge(
+                queue.store,
+                client,  # type: ignore[arg-type]
+                config,
+                rng=random.Random(1),
+                monotonic=lambda: clock.mono,
+            )
+
+        yield Rig(queue, queue.store, client, clock, make)
+
+
+# -- claim limit -----------------------------------------------------------------------------
+def test_claim_limit_is_prefetch_on_an_empty_queue(rig: Rig):
+    assert rig.make(prefetch=5).claim_limit(TYPE) == 5
+
+
+def test_claim_limit_subtracts_what_is_already_queued(rig: Rig):
+    # 1 worker x (300 s lease - 30 s margin) / 10 s a task = 27 startable in time
+    bridge = rig.make(prefetch=50, workers=1, default_task_seconds=10.0)
+    assert bridge.claim_limit(TYPE) == 27
+    for n in range(4):
+        rig.queue.enqueue(TYPE, {"n": n})
+    assert bridge.claim_limit(TYPE) == 23  # startable - queued, not startable
+
+
+def test_claim_limit_follows_the_measured_duration(rig: Rig):
+    bridge = rig.make(prefetch=50, workers=1, default_task_seconds=1.0)
+    assert bridge.claim_limit(TYPE) == 50  # 270 startable at the default 1 s: prefetch bounds
+    rig.finished_task(seconds=30.0)  # measured: 30 s a task -> 270 / 30 = 9
+    assert bridge.claim_limit(TYPE) == 9
+
+
+# -- pull ------------------------------------------------------------------------------------
+def test_pull_burst_stops_at_the_limit_and_at_the_first_empty_answer(rig: Rig):
+    rig.client.remote[TYPE] = list(range(1, 9))
+    bridge = rig.make(prefetch=3)
+    assert bridge.pull_tick(rig.clock.now) == 3
+    assert len(rig.client.called("claim")) == 3  # no claim beyond the limit
+    rig.client.remote[TYPE] = [20]
+    bridge = rig.make(prefetch=10)
+    rig.client.calls.clear()
+    assert bridge.pull_tick(rig.clock.now) == 1
+    assert rig.client.called("claim") == [TYPE, TYPE]  # the one task, then the empty answer
+
+
+def test_idle_polling_doubles_up_to_the_cap_and_resets_on_work(rig: Rig):
+    bridge = rig.make(poll_min_seconds=0.5, poll_max_seconds=4.0)
+    waits = []
+    for _ in range(6):
+        before = len(rig.client.called("claim"))
+        while len(rig.client.called("claim")) == before:  # step until the next poll
+            rig.clock.advance(0.25)
+            bridge.pull_tick(rig.clock.now)
+        waits.append(bridge._pull_interval[TYPE])
+    assert waits == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    rig.client.remote[TYPE] = [7]
+    rig.clock.advance(4.0)
+    assert bridge.pull_tick(rig.clock.now) == 1
+    assert bridge._pull_interval[TYPE] == 0.5
+    bridge.pull_tick(rig.clock.now)  # work came: polled again at once, not after 4 s
+    assert len(rig.client.called("claim")) == 6 + 2 + 1
+
+
+def test_a_failed_claim_of_one_type_does_not_stop_the_others(rig: Rig):
+    rig.client.errors["claim"] = [TaskManagerServerError(500, "boom")]
+    rig.client.remote["t.other"] = [5]
+    bridge = rig.make(types=[TYPE, "t.other"])
+    assert bridge.pull_tick(rig.clock.now) == 1
+    assert rig.client.called("claim") == [TYPE, "t.other", "t.other"]
+
+
+# -- the 429 pause, for every job --------------------------------------------------------------
+def _rate_limited(retry_after: float) -> TaskManagerRateLimitError:
+    return TaskManagerRateLimitError(429, "slow down", retry_after=retry_after)
+
+
+@pytest.mark.parametrize("job", ["pull", "push", "reconcile"])
+def test_a_429_pauses_every_job_for_retry_after_counted_from_the_429(rig: Rig, job: str):
+    bridge = rig.make()
+    rig.client.call_seconds = 3.0  # the tick spends 3 s on the network before its 429
+    method = {"pull": "claim", "push": "complete", "reconcile": "list"}[job]
+    rig.client.errors[method] = [_rate_limited(10.0)]
+    if job == "push":
+        _queue_completion(rig, remote_id=1)
+    tick = {"pull": bridge.pull_tick, "push": bridge.push_tick, "reconcile": bridge.reconcile_tick}
+    started = rig.clock.now
+    tick[job](started)
+    assert bridge._paused_until == started + timedelta(seconds=13)
+    rig.client.calls.clear()
+    _queue_completion(rig, remote_id=2)
+    for seconds in (12.9,):  # still paused 12.9 s after the tick began: nothing is sent
+        now = started + timedelta(seconds=seconds)
+        assert (bridge.pull_tick(now), bridge.push_tick(now), bridge.reconcile_tick(now)) == (
+            0,
+            0,
+            0,
+        )
+    assert rig.client.calls == []
+    after = started + timedelta(seconds=13.1)
+    bridge.pull_tick(after)
+    bridge.push_tick(after)
+    bridge.reconcile_tick(after)
+    assert {name for name, _ in rig.client.calls} >= {"claim", "complete", "list"}
+
+
+# -- push --------------------------------------------------------------------------------------
+def _claim(rig: Rig, remote_id: int) -> Any:
+    claimed = ClaimedTask(remote_id, TYPE, {"n": remote_id}, 1, 0, WORKER, rig.clock.now)
+    rig.store.insert_claimed(claimed, 300, rig.clock.now)
+    task = rig.queue.dequeue(TYPE)
+    assert task is not None and task.remote_id == remote_id
+    return task
+
+
+def _queue_completion(rig: Rig, remote_id: int) -> None:
+    rig.queue.complete(_claim(rig, remote_id), {"ok": remote_id})
+
+
+def test_a_later_row_of_a_task_never_overtakes_an_earlier_one_waiting_to_retry(rig: Rig):
+    rig.queue.fail(_claim(rig, remote_id=1), "attempt 1 broke")  # row 1: fail, attempt 1
+    again = ClaimedTask(1, TYPE, {"n": 1}, 2, 0, WORKER, rig.clock.now)  # the server re-claims
+    rig.store.insert_claimed(again, 300, rig.clock.now)
+    task = rig.queue.dequeue(TYPE)
+    assert task is not None and task.remote_attempt == 2
+    rig.queue.complete(task, {"ok": 2})  # row 2: complete, attempt 2
+    bridge = rig.make()
+    rig.client.errors["fail"] = [TaskManagerServerError(503, "busy")]
+    bridge.push_tick(rig.clock.now)  # the fail is retried later; its task's rows wait
+    assert rig.client.called("fail") == [1] and rig.client.called("complete") == []
+    for _ in range(3):  # ticks before the fail's retry time: nothing of the task goes
+        rig.clock.advance(0.1)
+        bridge.push_tick(rig.clock.now)
+    assert rig.client.called("complete") == []
+    rig.clock.advance(120)  # past any back-off: the fail first, then the completion
+    bridge.push_tick(rig.clock.now)
+    assert [name for name, _ in rig.client.calls] == ["fail", "fail", "complete"]
+
+
+def test_an_outage_stops_the_push_and_backs_off(rig: Rig):
+    _queue_completion(rig, 1)
+    _queue_completion(rig, 2)
+    bridge = rig.make(push_backoff_max_seconds=60)
+    rig.client.errors["complete"] = [TaskManagerConnectionError("refused")]
+    assert bridge.push_tick(rig.clock.now) == 0
+    assert rig.client.called("complete") == [1]  # the second row was not tried
+    assert bridge.in_outage
+    assert bridge._next_push is not None and bridge._next_push > rig.clock.now
+    assert bridge.push_tick(rig.clock.now) == 0 and rig.client.called("complete") == [1]
+    rig.clock.now = bridge._next_push
+    assert bridge.push_tick(rig.clock.now) == 2
+    assert not bridge.in_outage
+
+
+def test_a_row_that_keeps_failing_goes_dead_after_its_attempts(rig: Rig):
+    _queue_completion(rig, 1)
+    bridge = rig.make(outbox_max_attempts=3)
+    rig.client.errors["complete"] = [TaskManagerServerError(500, "boom") for _ in range(5)]
+    for _ in range(3):
+        bridge.push_tick(rig.clock.now)
+        rig.clock.advance(3600)
+    (row,) = rig.store.outbox_entries()
+    assert row.status == "dead" and row.attempts == 3
+    assert row.last_error is not None and row.last_error.startswith("gave up after 3 attempts")
+    assert len(rig.client.called("complete")) == 3
+
+
+# -- verdicts: every kind of answer to one row -------------------------------------------------
+def _conflict(current: Task | None) -> TaskManagerConflictError:
+    error = TaskManagerConflictError(403, "Task is claimed by another worker")
+    error.current_task = current
+    return error
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "verdict"),
+    [
+        ("complete", None, Verdict.DELIVERED),
+        ("complete", _conflict(Task(1, TYPE, "claimed", attempts=2, claimed_by="x")), "superseded"),
+        ("complete", _conflict(None), Verdict.RETRY),
+        ("progress", _conflict(None), Verdict.SUPERSEDED),
+        ("complete", TaskManagerNotFoundError(404, "Task not found"), Verdict.DEAD),
+        ("complete", TaskManagerValidationError(400, "Validation failed"), Verdict.DEAD),
+        ("complete", TaskManagerServerError(500, "boom"), Verdict.RETRY),
+        ("complete", TaskManagerConnectionError("refused"), Verdict.OUTAGE),
+        ("complete", TaskManagerAuthError(401, "Unauthorized"), Verdict.OUTAGE),
+        ("complete", _rate_limited(30.0), Verdict.RATE_LIMITED),
+    ],
+)
+def test_each_answer_gets_its_verdict(rig: Rig, kind: str, error: Exception | None, verdict: Any):
+    task = _claim(rig, 1)
+    if kind == "progress":
+        rig.queue.progress(task, 40)
+    else:
+        rig.queue.complete(task, {"ok": 1})
+    (entry,) = rig.store.pending_outbox(rig.clock.now, 10)
+    if error is not None:
+        rig.client.errors[kind] = [error]
+    outcome = deliver(entry, rig.client)  # type: ignore[arg-type]
+    expected = Verdict(verdict) if isinstance(verdict, str) else verdict
+    assert outcome.verdict is expected
+    if isinstance(error, TaskManagerRateLimitError):
+        assert outcome.retry_after == 30.0
+    if expected is Verdict.SUPERSEDED and kind == "complete":
+        assert outcome.reason is not None and "claimed by x" in outcome.reason
+
+
+# -- reconcile ---------------------------------------------------------------------------------
+def _server_row(remote_id: int, claimed_by: str, attempts: int = 1) -> Task:
+    return Task(
+        remote_id,
+        TYPE,
+        "claimed",
+        params={"n": remote_id},
+        attempts=attempts,
+        claimed_by=claimed_by,
+        claimed_at=T0,
+    )
+
+
+def test_reconcile_imports_only_our_claims_that_it_does_not_know(rig: Rig):
+    bridge = rig.make()
+    _claim(rig, 1)  # known locally at attempt 1
+    rig.client.claimed_rows = [
+        _server_row(1, bridge.worker_id),
+        _server_row(2, bridge.worker_id),
+        _server_row(3, "someone-else"),
+    ]
+    assert bridge.reconcile_tick(rig.clock.now) == 1
+    assert rig.client.called("get") == [2]
+    assert rig.store.get_task_by_remote_id(2) is not None
+    assert rig.store.get_task_by_remote_id(3) is None
