@@ -74,22 +74,24 @@ def _is_php_list(obj: dict[str, Any]) -> bool:
     return all(key == str(index) for index, key in enumerate(obj))
 
 
-def php_json(value: Any) -> str:
-    """Compact JSON as PHP re-encodes a decoded value (see module docstring)."""
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
+def _php_scalar(value: Any) -> str | None:
+    """A JSON scalar as PHP writes it; ``None`` when ``value`` is a container."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
     if isinstance(value, int):
-        if _INT64_MIN <= value <= _INT64_MAX:
-            return str(value)
-        return php_float(float(value))
+        return str(value) if _INT64_MIN <= value <= _INT64_MAX else php_float(float(value))
     if isinstance(value, float):
         return php_float(value)
     if isinstance(value, str):
         return _php_string(value)
+    return None
+
+
+def php_json(value: Any) -> str:
+    """Compact JSON as PHP re-encodes a decoded value (see module docstring)."""
+    scalar = _php_scalar(value)
+    if scalar is not None:
+        return scalar
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(php_json(item) for item in value) + "]"
     if isinstance(value, dict):

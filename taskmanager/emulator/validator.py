@@ -47,39 +47,64 @@ def _child(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+def _object_errors(value: dict[str, Any], schema: dict[str, Any], path: str) -> list[str]:
+    errors = [
+        f"Missing required property: {path}.{name}"
+        for name in schema.get("required", []) or []
+        if name not in value
+    ]
+    for name, sub_schema in (schema.get("properties") or {}).items():
+        if name in value and isinstance(sub_schema, dict):
+            errors.extend(validate(value[name], sub_schema, _child(path, name)))
+    return errors
+
+
+def _string_errors(value: str, schema: dict[str, Any], path: str) -> list[str]:
+    errors = []
+    if "minLength" in schema and len(value) < schema["minLength"]:
+        errors.append(f"String too short at {path}: minimum length {schema['minLength']}")
+    if "maxLength" in schema and len(value) > schema["maxLength"]:
+        errors.append(f"String too long at {path}: maximum length {schema['maxLength']}")
+    if "pattern" in schema and not re.search(schema["pattern"], value):
+        errors.append(f"Pattern mismatch at {path}: {schema['pattern']}")
+    return errors
+
+
+def _number_errors(value: float, schema: dict[str, Any], path: str) -> list[str]:
+    errors = []
+    if "minimum" in schema and value < schema["minimum"]:
+        errors.append(f"Value too small at {path}: minimum {schema['minimum']}")
+    if "maximum" in schema and value > schema["maximum"]:
+        errors.append(f"Value too large at {path}: maximum {schema['maximum']}")
+    return errors
+
+
+def _list_errors(value: list[Any], schema: dict[str, Any], path: str) -> list[str]:
+    errors = []
+    if "minItems" in schema and len(value) < schema["minItems"]:
+        errors.append(f"Too few items at {path}: minimum {schema['minItems']}")
+    if "maxItems" in schema and len(value) > schema["maxItems"]:
+        errors.append(f"Too many items at {path}: maximum {schema['maxItems']}")
+    if isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            errors.extend(validate(item, schema["items"], f"{path}[{index}]"))
+    return errors
+
+
 def validate(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
     """Every error, in schema order, as the server words them."""
-    errors: list[str] = []
     expected = schema.get("type")
     if isinstance(expected, str) and not _is_type(value, expected):
         return [f"Type mismatch at {path or '.'}: expected {expected}, got {php_type(value)}"]
+    errors: list[str] = []
     if isinstance(value, dict):
-        for name in schema.get("required", []) or []:
-            if name not in value:
-                errors.append(f"Missing required property: {path}.{name}")
-        for name, sub_schema in (schema.get("properties") or {}).items():
-            if name in value and isinstance(sub_schema, dict):
-                errors.extend(validate(value[name], sub_schema, _child(path, name)))
+        errors += _object_errors(value, schema, path)
     if isinstance(value, str):
-        if "minLength" in schema and len(value) < schema["minLength"]:
-            errors.append(f"String too short at {path}: minimum length {schema['minLength']}")
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            errors.append(f"String too long at {path}: maximum length {schema['maxLength']}")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            errors.append(f"Pattern mismatch at {path}: {schema['pattern']}")
+        errors += _string_errors(value, schema, path)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            errors.append(f"Value too small at {path}: minimum {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            errors.append(f"Value too large at {path}: maximum {schema['maximum']}")
+        errors += _number_errors(value, schema, path)
     if isinstance(value, list):
-        if "minItems" in schema and len(value) < schema["minItems"]:
-            errors.append(f"Too few items at {path}: minimum {schema['minItems']}")
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            errors.append(f"Too many items at {path}: maximum {schema['maxItems']}")
-        if isinstance(schema.get("items"), dict):
-            for index, item in enumerate(value):
-                errors.extend(validate(item, schema["items"], f"{path}[{index}]"))
+        errors += _list_errors(value, schema, path)
     if "enum" in schema and value not in schema["enum"]:
         errors.append(f"Invalid value at {path}: must be one of {json.dumps(schema['enum'])}")
     return errors

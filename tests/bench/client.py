@@ -19,6 +19,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -35,6 +36,30 @@ def _seconds(run: Callable[[], None]) -> float:
     return time.perf_counter() - started
 
 
+@dataclass(frozen=True)
+class _Raw:
+    """The same calls as the client makes, written by hand on a ``requests`` sender."""
+
+    url: str
+    headers: dict[str, str]
+    type_id: int
+    n: int
+
+    def post(self, send: Callable[..., Any], path: str, body: dict[str, Any]) -> Any:
+        return send(self.url + path, json=body, headers=self.headers, timeout=30).json()["data"]
+
+    def creates(self, send: Callable[..., Any], base: int) -> None:
+        for i in range(self.n):
+            self.post(send, "/tasks", {"type": TYPE, "params": {"n": base + i}})
+
+    def cycles(self, send: Callable[..., Any]) -> None:
+        for _ in range(self.n):
+            claim = {"worker_id": "bench", "task_type_id": self.type_id}
+            task = self.post(send, "/tasks/claim", claim)
+            done = {"worker_id": "bench", "success": True, "result": {"ok": True}}
+            self.post(send, f"/tasks/{task['id']}/complete", done)
+
+
 def one_round(n: int, offset: int, rotation: int) -> dict[str, float]:
     with EmulatorServer() as server:
         ours = TaskManagerClient(
@@ -44,23 +69,8 @@ def one_round(n: int, offset: int, rotation: int) -> dict[str, float]:
         )
         type_id = ours.register_task_type(TYPE, "1", {"type": "object"}).id
         headers = {"X-API-Key": server.api_key, "Content-Type": "application/json"}
+        raw = _Raw(server.url, headers, type_id, n)
         session = requests.Session()
-
-        def post(send: Callable[..., Any], path: str, body: dict[str, Any]) -> Any:
-            return send(server.url + path, json=body, headers=headers, timeout=30).json()["data"]
-
-        def creates(send: Callable[..., Any], base: int) -> None:
-            for i in range(n):
-                post(send, "/tasks", {"type": TYPE, "params": {"n": base + i}})
-
-        def cycles(send: Callable[..., Any]) -> None:
-            for _ in range(n):
-                task = post(send, "/tasks/claim", {"worker_id": "bench", "task_type_id": type_id})
-                post(
-                    send,
-                    f"/tasks/{task['id']}/complete",
-                    {"worker_id": "bench", "success": True, "result": {"ok": True}},
-                )
 
         def ours_creates() -> None:
             for i in range(n):
@@ -74,10 +84,13 @@ def one_round(n: int, offset: int, rotation: int) -> dict[str, float]:
 
         contenders = {
             "ours": (ours_creates, ours_cycles),
-            "bare": (lambda: creates(session.post, offset + n), lambda: cycles(session.post)),
+            "bare": (
+                lambda: raw.creates(session.post, offset + n),
+                lambda: raw.cycles(session.post),
+            ),
             "per-call": (
-                lambda: creates(requests.post, offset + 2 * n),
-                lambda: cycles(requests.post),
+                lambda: raw.creates(requests.post, offset + 2 * n),
+                lambda: raw.cycles(requests.post),
             ),
         }
         order = list(contenders)

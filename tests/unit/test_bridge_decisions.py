@@ -74,6 +74,8 @@ class FakeClient:
     config: Any = field(default_factory=lambda: SimpleNamespace(worker_id=WORKER))
 
     def _call(self, method: str, arg: Any) -> None:
+        if len(self.calls) > 10_000:
+            raise AssertionError(f"runaway loop: over 10,000 calls, the last {method}({arg})")
         self.calls.append((method, arg))
         self.clock.mono += self.call_seconds
         pending = self.errors.get(method)
