@@ -147,6 +147,9 @@ def _print_status(doc: dict[str, Any], as_json: bool) -> int:
     oldest = f" (oldest {age:.0f} s)" if age is not None else ""
     outbox = ", ".join(f"{s} {n}" for s, n in doc["outbox"].items())
     print(f"outbox: {outbox}{oldest}")
+    for task_type, plan in doc["claim_limits"].items():
+        reason = plan["reason"] or "prefetch room"
+        print(f"claim limit {task_type}: {plan['limit']} ({reason}; {plan['queued']} queued)")
     print(
         f"last contact: {doc['last_contact'] or 'never'}   "
         f"outage: {'since ' + doc['outage_since'] if doc['in_outage'] else 'none'}"

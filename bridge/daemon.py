@@ -10,7 +10,6 @@ result is already in the local database.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import signal
@@ -34,6 +33,7 @@ from taskmanager import (
 )
 from taskmanager.transport import backoff_delay
 
+from .claiming import ClaimLimit, claim_limit, lease_warnings
 from .config import BridgeConfig
 from .database import check_schema
 from .errors import DatabaseError, SchemaError
@@ -44,7 +44,15 @@ from .outbox import Outcome, Verdict, apply_outcome, deliver
 from .queue import utcnow
 from .schema import FinalOutboxStatus
 from .storage import Store
-from .storage.state import LAST_CONTACT_KEY, LAST_TICK_KEY, OUTAGE_SINCE_KEY, WORKER_ID_KEY
+from .storage.state import (
+    CLAIM_PLAN_KEY,
+    FOREIGN_CLAIMS_KEY,
+    LAST_CONTACT_KEY,
+    LAST_TICK_KEY,
+    OUTAGE_SINCE_KEY,
+    WORKER_ID_KEY,
+    ClaimIntent,
+)
 
 logger = logging.getLogger("bridge.daemon")
 
@@ -86,6 +94,7 @@ class Bridge:
         self.rng = rng or random.Random()
         self.monotonic = monotonic  # how long a tick has run (a 429 pause counts from the 429)
         self._lock = threading.Lock()
+        self._claims_lock = threading.Lock()  # a claim burst, or reconcile's import
         self._claiming = threading.Event()
         self._claiming.set()
         self._next_pull: dict[str, datetime] = {}
@@ -96,6 +105,7 @@ class Bridge:
         self._outage_since: datetime | None = None
         self._backlog_paused = False
         self._risk_logged: set[int] = set()
+        self._claim_reasons: dict[str, str] = {}
         self._state_written: dict[str, datetime] = {}
         self.worker_id = self._stable_worker_id()
 
@@ -167,18 +177,22 @@ class Bridge:
 
     # -- pull ----------------------------------------------------------------------------
     def claim_limit(self, task_type: str) -> int:
-        """How many tasks of a type may be claimed now.
+        """How many tasks of a type may be claimed now (see ``bridge.claiming``)."""
+        return self.claim_plan(task_type).limit
 
-        At most ``prefetch`` queued locally, and never more than the local workers
-        can start before the lease (less the margin) runs out, at the measured
-        task duration: a claimed task that cannot start in time is work taken
-        from other bridges for nothing.
-        """
-        queued = self.store.queued_count(task_type)
-        usable = self.config.lease_seconds - self.config.lease_margin_seconds
-        duration = self.store.recent_duration(task_type) or self.config.default_task_seconds
-        startable = math.floor(self.config.workers * usable / max(duration, 0.001))
-        return max(0, min(self.config.prefetch - queued, startable - queued))
+    def claim_plan(self, task_type: str) -> ClaimLimit:
+        """The claim limit with its inputs and reason."""
+        measured = self.store.recent_duration(task_type)
+        config = self.config
+        return claim_limit(
+            prefetch=config.prefetch,
+            workers=config.workers,
+            usable_lease=config.lease_seconds - config.lease_margin_seconds,
+            duration=measured or config.default_task_seconds,
+            measured=measured is not None,
+            queued=self.store.queued_count(task_type),
+            idle_worker=lambda: self.store.running_count() < config.workers,
+        )
 
     def _outbox_too_far_behind(self, now: datetime) -> bool:
         pending, oldest = self.store.outbox_backlog()
@@ -211,7 +225,9 @@ class Bridge:
             due = self._next_pull.get(task_type)
             if due is not None and now < due:
                 continue
-            limit = self.claim_limit(task_type)
+            plan = self.claim_plan(task_type)
+            self._note_claim_plan(task_type, plan, now)
+            limit = plan.limit
             claimed, error = self._claim_burst(task_type, limit, now)
             total += claimed
             self.metrics.claimed(task_type, claimed)
@@ -224,10 +240,39 @@ class Bridge:
             logger.info("claimed %d task(s)", total)
         return total
 
+    def _note_claim_plan(self, task_type: str, plan: ClaimLimit, now: datetime) -> None:
+        """One log line when the reason for holding claims back changes; the plan in
+        ``bridge_state`` for ``status`` and the metrics."""
+        changed = self._claim_reasons.get(task_type) != plan.reason
+        if changed:
+            self._claim_reasons[task_type] = plan.reason
+            log = logger.warning if "longer than the lease" in plan.reason else logger.info
+            log("claiming %s: %s", task_type, plan.describe())
+        self._write_state(CLAIM_PLAN_KEY + task_type, plan.to_json(now), now, force=changed)
+
     def _claim_burst(
         self, task_type: str, limit: int, now: datetime
     ) -> tuple[int, TaskManagerError | None]:
-        """Claim up to ``limit`` tasks of a type, stopping at the first empty answer."""
+        """Claim up to ``limit`` tasks of a type, stopping at the first empty answer.
+
+        An intent is recorded before the first request and deleted once every answer
+        is recorded; after an error that may hide a committed claim (no answer, 5xx)
+        it stays, for reconcile to import that claim.
+        """
+        if limit <= 0:
+            return 0, None
+        with self._claims_lock:
+            intent = self.store.open_claim_intent(task_type, now)
+            claimed, error = self._claim_until(task_type, limit, now)
+            if error is None or isinstance(
+                error, (TaskManagerRateLimitError, TaskManagerAuthError)
+            ):
+                self.store.delete_state(intent)  # every answer recorded, or refused
+        return claimed, error
+
+    def _claim_until(
+        self, task_type: str, limit: int, now: datetime
+    ) -> tuple[int, TaskManagerError | None]:
         claimed = 0
         try:
             while claimed < limit and self._claiming.is_set():
@@ -392,43 +437,86 @@ class Bridge:
 
     # -- reconcile -----------------------------------------------------------------------
     def reconcile_tick(self, now: datetime) -> int:
-        """Import tasks the server says we hold but the local queue does not know."""
+        """Import claims of ours that an open intent explains; report the others."""
         tick_started = self.monotonic()
         if self._rate_limited(now):
             return 0
-        imported = 0
         try:
-            for row in self.client.list_tasks(status="claimed", page_size=100):
-                if row.claimed_by != self.worker_id:
-                    continue
-                local = self.store.get_task_by_remote_id(row.id)
-                if local is not None and (local.remote_attempt or 0) >= row.attempts:
-                    continue
-                full = self.client.get_task(row.id)
-                claim = ClaimedTask(
-                    id=full.id,
-                    type=full.type,
-                    params=full.params or {},
-                    attempts=full.attempts,
-                    priority=full.priority,
-                    worker_id=self.worker_id,
-                    claimed_at=full.claimed_at or now,
-                )
-                _, changed = self.store.insert_claimed(claim, self.config.lease_seconds, now)
-                imported += int(changed)
+            with self._claims_lock:  # never while a burst's answers are being recorded
+                imported, foreign = self._import_orphans(now)
         except TaskManagerRateLimitError as exc:
             self._pause_for_rate_limit(now, exc.retry_after, tick_started)
-            return imported
+            return 0
         except (TaskManagerConnectionError, TaskManagerAuthError) as exc:
             self._contact_failed(now, str(exc))
-            return imported
+            return 0
         except TaskManagerError as exc:
             logger.warning("reconcile failed: %s", exc)
-            return imported
+            return 0
         self._contact_ok(now)
+        self._drop_stale_intents(now)
+        self._report_foreign_claims(foreign, now)
         if imported:
             logger.warning("reconciled %d orphan claim(s) held by %s", imported, self.worker_id)
         return imported
+
+    def _import_orphans(self, now: datetime) -> tuple[int, int]:
+        """(claims imported, claims by our worker id that no intent of ours explains)."""
+        intents = self.store.claim_intents()
+        imported = foreign = 0
+        for row in self.client.list_tasks(status="claimed", page_size=100):
+            if row.claimed_by != self.worker_id:
+                continue
+            local = self.store.get_task_by_remote_id(row.id)
+            if local is not None and (local.remote_attempt or 0) >= row.attempts:
+                continue
+            intent = next((i for i in intents if i.task_type == row.type), None)
+            if intent is None:
+                foreign += 1
+                continue
+            intents.remove(intent)
+            imported += self._import_claim(row.id, intent, now)
+        return imported, foreign
+
+    def _import_claim(self, remote_id: int, intent: ClaimIntent, now: datetime) -> int:
+        full = self.client.get_task(remote_id)
+        claim = ClaimedTask(
+            id=full.id,
+            type=full.type,
+            params=full.params or {},
+            attempts=full.attempts,
+            priority=full.priority,
+            worker_id=self.worker_id,
+            claimed_at=intent.opened_at,  # our clock: the server's timestamps are data only
+        )
+        _, changed = self.store.insert_claimed(claim, self.config.lease_seconds, now)
+        self.store.delete_state(intent.key)
+        return int(changed)
+
+    def _drop_stale_intents(self, now: datetime) -> None:
+        """An intent older than the lease explains nothing any more: its claim, if there
+        was one, has been free for anyone to take since."""
+        lease = timedelta(seconds=self.config.lease_seconds)
+        for intent in self.store.claim_intents():
+            if now - intent.opened_at > lease:
+                self.store.delete_state(intent.key)
+
+    def _report_foreign_claims(self, foreign: int, now: datetime) -> None:
+        known = self.store.get_state(FOREIGN_CLAIMS_KEY)
+        if foreign and not known:
+            logger.error(
+                "%d task(s) on the server are claimed by worker id %s but unknown to this "
+                "bridge: another bridge uses the same worker id (TASKMANAGER_WORKER_ID or "
+                "[taskmanager] worker_id must be unique per bridge), or this database lost "
+                "them. They are not run here.",
+                foreign,
+                self.worker_id,
+            )
+        if foreign:
+            self.store.set_state(FOREIGN_CLAIMS_KEY, str(foreign), now)
+        elif known:
+            logger.info("no claims of worker id %s are unknown here any more", self.worker_id)
+            self.store.delete_state(FOREIGN_CLAIMS_KEY)
 
 
 class Daemon:
@@ -494,6 +582,8 @@ class Daemon:
         return False
 
     def start(self) -> None:
+        for warning in lease_warnings(self.bridge.config):
+            logger.warning("settings: %s", warning)
         logger.info(
             "bridge started: worker id %s, types %s",
             self.bridge.worker_id,

@@ -59,6 +59,14 @@ class _QueueCollector:
             "Age of the oldest pending outbox row (0 when none)",
             value=snapshot.oldest_pending_age or 0.0,
         )
+        limits = GaugeMetricFamily(
+            "taskmanager_bridge_claim_limit",
+            "Tasks of a type the daemon may claim now (0: holding back, see status)",
+            labels=["type"],
+        )
+        for task_type, plan in snapshot.claim_plans.items():
+            limits.add_metric([task_type], plan["limit"])
+        yield limits
         contact = snapshot.last_contact
         since = (snapshot.now - contact).total_seconds() if contact else -1.0
         yield GaugeMetricFamily(

@@ -5,6 +5,7 @@ registration. The CLI, the metrics collector and the dashboard all go through
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +23,14 @@ from .outbox import Outcome, apply_outcome, deliver
 from .queue import validated
 from .schema import OUTBOX_STATUSES, TASK_STATUSES, OutboxStatus
 from .storage import Store, open_store
-from .storage.state import LAST_CONTACT_KEY, LAST_TICK_KEY, OUTAGE_SINCE_KEY, WORKER_ID_KEY
+from .storage.state import (
+    CLAIM_PLAN_KEY,
+    FOREIGN_CLAIMS_KEY,
+    LAST_CONTACT_KEY,
+    LAST_TICK_KEY,
+    OUTAGE_SINCE_KEY,
+    WORKER_ID_KEY,
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,8 @@ class Snapshot:
     last_contact: datetime | None
     outage_since: datetime | None
     last_tick: datetime | None
+    claim_plans: dict[str, dict[str, Any]]  # per type: the daemon's last claim limit and why
+    foreign_claims: int  # claims by our worker id this bridge did not make (shared id?)
 
     @property
     def oldest_pending_age(self) -> float | None:
@@ -56,6 +66,8 @@ class Snapshot:
             "last_contact": _iso(self.last_contact),
             "outage_since": _iso(self.outage_since),
             "in_outage": self.outage_since is not None,
+            "claim_limits": self.claim_plans,
+            "foreign_claims": self.foreign_claims,
         }
 
 
@@ -106,6 +118,11 @@ class Operations:
             last_contact=_moment(state(LAST_CONTACT_KEY)),
             outage_since=_moment(state(OUTAGE_SINCE_KEY)),
             last_tick=_moment(state(LAST_TICK_KEY)),
+            foreign_claims=int(state(FOREIGN_CLAIMS_KEY) or 0),
+            claim_plans={
+                task_type: json.loads(plan)
+                for task_type, plan in sorted(self.store.states_with_prefix(CLAIM_PLAN_KEY).items())
+            },
         )
 
     def health_problems(
@@ -118,6 +135,11 @@ class Operations:
         if age is not None and age > max_outbox_age:
             problems.append(
                 f"oldest pending outbox row is {age:.0f} s old (limit {max_outbox_age:g} s)"
+            )
+        if snapshot.foreign_claims:
+            problems.append(
+                f"{snapshot.foreign_claims} claim(s) by worker id {snapshot.worker_id} were not "
+                "made by this bridge: give each bridge its own TASKMANAGER_WORKER_ID"
             )
         if snapshot.last_tick is None:
             problems.append("the daemon has never run on this database")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..models import CachedTaskType
@@ -17,6 +20,20 @@ WORKER_ID_KEY = "remote_worker_id"
 LAST_CONTACT_KEY = "last_contact"
 OUTAGE_SINCE_KEY = "outage_since"
 LAST_TICK_KEY = "last_tick"
+CLAIM_PLAN_KEY = "claim_plan:"  # + task type: the claim limit, its inputs and reason (JSON)
+CLAIM_INTENT_KEY = "claim_intent:"  # + a random id: claims asked for, not yet all recorded
+FOREIGN_CLAIMS_KEY = "foreign_claims"  # claims by our worker id that no intent of ours explains
+
+
+@dataclass(frozen=True)
+class ClaimIntent:
+    """Claims of a type this bridge asked for and may not have recorded: written before
+    the requests, deleted once every answer is recorded. Only such an intent lets
+    reconcile import a claim made with our worker id (another bridge may share it)."""
+
+    key: str
+    task_type: str
+    opened_at: datetime  # local clock, before the first request: the lease's safe start
 
 
 def _upsert(conn: Connection, table: Table, key: str, values: dict[str, Any], *update: str) -> None:
@@ -85,6 +102,34 @@ class StateQueries:
                 select(bridge_state.c.value).where(bridge_state.c.key == key)
             ).scalar()
         return str(value) if value is not None else None
+
+    def open_claim_intent(self, task_type: str, now: datetime) -> str:
+        key = CLAIM_INTENT_KEY + uuid.uuid4().hex
+        self.set_state(key, json.dumps({"type": task_type, "opened_at": now.isoformat()}), now)
+        return key
+
+    def claim_intents(self) -> list[ClaimIntent]:
+        """Open intents, oldest first."""
+        intents = []
+        for suffix, value in self.states_with_prefix(CLAIM_INTENT_KEY).items():
+            data = json.loads(value)
+            opened = datetime.fromisoformat(data["opened_at"])
+            intents.append(ClaimIntent(CLAIM_INTENT_KEY + suffix, data["type"], opened))
+        return sorted(intents, key=lambda intent: intent.opened_at)
+
+    def states_with_prefix(self, prefix: str) -> dict[str, str]:
+        """Every key starting with ``prefix`` (the prefix cut off) and its value."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(bridge_state.c.key, bridge_state.c.value).where(
+                    bridge_state.c.key.startswith(prefix, autoescape=True)
+                )
+            ).all()
+        return {key[len(prefix) :]: str(value) for key, value in rows}
+
+    def delete_state(self, key: str) -> None:
+        with self.db.write() as conn:
+            conn.execute(delete(bridge_state).where(bridge_state.c.key == key))
 
     def set_state(self, key: str, value: str, now: datetime) -> None:
         with self.db.write() as conn:

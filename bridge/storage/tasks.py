@@ -362,6 +362,13 @@ class TaskQueries:
                 ).scalar_one()
             )
 
+    def running_count(self) -> int:
+        """Tasks of any type a worker holds now."""
+        with self.db.read() as conn:
+            return int(
+                conn.execute(select(func.count()).where(tasks.c.status == "running")).scalar_one()
+            )
+
     def recent_duration(self, task_type: str, sample: int = 50) -> float | None:
         """Mean seconds from start to finish of the latest finished tasks of a type."""
         with self.db.read() as conn:

@@ -90,11 +90,11 @@ def test_disk_full_refuses_cleanly_and_recovers_when_space_returns(small_disk: P
             queue.complete(task, result)
         assert queue.get(task.id).status == "running"
         assert queue.outbox(None, 10) == []
-        # The daemon: the server's claim succeeds, the local insert cannot; the tick fails
-        # with the same clear error and the claim is left to reconcile.
+        # The daemon: its claim intent cannot be recorded, so no claim is sent (a claim
+        # it could not record would be work taken from other bridges for nothing).
         with pytest.raises(DatabaseError, match="the disk is full"):
             bridge.pull_tick(queue.clock())
-        assert admin.get_task(orphan).status == "claimed"
+        assert admin.get_task(orphan).status == "pending"
         assert queue.store.get_task_by_remote_id(orphan) is None
 
         filler.unlink()  # the cause goes; nothing is restarted
@@ -102,7 +102,7 @@ def test_disk_full_refuses_cleanly_and_recovers_when_space_returns(small_disk: P
         assert [row.kind for row in queue.outbox("pending", 10)] == ["complete"]
         assert bridge.push_tick(queue.clock()) == 1
         assert admin.get_task(first).result == result
-        assert bridge.reconcile_tick(queue.clock()) == 1
+        assert bridge.pull_tick(queue.clock()) == 1
         assert queue.store.get_task_by_remote_id(orphan) is not None
 
 

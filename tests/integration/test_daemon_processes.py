@@ -76,7 +76,8 @@ def test_sigkill_restart_resumes_outbox_and_reconciles_orphans(setup):
         daemon.wait(10)
         server.come_back()
         extra = [client.create_task(TYPE, {"n": 100 + i}) for i in range(2)]
-        for _ in extra:  # claims made with the bridge's id whose local insert never happened
+        for _ in extra:  # as a kill between the server's commit and the local insert leaves them
+            queue.store.open_claim_intent(TYPE, queue.clock())
             assert client.claim_task(task_type=TYPE, worker_id=worker_id) is not None
         restarted = cli(config, "run", server=server)
         try:

@@ -13,6 +13,7 @@ import pytest
 
 from bridge import BridgeConfig, LocalQueue
 from bridge.daemon import Bridge, Daemon
+from bridge.operations import Operations
 from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
 
@@ -281,12 +282,49 @@ def test_reap_expires_and_requeues(rig: Rig, caplog: pytest.LogCaptureFixture):
 
 def test_reconcile_imports_orphan_claims(rig: Rig):
     ids = rig.create(2)
-    orphan = rig.admin.claim_task(task_type=TYPE, worker_id=rig.bridge.worker_id)
-    assert orphan is not None and orphan.id == ids[0]
+    rig.server.faults.drop_after_commit(path="/tasks/claim")  # our claim's answer is lost
+    assert rig.bridge.pull_tick(rig.clock.now) == 0
+    assert rig.admin.get_task(ids[0]).claimed_by == rig.bridge.worker_id
+    assert rig.queue.store.get_task_by_remote_id(ids[0]) is None
     assert rig.bridge.reconcile_tick(rig.clock.now) == 1
-    local = rig.queue.store.get_task_by_remote_id(orphan.id)
+    local = rig.queue.store.get_task_by_remote_id(ids[0])
     assert local is not None and local.status == "queued" and local.params == {"n": 0}
     assert rig.bridge.reconcile_tick(rig.clock.now) == 0
+    assert rig.queue.store.claim_intents() == []
+
+
+def test_reconcile_leaves_claims_it_did_not_ask_for_and_reports_them(rig: Rig):
+    """Another bridge with the same worker id: its claims are neither imported nor run."""
+    ids = rig.create(2)
+    foreign = rig.admin.claim_task(task_type=TYPE, worker_id=rig.bridge.worker_id)
+    assert foreign is not None and foreign.id == ids[0]
+    assert rig.bridge.reconcile_tick(rig.clock.now) == 0
+    assert rig.queue.store.get_task_by_remote_id(foreign.id) is None
+    with Operations.open(rig.bridge.config) as operations:
+        snapshot = operations.snapshot(rig.clock.now)
+        problems = operations.health_problems(rig.clock.now, 900, 1e9)
+    assert snapshot.to_json()["foreign_claims"] == 1
+    assert any("TASKMANAGER_WORKER_ID" in problem for problem in problems)
+    rig.admin.complete_task(foreign.id, {"by": "the other bridge"}, worker_id=foreign.worker_id)
+    rig.bridge.reconcile_tick(rig.clock.now)
+    with Operations.open(rig.bridge.config) as operations:
+        assert operations.snapshot(rig.clock.now).foreign_claims == 0
+
+
+@pytest.mark.parametrize("skew", [600.0, -600.0])
+def test_an_imported_claims_lease_runs_on_our_clock_whatever_the_servers(rig: Rig, skew: float):
+    rig.server.advance_clock(skew)
+    (remote_id,) = rig.create(1)
+    rig.server.faults.drop_after_commit(path="/tasks/claim")
+    asked_at = rig.clock.now
+    rig.bridge.pull_tick(asked_at)
+    rig.clock.advance(40)
+    assert rig.bridge.reconcile_tick(rig.clock.now) == 1
+    local = rig.queue.store.get_task_by_remote_id(remote_id)
+    assert local is not None
+    assert local.lease_expires_at == asked_at + timedelta(seconds=300)
+    rig.clock.advance(300 - 40 - 30)  # the margin before the lease ends: no longer handed out
+    assert rig.queue.dequeue() is None
 
 
 def test_worker_id_is_stable_across_restarts(rig: Rig, clock: Clock):
