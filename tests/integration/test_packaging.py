@@ -1,7 +1,8 @@
 """The built wheel: what it installs, and that the installed layout finds its migrations.
 
 Built once per run from a copy of the source (the working tree stays clean) without
-build isolation, so the test needs no network (the ``test`` extra brings setuptools).
+build isolation, so the test needs no network: the ``test`` extra brings a
+setuptools new enough for the PEP 639 license metadata.
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from email.parser import HeaderParser
 from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.acceptance
 ROOT = Path(__file__).resolve().parents[2]
-SOURCE = ["pyproject.toml", "README.md", "bridge", "taskmanager", "migrations"]
+SOURCE = ["pyproject.toml", "README.md", "LICENSE", "bridge", "taskmanager", "migrations"]
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("setuptools", minversion="68")
+    pytest.importorskip("setuptools", minversion="77")
     work = tmp_path_factory.mktemp("wheel")
     source = work / "src"
     source.mkdir()
@@ -76,6 +78,18 @@ def test_every_source_package_is_in_the_wheel(wheel: Path) -> None:
         for init in (ROOT / top).rglob("__init__.py"):
             if "__pycache__" not in init.parts:
                 assert init.relative_to(ROOT).as_posix() in names, init
+
+
+def test_license_metadata_is_pep_639(wheel: Path) -> None:
+    names = _names(wheel)
+    (metadata_name,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = HeaderParser().parsestr(archive.read(metadata_name).decode())
+        dist_info = metadata_name.rsplit("/", 1)[0]
+        shipped = archive.read(f"{dist_info}/licenses/LICENSE").decode()
+    assert metadata["License-Expression"] == "MIT"
+    assert metadata.get_all("License-File") == ["LICENSE"]
+    assert shipped.startswith("MIT License")
 
 
 def test_unpacked_wheel_upgrades_a_database(wheel: Path, tmp_path: Path) -> None:
