@@ -103,7 +103,7 @@ def open_engine(url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT_SECONDS)
         except ImportError as exc:
             raise BridgeConfigError(
                 f"db_url is PostgreSQL but its driver is missing ({exc}): "
-                "pip install 'taskmanager-bridge[postgres]'"
+                "pip install 'psycopg[binary]>=3.1' (the [postgres] extra)"
             ) from None
     raise BridgeConfigError(
         f"db_url {display_url(parsed)}: only SQLite and PostgreSQL are supported"
