@@ -1,5 +1,8 @@
 """The bridge: a durable local queue beside the workers, synced with the TaskManager API."""
 
+# One distribution ships both packages: one version, read once from its metadata.
+from taskmanager import __version__
+
 from .config import BridgeConfig
 from .errors import (
     BridgeConfigError,
@@ -27,4 +30,5 @@ __all__ = [
     "TaskNotHeldError",
     "ValidationError",
     "Worker",
+    "__version__",
 ]

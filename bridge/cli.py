@@ -28,7 +28,7 @@ from .errors import BridgeConfigError, BridgeError
 from .logs import setup_logging
 from .metrics import Metrics, NullMetrics
 from .operations import Operations
-from .schema import OUTBOX_STATUSES, SCHEMA_REVISION, TASK_STATUSES
+from .schema import OUTBOX_STATUSES, TASK_STATUSES
 
 Command = Callable[[argparse.Namespace], int]
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -58,9 +58,10 @@ def cmd_db_current(args: argparse.Namespace) -> int:
             f"{_where(config)}: no taskmanager-bridge schema (run: taskmanager-bridge db upgrade)"
         )
         return 1
-    state = "up to date" if revision == SCHEMA_REVISION else f"expected {SCHEMA_REVISION}"
+    expected = migrate.head_revision()
+    state = "up to date" if revision == expected else f"expected {expected}"
     print(f"{_where(config)}: schema revision {revision} ({state})")
-    return 0 if revision == SCHEMA_REVISION else 1
+    return 0 if revision == expected else 1
 
 
 # -- run / worker ----------------------------------------------------------------------

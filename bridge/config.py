@@ -1,20 +1,28 @@
 """Bridge configuration: arguments, then `BRIDGE_*` environment, then a TOML file, then defaults.
 
-Every setting is declared once in ``SETTINGS`` (name, type, default, bounds,
-doc); the loader, the error messages and docs/OPERATIONS.md all follow that
-table. Unknown keys and bad values fail at start with the key's name.
-The client's settings live in the ``[taskmanager]`` table and the
-``TASKMANAGER_*`` variables (see ``taskmanager.TaskManagerConfig``).
+Every setting is declared once, as a field of ``BridgeConfig`` (name, type,
+default, and in its metadata the bounds and the doc line); ``SETTINGS``, the
+loader, the error messages and docs/OPERATIONS.md all follow those fields, so a
+default cannot differ between two tables. What the sources said (``RawConfig``)
+and what the bridge runs with (``BridgeConfig``) are separate types: only the
+first holds unchecked values. Unknown keys and bad values fail at start with the
+key's name (and the file's, for the TOML file). The client's settings live in
+the ``[taskmanager]`` table and the ``TASKMANAGER_*`` variables (see
+``taskmanager.TaskManagerConfig``).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from taskmanager import TaskManagerConfig, TaskManagerConfigError
 from taskmanager.config import parse_number
@@ -28,164 +36,113 @@ else:  # pragma: no cover - Python 3.10
 
 DEFAULT_CONFIG_FILE = "bridge.toml"
 DEFAULT_DB_URL = "sqlite:///taskmanager-bridge.db"
+WORKER_ID_VARIABLE = "TASKMANAGER_WORKER_ID"
+SECRET_KEYS = frozenset({"api_key"})  # [taskmanager] keys never shown by repr()
+MASK = "***"
+
+_T = TypeVar("_T")
 
 
-@dataclass(frozen=True)
-class Setting:
-    name: str
-    kind: type
-    default: Any
-    doc: str
-    minimum: float | None = None
+def _setting(default: _T, doc: str, minimum: float | None = None) -> _T:
+    """A ``BridgeConfig`` field that is a setting: its default, bounds and doc together.
 
-    @property
-    def env(self) -> str:
-        return "BRIDGE_" + self.name.upper()
+    Typed as the default's type so that the field keeps its real type for mypy.
+    """
+    return field(default=default, metadata={"doc": doc, "minimum": minimum})
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "db_url",
-        str,
+@dataclass(frozen=True, repr=False)
+class BridgeConfig:
+    """Resolved settings, checked and typed. Build with ``BridgeConfig.load()``.
+
+    The fields down to ``shutdown_push_seconds`` are the settings (``SETTINGS``);
+    the rest are what ``load`` found out besides them.
+    """
+
+    db_url: str = _setting(
         DEFAULT_DB_URL,
         "local queue database: a SQLite file path or URL, or a postgresql:// URL",
-    ),
-    Setting(
-        "lock_seconds",
-        float,
-        120.0,
-        "how long a dequeued task stays locked to its worker without a heartbeat",
-        1,
-    ),
-    Setting(
-        "lease_margin_seconds",
-        float,
-        30.0,
-        "a task is not handed out when its remote lease ends sooner than this",
-        0,
-    ),
-    Setting(
-        "busy_timeout_seconds",
-        float,
-        30.0,
-        "how long a SQLite writer waits for the write lock before failing",
-        0.1,
-    ),
-    Setting("types", list, [], "task types the daemon claims (required by `run`)"),
-    Setting("prefetch", int, 10, "most queued (not yet started) tasks kept locally per type", 1),
-    Setting(
-        "workers",
-        int,
-        2,
-        "local workers consuming the queue: with task duration, bounds what is claimed",
-        1,
-    ),
-    Setting(
-        "lease_seconds",
-        float,
-        300.0,
-        "the server's claim timeout (300 s on the reference deployment)",
-        1,
-    ),
-    Setting(
-        "default_task_seconds",
-        float,
-        10.0,
-        "assumed task duration until the queue has measured some",
-        0.001,
-    ),
-    Setting("poll_min_seconds", float, 0.5, "claim poll interval while tasks keep coming", 0.01),
-    Setting(
-        "poll_max_seconds", float, 30.0, "claim poll interval when idle (backs off to it)", 0.01
-    ),
-    Setting("push_interval_seconds", float, 0.5, "how often pending outbox rows are sent", 0.01),
-    Setting("push_batch", int, 200, "outbox rows sent per push", 1),
-    Setting(
-        "push_backoff_max_seconds",
-        float,
-        60.0,
-        "longest wait between attempts while the server is unreachable",
-        0.1,
-    ),
-    Setting(
-        "outbox_max_attempts",
-        int,
-        50,
-        "a row still failing after this many attempts goes dead (never for outages)",
-        1,
-    ),
-    Setting(
-        "outbox_pause_rows",
-        int,
-        1000,
-        "claiming pauses while more outbox rows than this are pending",
-        1,
-    ),
-    Setting(
-        "outbox_pause_age_seconds",
-        float,
-        900.0,
-        "claiming pauses while the oldest pending outbox row is older than this",
-        1,
-    ),
-    Setting(
-        "reap_interval_seconds", float, 2.0, "how often expired leases and locks are handled", 0.01
-    ),
-    Setting(
-        "reconcile_interval_seconds",
-        float,
-        300.0,
-        "how often orphan claims (claimed by us, unknown locally) are imported",
-        1,
-    ),
-    Setting("shutdown_push_seconds", float, 10.0, "time given to the last push on shutdown", 0),
-)
-_BY_NAME = {setting.name: setting for setting in SETTINGS}
-
-
-def _coerce(setting: Setting, raw: Any, source: str) -> Any:
-    where = f"{setting.name} (from {source})"
-    if setting.kind is list:
-        items = [part.strip() for part in raw.split(",")] if isinstance(raw, str) else raw
-        if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
-            raise BridgeConfigError(f"{where} must be a list of names, got {raw!r}")
-        return [i for i in items if i]
-    if setting.kind is str:
-        if not isinstance(raw, str) or not raw.strip():
-            raise BridgeConfigError(f"{where} must be a non-empty string, got {raw!r}")
-        return raw.strip()
-    try:
-        return parse_number(where, raw, setting.kind, setting.minimum or 0)
-    except TaskManagerConfigError as exc:
-        raise BridgeConfigError(str(exc)) from None
-
-
-@dataclass(frozen=True)
-class BridgeConfig:
-    """Resolved settings. Build with ``BridgeConfig.load()``."""
-
-    db_url: str = DEFAULT_DB_URL
-    lock_seconds: float = 120.0
-    lease_margin_seconds: float = 30.0
-    busy_timeout_seconds: float = 30.0
-    types: list[str] = field(default_factory=list)
-    prefetch: int = 10
-    workers: int = 2
-    lease_seconds: float = 300.0
-    default_task_seconds: float = 10.0
-    poll_min_seconds: float = 0.5
-    poll_max_seconds: float = 30.0
-    push_interval_seconds: float = 0.5
-    push_batch: int = 200
-    push_backoff_max_seconds: float = 60.0
-    outbox_max_attempts: int = 50
-    outbox_pause_rows: int = 1000
-    outbox_pause_age_seconds: float = 900.0
-    reap_interval_seconds: float = 2.0
-    reconcile_interval_seconds: float = 300.0
-    shutdown_push_seconds: float = 10.0
+    )
+    lock_seconds: float = _setting(
+        120.0, "how long a dequeued task stays locked to its worker without a heartbeat", 1
+    )
+    lease_margin_seconds: float = _setting(
+        30.0, "a task is not handed out when its remote lease ends sooner than this", 0
+    )
+    busy_timeout_seconds: float = _setting(
+        30.0, "how long a SQLite writer waits for the write lock before failing", 0.1
+    )
+    types: list[str] = field(  # a list: its default needs a factory, so no _setting()
+        default_factory=list,
+        metadata={"doc": "task types the daemon claims (required by `run`)", "minimum": None},
+    )
+    prefetch: int = _setting(10, "most queued (not yet started) tasks kept locally per type", 1)
+    workers: int = _setting(
+        2, "local workers consuming the queue: with task duration, bounds what is claimed", 1
+    )
+    lease_seconds: float = _setting(
+        300.0, "the server's claim timeout (300 s on the reference deployment)", 1
+    )
+    default_task_seconds: float = _setting(
+        10.0, "assumed task duration until the queue has measured some", 0.001
+    )
+    poll_min_seconds: float = _setting(0.5, "claim poll interval while tasks keep coming", 0.01)
+    poll_max_seconds: float = _setting(
+        30.0, "claim poll interval when idle (backs off to it)", 0.01
+    )
+    push_interval_seconds: float = _setting(0.5, "how often pending outbox rows are sent", 0.01)
+    push_batch: int = _setting(200, "outbox rows sent per push", 1)
+    push_backoff_max_seconds: float = _setting(
+        60.0, "longest wait between attempts while the server is unreachable", 0.1
+    )
+    outbox_max_attempts: int = _setting(
+        50, "a row still failing after this many attempts goes dead (never for outages)", 1
+    )
+    outbox_pause_rows: int = _setting(
+        1000, "claiming pauses while more outbox rows than this are pending", 1
+    )
+    outbox_pause_age_seconds: float = _setting(
+        900.0, "claiming pauses while the oldest pending outbox row is older than this", 1
+    )
+    reap_interval_seconds: float = _setting(
+        2.0, "how often expired leases and locks are handled", 0.01
+    )
+    reconcile_interval_seconds: float = _setting(
+        300.0, "how often orphan claims (claimed by us, unknown locally) are imported", 1
+    )
+    shutdown_push_seconds: float = _setting(10.0, "time given to the last push on shutdown", 0)
+    # -- not settings: the client's table as found, where it came from, what it implies --
     taskmanager: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
+    explicit_worker_id: str | None = None
+    """The remote worker id the operator chose, or ``None`` to let the daemon pick one.
+
+    ``TASKMANAGER_WORKER_ID`` of the environment given to ``load``, else the
+    ``[taskmanager]`` table's ``worker_id``. Resolved at load so that the daemon
+    never reads ``os.environ`` itself (``load(env=...)`` then isolates it too).
+    """
+
+    def __post_init__(self) -> None:
+        # Built directly (not by load): the table is the only place the id can come from.
+        if self.explicit_worker_id is None and self.taskmanager.get("worker_id"):
+            object.__setattr__(self, "explicit_worker_id", str(self.taskmanager["worker_id"]))
+
+    def __repr__(self) -> str:
+        """Every field, but never the API key, nor a password inside ``db_url``.
+
+        Configs end up in logs and tracebacks; the key is a credential.
+        """
+        shown: list[str] = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "taskmanager":
+                value = {k: MASK if k in SECRET_KEYS and v else v for k, v in value.items()}
+            elif f.name == "db_url":
+                value = _hide_password(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    __str__ = __repr__
 
     @classmethod
     def load(
@@ -198,35 +155,10 @@ class BridgeConfig:
         """Arguments first, then ``BRIDGE_*`` variables, then the TOML file, then defaults.
 
         ``path`` defaults to ``BRIDGE_CONFIG``, else ``bridge.toml`` if it exists.
+        ``env`` defaults to ``os.environ``; everything the config needs from the
+        environment is read here, from that mapping.
         """
-        env = os.environ if env is None else env
-        file_values, taskmanager, source = _read_file(path, env)
-        values: dict[str, Any] = {}
-        for setting in SETTINGS:
-            if overrides.get(setting.name) is not None:
-                values[setting.name] = _coerce(setting, overrides[setting.name], "argument")
-            elif env.get(setting.env):
-                values[setting.name] = _coerce(setting, env[setting.env], setting.env)
-            elif setting.name in file_values:
-                values[setting.name] = _coerce(setting, file_values[setting.name], str(source))
-            else:
-                values[setting.name] = (
-                    list(setting.default) if setting.kind is list else (setting.default)
-                )
-        unknown = set(overrides) - set(_BY_NAME)
-        if unknown:
-            raise BridgeConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        if values["poll_max_seconds"] < values["poll_min_seconds"]:
-            raise BridgeConfigError(
-                f"poll_max_seconds ({values['poll_max_seconds']}) must be >= "
-                f"poll_min_seconds ({values['poll_min_seconds']})"
-            )
-        if values["lease_margin_seconds"] >= values["lease_seconds"]:
-            raise BridgeConfigError(
-                f"lease_margin_seconds ({values['lease_margin_seconds']}) must be smaller "
-                f"than lease_seconds ({values['lease_seconds']})"
-            )
-        return cls(**values, taskmanager=taskmanager, source=str(source) if source else None)
+        return RawConfig.gather(path, os.environ if env is None else env, overrides).resolve()
 
     def client_config(self, env: Mapping[str, str] | None = None) -> TaskManagerConfig:
         """The client's config: ``TASKMANAGER_*`` variables, then the ``[taskmanager]`` table."""
@@ -245,6 +177,215 @@ class BridgeConfig:
             return TaskManagerConfig.from_env(env, **from_file)
         except TaskManagerConfigError as exc:
             raise BridgeConfigError(f"[taskmanager] / TASKMANAGER_*: {exc}") from None
+
+
+def _hide_password(url: str) -> str:
+    """``url`` with its password replaced (a plain file path is returned unchanged)."""
+    if "://" not in url:
+        return url
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url if "@" not in url else "<unparseable database URL>"
+    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting as the loader and the docs see it, read off a ``BridgeConfig`` field."""
+
+    name: str
+    kind: type  # int, float, str or list (a list of names)
+    default: Any
+    doc: str
+    minimum: float | None = None
+
+    @property
+    def env(self) -> str:
+        return "BRIDGE_" + self.name.upper()
+
+
+def _declared_settings() -> tuple[Setting, ...]:
+    """``SETTINGS``, derived from the fields of ``BridgeConfig`` that carry a doc."""
+    hints = get_type_hints(BridgeConfig)
+    found: list[Setting] = []
+    for f in fields(BridgeConfig):
+        if "doc" not in f.metadata:
+            continue
+        hint = hints[f.name]
+        kind = get_origin(hint) or hint
+        found.append(Setting(f.name, kind, _default(f), f.metadata["doc"], f.metadata["minimum"]))
+    return tuple(found)
+
+
+def _default(f: Field[Any]) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    assert f.default_factory is not MISSING, f.name
+    return f.default_factory()
+
+
+SETTINGS: tuple[Setting, ...] = _declared_settings()
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def _coerce(setting: Setting, raw: Any, source: str) -> Any:
+    """An argument's or environment variable's value, parsed (text is allowed here)."""
+    where = f"{setting.name} (from {source})"
+    if setting.kind is list:
+        items = [part.strip() for part in raw.split(",")] if isinstance(raw, str) else raw
+        if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+            raise BridgeConfigError(f"{where} must be a list of names, got {raw!r}")
+        return [i for i in items if i]
+    if setting.kind is str:
+        if not isinstance(raw, str) or not raw.strip():
+            raise BridgeConfigError(f"{where} must be a non-empty string, got {raw!r}")
+        return raw.strip()
+    try:
+        return parse_number(where, raw, setting.kind, setting.minimum or 0)
+    except TaskManagerConfigError as exc:
+        raise BridgeConfigError(str(exc)) from None
+
+
+def _toml_type(value: object) -> str:
+    """How TOML calls the type of a parsed value, for error messages."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, (_dt.date, _dt.time)):
+        return "a date/time"
+    return type(value).__name__  # pragma: no cover - tomllib makes nothing else
+
+
+def _toml_type_fits(kind: type, value: object) -> bool:
+    """Whether a TOML value has the type a setting of ``kind`` needs.
+
+    Stricter than ``_coerce``: text stands for a number or a list only in an
+    environment variable, where everything is text; in TOML, ``"300"`` for a number
+    is a mistake worth naming (a bool is never a number, though Python says so).
+    """
+    if kind in (int, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is list:
+        return isinstance(value, list)
+    return isinstance(value, kind)
+
+
+_WANTED = {
+    int: "a number",
+    float: "a number",
+    str: "a string",
+    list: "an array of names",
+    bool: "true or false",
+}
+
+
+def _fix_hint(name: str, kind: type, value: object) -> str:
+    """How to write a quoted value the way TOML means it, when that is the likely mistake."""
+    if not isinstance(value, str):
+        return ""
+    text = value.strip()
+    if kind is list:
+        names = ", ".join(f'"{part.strip()}"' for part in text.split(",") if part.strip())
+        return f" (write {name} = [{names}])"
+    if kind is bool and text.lower() in ("true", "false"):
+        return f" (write {name} = {text.lower()} without quotes)"
+    if kind in (int, float):
+        try:
+            float(text)
+        except ValueError:
+            return ""
+        return f" (write {name} = {text} without quotes)"
+    return ""
+
+
+def _check_toml_type(name: str, kind: type, value: object, where: str) -> None:
+    if not _toml_type_fits(kind, value):
+        raise BridgeConfigError(
+            f"{name} (from {where}) must be {_WANTED.get(kind, kind.__name__)}, "
+            f"got {value!r}: {_toml_type(value)}{_fix_hint(name, kind, value)}"
+        )
+
+
+def _client_field_kinds() -> dict[str, type]:
+    """The type each ``TaskManagerConfig`` field holds once resolved (``X | None`` -> X)."""
+    kinds: dict[str, type] = {}
+    for name, hint in get_type_hints(TaskManagerConfig).items():
+        args = [a for a in get_args(hint) if a is not type(None)]
+        kind = args[0] if len(args) == 1 else hint
+        if isinstance(kind, type):
+            kinds[name] = kind
+    return kinds
+
+
+@dataclass(frozen=True)
+class RawConfig:
+    """What the sources said, before any check: the input of ``resolve()``.
+
+    ``file`` holds the TOML file's bridge keys (already known to be settings);
+    ``taskmanager`` its ``[taskmanager]`` table. ``env`` and ``taskmanager`` can hold
+    the API key, so they stay out of ``repr()``.
+    """
+
+    arguments: Mapping[str, Any]
+    env: Mapping[str, str] = field(repr=False)
+    file: Mapping[str, Any]
+    file_path: Path | None
+    taskmanager: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def gather(
+        cls,
+        path: str | os.PathLike[str] | None,
+        env: Mapping[str, str],
+        arguments: Mapping[str, Any],
+    ) -> RawConfig:
+        """Read the TOML file (refusing unknown keys and mistyped values) and keep the rest."""
+        unknown = set(arguments) - set(_BY_NAME)
+        if unknown:
+            raise BridgeConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        file_values, taskmanager, file_path = _read_file(path, env)
+        return cls(dict(arguments), env, file_values, file_path, taskmanager)
+
+    def resolve(self) -> BridgeConfig:
+        """The checked, typed config: each setting from its first source that has it."""
+        values = {setting.name: self._value(setting) for setting in SETTINGS}
+        if values["poll_max_seconds"] < values["poll_min_seconds"]:
+            raise BridgeConfigError(
+                f"poll_max_seconds ({values['poll_max_seconds']}) must be >= "
+                f"poll_min_seconds ({values['poll_min_seconds']})"
+            )
+        if values["lease_margin_seconds"] >= values["lease_seconds"]:
+            raise BridgeConfigError(
+                f"lease_margin_seconds ({values['lease_margin_seconds']}) must be smaller "
+                f"than lease_seconds ({values['lease_seconds']})"
+            )
+        worker_id = self.env.get(WORKER_ID_VARIABLE) or self.taskmanager.get("worker_id")
+        return BridgeConfig(
+            **values,
+            taskmanager=dict(self.taskmanager),
+            source=str(self.file_path) if self.file_path else None,
+            explicit_worker_id=str(worker_id) if worker_id else None,
+        )
+
+    def _value(self, setting: Setting) -> Any:
+        if self.arguments.get(setting.name) is not None:
+            return _coerce(setting, self.arguments[setting.name], "argument")
+        if self.env.get(setting.env):
+            return _coerce(setting, self.env[setting.env], setting.env)
+        if setting.name in self.file:
+            # The type was checked when the file was read; this checks the bounds.
+            return _coerce(setting, self.file[setting.name], str(self.file_path))
+        return list(setting.default) if setting.kind is list else setting.default
 
 
 def _read_file(
@@ -269,6 +410,12 @@ def _read_file(
     if unknown:
         known = ", ".join(s.name for s in SETTINGS)
         raise BridgeConfigError(f"{chosen}: unknown key(s) {', '.join(unknown)} (known: {known})")
+    for name, value in data.items():
+        _check_toml_type(name, _BY_NAME[name].kind, value, str(chosen))
+    client_kinds = _client_field_kinds()
+    for name, value in taskmanager.items():
+        if name in client_kinds:  # unknown keys are refused by client_config, naming them all
+            _check_toml_type(name, client_kinds[name], value, f"[taskmanager] in {chosen}")
     return data, taskmanager, chosen
 
 

@@ -118,11 +118,9 @@ class Bridge:
         known = self.store.get_state(WORKER_ID_KEY)
         if known:
             return known
-        configured = self.client.config.worker_id
         chosen = (
-            str(configured)
-            if os.environ.get("TASKMANAGER_WORKER_ID") or self.config.taskmanager.get("worker_id")
-            else f"{socket.gethostname()}-bridge-{uuid.uuid4().hex[:8]}"
+            self.config.explicit_worker_id
+            or f"{socket.gethostname()}-bridge-{uuid.uuid4().hex[:8]}"
         )
         self.store.set_state(WORKER_ID_KEY, chosen, utcnow())
         return chosen

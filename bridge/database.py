@@ -20,9 +20,8 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
 from .errors import BridgeConfigError, DatabaseError, SchemaError
-from .schema import SCHEMA_REVISION
+from .revisions import known_revisions
 
-SCHEMA_REVISIONS = ("0001",)  # oldest first; the last is SCHEMA_REVISION
 FIX_COMMAND = "taskmanager-bridge db upgrade"
 DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
 POOL_OVERFLOW = 64  # beyond the pool's 5: one connection per thread using the queue
@@ -104,7 +103,7 @@ def open_engine(url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT_SECONDS)
         except ImportError as exc:
             raise BridgeConfigError(
                 f"db_url is PostgreSQL but its driver is missing ({exc}): "
-                "pip install 'taskmanager-bridge[postgres]'"
+                "pip install 'psycopg[binary]>=3.1' (the [postgres] extra)"
             ) from None
     raise BridgeConfigError(
         f"db_url {display_url(parsed)}: only SQLite and PostgreSQL are supported"
@@ -169,22 +168,28 @@ def schema_revision(engine: Engine) -> str | None:
 
 
 def check_schema(engine: Engine) -> None:
-    """Refuse a database that is missing, behind or ahead of ``SCHEMA_REVISION``."""
+    """Refuse a database that is missing, behind or ahead of the migrations' head.
+
+    The revisions come from the migration scripts themselves (``known_revisions``),
+    so adding a migration cannot leave this check expecting the old head.
+    """
     where = display_url(engine.url)
     revision = schema_revision(engine)
-    if revision == SCHEMA_REVISION:
+    known = known_revisions()
+    expected = known[-1]
+    if revision == expected:
         return
     if revision is None:
         raise SchemaError(
             f"{where} has no taskmanager-bridge schema. Create it with: {FIX_COMMAND}"
         )
-    if revision in SCHEMA_REVISIONS:
+    if revision in known:
         raise SchemaError(
-            f"{where} is at schema revision {revision}, behind {SCHEMA_REVISION}. "
+            f"{where} is at schema revision {revision}, behind {expected}. "
             f"Upgrade it with: {FIX_COMMAND}"
         )
     raise SchemaError(
         f"{where} is at schema revision {revision}, which this version of taskmanager-bridge "
-        f"does not know (it expects {SCHEMA_REVISION}): the database was written by a newer "
+        f"does not know (it expects {expected}): the database was written by a newer "
         "version; upgrade taskmanager-bridge"
     )

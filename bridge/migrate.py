@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-
-import migrations
 
 from .database import open_engine, schema_revision, translated_errors
+from .revisions import alembic_config, head_revision, known_revisions
 
-MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
-
-
-def alembic_config() -> Config:
-    """An Alembic config pointing at the packaged migrations (no alembic.ini needed)."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    return config
-
-
-def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
-    return head
+__all__ = ["alembic_config", "current", "downgrade", "head_revision", "known_revisions", "upgrade"]
 
 
 def _run(db_url: str, action: str, revision: str) -> None:

@@ -1,7 +1,8 @@
 """The local queue's tables, as typed SQLAlchemy models.
 
-Created and changed only by the Alembic revisions in ``migrations/``; the
-revision those describe is ``SCHEMA_REVISION`` (a test keeps the two equal).
+Created and changed only by the Alembic revisions in ``migrations/`` (installed
+as ``bridge.migrations``; ``bridge.revisions`` reads which revision is current).
+A test keeps these models and the migrations' result equal.
 Times are stored as naive UTC and handed out as aware UTC datetimes.
 """
 
@@ -29,8 +30,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-SCHEMA_REVISION = "0001"
 
 # The states and kinds as types mypy checks; the tuples (for SQL and CLI choices) follow them.
 TaskStatus = Literal["queued", "running", "done", "failed", "expired"]

@@ -2,6 +2,7 @@
 
 import logging
 
+from ._version import __version__
 from .client import TaskManagerClient
 from .config import DEFAULT_API_URL, TaskManagerConfig, default_worker_id
 from .dedupe import dedupe_key, php_json
@@ -47,6 +48,7 @@ __all__ = [
     "TaskManagerTimeoutError",
     "TaskManagerValidationError",
     "TaskType",
+    "__version__",
     "dedupe_key",
     "default_worker_id",
     "php_json",

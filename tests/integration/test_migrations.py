@@ -10,14 +10,20 @@ from sqlalchemy import inspect, text
 from bridge import DatabaseError, LocalQueue, SchemaError
 from bridge import database as bridge_database
 from bridge.database import open_engine
-from bridge.migrate import current, downgrade, head_revision, upgrade
-from bridge.schema import SCHEMA_REVISION, Base
+from bridge.migrate import current, downgrade, head_revision, known_revisions, upgrade
+from bridge.revisions import migrations_dir
+from bridge.schema import Base
 
 TABLES = {"tasks", "outbox", "task_types", "bridge_state"}
 
 
-def test_schema_revision_constant_is_alembic_head():
-    assert SCHEMA_REVISION == head_revision() == bridge_database.SCHEMA_REVISIONS[-1]
+SCHEMA_REVISION = head_revision()
+
+
+def test_revisions_come_from_the_scripts():
+    """One source: the ids the code checks are the ones in migrations/versions/."""
+    in_files = {path.name.split("_", 1)[0] for path in (migrations_dir() / "versions").glob("*.py")}
+    assert set(known_revisions()) == in_files
 
 
 def test_upgrade_compare_downgrade_upgrade(db_url: str):
@@ -69,8 +75,7 @@ def test_newer_schema_refused(migrated_url: str):
 
 
 def test_older_schema_refused_with_upgrade_command(migrated_url: str, monkeypatch):
-    monkeypatch.setattr(bridge_database, "SCHEMA_REVISION", "0002")
-    monkeypatch.setattr(bridge_database, "SCHEMA_REVISIONS", ("0001", "0002"))
+    monkeypatch.setattr(bridge_database, "known_revisions", lambda: ("0001", "0002"))
     with pytest.raises(SchemaError, match=r"behind 0002\. Upgrade it with: taskmanager-bridge db"):
         LocalQueue(migrated_url)
 

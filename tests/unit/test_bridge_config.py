@@ -76,3 +76,75 @@ def test_url_normalisation():
     assert normalise_url("sqlite:///rel.db") == "sqlite:///rel.db"
     with pytest.raises(BridgeConfigError, match="in-memory"):
         normalise_url(":memory:")
+
+
+def test_settings_are_the_dataclass_fields():
+    """One declaration: SETTINGS is read off BridgeConfig, defaults included."""
+    from dataclasses import fields
+
+    from bridge.config import SETTINGS
+
+    defaults = BridgeConfig()
+    assert [s.name for s in SETTINGS] == [f.name for f in fields(BridgeConfig)][: len(SETTINGS)]
+    for setting in SETTINGS:
+        assert getattr(defaults, setting.name) == setting.default
+        assert setting.kind in (int, float, str, list) and setting.doc
+    assert {s.name for s in SETTINGS}.isdisjoint({"taskmanager", "source", "explicit_worker_id"})
+
+
+@pytest.mark.parametrize(
+    ("text", "wanted"),
+    [
+        ('lease_seconds = "300"', "must be a number"),  # the bug: text is not a number in TOML
+        ("lease_seconds = true", "must be a number"),
+        ("prefetch = [1]", "must be a number"),
+        ("workers = { n = 2 }", "must be a number"),
+        ("db_url = 5", "must be a string"),
+        ("db_url = ['a.db']", "must be a string"),
+        ('types = "a,b"', "must be an array of names"),
+        ("types = 3", "must be an array of names"),
+        ("[taskmanager]\ntimeout = '30'", "must be a number"),
+        ("[taskmanager]\napi_key = 12345", "must be a string"),
+        ("[taskmanager]\nverify_tls = 'yes'", "must be true or false"),
+    ],
+)
+def test_wrong_toml_type_names_key_and_file(tmp_path, text: str, wanted: str):
+    path = tmp_path / "typed.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(BridgeConfigError) as info:
+        BridgeConfig.load(path, env={})
+    key = text.rsplit("\n", 1)[-1].split("=")[0].strip()
+    message = str(info.value)
+    assert key in message and str(path) in message and wanted in message, message
+
+
+def test_text_stays_valid_from_the_environment(tmp_path):
+    path = tmp_path / "b.toml"
+    path.write_text("lease_seconds = 200\ntypes = ['x']\n")
+    config = BridgeConfig.load(path, env={"BRIDGE_LEASE_SECONDS": "300", "BRIDGE_TYPES": "a, b"})
+    assert (config.lease_seconds, config.types) == (300.0, ["a", "b"])
+    assert BridgeConfig.load(path, env={}).lease_seconds == 200.0  # a TOML integer is a number
+
+
+def test_repr_never_shows_the_api_key(tmp_path):
+    path = tmp_path / "secret.toml"
+    path.write_text(
+        'db_url = "postgresql://bridge:pg-s3cret@db.local/q"\n'
+        '[taskmanager]\napi_key = "tm-SECRET-key-123"\napi_url = "https://x/api"\n'
+    )
+    config = BridgeConfig.load(path, env={})
+    assert config.taskmanager["api_key"] == "tm-SECRET-key-123"  # still usable
+    for text in (repr(config), str(config), f"{config}", repr([config])):
+        assert "tm-SECRET-key-123" not in text and "pg-s3cret" not in text
+        assert "https://x/api" in text and "lease_seconds=300.0" in text
+
+
+def test_explicit_worker_id_resolved_at_load(tmp_path):
+    path = tmp_path / "w.toml"
+    path.write_text('[taskmanager]\nworker_id = "from-file"\n')
+    assert BridgeConfig.load(env={}).explicit_worker_id is None
+    assert BridgeConfig.load(path, env={}).explicit_worker_id == "from-file"
+    from_env = BridgeConfig.load(path, env={"TASKMANAGER_WORKER_ID": "from-env"})
+    assert from_env.explicit_worker_id == "from-env"
+    assert BridgeConfig.load(env={"TASKMANAGER_WORKER_ID": ""}).explicit_worker_id is None
+    assert BridgeConfig(taskmanager={"worker_id": "direct"}).explicit_worker_id == "direct"

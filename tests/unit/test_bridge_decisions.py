@@ -374,15 +374,48 @@ def _server_row(remote_id: int, claimed_by: str, attempts: int = 1) -> Task:
     )
 
 
-def test_reconcile_imports_only_our_claims_that_it_does_not_know(rig: Rig):
+def test_reconcile_imports_only_claims_an_open_intent_explains(rig: Rig):
     bridge = rig.make()
     _claim(rig, 1)  # known locally at attempt 1
+    asked_at = rig.clock.now
+    rig.store.open_claim_intent(TYPE, asked_at)  # a claim of ours whose answer was lost
     rig.client.claimed_rows = [
         _server_row(1, bridge.worker_id),
         _server_row(2, bridge.worker_id),
         _server_row(3, "someone-else"),
+        _server_row(4, bridge.worker_id),  # ours too, but no intent left to explain it
     ]
+    rig.clock.advance(60)
     assert bridge.reconcile_tick(rig.clock.now) == 1
     assert rig.client.called("get") == [2]
-    assert rig.store.get_task_by_remote_id(2) is not None
+    imported = rig.store.get_task_by_remote_id(2)
+    assert imported is not None
+    assert imported.lease_expires_at == asked_at + timedelta(seconds=300)  # from our clock
     assert rig.store.get_task_by_remote_id(3) is None
+    assert rig.store.get_task_by_remote_id(4) is None
+    assert rig.store.claim_intents() == []
+    assert rig.store.get_state("foreign_claims") == "1"
+
+
+def test_intents_older_than_the_lease_explain_nothing(rig: Rig):
+    bridge = rig.make(lease_seconds=300)
+    rig.store.open_claim_intent(TYPE, rig.clock.now)
+    rig.clock.advance(301)
+    rig.client.claimed_rows = [_server_row(2, bridge.worker_id)]
+    assert bridge.reconcile_tick(rig.clock.now) == 1  # still explained on this tick
+    rig.store.open_claim_intent(TYPE, rig.clock.now - timedelta(seconds=400))
+    rig.client.claimed_rows = []
+    bridge.reconcile_tick(rig.clock.now)
+    assert rig.store.claim_intents() == []
+
+
+def test_a_burst_keeps_its_intent_only_when_an_answer_may_be_lost(rig: Rig):
+    bridge = rig.make()
+    rig.client.remote[TYPE] = [1]
+    bridge.pull_tick(rig.clock.now)  # every answer recorded
+    assert rig.store.claim_intents() == []
+    rig.client.remote[TYPE] = [2]
+    rig.client.errors["claim"] = [TaskManagerConnectionError("no answer")]
+    rig.clock.advance(10)
+    bridge.pull_tick(rig.clock.now)
+    assert [i.task_type for i in rig.store.claim_intents()] == [TYPE]
