@@ -277,7 +277,7 @@ class Bridge:
                 task = self.client.claim_task(task_type=task_type, worker_id=self.worker_id)
                 if task is None:
                     break
-                self.store.insert_claimed(task, self.config.lease_seconds, now)
+                self._record_claim(task, now)
                 claimed += 1
         except TaskManagerError as exc:
             return claimed, exc
@@ -476,6 +476,20 @@ class Bridge:
             imported += self._import_claim(row.id, intent, now)
         return imported, foreign
 
+    def _record_claim(self, claim: ClaimedTask, now: datetime) -> bool:
+        task, changed = self.store.insert_claimed(claim, self.config.lease_seconds, now)
+        if changed and task.status == "done":
+            logger.warning(
+                "task %d (remote %d, %s) was claimed again while its result is kept here: "
+                "sending that result for the new claim (attempt %d) instead of running it again",
+                task.id,
+                claim.id,
+                task.type,
+                claim.attempts,
+                extra=task_fields(task.id, claim.id, task.type),
+            )
+        return changed
+
     def _import_claim(self, remote_id: int, intent: ClaimIntent, now: datetime) -> int:
         full = self.client.get_task(remote_id)
         claim = ClaimedTask(
@@ -487,7 +501,7 @@ class Bridge:
             worker_id=self.worker_id,
             claimed_at=intent.opened_at,  # our clock: the server's timestamps are data only
         )
-        _, changed = self.store.insert_claimed(claim, self.config.lease_seconds, now)
+        changed = self._record_claim(claim, now)
         self.store.delete_state(intent.key)
         return int(changed)
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics for the daemon (optional: pip install 'taskmanager-bridge[metrics]').
+"""Prometheus metrics for the daemon (optional: the ``metrics`` extra, prometheus-client).
 
 Counters are fed by the daemon's jobs; queue depth, outbox backlog and contact
 age are read from the database at scrape time, so they are right whichever
@@ -84,7 +84,8 @@ class Metrics(NullMetrics):
             from prometheus_client import CollectorRegistry, Counter, Histogram
         except ImportError:
             raise BridgeConfigError(
-                "metrics need prometheus-client: pip install 'taskmanager-bridge[metrics]'"
+                "metrics need prometheus-client: pip install prometheus-client "
+                "(or, from a clone: pip install '.[metrics]')"
             ) from None
         self.registry = CollectorRegistry()
         self._claims = Counter(

@@ -232,8 +232,9 @@ class TaskQueries:
 
         Returns the task and whether anything changed. A newer claim of a task we
         already know renews the lease of a queued/running row, and re-queues a
-        failed/expired one; a ``done`` row is left alone (its completion is in the
-        outbox and the server still shows us as the claimer).
+        failed/expired one. A ``done`` row keeps its result: it is sent again for the
+        new claim (unless its completion is still pending, which the server will
+        accept as ours), instead of running the task again.
         """
         fresh = {
             "remote_attempt": claimed.attempts,
@@ -246,14 +247,32 @@ class TaskQueries:
                     known = _by_remote_id(conn, claimed.id)
                     if known is None:
                         return _insert_claim(conn, claimed, fresh, now), True
-                    if (known.remote_attempt or 0) >= claimed.attempts or known.status == "done":
+                    if (known.remote_attempt or 0) >= claimed.attempts:
                         return known, False
+                    if known.status == "done" and known.result is not None:
+                        return self._resend_result(conn, known, fresh, now), True
                     return _renew_claim(conn, known, fresh), True
             except DatabaseError as exc:
                 if isinstance(exc.__cause__, IntegrityError):  # another writer inserted it first
                     continue
                 raise
         raise RuntimeError(f"remote task {claimed.id} could not be recorded")  # pragma: no cover
+
+    def _resend_result(
+        self, conn: Connection, known: LocalTask, fresh: dict[str, Any], now: datetime
+    ) -> LocalTask:
+        row = conn.execute(
+            update(tasks).where(tasks.c.id == known.id).values(**fresh).returning(*TASK_COLUMNS)
+        ).one()
+        renewed = LocalTask.from_values(row)
+        pending = conn.execute(
+            select(func.count()).where(
+                IS_PENDING, outbox.c.task_id == known.id, outbox.c.kind == "complete"
+            )
+        ).scalar_one()
+        if not pending:
+            append_for_task(self.sql, conn, "complete", {"result": known.result}, now, renewed)
+        return renewed
 
     def expire_unstartable(self, lease_margin_seconds: float, now: datetime) -> int:
         """Queued remote tasks whose lease ends within the margin will never be handed out."""

@@ -389,3 +389,25 @@ def test_lease_expiry_before_start_then_reclaimed_later(rig: Rig):
     rig.bridge.push_tick(rig.clock.now)
     remote = rig.admin.get_task(remote_id)
     assert (remote.status, remote.attempts, remote.result) == ("completed", 2, {"second": "try"})
+
+
+def test_a_reclaimed_task_whose_result_we_hold_gets_that_result_not_a_new_run(rig: Rig):
+    (remote_id,) = rig.create(1)
+    assert rig.bridge.pull_tick(rig.clock.now) == 1
+    task = rig.queue.dequeue()
+    assert task is not None
+    rig.queue.complete(task, {"ours": True})
+    rig.server.advance_clock(301)  # our lease ran out before the result went out
+    other = rig.admin.claim_task(task_type=TYPE, worker_id="other-host")
+    assert other is not None and other.id == remote_id
+    rig.bridge.push_tick(rig.clock.now)
+    assert [row.status for row in rig.queue.outbox(None, 10)] == ["superseded"]
+    rig.server.advance_clock(301)  # the other host died too: the task is claimable again
+    rig.clock.advance(60)
+    assert rig.bridge.pull_tick(rig.clock.now) == 1
+    assert rig.queue.get(task.id).status == "done"  # kept, not queued to run again
+    assert rig.queue.dequeue() is None
+    assert rig.bridge.push_tick(rig.clock.now) == 1
+    remote = rig.admin.get_task(remote_id)
+    assert remote.status == "completed" and remote.result == {"ours": True}
+    assert remote.attempts == 3
