@@ -153,9 +153,19 @@ def _print_status(doc: dict[str, Any], as_json: bool) -> int:
         print(f"claim limit {task_type}: {plan['limit']} ({reason}; {plan['queued']} queued)")
     print(
         f"last contact: {doc['last_contact'] or 'never'}   "
-        f"outage: {'since ' + doc['outage_since'] if doc['in_outage'] else 'none'}"
+        f"contact: {_contact_line(doc['contact'])}"
     )
     return 0
+
+
+def _contact_line(contact: dict[str, Any]) -> str:
+    words = {"ok": "ok", "outage": "OUTAGE", "auth_failed": "AUTH FAILED", "unknown": "unknown"}
+    line = str(words.get(contact["state"], contact["state"]))
+    if contact["since"] and contact["state"] != "unknown":
+        line += f" since {contact['since']}"
+    if contact["reason"] and contact["state"] != "ok":
+        line += f" ({contact['reason']})"
+    return line
 
 
 def cmd_health(args: argparse.Namespace) -> int:

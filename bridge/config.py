@@ -122,6 +122,9 @@ class BridgeConfig:
     never reads ``os.environ`` itself (``load(env=...)`` then isolates it too).
     """
 
+    api_key_source: str = "no API key set (TASKMANAGER_API_KEY, or api_key in [taskmanager])"
+    """Where the API key came from, for messages that must never show the key itself."""
+
     def __post_init__(self) -> None:
         # Built directly (not by load): the table is the only place the id can come from.
         if self.explicit_worker_id is None and self.taskmanager.get("worker_id"):
@@ -370,11 +373,18 @@ class RawConfig:
                 f"than lease_seconds ({values['lease_seconds']})"
             )
         worker_id = self.env.get(WORKER_ID_VARIABLE) or self.taskmanager.get("worker_id")
+        if self.env.get("TASKMANAGER_API_KEY"):
+            key_source = "from the environment variable TASKMANAGER_API_KEY"
+        elif self.taskmanager.get("api_key"):
+            key_source = f"api_key in [taskmanager] of {self.file_path}"
+        else:
+            key_source = BridgeConfig.api_key_source
         return BridgeConfig(
             **values,
             taskmanager=dict(self.taskmanager),
             source=str(self.file_path) if self.file_path else None,
             explicit_worker_id=str(worker_id) if worker_id else None,
+            api_key_source=key_source,
         )
 
     def _value(self, setting: Setting) -> Any:

@@ -35,6 +35,7 @@ from taskmanager.transport import backoff_delay
 
 from .claiming import ClaimLimit, claim_limit, lease_warnings
 from .config import BridgeConfig
+from .contact import Contact, ContactState
 from .database import check_schema
 from .errors import DatabaseError, SchemaError
 from .logs import task_fields
@@ -46,17 +47,17 @@ from .schema import FinalOutboxStatus
 from .storage import Store
 from .storage.state import (
     CLAIM_PLAN_KEY,
+    CONTACT_KEY,
     FOREIGN_CLAIMS_KEY,
     LAST_CONTACT_KEY,
     LAST_TICK_KEY,
-    OUTAGE_SINCE_KEY,
     WORKER_ID_KEY,
     ClaimIntent,
 )
 
 logger = logging.getLogger("bridge.daemon")
 
-__all__ = ["LAST_CONTACT_KEY", "LAST_TICK_KEY", "OUTAGE_SINCE_KEY", "WORKER_ID_KEY", "Bridge"]
+__all__ = ["LAST_CONTACT_KEY", "LAST_TICK_KEY", "WORKER_ID_KEY", "Bridge", "Daemon"]
 
 STATE_WRITE_EVERY = timedelta(seconds=5)
 
@@ -102,7 +103,9 @@ class Bridge:
         self._next_push: datetime | None = None
         self._push_failures = 0
         self._paused_until: datetime | None = None
-        self._outage_since: datetime | None = None
+        # A new start knows nothing of the server yet: a previous run's outage is history.
+        self._contact = Contact("unknown", utcnow())
+        self.store.set_state(CONTACT_KEY, self._contact.to_json(), self._contact.since)
         self._backlog_paused = False
         self._risk_logged: set[int] = set()
         self._claim_reasons: dict[str, str] = {}
@@ -131,31 +134,49 @@ class Bridge:
             self.store.set_state(key, value, now)
             self._state_written[key] = now
 
-    def _contact_ok(self, now: datetime) -> None:
+    def _set_contact(self, state: ContactState, now: datetime, reason: str = "") -> Contact:
+        """Move to ``state``; returns the state it left (written to the database on change)."""
         with self._lock:
-            began, self._outage_since = self._outage_since, None
-        if began is not None:
+            previous = self._contact
+            if previous.state != state:
+                self._contact = Contact(state, now, reason)
+        if previous.state != state:
+            self._write_state(CONTACT_KEY, self._contact.to_json(), now, force=True)
+        return previous
+
+    def _contact_ok(self, now: datetime) -> None:
+        previous = self._set_contact("ok", now)
+        if previous.state == "outage":
             pending, _ = self.store.outbox_backlog()
             logger.warning(
                 "outage ended after %.1f s; %d outbox rows to deliver",
-                (now - began).total_seconds(),
+                (now - previous.since).total_seconds(),
                 pending,
             )
-            self._write_state(OUTAGE_SINCE_KEY, "", now, force=True)
+        elif previous.state == "auth_failed":
+            logger.warning("the server accepts the API key again")
         self._write_state(LAST_CONTACT_KEY, _iso(now), now)
 
     def _contact_failed(self, now: datetime, reason: str) -> None:
-        with self._lock:
-            began = self._outage_since is None
-            if began:
-                self._outage_since = now
-        if began:
+        if self._set_contact("outage", now, reason).state != "outage":
             logger.warning("outage began: %s", reason)
-            self._write_state(OUTAGE_SINCE_KEY, _iso(now), now, force=True)
+
+    def _auth_failed(self, now: datetime, error: str) -> None:
+        reason = f"authentication failed: {error}"
+        if self._set_contact("auth_failed", now, reason).state != "auth_failed":
+            logger.error(
+                "%s. Check the API key (%s); claiming and delivery wait and try again.",
+                reason,
+                self.config.api_key_source,
+            )
 
     @property
     def in_outage(self) -> bool:
-        return self._outage_since is not None
+        return self._contact.state == "outage"
+
+    @property
+    def contact(self) -> Contact:
+        return self._contact
 
     def _rate_limited(self, now: datetime) -> bool:
         return self._paused_until is not None and now < self._paused_until
@@ -290,7 +311,11 @@ class Bridge:
         if isinstance(error, TaskManagerRateLimitError):
             self._pause_for_rate_limit(now, error.retry_after, tick_started)
             return False
-        if isinstance(error, (TaskManagerConnectionError, TaskManagerAuthError)):
+        if isinstance(error, TaskManagerAuthError):
+            self._auth_failed(now, str(error))
+            self._schedule_pull(task_type, now, found_work=False)  # back off while refused
+            return False
+        if isinstance(error, TaskManagerConnectionError):
             self._contact_failed(now, str(error))
             return False
         logger.warning("claiming %s failed: %s", task_type, error)
@@ -344,8 +369,11 @@ class Bridge:
         batch: _PushBatch,
     ) -> bool:
         """Act on one row's outcome; False when the push must stop (outage, 429)."""
-        if outcome.verdict is Verdict.OUTAGE:
-            self._contact_failed(now, outcome.reason or "no answer")
+        if outcome.verdict in (Verdict.OUTAGE, Verdict.AUTH_FAILED):
+            if outcome.verdict is Verdict.OUTAGE:
+                self._contact_failed(now, outcome.reason or "no answer")
+            else:
+                self._auth_failed(now, outcome.reason or "refused")
             delay = backoff_delay(
                 self._push_failures, 1.0, self.config.push_backoff_max_seconds, self.rng
             )
@@ -445,7 +473,10 @@ class Bridge:
         except TaskManagerRateLimitError as exc:
             self._pause_for_rate_limit(now, exc.retry_after, tick_started)
             return 0
-        except (TaskManagerConnectionError, TaskManagerAuthError) as exc:
+        except TaskManagerAuthError as exc:
+            self._auth_failed(now, str(exc))
+            return 0
+        except TaskManagerConnectionError as exc:
             self._contact_failed(now, str(exc))
             return 0
         except TaskManagerError as exc:

@@ -17,6 +17,7 @@ from taskmanager import TaskManagerClient
 from taskmanager.validation import check_schema
 
 from .config import BridgeConfig
+from .contact import Contact
 from .database import display_url, normalise_url
 from .models import OutboxEntry, QueueCounts
 from .outbox import Outcome, apply_outcome, deliver
@@ -25,10 +26,10 @@ from .schema import OUTBOX_STATUSES, TASK_STATUSES, OutboxStatus
 from .storage import Store, open_store
 from .storage.state import (
     CLAIM_PLAN_KEY,
+    CONTACT_KEY,
     FOREIGN_CLAIMS_KEY,
     LAST_CONTACT_KEY,
     LAST_TICK_KEY,
-    OUTAGE_SINCE_KEY,
     WORKER_ID_KEY,
 )
 
@@ -42,10 +43,18 @@ class Snapshot:
     counts: QueueCounts
     worker_id: str | None
     last_contact: datetime | None
-    outage_since: datetime | None
+    contact: Contact | None  # None: no daemon has run on this database
     last_tick: datetime | None
     claim_plans: dict[str, dict[str, Any]]  # per type: the daemon's last claim limit and why
     foreign_claims: int  # claims by our worker id this bridge did not make (shared id?)
+
+    @property
+    def outage_since(self) -> datetime | None:
+        return self.contact.since if self.contact and self.contact.state == "outage" else None
+
+    @property
+    def auth_failed(self) -> bool:
+        return self.contact is not None and self.contact.state == "auth_failed"
 
     @property
     def oldest_pending_age(self) -> float | None:
@@ -66,6 +75,11 @@ class Snapshot:
             "last_contact": _iso(self.last_contact),
             "outage_since": _iso(self.outage_since),
             "in_outage": self.outage_since is not None,
+            "contact": {
+                "state": self.contact.state if self.contact else "unknown",
+                "since": _iso(self.contact.since) if self.contact else None,
+                "reason": self.contact.reason if self.contact else "",
+            },
             "claim_limits": self.claim_plans,
             "foreign_claims": self.foreign_claims,
         }
@@ -116,7 +130,7 @@ class Operations:
             counts=self.store.counts(),
             worker_id=state(WORKER_ID_KEY),
             last_contact=_moment(state(LAST_CONTACT_KEY)),
-            outage_since=_moment(state(OUTAGE_SINCE_KEY)),
+            contact=Contact.from_json(state(CONTACT_KEY)),
             last_tick=_moment(state(LAST_TICK_KEY)),
             foreign_claims=int(state(FOREIGN_CLAIMS_KEY) or 0),
             claim_plans={
@@ -136,6 +150,8 @@ class Operations:
             problems.append(
                 f"oldest pending outbox row is {age:.0f} s old (limit {max_outbox_age:g} s)"
             )
+        if snapshot.auth_failed and snapshot.contact is not None:
+            problems.append(f"the server refuses the API key: {snapshot.contact.reason}")
         if snapshot.foreign_claims:
             problems.append(
                 f"{snapshot.foreign_claims} claim(s) by worker id {snapshot.worker_id} were not "

@@ -10,7 +10,7 @@ later attempt (promise 3):
   worker; a progress report for a task no longer ours), verified by a read;
 * dead: refused for good (400 validation, 404, 413); later rows are not blocked;
 * retry: a 5xx or an unreadable answer, tried again after a back-off;
-* outage / rate_limited: not this row's fault; the push stops and backs off.
+* outage / auth_failed / rate_limited: not this row's fault; the push stops and backs off.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class Verdict(Enum):
     DEAD = "dead"
     RETRY = "retry"
     OUTAGE = "outage"
+    AUTH_FAILED = "auth_failed"
     RATE_LIMITED = "rate_limited"
 
 
@@ -114,7 +115,7 @@ def deliver(entry: OutboxEntry, client: TaskManagerClient) -> Outcome:
     except TaskManagerConnectionError as exc:
         return Outcome(Verdict.OUTAGE, str(exc))
     except TaskManagerAuthError as exc:  # our key, not this row: stop and back off
-        return Outcome(Verdict.OUTAGE, f"authentication failed, check the API key: {exc}")
+        return Outcome(Verdict.AUTH_FAILED, str(exc))
     except TaskManagerNotFoundError as exc:
         return Outcome(Verdict.DEAD, str(exc))
     except TaskManagerValidationError as exc:  # 400, 413, and refusals before sending

@@ -58,10 +58,10 @@ MUTATIONS = [
         "    return Outcome(\n        Verdict.RETRY,",
     ),
     Mutation(
-        "a 401 treated as a dead row instead of an outage",
+        "a 401 treated as a dead row instead of a refused key",
         "bridge/outbox.py",
-        'return Outcome(Verdict.OUTAGE, f"authentication failed',
-        'return Outcome(Verdict.DEAD, f"authentication failed',
+        "return Outcome(Verdict.AUTH_FAILED, str(exc))",
+        "return Outcome(Verdict.DEAD, str(exc))",
     ),
     Mutation(
         "429 pause counted from the tick's start",

@@ -18,7 +18,7 @@ from .connector import Connector
 # The daemon's facts in ``bridge_state``, written by the daemon, read by operators.
 WORKER_ID_KEY = "remote_worker_id"
 LAST_CONTACT_KEY = "last_contact"
-OUTAGE_SINCE_KEY = "outage_since"
+CONTACT_KEY = "contact"  # the daemon's contact state since it started (bridge.contact)
 LAST_TICK_KEY = "last_tick"
 CLAIM_PLAN_KEY = "claim_plan:"  # + task type: the claim limit, its inputs and reason (JSON)
 CLAIM_INTENT_KEY = "claim_intent:"  # + a random id: claims asked for, not yet all recorded

@@ -339,7 +339,7 @@ def _conflict(current: Task | None) -> TaskManagerConflictError:
         ("complete", TaskManagerValidationError(400, "Validation failed"), Verdict.DEAD),
         ("complete", TaskManagerServerError(500, "boom"), Verdict.RETRY),
         ("complete", TaskManagerConnectionError("refused"), Verdict.OUTAGE),
-        ("complete", TaskManagerAuthError(401, "Unauthorized"), Verdict.OUTAGE),
+        ("complete", TaskManagerAuthError(401, "Unauthorized"), Verdict.AUTH_FAILED),
         ("complete", _rate_limited(30.0), Verdict.RATE_LIMITED),
     ],
 )
