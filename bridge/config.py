@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from taskmanager import TaskManagerConfig, TaskManagerConfigError
-from taskmanager.config import parse_number
+from taskmanager.config import SETTING_NAMES, parse_number
 
 from .errors import BridgeConfigError
 
@@ -231,7 +231,7 @@ class BridgeConfig:
     def client_config(self, env: Mapping[str, str] | None = None) -> TaskManagerConfig:
         """The client's config: ``TASKMANAGER_*`` variables, then the ``[taskmanager]`` table."""
         env = os.environ if env is None else env
-        known = {f.name for f in fields(TaskManagerConfig)}
+        known = set(SETTING_NAMES)
         unknown = sorted(set(self.taskmanager) - known)
         if unknown:
             raise BridgeConfigError(

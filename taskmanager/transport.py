@@ -156,7 +156,7 @@ class Transport:
         self.session = session if session is not None else self._own_session(config)
         if not config.verify_tls:
             self.session.verify = False
-            logger.warning("TLS certificate verification is OFF for %s", config.base_url)
+            logger.warning("TLS certificate verification is OFF for %s", config.api_url)
         self.sleep = sleep
         self.clock = clock
         self.rng = rng or random.Random()
@@ -172,7 +172,7 @@ class Transport:
         config, and applied to every request.
         """
         session = requests.Session()
-        settings = session.merge_environment_settings(config.base_url, {}, None, None, None)
+        settings = session.merge_environment_settings(config.api_url, {}, None, None, None)
         session.trust_env = False
         session.proxies.update(settings["proxies"] or {})
         session.verify = settings["verify"] if settings["verify"] is not None else True
@@ -184,7 +184,7 @@ class Transport:
     def _headers(self, auth: bool) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if auth and self.config.api_key:
-            headers["X-API-Key"] = str(self.config.api_key)
+            headers["X-API-Key"] = self.config.api_key
         return headers
 
     def _send(
@@ -253,8 +253,8 @@ class Transport:
 
         ``retries`` overrides the configured number of retries (0 for a probe).
         """
-        max_retries = int(self.config.retry_attempts or 0) if retries is None else retries
-        url = self.config.base_url + path
+        max_retries = self.config.retry_attempts if retries is None else retries
+        url = self.config.api_url + path
         payload = encode_body(body) if body is not None else None
         started = self.clock()
         retry_number = 0
@@ -298,13 +298,13 @@ class Transport:
                 if delay_hint is not None
                 else backoff_delay(
                     retry_number,
-                    float(self.config.backoff_base or 0),
-                    float(self.config.backoff_max or 0),
+                    self.config.backoff_base,
+                    self.config.backoff_max,
                     self.rng,
                 )
             )
             elapsed = self.clock() - started
-            if elapsed + delay > float(self.config.retry_deadline or 0):
+            if elapsed + delay > self.config.retry_deadline:
                 logger.warning(
                     "%s %s -> %s; giving up: a %.1f s wait would pass the %.0f s retry deadline",
                     method,
