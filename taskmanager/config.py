@@ -193,9 +193,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("retry_attempts", int, 3, "retries after the first try"),
     Setting("backoff_base", float, 1.0, "first back-off (1 s, 2 s, 4 s ... ±20% jitter)"),
     Setting("backoff_max", float, 30.0, "cap of one back-off"),
-    Setting(
-        "retry_deadline", float, 60.0, "total seconds of waiting a call may spend on retries"
-    ),
+    Setting("retry_deadline", float, 60.0, "total seconds of waiting a call may spend on retries"),
     Setting("verify_tls", bool, True, "turning it off logs a warning"),
     Setting(
         "allow_insecure_http",
@@ -203,9 +201,7 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "`http://` is refused except to loopback unless true",
     ),
-    Setting(
-        "validate_params", bool, True, "check params against a known schema before sending"
-    ),
+    Setting("validate_params", bool, True, "check params against a known schema before sending"),
 )
 SETTING_NAMES: tuple[str, ...] = tuple(setting.name for setting in SETTINGS)
 
