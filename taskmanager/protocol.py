@@ -31,6 +31,11 @@ from .exceptions import (
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 
+# The server's words when MariaDB aborted the transaction (API_CONTRACT.md,
+# "Transient deadlocks under concurrency"): it was rolled back, so sending the
+# request again is as safe as after a 503.
+TRANSIENT_DEADLOCK_MARKERS = ("SQLSTATE[40001]", "Deadlock found when trying to get lock")
+
 # Longest wait a server may ask for: anything longer is treated as this (a day).
 MAX_RETRY_AFTER_SECONDS = 86_400.0
 
@@ -153,6 +158,14 @@ def error_text(body: Mapping[str, Any]) -> str:
     return "error answer without a message"
 
 
+def is_transient_deadlock(status: int, message: str) -> bool:
+    """A 500 whose transaction the database aborted and rolled back: safe to send again.
+
+    Any other 500 may have half-happened, so it is not retried.
+    """
+    return status == 500 and any(marker in message for marker in TRANSIENT_DEADLOCK_MARKERS)
+
+
 def interpret(
     answer: Answer,
     nothing_when: NothingPredicate | None,
@@ -197,7 +210,8 @@ def interpret(
     )
     return Outcome(
         error=error,
-        retryable=answer.status in RETRYABLE_STATUSES,
+        retryable=answer.status in RETRYABLE_STATUSES
+        or is_transient_deadlock(answer.status, message),
         retry_after=error.retry_after if isinstance(error, TaskManagerRateLimitError) else None,
         label=label,
     )
