@@ -19,13 +19,14 @@ import sys
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, get_origin, get_type_hints
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from taskmanager import TaskManagerConfig, TaskManagerConfigError
-from taskmanager.config import parse_number
+from taskmanager.config import SETTING_NAMES, parse_number
+from taskmanager.config import SETTINGS as CLIENT_SETTINGS
 
 from .errors import BridgeConfigError
 
@@ -166,7 +167,7 @@ class BridgeConfig:
     def client_config(self, env: Mapping[str, str] | None = None) -> TaskManagerConfig:
         """The client's config: ``TASKMANAGER_*`` variables, then the ``[taskmanager]`` table."""
         env = os.environ if env is None else env
-        known = {f.name for f in fields(TaskManagerConfig)}
+        known = set(SETTING_NAMES)
         unknown = sorted(set(self.taskmanager) - known)
         if unknown:
             raise BridgeConfigError(
@@ -320,14 +321,8 @@ def _check_toml_type(name: str, kind: type, value: object, where: str) -> None:
 
 
 def _client_field_kinds() -> dict[str, type]:
-    """The type each ``TaskManagerConfig`` field holds once resolved (``X | None`` -> X)."""
-    kinds: dict[str, type] = {}
-    for name, hint in get_type_hints(TaskManagerConfig).items():
-        args = [a for a in get_args(hint) if a is not type(None)]
-        kind = args[0] if len(args) == 1 else hint
-        if isinstance(kind, type):
-            kinds[name] = kind
-    return kinds
+    """The type of each client setting, from the client's own declaration."""
+    return {setting.name: setting.kind for setting in CLIENT_SETTINGS}
 
 
 @dataclass(frozen=True)

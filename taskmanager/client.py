@@ -110,11 +110,11 @@ class TaskManagerClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"TaskManagerClient(api_url={self.config.base_url!r}, worker_id={self.worker_id!r})"
+        return f"TaskManagerClient(api_url={self.config.api_url!r}, worker_id={self.worker_id!r})"
 
     @property
     def worker_id(self) -> str:
-        return self.config.resolved_worker_id
+        return self.config.worker_id
 
     @property
     def rate_limit(self) -> RateLimitInfo | None:

@@ -1,5 +1,11 @@
 """Client configuration: arguments first, ``TASKMANAGER_*`` environment second.
 
+Every setting is declared once, in ``SETTINGS`` (name, type, default, minimum,
+doc); resolution, the error messages and docs/API_REFERENCE.md follow that
+table. What a caller passes is raw input (any field may be missing or a
+string from the environment); a ``TaskManagerConfig`` is the resolved result,
+every field typed and checked, so code that uses it never re-validates.
+
 The environment is read when a config is built, never at import time, so tests
 and long-running processes see the values in force when they construct a client.
 Every bad value is a ``TaskManagerConfigError`` that names the setting.
@@ -11,8 +17,8 @@ import ipaddress
 import math
 import os
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -84,98 +90,227 @@ def parse_number(name: str, raw: Any, kind: type[_T], minimum: float) -> _T:
     return kind(value)  # type: ignore[call-arg]
 
 
-@dataclass(frozen=True)
-class TaskManagerConfig:
-    """Everything the client needs to reach the API.
+def _parse_url(name: str, raw: Any) -> str:
+    """Trailing ``/`` dropped so that ``api_url + "/tasks"`` never doubles it."""
+    return str(raw).rstrip("/")
 
-    Any field left ``None`` is taken from ``TASKMANAGER_<FIELD>`` (upper case),
-    then from its default. ``timeout`` is the read timeout in seconds;
-    ``retry_attempts`` is how many times a failed request is tried again.
+
+def _parse_text(name: str, raw: Any) -> str:
+    return str(raw)
+
+
+def check_api_key(raw: Any) -> str:
+    """The key as it will go into the ``X-API-Key`` header, or an error that never shows it.
+
+    A key read from a file or a secret store often ends in ``"\\n"``; ``requests``
+    would refuse that header later with the key in its message (and in logs).
+    Latin-1 is what HTTP headers can carry.
+    """
+    if not isinstance(raw, str):
+        raise TaskManagerConfigError(f"api_key must be a string, got a {type(raw).__name__}")
+    for position, char in enumerate(raw):
+        if char.isspace() or not char.isprintable():
+            raise TaskManagerConfigError(
+                f"api_key has whitespace or a control character at position {position} "
+                f"(of {len(raw)}): a trailing newline from a file or secret store? "
+                "(value not shown)"
+            )
+        if ord(char) > 0xFF:
+            raise TaskManagerConfigError(
+                f"api_key has a character outside latin-1 at position {position} "
+                "(HTTP headers cannot carry it; value not shown)"
+            )
+    return raw
+
+
+def _parse_api_key(name: str, raw: Any) -> str:
+    return check_api_key(raw)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One client setting: the single place its name, type, default, bounds and doc live.
+
+    ``default`` is a value, or a function for defaults that depend on the host.
+    ``parse`` turns raw input (an argument, TOML value or environment text) into the
+    resolved value; numbers and booleans get theirs from ``kind`` and ``minimum``.
     """
 
-    api_url: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    worker_id: str | None = None
-    timeout: float | None = None
-    connect_timeout: float | None = None
-    retry_attempts: int | None = None
-    backoff_base: float | None = None
-    backoff_max: float | None = None
-    retry_deadline: float | None = None
-    verify_tls: bool | None = None
-    allow_insecure_http: bool | None = None
-    validate_params: bool | None = None
+    name: str
+    kind: type
+    default: Any
+    doc: str
+    minimum: float = 0
+    parse_text: Callable[[str, Any], Any] | None = None
 
-    def __post_init__(self) -> None:
-        self._resolve(os.environ)
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    def default_value(self) -> Any:
+        return self.default() if callable(self.default) else self.default
+
+    def parse(self, raw: Any) -> Any:
+        if self.kind is bool:
+            return _parse_bool(self.name, raw)
+        if self.kind in (int, float):
+            return parse_number(self.name, raw, self.kind, self.minimum)
+        assert self.parse_text is not None, f"{self.name}: a text setting needs parse_text"
+        return self.parse_text(self.name, raw)
+
+    def resolve(self, given: Any, env: Mapping[str, str]) -> Any:
+        """The argument if given, else the environment variable, else the default.
+
+        ``None`` and ``""`` both mean "not given": an exported but empty variable
+        is how shells and unit files say "unset".
+        """
+        raw = given if given is not None else env.get(self.env)
+        if raw is None or raw == "":
+            return self.default_value()
+        return self.parse(raw)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("api_url", str, DEFAULT_API_URL, "base URL; trailing `/` dropped", 0, _parse_url),
+    Setting(
+        "api_key",
+        str,
+        None,
+        "sent only as `X-API-Key`; never in `repr`, logs or errors",
+        0,
+        _parse_api_key,
+    ),
+    Setting(
+        "worker_id",
+        str,
+        default_worker_id,
+        "stable across restarts, so our claims stay ours",
+        0,
+        _parse_text,
+    ),
+    Setting("timeout", float, 30.0, "read timeout, seconds", 0.001),
+    Setting("connect_timeout", float, 5.0, "seconds", 0.001),
+    Setting("retry_attempts", int, 3, "retries after the first try"),
+    Setting("backoff_base", float, 1.0, "first back-off (1 s, 2 s, 4 s ... ±20% jitter)"),
+    Setting("backoff_max", float, 30.0, "cap of one back-off"),
+    Setting("retry_deadline", float, 60.0, "total seconds of waiting a call may spend on retries"),
+    Setting("verify_tls", bool, True, "turning it off logs a warning"),
+    Setting(
+        "allow_insecure_http",
+        bool,
+        False,
+        "`http://` is refused except to loopback unless true",
+    ),
+    Setting("validate_params", bool, True, "check params against a known schema before sending"),
+)
+SETTING_NAMES: tuple[str, ...] = tuple(setting.name for setting in SETTINGS)
+
+
+def resolve_settings(given: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Every setting's resolved value, checked alone and together, by name."""
+    check_known(given)
+    values = {s.name: s.resolve(given.get(s.name), env) for s in SETTINGS}
+    check_url(values["api_url"], allow_insecure_http=values["allow_insecure_http"])
+    return values
+
+
+def check_known(names: Iterable[str]) -> None:
+    """A name that is no setting is a typo: refused rather than silently ignored."""
+    unknown = sorted(set(names) - set(SETTING_NAMES))
+    if unknown:
+        raise TaskManagerConfigError(
+            f"unknown setting(s) {', '.join(unknown)} (known: {', '.join(SETTING_NAMES)})"
+        )
+
+
+def check_url(api_url: str, *, allow_insecure_http: bool) -> None:
+    """An http(s) URL, and https unless the host is loopback or plain http was accepted.
+
+    Plain http to another host would send the API key in clear.
+    """
+    parts = urlsplit(api_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise TaskManagerConfigError(
+            f"api_url must be an http(s) URL such as {DEFAULT_API_URL}, got {api_url!r}"
+        )
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname) and not allow_insecure_http:
+        raise TaskManagerConfigError(
+            f"api_url {api_url!r} is plain http to a non-loopback host: the API key "
+            "would travel in clear. Use https, or set allow_insecure_http=True "
+            "(TASKMANAGER_ALLOW_INSECURE_HTTP=1) if you accept that."
+        )
+
+
+@dataclass(frozen=True, init=False)
+class TaskManagerConfig:
+    """Everything the client needs to reach the API, resolved and checked.
+
+    The constructor takes raw input: any setting left ``None`` is read from
+    ``TASKMANAGER_<SETTING>`` (upper case) in ``env`` (``os.environ`` at call
+    time by default), then from its default; see ``SETTINGS``. The fields are
+    the resolved values, never ``None`` except ``api_key`` (no key configured:
+    only ``/health`` will work).
+    """
+
+    api_url: str
+    api_key: str | None = field(repr=False)
+    worker_id: str
+    timeout: float
+    connect_timeout: float
+    retry_attempts: int
+    backoff_base: float
+    backoff_max: float
+    retry_deadline: float
+    verify_tls: bool
+    allow_insecure_http: bool
+    validate_params: bool
+
+    def __init__(
+        self,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        worker_id: str | None = None,
+        timeout: float | None = None,
+        connect_timeout: float | None = None,
+        retry_attempts: int | None = None,
+        backoff_base: float | None = None,
+        backoff_max: float | None = None,
+        retry_deadline: float | None = None,
+        verify_tls: bool | None = None,
+        allow_insecure_http: bool | None = None,
+        validate_params: bool | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        given = {
+            "api_url": api_url,
+            "api_key": api_key,
+            "worker_id": worker_id,
+            "timeout": timeout,
+            "connect_timeout": connect_timeout,
+            "retry_attempts": retry_attempts,
+            "backoff_base": backoff_base,
+            "backoff_max": backoff_max,
+            "retry_deadline": retry_deadline,
+            "verify_tls": verify_tls,
+            "allow_insecure_http": allow_insecure_http,
+            "validate_params": validate_params,
+        }
+        resolved = resolve_settings(given, os.environ if env is None else env)
+        for name, value in resolved.items():
+            # The one assignment of a frozen instance: at construction, from checked values.
+            object.__setattr__(self, name, value)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> TaskManagerConfig:
-        """Build from an explicit environment mapping (for tests and tools)."""
-        config = object.__new__(cls)
-        for f in fields(cls):
-            object.__setattr__(config, f.name, overrides.get(f.name))
-        config._resolve(env)
-        return config
+        """Build from an explicit environment mapping (for tests and tools).
 
-    def _resolve(self, env: Mapping[str, str]) -> None:
-        def pick(name: str, default: Any) -> Any:
-            value = getattr(self, name)
-            if value is None:
-                value = env.get(ENV_PREFIX + name.upper())
-            return default if value is None or value == "" else value
-
-        resolved: dict[str, Any] = {
-            "api_url": str(pick("api_url", DEFAULT_API_URL)).rstrip("/"),
-            "api_key": pick("api_key", None),
-            "worker_id": str(pick("worker_id", "") or default_worker_id()),
-            "timeout": parse_number("timeout", pick("timeout", 30.0), float, 0.001),
-            "connect_timeout": parse_number(
-                "connect_timeout", pick("connect_timeout", 5.0), float, 0.001
-            ),
-            "retry_attempts": parse_number("retry_attempts", pick("retry_attempts", 3), int, 0),
-            "backoff_base": parse_number("backoff_base", pick("backoff_base", 1.0), float, 0),
-            "backoff_max": parse_number("backoff_max", pick("backoff_max", 30.0), float, 0),
-            "retry_deadline": parse_number(
-                "retry_deadline", pick("retry_deadline", 60.0), float, 0
-            ),
-            "verify_tls": _parse_bool("verify_tls", pick("verify_tls", True)),
-            "allow_insecure_http": _parse_bool(
-                "allow_insecure_http", pick("allow_insecure_http", False)
-            ),
-            "validate_params": _parse_bool("validate_params", pick("validate_params", True)),
-        }
-        for name, value in resolved.items():
-            object.__setattr__(self, name, value)
-        self._check_url()
-
-    def _check_url(self) -> None:
-        parts = urlsplit(str(self.api_url))
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise TaskManagerConfigError(
-                f"api_url must be an http(s) URL such as {DEFAULT_API_URL}, got {self.api_url!r}"
-            )
-        if (
-            parts.scheme == "http"
-            and not is_loopback_host(parts.hostname)
-            and not self.allow_insecure_http
-        ):
-            raise TaskManagerConfigError(
-                f"api_url {self.api_url!r} is plain http to a non-loopback host: the API key "
-                "would travel in clear. Use https, or set allow_insecure_http=True "
-                "(TASKMANAGER_ALLOW_INSECURE_HTTP=1) if you accept that."
-            )
-
-    # Resolved fields are never None; these accessors give mypy the narrowed types.
-    @property
-    def base_url(self) -> str:
-        return str(self.api_url)
-
-    @property
-    def resolved_worker_id(self) -> str:
-        return str(self.worker_id)
+        An override that names no setting is a ``TaskManagerConfigError``.
+        """
+        check_known(overrides)
+        return cls(env=env, **overrides)
 
     @property
     def timeouts(self) -> tuple[float, float]:
         """(connect, read) as ``requests`` wants them."""
-        return (float(self.connect_timeout or 0), float(self.timeout or 0))
+        return (self.connect_timeout, self.timeout)

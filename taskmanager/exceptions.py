@@ -148,7 +148,11 @@ class TaskManagerRateLimitError(TaskManagerAPIError):
 
 
 class TaskManagerServerError(TaskManagerAPIError):
-    """5xx: the server failed. 502/503/504 were retried before this was raised."""
+    """5xx: the server failed.
+
+    502/503/504 and 500s reporting a database deadlock (rolled back, so safe to
+    send again) were retried before this was raised; any other 500 is not.
+    """
 
 
 class TaskManagerProtocolError(TaskManagerAPIError):

@@ -85,21 +85,6 @@ class _RateLimiter:
         return count <= self.limit, headers, max(1, math.ceil(reset - now))
 
 
-Route = tuple[str, "re.Pattern[str]", str]
-_ROUTES: list[Route] = [
-    ("GET", re.compile(r"/health"), "health"),
-    ("POST", re.compile(r"/task-types/register"), "register_type"),
-    ("GET", re.compile(r"/task-types"), "list_types"),
-    ("GET", re.compile(r"/task-types/(?P<name>[^/]+)"), "get_type"),
-    ("POST", re.compile(r"/tasks"), "create_task"),
-    ("GET", re.compile(r"/tasks"), "list_tasks"),
-    ("POST", re.compile(r"/tasks/claim"), "claim"),
-    ("GET", re.compile(r"/tasks/(?P<id>\d+)"), "get_task"),
-    ("POST", re.compile(r"/tasks/(?P<id>\d+)/progress"), "progress"),
-    ("POST", re.compile(r"/tasks/(?P<id>\d+)/complete"), "complete"),
-]
-
-
 # PHP's json_decode refuses (returns null for) anything nested deeper than its default
 # depth of 512: the server answers such a body as invalid JSON. PHP's documented
 # default, assumed here: not measured on the deployment.
@@ -129,6 +114,53 @@ def api_path(raw_path: str) -> str:
     return path.rstrip("/") or "/"
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One routed request, from which each route takes only what its handler needs."""
+
+    match: re.Match[str]
+    raw_path: str
+    body: bytes
+
+    @property
+    def task_id(self) -> int:
+        return int(self.match["id"])
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The query string, first value of each name (as PHP's ``$_GET`` keeps one)."""
+        return {k: v[0] for k, v in parse_qs(urlsplit(self.raw_path).query).items()}
+
+    def json(self) -> dict[str, Any]:
+        return _json_body(self.body)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A method and path pattern, and the handler that answers them."""
+
+    method: str
+    pattern: re.Pattern[str]
+    answer: Callable[[_Call], Response]
+
+
+def _json_body(body: bytes) -> dict[str, Any]:
+    """The request's JSON object, or the server's 400 for anything else."""
+    if not body.strip():
+        return {}
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "Invalid JSON in request body") from None
+    if not isinstance(decoded, dict):
+        raise ApiError(400, "Invalid JSON in request body")
+    # Brackets counted first: the walk only runs on bodies that could be too deep.
+    could_be_deep = body.count(b"{") + body.count(b"[") > PHP_JSON_DEPTH
+    if could_be_deep and _depth(decoded) > PHP_JSON_DEPTH:
+        raise ApiError(400, "Invalid JSON in request body")
+    return decoded
+
+
 class EmulatorApp:
     """Answers one request the way the deployed PHP server does."""
 
@@ -140,6 +172,38 @@ class EmulatorApp:
         self.clock = clock
         self._limiter = (
             _RateLimiter(settings.rate_limit, settings.rate_window) if settings.rate_limit else None
+        )
+        self.routes = self._route_table()
+
+    def _route_table(self) -> tuple[Route, ...]:
+        """Every endpoint, first match wins; each entry hands its handler only what it uses."""
+
+        def route(method: str, pattern: str, answer: Callable[[_Call], Response]) -> Route:
+            return Route(method, re.compile(pattern), answer)
+
+        return (
+            route("GET", r"/health", lambda call: self._health()),
+            route("POST", r"/task-types/register", lambda call: self._register_type(call.json())),
+            route("GET", r"/task-types", lambda call: self._list_types(call.query)),
+            route(
+                "GET",
+                r"/task-types/(?P<name>[^/]+)",
+                lambda call: self._get_type(unquote(call.match["name"])),
+            ),
+            route("POST", r"/tasks", lambda call: self._create_task(call.json())),
+            route("GET", r"/tasks", lambda call: self._list_tasks(call.query)),
+            route("POST", r"/tasks/claim", lambda call: self._claim(call.json())),
+            route("GET", r"/tasks/(?P<id>\d+)", lambda call: self._get_task(call.task_id)),
+            route(
+                "POST",
+                r"/tasks/(?P<id>\d+)/progress",
+                lambda call: self._progress(call.task_id, call.json()),
+            ),
+            route(
+                "POST",
+                r"/tasks/(?P<id>\d+)/complete",
+                lambda call: self._complete(call.task_id, call.json()),
+            ),
         )
 
     # -- envelopes -----------------------------------------------------------------
@@ -200,55 +264,37 @@ class EmulatorApp:
         return response
 
     def _route(self, method: str, path: str, raw_path: str, body: bytes) -> Response:
-        for route_method, pattern, name in _ROUTES:
-            match = pattern.fullmatch(path)
-            if match and route_method == method:
+        for route in self.routes:
+            match = route.pattern.fullmatch(path)
+            if match and route.method == method:
                 try:
-                    return getattr(self, "_" + name)(match, raw_path, body)  # type: ignore[no-any-return]
+                    return route.answer(_Call(match, raw_path, body))
                 except ApiError as exc:
                     return self.error(exc.status, exc.error, exc.details)
         return self.error(404, "Endpoint not found")
 
-    @staticmethod
-    def _json_body(body: bytes) -> dict[str, Any]:
-        if not body.strip():
-            return {}
-        try:
-            decoded = json.loads(body)
-        except (ValueError, RecursionError):
-            raise ApiError(400, "Invalid JSON in request body") from None
-        if not isinstance(decoded, dict):
-            raise ApiError(400, "Invalid JSON in request body")
-        # Brackets counted first: the walk only runs on bodies that could be too deep.
-        could_be_deep = body.count(b"{") + body.count(b"[") > PHP_JSON_DEPTH
-        if could_be_deep and _depth(decoded) > PHP_JSON_DEPTH:
-            raise ApiError(400, "Invalid JSON in request body")
-        return decoded
-
     # -- routes ------------------------------------------------------------------------
-    def _health(self, _m: re.Match[str], _p: str, _b: bytes) -> Response:
+    def _health(self) -> Response:
         return self.ok(
             {"status": "healthy", "timestamp": int(self.clock()), "database": "connected"}
         )
 
-    def _register_type(self, _m: re.Match[str], _p: str, body: bytes) -> Response:
-        return self.ok(self.store.register_type(self._json_body(body)))
+    def _register_type(self, body: dict[str, Any]) -> Response:
+        return self.ok(self.store.register_type(body))
 
-    def _list_types(self, _m: re.Match[str], raw_path: str, _b: bytes) -> Response:
+    def _list_types(self, query: Mapping[str, str]) -> Response:
         if self.settings.quirks:
             return self.error(500, BROKEN_LIST_TYPES)
-        query = parse_qs(urlsplit(raw_path).query)
-        active_only = query.get("active_only", ["false"])[0].lower() in ("1", "true")
+        active_only = query.get("active_only", "false").lower() in ("1", "true")
         return self.ok(self.store.list_types(active_only))
 
-    def _get_type(self, match: re.Match[str], _p: str, _b: bytes) -> Response:
-        return self.ok(self.store.get_type(unquote(match["name"])))
+    def _get_type(self, name: str) -> Response:
+        return self.ok(self.store.get_type(name))
 
-    def _create_task(self, _m: re.Match[str], _p: str, body: bytes) -> Response:
-        return self.ok(self.store.create_task(self._json_body(body)))
+    def _create_task(self, body: dict[str, Any]) -> Response:
+        return self.ok(self.store.create_task(body))
 
-    def _list_tasks(self, _m: re.Match[str], raw_path: str, _b: bytes) -> Response:
-        query = {k: v[0] for k, v in parse_qs(urlsplit(raw_path).query).items()}
+    def _list_tasks(self, query: Mapping[str, str]) -> Response:
         try:
             limit = int(query.get("limit", 50))
             offset = int(query.get("offset", 0))
@@ -260,19 +306,19 @@ class EmulatorApp:
             )
         )
 
-    def _claim(self, _m: re.Match[str], _p: str, body: bytes) -> Response:
-        claimed = self.store.claim(self._json_body(body))
+    def _claim(self, body: dict[str, Any]) -> Response:
+        claimed = self.store.claim(body)
         if claimed is not None:
             return self.ok(claimed)
         if self.settings.quirks:  # the deployed server's double rollback
             return self.error(500, "There is no active transaction")
         return self.error(404, "No available tasks")
 
-    def _get_task(self, match: re.Match[str], _p: str, _b: bytes) -> Response:
-        return self.ok(self.store.get_task(int(match["id"])))
+    def _get_task(self, task_id: int) -> Response:
+        return self.ok(self.store.get_task(task_id))
 
-    def _progress(self, match: re.Match[str], _p: str, body: bytes) -> Response:
-        return self.ok(self.store.progress(int(match["id"]), self._json_body(body)))
+    def _progress(self, task_id: int, body: dict[str, Any]) -> Response:
+        return self.ok(self.store.progress(task_id, body))
 
-    def _complete(self, match: re.Match[str], _p: str, body: bytes) -> Response:
-        return self.ok(self.store.complete(int(match["id"]), self._json_body(body)))
+    def _complete(self, task_id: int, body: dict[str, Any]) -> Response:
+        return self.ok(self.store.complete(task_id, body))

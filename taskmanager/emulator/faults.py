@@ -15,9 +15,16 @@ from enum import Enum
 # A hung request is released at the latest after this long, so no thread is leaked.
 MAX_HANG_SECONDS = 600.0
 
+# What the deployed server answers (500) when MariaDB aborts a transaction under
+# concurrency (API_CONTRACT.md, "Transient deadlocks under concurrency").
+DEADLOCK_ERROR = (
+    "SQLSTATE[40001]: Serialization failure: 1213 Deadlock found when trying to get lock; "
+    "try restarting transaction"
+)
+
 
 class FaultKind(Enum):
-    FAIL = "fail"  # answer with a status instead of handling the request
+    FAIL = "fail"  # answer with a status instead of handling the request (nothing applied)
     DROP_AFTER_COMMIT = "drop"  # handle (commit) the request, then close without answering
     HANG = "hang"  # never answer; the connection closes when released or stopped
     HOLD_AFTER_COMMIT = "hold"  # handle (commit), then hold the answer until released; drop it
@@ -33,6 +40,7 @@ class FaultRule:
     body: bytes | None = None
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    error: str | None = None  # the envelope's error text when ``body`` is None
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method.upper() != method.upper():
@@ -81,6 +89,14 @@ class FaultPlan:
                 dict(headers or {}),
             )
         )
+
+    def deadlock(
+        self, count: int = 1, *, path: str | None = None, method: str | None = None
+    ) -> None:
+        """Answer the next ``count`` matching requests as the server does when the database
+        aborts a transaction: 500 ``SQLSTATE[40001] ... Deadlock found ...``, the request
+        rolled back (not applied), so a client may safely send it again."""
+        self._add(FaultRule(FaultKind.FAIL, count, path, method, 500, error=DEADLOCK_ERROR))
 
     def drop_after_commit(
         self, count: int = 1, *, path: str | None = None, method: str | None = None

@@ -95,7 +95,9 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 if rule.body is not None
                 else emulator.app.error(
-                    rule.status, f"Injected failure ({rule.status})", headers=rule.headers
+                    rule.status,
+                    rule.error or f"Injected failure ({rule.status})",
+                    headers=rule.headers,
                 )
             )
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -67,6 +68,14 @@ def server_time(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def whole_seconds(epoch: float) -> int:
+    """A time as the server's DATETIME column keeps it: to the second, fraction dropped.
+
+    So tasks created within one second tie on ``created_at``, as on the server.
+    """
+    return math.floor(epoch)
 
 
 def _is_php_list(value: Any) -> bool:
@@ -196,7 +205,7 @@ class EmulatorStore:
             cursor = self._db.execute(
                 "INSERT INTO tasks (type_id, params, dedupe_key, priority, created_at) "
                 "VALUES (?, ?, ?, 0, ?)",
-                (task_type["id"], encoded, key, self.clock()),
+                (task_type["id"], encoded, key, whole_seconds(self.clock())),
             )
         return {
             "id": str(cursor.lastrowid),
@@ -376,7 +385,9 @@ class EmulatorStore:
         if type_pattern:
             sql += " AND tt.name LIKE ?"
             args.append(type_pattern)
-        sql += " ORDER BY t.created_at DESC, t.id DESC LIMIT ? OFFSET ?"
+        # The server orders by created_at DESC only; within one second the measured
+        # order is ascending ids, which is what is reproduced here (not a guarantee).
+        sql += " ORDER BY t.created_at DESC, t.id ASC LIMIT ? OFFSET ?"
         args += [limit, offset]
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()

@@ -59,6 +59,17 @@ class Target:
         headers = {"X-API-Key": self.key if key is None else key, **kwargs.pop("headers", {})}
         return requests.request(method, self.url + path, headers=headers, timeout=10, **kwargs)
 
+    def let_a_second_pass(self) -> None:
+        """Make the next task's ``created_at`` later than the last one's.
+
+        The server keeps ``created_at`` to the second and orders only by it, so
+        tasks created within one second have no guaranteed order between them.
+        """
+        if self.emulator is not None:
+            self.emulator.advance_clock(1.0)
+        else:
+            time.sleep(1.0)
+
     def expire_leases(self) -> None:
         """Let every current claim run past the server's claim timeout."""
         if self.emulator is not None:

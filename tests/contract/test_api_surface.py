@@ -16,6 +16,7 @@ from taskmanager import (
     TaskType,
     dedupe_key,
 )
+from taskmanager.emulator import EmulatorServer
 
 from .conftest import Target
 
@@ -278,12 +279,36 @@ def test_get_unknown_task_200_empty(target: Target, client: TaskManagerClient):
 
 
 def test_list_tasks_pages_and_filters(
-    client: TaskManagerClient, fresh_type: Callable[..., TaskType]
+    target: Target, client: TaskManagerClient, fresh_type: Callable[..., TaskType]
 ):
+    """Only what the server guarantees: newest second first, pages that neither
+    overlap nor lose a task, filters. Tasks created within one second may come
+    in any order (``created_at`` has one-second resolution)."""
     name = fresh_type().name
-    ids = [client.create_task(name, {"channel_url": f"u{i}"}) for i in range(7)]
-    listed = list(client.list_tasks(task_type=name, page_size=3))
-    assert [t.id for t in listed] == sorted(ids, reverse=True)  # newest first
-    assert all(t.params is None and t.status == "pending" for t in listed)
+    older = [client.create_task(name, {"channel_url": f"u{i}"}) for i in range(6)]
+    target.let_a_second_pass()
+    newest = client.create_task(name, {"channel_url": "u-newest"})
+    listed = [t.id for t in client.list_tasks(task_type=name, page_size=3)]
+    assert listed[0] == newest
+    assert sorted(listed) == sorted([*older, newest])  # 3 pages: no overlap, no loss
+    rows = list(client.list_tasks(task_type=name, page_size=3))
+    assert all(t.params is None and t.status == "pending" for t in rows)
     assert len(list(client.list_tasks(task_type=name, page_size=3, max_items=4))) == 4
     assert list(client.list_tasks(status="completed", task_type=name)) == []
+    claimed = client.claim_task(task_type=name)
+    assert claimed is not None
+    assert [t.id for t in client.list_tasks(status="claimed", task_type=name)] == [claimed.id]
+
+
+def test_list_order_within_one_second_is_ascending_ids_like_the_measured_server(
+    emulator: EmulatorServer, client: TaskManagerClient, fresh_type: Callable[..., TaskType]
+):
+    """Not a server guarantee (emulator only): the emulator reproduces what was measured."""
+    name = fresh_type().name
+    emulator.advance_clock(1.0 - emulator.clock() % 1.0)  # at the start of a second
+    same_second = [client.create_task(name, {"channel_url": f"s{i}"}) for i in range(4)]
+    emulator.advance_clock(1.0)
+    later = client.create_task(name, {"channel_url": "later"})
+    listed = [t.id for t in client.list_tasks(task_type=name)]
+    assert listed == [later, *sorted(same_second)]
+    assert len({client.get_task(i).created_at for i in same_second}) == 1  # one second

@@ -96,6 +96,34 @@ def test_lost_answer_on_register_is_retried(emulator: EmulatorServer, client: Ta
     assert client.get_task_type("Contract.lost.register").id == registered.id
 
 
+def test_deadlock_is_rolled_back_and_the_client_retry_completes_once(
+    target, emulator: EmulatorServer, client: TaskManagerClient, fresh_type: Callable[..., TaskType]
+):
+    name = fresh_type().name
+    client.create_task(name, {"channel_url": "deadlock"})
+    task = client.claim_task(task_type=name)
+    assert task is not None
+    emulator.faults.deadlock(path="/tasks/*/complete")
+    raw = target.raw(
+        "POST", f"/tasks/{task.id}/complete", json={"worker_id": client.worker_id, "success": True}
+    )
+    body = raw.json()
+    assert raw.status_code == 500 and sorted(body) == ["error", "success", "timestamp"]
+    assert body["success"] is False and "SQLSTATE[40001]" in body["error"]
+    row = client.get_task(task.id)  # rolled back: still ours, nothing recorded
+    assert (row.status, row.claimed_by, row.attempts) == ("claimed", client.worker_id, 1)
+
+    emulator.reset_requests()
+    emulator.faults.deadlock(2, path="/tasks/*/complete")
+    done = client.complete_task(task.id, {"ok": True})
+    # Had a deadlocked attempt been applied, the next would meet "not in claimed state"
+    # and be settled by reading the task back.
+    assert (done.status, done.settled_by_read) == ("completed", False)
+    statuses = [r.status for r in emulator.requests if r.path.endswith("/complete")]
+    assert statuses == [500, 500, 200]
+    assert client.get_task(task.id).result == {"ok": True}
+
+
 def test_outage_then_recovery_on_same_port(
     emulator: EmulatorServer, target, fresh_type: Callable[..., TaskType]
 ):

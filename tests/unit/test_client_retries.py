@@ -286,3 +286,76 @@ def test_infinite_rate_limit_headers_are_ignored(
     )
     assert client.create_task("t", {"a": 1}) == 7
     assert client.rate_limit is not None and client.rate_limit.limit is None
+
+
+DEADLOCK_TEXT = (
+    "SQLSTATE[40001]: Serialization failure: 1213 Deadlock found when trying to get lock; "
+    "try restarting transaction"
+)
+# The exact body the deployed server sends (API_CONTRACT.md, transient deadlocks).
+DEADLOCK = {"success": False, "error": DEADLOCK_TEXT, "timestamp": 1795869146}
+COMPLETED = ok({"id": "5", "status": "completed", "message": "Task completed"})
+
+
+def test_deadlock_500_retried_then_succeeds_once(
+    mocked: responses.RequestsMock, client: TaskManagerClient, fake_time: FakeTime
+):
+    mocked.post(f"{BASE}/tasks/5/complete", status=500, json=DEADLOCK)
+    mocked.post(f"{BASE}/tasks/5/complete", json=COMPLETED)
+    done = client.complete_task(5, {"ok": True})
+    assert (done.id, done.status, done.settled_by_read) == (5, "completed", False)
+    assert len(mocked.calls) == 2 and len(fake_time.sleeps) == 1
+    assert 0.8 <= fake_time.sleeps[0] <= 1.2  # the normal back-off, first step
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"success": False, "message": DEADLOCK_TEXT, "timestamp": 1795869146},
+        {
+            "success": False,
+            "error": "Internal error",
+            "message": "Deadlock found when trying to get lock",
+        },
+    ],
+)
+def test_deadlock_text_in_message_field_also_retried(
+    mocked: responses.RequestsMock, client: TaskManagerClient, body: dict[str, object]
+):
+    mocked.post(f"{BASE}/tasks", status=500, json=body)
+    mocked.post(f"{BASE}/tasks", json=CREATED)
+    assert client.create_task("t", {"a": 1}) == 7
+    assert len(mocked.calls) == 2
+
+
+def test_deadlock_forever_is_server_error_after_configured_attempts(
+    mocked: responses.RequestsMock, client: TaskManagerClient, fake_time: FakeTime
+):
+    mocked.post(f"{BASE}/tasks/5/complete", status=500, json=DEADLOCK)
+    with pytest.raises(TaskManagerServerError) as info:
+        client.complete_task(5, {"ok": True})
+    assert info.value.status_code == 500 and "Deadlock found" in str(info.value)
+    assert len(mocked.calls) == 4  # 1 + retry_attempts(3)
+    assert len(fake_time.sleeps) == 3
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["Internal server error", "SQLSTATE[HY000]: General error: 2006 MySQL server has gone away"],
+)
+def test_other_500_not_retried(
+    mocked: responses.RequestsMock, client: TaskManagerClient, fake_time: FakeTime, message: str
+):
+    mocked.post(f"{BASE}/tasks/5/complete", status=500, json=err(message))
+    with pytest.raises(TaskManagerServerError):
+        client.complete_task(5, {"ok": True})
+    assert len(mocked.calls) == 1 and fake_time.sleeps == []
+
+
+def test_deadlock_text_on_a_non_500_is_not_a_deadlock_retry(
+    mocked: responses.RequestsMock, client: TaskManagerClient
+):
+    mocked.post(f"{BASE}/tasks", status=400, json=err(DEADLOCK_TEXT))
+    with pytest.raises(TaskManagerValidationError):
+        client.create_task("t", {"a": 1})
+    assert len(mocked.calls) == 1

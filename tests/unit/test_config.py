@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import fields
+from pathlib import Path
+
 import pytest
 
 from taskmanager import DEFAULT_API_URL, TaskManagerConfig, TaskManagerConfigError
-from taskmanager.config import default_worker_id, is_loopback_host
+from taskmanager.config import SETTING_NAMES, SETTINGS, default_worker_id, is_loopback_host
 
 
 def test_defaults_with_empty_environment():
@@ -109,3 +113,69 @@ def test_loopback_detection():
 def test_api_key_not_in_repr():
     config = TaskManagerConfig.from_env({}, api_key="very-secret")
     assert "very-secret" not in repr(config) and "very-secret" not in str(config)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "KEY-123\n",  # the usual: read from a file with its newline
+        " KEY-123",
+        "KEY 123",
+        "KEY\t123",
+        "KEY\x00123",
+        "KEY\x7f123",
+        "KEY\u2028123",
+        "KEY-€123",  # outside latin-1: no HTTP header can carry it
+    ],
+)
+def test_unusable_api_key_refused_without_showing_it(key: str):
+    with pytest.raises(TaskManagerConfigError, match="api_key") as refused:
+        TaskManagerConfig.from_env({}, api_key=key)
+    assert "KEY" not in str(refused.value)
+    with pytest.raises(TaskManagerConfigError, match="api_key") as from_env:
+        TaskManagerConfig.from_env({"TASKMANAGER_API_KEY": key})
+    assert "KEY" not in str(from_env.value)
+
+
+@pytest.mark.parametrize("key", [12345, b"KEY-bytes", ["KEY"]])
+def test_api_key_that_is_not_text_refused(key: object):
+    with pytest.raises(TaskManagerConfigError, match="api_key") as refused:
+        TaskManagerConfig.from_env({}, api_key=key)
+    assert "KEY" not in str(refused.value) and "12345" not in str(refused.value)
+
+
+def test_latin1_api_key_accepted():
+    assert TaskManagerConfig.from_env({}, api_key="clé-ÿ_~!").api_key == "clé-ÿ_~!"
+
+
+def test_resolved_fields_have_their_types():
+    config = TaskManagerConfig.from_env(
+        {"TASKMANAGER_BACKOFF_BASE": "2", "TASKMANAGER_RETRY_ATTEMPTS": "4"}, timeout="7"
+    )
+    assert (config.backoff_base, config.retry_attempts, config.timeout) == (2.0, 4, 7.0)
+    assert type(config.backoff_base) is float and type(config.retry_attempts) is int
+
+
+def test_unknown_override_names_it():
+    with pytest.raises(TaskManagerConfigError, match="retry_atempts"):
+        TaskManagerConfig.from_env({}, retry_atempts=2)
+
+
+def test_constructor_takes_an_explicit_environment():
+    config = TaskManagerConfig(api_key="arg", env={"TASKMANAGER_WORKER_ID": "from-mapping"})
+    assert (config.api_key, config.worker_id) == ("arg", "from-mapping")
+
+
+def test_every_setting_is_a_constructor_argument_and_a_field():
+    """The table, the constructor and the resolved fields must not drift apart."""
+    parameters = list(inspect.signature(TaskManagerConfig).parameters)
+    assert parameters == [*SETTING_NAMES, "env"]
+    assert [f.name for f in fields(TaskManagerConfig)] == list(SETTING_NAMES)
+    assert [s.name for s in SETTINGS] == list(SETTING_NAMES)
+
+
+def test_api_reference_lists_every_setting():
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "API_REFERENCE.md").read_text()
+    for setting in SETTINGS:
+        assert f"| `{setting.name}` | `{setting.env}` |" in reference, setting.name
+        assert setting.doc in reference, setting.name

@@ -1,0 +1,60 @@
+"""The emulator's route table, driven through ``EmulatorApp.handle`` (no sockets)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from taskmanager.emulator import EmulatorApp, EmulatorSettings, EmulatorStore
+
+KEY = {"x-api-key": "dev"}
+
+
+@pytest.fixture
+def app() -> EmulatorApp:
+    return EmulatorApp(
+        EmulatorSettings(quirks=False), EmulatorStore(clock=lambda: 1000.0), lambda: 1000.0
+    )
+
+
+def call(app: EmulatorApp, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    raw = json.dumps(body).encode() if body is not None else b""
+    response = app.handle(method, "/api" + path, KEY, raw, "127.0.0.1")
+    return response.status, json.loads(response.body)
+
+
+def test_path_known_but_method_not_is_endpoint_not_found(app: EmulatorApp):
+    assert call(app, "DELETE", "/tasks") == (
+        404,
+        {"success": False, "error": "Endpoint not found", "timestamp": 1000},
+    )
+
+
+def test_first_matching_route_wins(app: EmulatorApp):
+    """POST /task-types/register registers; GET of the same path is a type named "register"."""
+    status, registered = call(
+        app,
+        "POST",
+        "/task-types/register/",
+        {"name": "register", "version": "1", "param_schema": {"type": "object"}},
+    )
+    assert status == 200 and registered["data"]["created"] is True
+    status, got = call(app, "GET", "/task-types/register")
+    assert status == 200 and got["data"]["items"][0]["name"] == "register"
+
+
+def test_handlers_get_query_and_path_values(app: EmulatorApp):
+    call(
+        app,
+        "POST",
+        "/task-types/register",
+        {"name": "T", "version": "1", "param_schema": {"type": "object"}},
+    )
+    assert call(app, "GET", "/task-types?active_only=1")[1]["data"]["count"] == 1
+    _, created = call(app, "POST", "/tasks", {"type": "T", "params": {"a": 1}})
+    task_id = int(created["data"]["id"])
+    assert call(app, "GET", f"/tasks/{task_id}")[1]["data"]["items"][0]["id"] == task_id
+    assert call(app, "GET", "/tasks?limit=x")[0] == 400
+    assert call(app, "GET", "/tasks?type=T&limit=1")[1]["data"]["count"] == 1
