@@ -297,6 +297,13 @@ def cmd_register_types(args: argparse.Namespace) -> int:
             elif verdict is Verdict.DEAD:
                 print(f"refused {done.name}: {reason}", file=sys.stderr)
                 return 1
+            elif verdict is Verdict.AUTH_FAILED:
+                print(
+                    f"taskmanager-bridge: error: the server refuses the API key "
+                    f"({config.api_key_source}): {reason}; {done.name} stays queued in the outbox",
+                    file=sys.stderr,
+                )
+                return 1
             else:
                 print(
                     f"queued {done.name} v{done.version} in the outbox "

@@ -314,9 +314,12 @@ def _fix_hint(name: str, kind: type, value: object) -> str:
 
 def _check_toml_type(name: str, kind: type, value: object, where: str) -> None:
     if not _toml_type_fits(kind, value):
+        if name in SECRET_KEYS:  # a key typed wrong is still a key: name its type only
+            got, hint = f"a value that is {_toml_type(value)}", ""
+        else:
+            got, hint = f"{value!r}: {_toml_type(value)}", _fix_hint(name, kind, value)
         raise BridgeConfigError(
-            f"{name} (from {where}) must be {_WANTED.get(kind, kind.__name__)}, "
-            f"got {value!r}: {_toml_type(value)}{_fix_hint(name, kind, value)}"
+            f"{name} (from {where}) must be {_WANTED.get(kind, kind.__name__)}, got {got}{hint}"
         )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import requests
 
+from ._version import __version__
 from .config import TaskManagerConfig
 from .exceptions import TaskManagerConnectionError, TaskManagerTimeoutError
 from .protocol import (
@@ -38,7 +39,7 @@ from .protocol import (
 
 logger = logging.getLogger("taskmanager.client")
 
-USER_AGENT = "taskmanager-bridge/0.1 (+python-requests)"
+USER_AGENT = f"taskmanager-bridge/{__version__} (+python-requests)"
 
 # Called after every attempt: (method, path with ids folded to {id}, status or error name, seconds).
 RequestObserver = Callable[[str, str, str, float], None]

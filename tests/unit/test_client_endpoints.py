@@ -557,3 +557,17 @@ def test_unknown_path_404(mocked: responses.RequestsMock, client: TaskManagerCli
     mocked.get(f"{BASE}/tasks/1", status=404, json=err("Endpoint not found"))
     with pytest.raises(TaskManagerNotFoundError, match="Endpoint not found"):
         client.get_task(1)
+
+
+def test_user_agent_names_the_installed_version(
+    mocked: responses.RequestsMock, client: TaskManagerClient
+):
+    from importlib.metadata import version
+
+    import taskmanager
+
+    mocked.get(f"{BASE}/health", json=ok({"status": "healthy"}))
+    client.health_check()
+    agent = mocked.calls[0].request.headers["User-Agent"]
+    assert agent.startswith(f"taskmanager-bridge/{version('taskmanager-bridge')} ")
+    assert taskmanager.__version__ == version("taskmanager-bridge")
