@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -233,15 +235,45 @@ def _no_answer(exc: requests.RequestException, method: str, url: str) -> Outcome
         ),
     ):
         error = TaskManagerConnectionError(
-            f"connection failed ({type(exc).__name__}: {_first_line(exc)})", method=method, url=url
+            f"connection failed: {root_cause(exc)}", method=method, url=url
         )
         return Outcome(error=error, retryable=True, label=type(error).__name__)
     error = TaskManagerConnectionError(f"request failed: {exc}", method=method, url=url)
     return Outcome(error=error, label=type(error).__name__)
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it, outermost first (urllib3 keeps its cause in ``reason``,
+    requests the urllib3 error in ``args[0]``)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        wrapped = [getattr(current, "reason", None), *current.args[:1]]
+        inner = [e for e in wrapped if isinstance(e, BaseException)]
+        current = inner[0] if inner else current.__cause__ or current.__context__
+    return chain
+
+
+_ROOT_CAUSES: tuple[tuple[type[BaseException], str], ...] = (
+    (ConnectionRefusedError, "connection refused (nothing listens there, or a firewall said no)"),
+    (socket.gaierror, "the host name did not resolve (DNS)"),
+    (ssl.SSLError, "TLS failed"),
+    (ConnectionResetError, "the connection was reset by the other end"),
+    (TimeoutError, "timed out"),
+)
+
+
+def root_cause(exc: BaseException) -> str:
+    """The deepest known cause of a failed request, in words, with its own text in full:
+    refused, DNS, TLS, reset, timeout; else the deepest error as it was raised."""
+    chain = _causes(exc)
+    for cause in reversed(chain):
+        for kind, words in _ROOT_CAUSES:
+            if isinstance(cause, kind):
+                return f"{words}: {cause}"
+    deepest = chain[-1]
+    return f"{type(deepest).__name__}: {deepest}" if str(deepest) else type(deepest).__name__
 
 
 __all__ = [
