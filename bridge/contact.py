@@ -1,5 +1,5 @@
-"""What the daemon knows of the server right now: the state of contact, from the last
-answer (or its absence), kept per daemon start.
+"""What the daemon knows of the server right now, from the last answer (or its
+absence), kept per daemon start: the state of contact and the 429 pause.
 
 Outage (no answer) and refused authentication are different states: the first
 waits for the network, the second for an operator to fix the key, and telling
@@ -9,9 +9,17 @@ them apart is what lets ``status`` and ``health`` say which.
 from __future__ import annotations
 
 import json
+import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
+
+from .storage import Store
+from .storage.state import CONTACT_KEY, LAST_CONTACT_KEY, ThrottledState
+
+logger = logging.getLogger("bridge.daemon")
 
 ContactState = Literal["unknown", "ok", "outage", "auth_failed"]
 
@@ -33,3 +41,77 @@ class Contact:
             return None
         data: dict[str, Any] = json.loads(text)
         return cls(data["state"], datetime.fromisoformat(data["since"]), data.get("reason", ""))
+
+
+class ServerContact:
+    """The daemon's one view of the server, shared by its jobs (thread-safe)."""
+
+    def __init__(
+        self,
+        store: Store,
+        state: ThrottledState,
+        key_source: str,
+        monotonic: Callable[[], float],
+        now: datetime,
+    ) -> None:
+        self.store = store
+        self.state = state
+        self.key_source = key_source
+        self.monotonic = monotonic  # how long a tick has run (a 429 pause counts from the 429)
+        self.paused_until: datetime | None = None
+        self._lock = threading.Lock()
+        # A new start knows nothing of the server yet: a previous run's outage is history.
+        self.current = Contact("unknown", now)
+        self.state.write(CONTACT_KEY, self.current.to_json(), now, force=True)
+
+    @property
+    def in_outage(self) -> bool:
+        return self.current.state == "outage"
+
+    def _move(self, state: ContactState, now: datetime, reason: str = "") -> Contact:
+        """Move to ``state``; returns the state it left (written to the database on change)."""
+        with self._lock:
+            previous = self.current
+            if previous.state != state:
+                self.current = Contact(state, now, reason)
+        if previous.state != state:
+            self.state.write(CONTACT_KEY, self.current.to_json(), now, force=True)
+        return previous
+
+    def ok(self, now: datetime) -> None:
+        previous = self._move("ok", now)
+        if previous.state == "outage":
+            pending, _ = self.store.outbox_backlog()
+            logger.warning(
+                "outage ended after %.1f s; %d outbox rows to deliver",
+                (now - previous.since).total_seconds(),
+                pending,
+            )
+        elif previous.state == "auth_failed":
+            logger.warning("the server accepts the API key again")
+        self.state.write(LAST_CONTACT_KEY, now.isoformat(), now)
+
+    def unreachable(self, now: datetime, reason: str) -> None:
+        if self._move("outage", now, reason).state != "outage":
+            logger.warning("outage began: %s", reason)
+
+    def refused_key(self, now: datetime, error: str) -> None:
+        reason = f"authentication failed: {error}"
+        if self._move("auth_failed", now, reason).state != "auth_failed":
+            logger.error(
+                "%s. Check the API key (%s); claiming and delivery wait and try again.",
+                reason,
+                self.key_source,
+            )
+
+    def paused(self, now: datetime) -> bool:
+        """True while a 429's Retry-After runs: every job waits."""
+        return self.paused_until is not None and now < self.paused_until
+
+    def pause(self, now: datetime, retry_after: float | None, tick_started: float) -> None:
+        """Wait Retry-After counted from the 429, not from the tick's start (``now``): a
+        tick can spend seconds on the network before its 429."""
+        wait = retry_after if retry_after is not None else 60.0
+        spent = self.monotonic() - tick_started
+        self.paused_until = now + timedelta(seconds=spent + wait)
+        logger.warning("rate limited (429): every job waits %.0f s", wait)

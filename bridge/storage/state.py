@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Table, delete, select
@@ -135,3 +135,19 @@ class StateQueries:
         with self.db.write() as conn:
             row = {"key": key, "value": value, "updated_at": now}
             _upsert(conn, bridge_state, "key", row, "value", "updated_at")
+
+
+class ThrottledState:
+    """Writes a key at most every ``every`` (unless forced): the jobs note their state on
+    every tick, and the database need not see each one."""
+
+    def __init__(self, store: StateQueries, every: timedelta = timedelta(seconds=5)) -> None:
+        self.store = store
+        self.every = every
+        self._written: dict[str, datetime] = {}
+
+    def write(self, key: str, value: str, now: datetime, *, force: bool = False) -> None:
+        last = self._written.get(key)
+        if force or last is None or now - last >= self.every:
+            self.store.set_state(key, value, now)
+            self._written[key] = now

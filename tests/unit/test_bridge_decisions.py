@@ -242,7 +242,7 @@ def test_a_429_pauses_every_job_for_retry_after_counted_from_the_429(rig: Rig, j
     tick = {"pull": bridge.pull_tick, "push": bridge.push_tick, "reconcile": bridge.reconcile_tick}
     started = rig.clock.now
     tick[job](started)
-    assert bridge._paused_until == started + timedelta(seconds=13)
+    assert bridge.server.paused_until == started + timedelta(seconds=13)
     rig.client.calls.clear()
     _queue_completion(rig, remote_id=2)
     for seconds in (12.9,):  # still paused 12.9 s after the tick began: nothing is sent
