@@ -29,6 +29,19 @@ CHANNEL_SCHEMA = {
 }
 
 
+class SentRequests:
+    """A client's request observer: every HTTP attempt it made, as (method, path template).
+
+    Empty after a call means the client refused it before sending anything.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, method: str, path: str, _outcome: str, _seconds: float) -> None:
+        self.calls.append((method, path))
+
+
 @dataclass
 class Target:
     """The server under test and what the suite may do to it."""
@@ -42,7 +55,7 @@ class Target:
     def is_emulator(self) -> bool:
         return self.emulator is not None
 
-    def client(self, **config: Any) -> TaskManagerClient:
+    def client(self, observer: SentRequests | None = None, **config: Any) -> TaskManagerClient:
         values = {
             "api_url": self.url,
             "api_key": self.key,
@@ -50,7 +63,7 @@ class Target:
             "retry_deadline": 10.0,
             **config,
         }
-        return TaskManagerClient(TaskManagerConfig(**values))
+        return TaskManagerClient(TaskManagerConfig(**values), observer=observer)
 
     def raw(
         self, method: str, path: str, *, key: str | None = None, **kwargs: Any

@@ -18,7 +18,7 @@ from taskmanager import (
 )
 from taskmanager.emulator import EmulatorServer
 
-from .conftest import Target
+from .conftest import SentRequests, Target
 
 pytestmark = pytest.mark.contract
 
@@ -265,10 +265,13 @@ def test_validator_keywords_rejected_by_server_and_client(
     answer = target.raw("POST", "/tasks", json={"type": name, "params": params})
     assert answer.status_code == 400
     assert answer.json()["error"].startswith("Parameter validation failed: ")
-    with target.client() as checking:
+    sent = SentRequests()
+    with target.client(observer=sent) as checking:
         checking.get_task_type(name)
-        with pytest.raises(TaskManagerValidationError):
+        sent.calls.clear()
+        with pytest.raises(TaskManagerValidationError) as refused:
             checking.create_task(name, params)
+    assert sent.calls == [] and refused.value.status_code is None  # refused before sending
 
 
 def test_get_unknown_task_200_empty(target: Target, client: TaskManagerClient):

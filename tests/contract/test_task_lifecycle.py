@@ -247,9 +247,13 @@ def test_concurrent_claimers_never_share_a_task(
     assert len(claimed) == 200 and set(claimed) == created
 
 
-def test_claim_validation_local(client: TaskManagerClient):
-    with pytest.raises(TaskManagerValidationError):
+def test_claim_validation_local(target: Target):
+    from .conftest import SentRequests
+
+    sent = SentRequests()
+    with target.client(observer=sent) as client, pytest.raises(TaskManagerValidationError) as info:
         client.claim_task(task_type_id=1, sort_by="nonsense")
+    assert sent.calls == [] and info.value.status_code is None  # refused before sending
 
 
 def test_raw_answer_shapes(

@@ -65,8 +65,11 @@ def test_the_api_key_appears_nowhere_a_full_run_leaves(tmp_path: Path):
             server.faults.fail_next(5, status=503)
             server.faults.drop_after_commit(2, path="/tasks/*/complete")
             assert wait_until(lambda: server.store.count_tasks("completed") >= 5, 30)
-            with server.outage():
-                wait_until(lambda: False, 1.5)
+            daemon_log = tmp_path / "daemon.out"
+            with server.outage():  # lasts until the daemon has met it and logged it
+                assert wait_until(lambda: b"outage began" in daemon_log.read_bytes(), 30), (
+                    "the daemon never logged the outage"
+                )
             assert wait_until(lambda: server.store.count_tasks("completed") == len(ids), 60)
             metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             outputs = [

@@ -125,7 +125,15 @@ def test_storms_lose_nothing_and_change_remote_state_once(tmp_path):
             tick_name = f"{job}_tick"
             setattr(bridge, tick_name, ticks.wrap(job, getattr(bridge, tick_name)))
         daemon = Daemon(bridge)
-        worker = Worker(queue, {TYPE: handler}, concurrency=2, poll_seconds=0.05)
+        gate = threading.Event()  # the handler runs only while it is open
+        gate.set()
+
+        def gated(params: dict[str, Any]) -> dict[str, Any]:
+            if not gate.wait(60):
+                raise RuntimeError("the test never opened the gate")
+            return handler(params)
+
+        worker = Worker(queue, {TYPE: gated}, concurrency=2, poll_seconds=0.05)
         worker_thread = threading.Thread(target=worker.run, daemon=True)
         created: list[tuple[int, int]] = []
 
@@ -156,19 +164,35 @@ def test_storms_lose_nothing_and_change_remote_state_once(tmp_path):
             server.faults.latency = 0.0
             assert wait_until(lambda: remote_done() == len(created), 30), "after latency"
 
-            # Outage: claimed tasks are finished locally while the server is gone.
+            # Outage: claimed tasks are finished locally while the server is gone. The
+            # gate holds the workers until the wave is claimed and the server is down.
+            gate.clear()
             wave()
-            assert wait_until(lambda: queue.status().tasks.get((TYPE, "queued"), 0) > 0, 10)
+            assert wait_until(lambda: queue.status().tasks.get((TYPE, "queued"), 0) > 0, 30), (
+                "the outage wave was never claimed"
+            )
             done_before = queue.status().tasks.get((TYPE, "done"), 0)
             with server.outage():
-                time.sleep(OUTAGE_SECONDS)
-                during = queue.status()
-            assert during.tasks.get((TYPE, "done"), 0) > done_before, "workers stopped"
-            assert during.outbox.get("pending", 0) > 0
+                down_at = time.monotonic()
+                gate.set()
+
+                def finished_offline() -> bool:
+                    now = queue.status()
+                    return (
+                        now.tasks.get((TYPE, "done"), 0) > done_before
+                        and now.outbox.get("pending", 0) > 0
+                    )
+
+                assert wait_until(finished_offline, 30), (
+                    "workers finished nothing while the server was down",
+                    queue.status(),
+                )
+                time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_at)))
             wave()  # new work after the outage
             assert wait_until(lambda: remote_done() == len(created), 60), "after outage"
         finally:
             server.faults.clear()
+            gate.set()
             worker.stop()
             daemon.stop()
             worker_thread.join(10)

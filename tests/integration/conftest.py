@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import pytest
 from bridge import LocalQueue
 from bridge.migrate import upgrade
 
-from .helpers import pg_base_url, pg_execute, pg_unreachable_reason
+from .helpers import pg_base_url, pg_execute, pg_unreachable_reason, postgres_decision
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 
@@ -31,8 +32,10 @@ class Clock:
 
 
 def _postgres_url() -> Iterator[str]:
-    reason = pg_unreachable_reason()
-    if reason:
+    action, reason = postgres_decision(os.environ, pg_unreachable_reason())
+    if action == "fail":
+        pytest.fail(reason, pytrace=False)
+    if action == "skip":
         pytest.skip(reason)
     schema = f"bq_{uuid.uuid4().hex[:12]}"
     pg_execute(f"CREATE SCHEMA {schema}")

@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,24 @@ def pg_unreachable_reason() -> str | None:
     except Exception as exc:
         return f"PostgreSQL not reachable at {pg_base_url()}: {str(exc).strip()[:120]}"
     return None
+
+
+def ci_requires_postgres(env: Mapping[str, str]) -> bool:
+    """CI runs with ``CI=true``: there, the PostgreSQL half of the suite must run."""
+    return env.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def postgres_decision(env: Mapping[str, str], unreachable: str | None) -> tuple[str, str]:
+    """What a ``[postgresql]`` test does: ("run", ""), ("skip", why) or ("fail", why).
+
+    Locally an unreachable server skips with its reason; under ``CI=true`` it fails,
+    so a broken service cannot turn half the suite into silent skips.
+    """
+    if unreachable is None:
+        return "run", ""
+    if ci_requires_postgres(env):
+        return "fail", f"CI=true needs PostgreSQL for the [postgresql] tests: {unreachable}"
+    return "skip", unreachable
 
 
 def pg_execute(sql: str) -> None:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -218,7 +217,6 @@ def test_run_without_types_names_the_setting(tmp_path):
 
 
 def test_demo_command_loses_nothing():
-    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "bridge", "demo", "--tasks", "16", "--outage-seconds", "2"],
         capture_output=True,
@@ -230,7 +228,6 @@ def test_demo_command_loses_nothing():
     assert "tasks completed remotely with their worker's result: 16/16" in done.stdout
     assert "lost: 0" in done.stdout and "network DOWN" in done.stdout
     assert "demo-key" not in done.stdout + done.stderr
-    assert time.monotonic() - started < 60
 
 
 def test_second_signal_exits_at_once_and_loses_nothing(setup):

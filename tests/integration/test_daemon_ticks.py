@@ -7,7 +7,6 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 
 import pytest
 
@@ -87,24 +86,35 @@ def test_pull_fills_to_prefetch_then_as_room_appears(rig: Rig):
     assert rig.bridge.pull_tick(rig.clock.now) == 3
 
 
+def _seconds_until_next_claim(rig: Rig, step: float = 0.25) -> float:
+    """Tick every ``step`` seconds of the injected clock until the bridge asks for work."""
+    asked, waited = rig.claims(), 0.0
+    while rig.claims() == asked:
+        assert waited < 60, "the bridge stopped asking for work"
+        rig.clock.advance(step)
+        waited += step
+        rig.bridge.pull_tick(rig.clock.now)
+    return waited
+
+
 def test_adaptive_polling_backs_off_when_idle(rig: Rig):
+    config = rig.bridge.config
+    assert (config.poll_min_seconds, config.poll_max_seconds) == (0.5, 8.0)
     assert rig.bridge.pull_tick(rig.clock.now) == 0
     asked = rig.claims()
     assert rig.bridge.pull_tick(rig.clock.now) == 0
     assert rig.claims() == asked  # not due yet
+    idle = [_seconds_until_next_claim(rig) for _ in range(6)]
+    assert idle == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]  # doubling from poll_min up to poll_max
     rig.create(1)
-    intervals = []
-    for _ in range(5):  # 0.5, 1, 2, 4, 8 s when idle: find how long until it asks again
-        waited = 0.0
-        while rig.claims() == asked:
-            rig.clock.advance(0.25)
-            waited += 0.25
-            rig.bridge.pull_tick(rig.clock.now)
-        asked = rig.claims()
-        intervals.append(waited)
-        if rig.queue.status().tasks:
-            break
-    assert intervals[0] <= 1.0 and rig.queue.status().tasks == {(TYPE, "queued"): 1}
+    assert _seconds_until_next_claim(rig) <= 8.0
+    assert rig.queue.status().tasks == {(TYPE, "queued"): 1}
+    # Work came: ask again at once, and the idle doubling starts over from poll_min.
+    asked = rig.claims()
+    rig.bridge.pull_tick(rig.clock.now)
+    assert rig.claims() > asked, "no immediate claim after work appeared"
+    after_work = [_seconds_until_next_claim(rig) for _ in range(3)]
+    assert after_work == [1.0, 2.0, 4.0], after_work
 
 
 def test_claim_limit_keeps_claims_startable_within_the_lease(migrated_url: str, clock: Clock):
@@ -114,19 +124,32 @@ def test_claim_limit_keeps_claims_startable_within_the_lease(migrated_url: str, 
         server.client() as admin,
     ):
         admin.register_task_type(TYPE, "1", SCHEMA)
-        for i in range(6):
+        for i in range(12):
             admin.create_task(TYPE, {"n": i})
         bridge = make_bridge(
             queue,
             server,
             clock,
             workers=1,
+            prefetch=20,
             lease_seconds=300,
             lease_margin_seconds=30,
             default_task_seconds=100,
         )
         assert bridge.claim_limit(TYPE) == 2  # 1 worker x 270 s usable / 100 s per task
         assert bridge.pull_tick(clock.now) == 2
+        # What is queued counts against the limit: nothing more while 2 wait.
+        assert bridge.claim_limit(TYPE) == 0
+        task = queue.dequeue()
+        assert bridge.claim_limit(TYPE) == 1  # one left the queue (running now)
+        # A measured duration replaces the default: 30 s per task -> 9 startable.
+        clock.advance(30)
+        queue.complete(task, {"ok": True})
+        assert queue.store.recent_duration(TYPE) == 30
+        assert bridge.claim_limit(TYPE) == 9 - 1  # one still queued
+        bridge._next_pull.clear()
+        assert bridge.pull_tick(clock.now) == 8
+        assert queue.status().tasks == {(TYPE, "queued"): 9, (TYPE, "done"): 1}
 
 
 def test_pull_pauses_while_outbox_is_behind(migrated_url: str, clock: Clock):
@@ -254,17 +277,39 @@ def test_429_pauses_every_job_until_retry_after(rig: Rig):
 def test_5xx_row_is_retried_later_and_keeps_task_order(rig: Rig):
     [remote_id] = rig.create(1)
     rig.bridge.pull_tick(rig.clock.now)
-    task = rig.queue.dequeue()
-    rig.queue.progress(task, 40)
-    rig.bridge.push_tick(rig.clock.now)
-    rig.queue.progress(task, 80)
-    rig.server.faults.fail_next(status=500, path="/tasks/*/progress")
-    rig.bridge.push_tick(rig.clock.now)
-    [_, progress] = rig.queue.outbox()
-    assert progress.status == "pending" and progress.attempts == 1
+    first = rig.queue.dequeue()
+    rig.queue.fail(first, ValueError("attempt 1"))  # a "fail" row, not pushed yet
+    rig.server.advance_clock(301)  # the server's lease ends: the task is offered again
+    rig.bridge._next_pull.clear()
+    assert rig.bridge.pull_tick(rig.clock.now) == 1
+    second = rig.queue.dequeue()
+    assert second is not None and second.id == first.id and second.remote_attempt == 2
+    rig.queue.complete(second, {"attempt": 2})
+    fail_row, complete_row = rig.queue.outbox(status="pending")
+    assert (fail_row.kind, complete_row.kind) == ("fail", "complete")
+    assert fail_row.task_id == complete_row.task_id == first.id
+
+    def sent() -> int:  # a fail is a POST to /complete too (with success false)
+        return sum(r.path == f"/tasks/{remote_id}/complete" for r in rig.server.requests)
+
+    rig.server.faults.fail_next(status=500, path="/tasks/*/complete")  # the first: the fail row
+    assert rig.bridge.push_tick(rig.clock.now) == 0
+    assert sent() == 1, "the later row went in the same tick as the earlier row's 5xx"
+    fail_row, complete_row = rig.queue.outbox(status="pending")
+    assert fail_row.attempts == 1 and fail_row.next_attempt_at is not None
+    assert complete_row.attempts == 0
+    assert rig.bridge.push_tick(rig.clock.now) == 0  # the failed row's retry is not due yet
+    assert sent() == 1, "the later row went while the earlier one waited for its retry"
     rig.clock.advance(5)
-    assert rig.bridge.push_tick(rig.clock.now) == 1
-    assert rig.admin.get_task(remote_id).progress == 80
+    rig.bridge.push_tick(rig.clock.now)
+    assert sent() == 3  # the fail again, then the complete
+    fail_row, complete_row = rig.queue.outbox()
+    assert fail_row.status == "delivered" and fail_row.attempts == 2
+    # The server applied attempt 1's fail first (the task is pending again), so attempt
+    # 2's completion is refused: kept locally, as superseded. Sent in the other order,
+    # the server would have completed the task and then refused the fail.
+    assert complete_row.status == "superseded", complete_row.last_error
+    assert rig.queue.outbox(status="pending") == []
 
 
 def test_reap_expires_and_requeues(rig: Rig, caplog: pytest.LogCaptureFixture):
@@ -371,7 +416,17 @@ def test_backoff_grows_while_outage_lasts(rig: Rig):
     assert len(gaps) >= 3 and gaps[-1] > gaps[0]
     assert max(gaps) <= rig.bridge.config.push_backoff_max_seconds * 1.2 + 0.5
     rig.server.come_back()
-    assert timedelta(0) <= rig.clock.now - attempts_at[-1]
+    # The next attempt waits for its back-off (at most the cap), then delivers the backlog.
+    delivered_at = None
+    for _ in range(int(rig.bridge.config.push_backoff_max_seconds * 1.2 / 0.5) + 3):
+        rig.clock.advance(0.5)
+        if rig.bridge.push_tick(rig.clock.now) == 1:
+            delivered_at = rig.clock.now
+            break
+    assert delivered_at is not None, "the backlog was not delivered after the server came back"
+    waited = (delivered_at - attempts_at[-1]).total_seconds()
+    assert waited <= rig.bridge.config.push_backoff_max_seconds * 1.2 + 0.5
+    assert not rig.bridge.in_outage and rig.queue.status().outbox == {"delivered": 1}
 
 
 def test_lease_expiry_before_start_then_reclaimed_later(rig: Rig):

@@ -158,6 +158,28 @@ def test_lost_lock_is_requeued_and_late_complete_refused(migrated_url: str, cloc
         assert [r.payload for r in fast.outbox()] == [{"result": {"by": "fast"}}]
 
 
+def test_late_complete_of_an_earlier_attempt_by_the_same_worker_is_refused(
+    queue: LocalQueue, clock: Clock
+):
+    """The claim token is (holder, attempt): the holder alone cannot tell two runs apart."""
+    add_remote(queue, clock, 7)
+    old = queue.dequeue(lock_seconds=10)
+    clock.advance(11)
+    assert queue.store.requeue_stale_locks(queue.config.lease_margin_seconds, clock.now) == (1, 0)
+    new = queue.dequeue()
+    assert new.id == old.id and new.locked_by == old.locked_by
+    assert (old.attempts, new.attempts) == (1, 2)
+    with pytest.raises(TaskNotHeldError):
+        queue.complete(old, {"by": "attempt 1"})
+    with pytest.raises(TaskNotHeldError):
+        queue.progress(old, 50)
+    current = queue.get(old.id)
+    assert (current.status, current.result, current.attempts) == ("running", None, 2)
+    assert queue.outbox() == []
+    queue.complete(new, {"by": "attempt 2"})
+    assert [r.payload for r in queue.outbox()] == [{"result": {"by": "attempt 2"}}]
+
+
 def test_stale_lock_with_expired_lease_is_expired(queue: LocalQueue, clock: Clock):
     add_remote(queue, clock, 6)
     queue.dequeue(lock_seconds=10)

@@ -95,10 +95,18 @@ def test_status_watch_refreshes_until_interrupted(db: str):
         text=True,
         cwd=ROOT,
     )
-    output = []
+    output: list[str] = []
     assert process.stdout is not None
     while sum("outbox:" in line for line in output) < 2:
-        output.append(process.stdout.readline())
+        line = process.stdout.readline()
+        if not line:  # end of output: the process is gone, it will print no more
+            process.kill()
+            _, err = process.communicate(timeout=20)
+            pytest.fail(
+                f"status --watch ended (exit {process.returncode}) before two refreshes:\n"
+                f"{''.join(output)}{err}"
+            )
+        output.append(line)
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=20)
     assert process.returncode == 0

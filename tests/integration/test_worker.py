@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
-import time
+from datetime import timedelta
 
 import pytest
 
 from bridge import BridgeConfig, BridgeError, LocalQueue
 from bridge.migrate import upgrade
 from bridge.worker import Worker, load_handler
+
+from .conftest import Clock
+from .helpers import wait_until
 
 
 def square(params):
@@ -52,35 +55,53 @@ def test_context_progress_and_non_dict_results(local: LocalQueue):
     assert local.get(other.id).result == {"result": 3}
 
 
-def test_heartbeat_keeps_the_lock_of_a_long_task(local: LocalQueue):
-    task = local.enqueue("slow", {"x": 1})
+def test_heartbeat_keeps_the_lock_of_a_long_task(tmp_path):
+    url = str(tmp_path / "hb.db")
+    upgrade(url)
+    clock = Clock()
+    lock = timedelta(seconds=1)
+    config = BridgeConfig.load(env={}, db_url=url, lock_seconds=1)
+    with LocalQueue(config=config, clock=clock) as queue:
+        task = queue.enqueue("slow", {"x": 1})
 
-    def slow(params):
-        time.sleep(1.6)  # longer than the 1 s lock: only the heartbeat keeps it
-        assert local.store.requeue_stale_locks(0, local.clock()) == (0, 0)
-        return {"slept": True}
+        def renewed_now() -> bool:
+            locked_until = queue.get(task.id).locked_until
+            return locked_until is not None and locked_until >= clock.now + lock
 
-    Worker(local, {"slow": slow}).run(max_tasks=1)
-    assert local.get(task.id).status == "done" and local.get(task.id).attempts == 1
+        def slow(params):
+            for _ in range(3):  # 2.7 s of the queue's clock, well past the 1 s lock
+                clock.advance(0.9)
+                assert wait_until(renewed_now, 10), f"lock not renewed by {clock.now}"
+            assert queue.store.requeue_stale_locks(0, clock.now) == (0, 0)
+            return {"slept": True}
+
+        Worker(queue, {"slow": slow}).run(max_tasks=1)
+        finished = queue.get(task.id)
+    assert finished.status == "done", finished.error
+    assert finished.attempts == 1
 
 
 def test_stop_finishes_the_task_in_hand(local: LocalQueue):
-    started = threading.Event()
+    started, release = threading.Event(), threading.Event()
+    ran: list[int] = []
 
     def long(params):
+        ran.append(params["n"])
         started.set()
-        time.sleep(0.3)
+        assert release.wait(30), "the test never released the handler"
         return {"n": params["n"]}
 
     for n in range(3):
         local.enqueue("long", {"n": n})
     worker = Worker(local, {"long": long}, poll_seconds=0.05)
-    runner = threading.Thread(target=worker.run)
+    runner = threading.Thread(target=worker.run, daemon=True)
     runner.start()
-    started.wait(5)
-    worker.stop()
-    runner.join(5)
-    assert not runner.is_alive()
+    assert started.wait(30), "the worker never started a task"
+    worker.stop()  # while the handler is still running
+    release.set()
+    runner.join(30)
+    assert not runner.is_alive(), "the worker did not stop after the task in hand"
+    assert ran == [0]
     statuses = sorted(t.status for t in (local.get(i) for i in (1, 2, 3)))
     assert statuses == ["done", "queued", "queued"]
 

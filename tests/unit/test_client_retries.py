@@ -66,13 +66,31 @@ def test_gateway_error_with_json_body_is_server_error(
         client.create_task("t", {"a": 1})
 
 
-@pytest.mark.parametrize("status", [400, 401, 404, 409, 413, 422])
+@pytest.mark.parametrize(
+    ("status", "error_name"),
+    [
+        (400, "TaskManagerValidationError"),
+        (401, "TaskManagerAuthError"),
+        (404, "TaskManagerNotFoundError"),
+        (409, "TaskManagerValidationError"),
+        (413, "TaskManagerRequestTooLargeError"),
+        (422, "TaskManagerValidationError"),
+    ],
+)
 def test_4xx_never_retried(
-    mocked: responses.RequestsMock, client: TaskManagerClient, fake_time: FakeTime, status: int
+    mocked: responses.RequestsMock,
+    client: TaskManagerClient,
+    fake_time: FakeTime,
+    status: int,
+    error_name: str,
 ):
+    import taskmanager
+
+    error_type: type[TaskManagerError] = getattr(taskmanager, error_name)
     mocked.post(f"{BASE}/tasks", status=status, json=err("no"))
-    with pytest.raises(TaskManagerError):
+    with pytest.raises(error_type) as info:
         client.create_task("t", {"a": 1})
+    assert type(info.value) is error_type and info.value.status_code == status
     assert len(mocked.calls) == 1 and fake_time.sleeps == []
 
 
