@@ -8,6 +8,7 @@ The API key is never printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -28,6 +29,7 @@ from .errors import BridgeConfigError, BridgeError
 from .logs import setup_logging
 from .metrics import Metrics, NullMetrics
 from .operations import Operations
+from .storage import open_store
 from .schema import OUTBOX_STATUSES, TASK_STATUSES
 
 Command = Callable[[argparse.Namespace], int]
@@ -74,10 +76,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             "types: the daemon needs the task types to claim "
             '(types = ["..."] in the config, or BRIDGE_TYPES=a,b)'
         )
-    with Operations.open(config) as operations:
+    with contextlib.closing(open_store(config.db_url, config.busy_timeout_seconds)) as store:
+        operations = Operations(store, config)
         metrics = Metrics(operations) if args.metrics_port is not None else NullMetrics()
         client = TaskManagerClient(config.client_config(), observer=metrics.observe_request)
-        daemon = Daemon(Bridge(operations.store, client, config, metrics=metrics))
+        daemon = Daemon(Bridge(store, client, config, metrics=metrics))
         # Before anything is visible from outside: a SIGTERM sent as soon as the metrics
         # answer must stop the daemon cleanly, not kill it.
         daemon.handle_signals()
