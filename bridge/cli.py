@@ -29,8 +29,8 @@ from .errors import BridgeConfigError, BridgeError
 from .logs import setup_logging
 from .metrics import Metrics, NullMetrics
 from .operations import Operations
-from .storage import open_store
 from .schema import OUTBOX_STATUSES, TASK_STATUSES
+from .storage import open_store
 
 Command = Callable[[argparse.Namespace], int]
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
