@@ -22,6 +22,7 @@ from .database import check_schema
 from .errors import DatabaseError, SchemaError
 from .jobs import Bridge
 from .queue import utcnow
+from .skipped_runs import QuietSkips, SkippedRuns
 from .storage.state import LAST_CONTACT_KEY, LAST_TICK_KEY, WORKER_ID_KEY
 
 logger = logging.getLogger("bridge.daemon")
@@ -33,6 +34,7 @@ class Daemon:
     """Runs a ``Bridge``'s jobs on APScheduler until told to stop."""
 
     def __init__(self, bridge: Bridge, clock: Callable[[], datetime] = utcnow) -> None:
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self.bridge = bridge
@@ -40,9 +42,16 @@ class Daemon:
         self._stop = threading.Event()
         self._signals = 0
         self.fatal: str | None = None  # why the daemon stopped by itself, if it did
+        scheduler_log = logging.getLogger("bridge.scheduler")
+        scheduler_log.addFilter(QuietSkips())
         self.scheduler: Any = BackgroundScheduler(
             timezone=timezone.utc,
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 60},
+            logger=scheduler_log,
+        )
+        self.skipped = SkippedRuns(bridge.metrics.skipped_run)
+        self.scheduler.add_listener(
+            lambda event: self.skipped.skipped(event.job_id), EVENT_JOB_MAX_INSTANCES
         )
         config = bridge.config
         jobs: list[tuple[str, Callable[[datetime], Any], float]] = [
@@ -106,6 +115,7 @@ class Daemon:
         self.bridge.stop_claiming()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        self.skipped.flush()
         if self.fatal is not None:
             return  # no database to push from
         deadline = time.monotonic() + self.bridge.config.shutdown_push_seconds

@@ -30,6 +30,9 @@ class NullMetrics:
     def observe_request(self, method: str, endpoint: str, status: str, seconds: float) -> None:
         """One HTTP attempt to the TaskManager API."""
 
+    def skipped_run(self, job: str) -> None:
+        """A job's run skipped because its previous run was still going."""
+
 
 class _QueueCollector:
     """Gauges computed from the database on each scrape."""
@@ -103,6 +106,12 @@ class Metrics(NullMetrics):
             ["kind"],
             registry=self.registry,
         )
+        self._skipped = Counter(
+            "taskmanager_bridge_job_runs_skipped",
+            "Job runs skipped because the previous run was still going",
+            ["job"],
+            registry=self.registry,
+        )
         self._requests = Histogram(
             "taskmanager_bridge_request_seconds",
             "TaskManager API requests, by endpoint and status",
@@ -122,6 +131,9 @@ class Metrics(NullMetrics):
 
     def observe_request(self, method: str, endpoint: str, status: str, seconds: float) -> None:
         self._requests.labels(method, endpoint, status).observe(seconds)
+
+    def skipped_run(self, job: str) -> None:
+        self._skipped.labels(job).inc()
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from bridge import BridgeConfig, LocalQueue
 from bridge.daemon import Bridge, Daemon
+from bridge.metrics import Metrics
 from bridge.migrate import upgrade
+from bridge.operations import Operations
 from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
 
@@ -16,8 +20,10 @@ pytestmark = pytest.mark.integration
 TYPE = "net.work"
 
 
-def test_hanging_claims_do_not_stop_deliveries(tmp_path):
-    """Claims hang (timeouts fire); the push job, on its own thread, still delivers."""
+def test_hanging_claims_do_not_stop_deliveries(tmp_path, caplog):
+    """Claims hang (timeouts fire); the push job, on its own thread, still delivers; the
+    pull runs skipped meanwhile are counted and summarised, not logged one by one."""
+    caplog.set_level(logging.INFO)
     db = str(tmp_path / "q.db")
     upgrade(db)
     with EmulatorServer() as server, LocalQueue(db) as queue:
@@ -38,7 +44,8 @@ def test_hanging_claims_do_not_stop_deliveries(tmp_path):
                 {}, api_url=server.url, api_key=server.api_key, timeout=0.5, retry_attempts=0
             )
         )
-        daemon = Daemon(Bridge(queue.store, client, config))
+        metrics = Metrics(Operations(queue.store, config))
+        daemon = Daemon(Bridge(queue.store, client, config, metrics=metrics))
         daemon.start()
         try:
             assert wait_until(lambda: queue.status().tasks.get((TYPE, "queued"), 0) == 3, 10)
@@ -58,3 +65,8 @@ def test_hanging_claims_do_not_stop_deliveries(tmp_path):
         finally:
             server.faults.clear()
             daemon.stop()
+    skipped = metrics.render().decode()
+    assert 'taskmanager_bridge_job_runs_skipped_total{job="pull"}' in skipped
+    assert "maximum number of running instances" not in caplog.text
+    summaries = [r for r in caplog.records if "runs skipped in the last" in r.getMessage()]
+    assert len(summaries) == 1 and "pull" in summaries[0].getMessage()  # one, at stop
