@@ -35,14 +35,17 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 TaskStatus = Literal["queued", "running", "done", "failed", "expired"]
 FinishedTaskStatus = Literal["done", "failed", "expired"]
 OutboxKind = Literal["complete", "fail", "progress", "create_task", "register_type"]
-OutboxStatus = Literal["pending", "delivered", "superseded", "dead"]
-FinalOutboxStatus = Literal["delivered", "superseded", "dead"]
+# superseded: the server's state made the row moot (alert on it); obsolete: a progress
+# report made moot by its own task's end (routine).
+OutboxStatus = Literal["pending", "delivered", "superseded", "obsolete", "dead"]
+FinalOutboxStatus = Literal["delivered", "superseded", "obsolete", "dead"]
 
 TASK_STATUSES: tuple[TaskStatus, ...] = get_args(TaskStatus)
 FINISHED_TASK_STATUSES: tuple[FinishedTaskStatus, ...] = get_args(FinishedTaskStatus)
 OUTBOX_KINDS: tuple[OutboxKind, ...] = get_args(OutboxKind)
 OUTBOX_STATUSES: tuple[OutboxStatus, ...] = get_args(OutboxStatus)
 FINAL_OUTBOX_STATUSES: tuple[FinalOutboxStatus, ...] = get_args(FinalOutboxStatus)
+SETTLED_OUTBOX_STATUSES = ("delivered", "superseded", "obsolete")  # prunable; dead is kept
 # Revision 0001's constraint also admits 'cancelled', which nothing writes. Changing a
 # CHECK on SQLite means rebuilding ``tasks``, whose drop would null every outbox row's
 # task_id (ON DELETE SET NULL): the value goes when a revision rebuilds the table anyway.

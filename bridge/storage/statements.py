@@ -170,10 +170,10 @@ class Prepared:
                 created_at=p("p_now"),
             )
         )
-        self.supersede_progress = prepare(
+        self.obsolete_progress = prepare(
             update(outbox)
             .where(pending_progress)
-            .values(status="superseded", settled_at=p("p_now"), last_error=p("p_reason"))
+            .values(status="obsolete", settled_at=p("p_now"), last_error=p("p_reason"))
         )
         outbox_row: dict[str, Any] = {
             name: p(name)

@@ -18,7 +18,14 @@ from taskmanager import ClaimedTask
 
 from ..errors import DatabaseError, TaskNotHeldError
 from ..models import LocalTask, QueueCounts
-from ..schema import FINISHED_TASK_STATUSES, IS_PENDING, IS_QUEUED, outbox, tasks
+from ..schema import (
+    FINISHED_TASK_STATUSES,
+    IS_PENDING,
+    IS_QUEUED,
+    SETTLED_OUTBOX_STATUSES,
+    outbox,
+    tasks,
+)
 from .connector import Connector
 from .outbox import append_for_task
 from .statements import TASK_COLUMNS, Prepared, Statement
@@ -219,7 +226,7 @@ class TaskQueries:
             return
         if progress:
             reason = f"task ended locally ({kind}) before this progress was sent"
-            self.sql.supersede_progress.run(
+            self.sql.obsolete_progress.run(
                 conn, {"p_task_id": task.id, "p_now": now, "p_reason": reason}
             )
         append_for_task(self.sql, conn, kind, payload, now, task)
@@ -356,7 +363,7 @@ class TaskQueries:
         with self.db.write() as conn:
             rows = conn.execute(
                 delete(outbox).where(
-                    outbox.c.status.in_(("delivered", "superseded")), outbox.c.settled_at < before
+                    outbox.c.status.in_(SETTLED_OUTBOX_STATUSES), outbox.c.settled_at < before
                 )
             ).rowcount
             unsettled = exists().where(

@@ -94,7 +94,7 @@ def test_fail_queues_failure_or_retries_locally(queue: LocalQueue, clock: Clock)
     assert (row.kind, row.payload) == ("fail", {"error": "still broken"})
 
 
-def test_progress_coalesces_and_is_superseded_by_completion(queue: LocalQueue, clock: Clock):
+def test_progress_coalesces_and_is_made_obsolete_by_completion(queue: LocalQueue, clock: Clock):
     add_remote(queue, clock, 9)
     task = queue.dequeue()
     for percent in (10, 40, 70):
@@ -108,7 +108,7 @@ def test_progress_coalesces_and_is_superseded_by_completion(queue: LocalQueue, c
     )
     queue.complete(task, {"done": 1})
     kinds = {(r.kind, r.status) for r in queue.outbox()}
-    assert kinds == {("progress", "superseded"), ("complete", "pending")}
+    assert kinds == {("progress", "obsolete"), ("complete", "pending")}
     with pytest.raises(ValidationError):
         queue.progress(task, 101)
 
@@ -210,8 +210,18 @@ def test_insert_claimed_is_idempotent_and_requeues_newer_attempts(queue: LocalQu
     assert renewed.lease_expires_at == clock.now + timedelta(seconds=LEASE)
     done = queue.dequeue()
     queue.complete(done, {"ok": 1})
-    _, changed = queue.store.insert_claimed(claimed(50, clock, attempts=3), LEASE, clock.now)
-    assert not changed and queue.get(first.id).status == "done"
+    # A re-claim of a finished task keeps its result: while its completion is pending the
+    # server will take that (same worker id); once the completion was superseded, the
+    # result is queued again for the new claim instead of running the task again.
+    held, changed = queue.store.insert_claimed(claimed(50, clock, attempts=3), LEASE, clock.now)
+    assert changed and held.status == "done" and held.remote_attempt == 3
+    completions = [e for e in queue.outbox(None, 10) if e.kind == "complete"]
+    assert [(e.status, e.remote_attempt) for e in completions] == [("pending", 2)]
+    queue.store.settle_outbox(completions[0].id, "superseded", "lease taken", clock.now)
+    held, changed = queue.store.insert_claimed(claimed(50, clock, attempts=4), LEASE, clock.now)
+    assert changed and queue.get(first.id).status == "done"
+    resent = [e for e in queue.outbox("pending", 10) if e.kind == "complete"]
+    assert [(e.payload, e.remote_attempt) for e in resent] == [({"result": {"ok": 1}}, 4)]
 
 
 def test_create_remote_task_offline_validated_and_deduplicated(queue: LocalQueue):

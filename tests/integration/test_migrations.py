@@ -8,7 +8,6 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from bridge import DatabaseError, LocalQueue, SchemaError
-from bridge import database as bridge_database
 from bridge.database import open_engine
 from bridge.migrate import current, downgrade, head_revision, known_revisions, upgrade
 from bridge.revisions import migrations_dir
@@ -74,10 +73,34 @@ def test_newer_schema_refused(migrated_url: str):
         LocalQueue(migrated_url)
 
 
-def test_older_schema_refused_with_upgrade_command(migrated_url: str, monkeypatch):
-    monkeypatch.setattr(bridge_database, "known_revisions", lambda: ("0001", "0002"))
-    with pytest.raises(SchemaError, match=r"behind 0002\. Upgrade it with: taskmanager-bridge db"):
+def test_older_schema_refused_with_upgrade_command(migrated_url: str):
+    downgrade(migrated_url, "0001")
+    head = head_revision()
+    expected = rf"behind {head}\. Upgrade it with: taskmanager-bridge db"
+    with pytest.raises(SchemaError, match=expected):
         LocalQueue(migrated_url)
+
+
+def test_0002_moves_locally_ended_progress_to_obsolete_and_back(db_url: str):
+    upgrade(db_url, "0001")
+    engine = open_engine(db_url)
+    insert = text(
+        "INSERT INTO outbox (kind, payload, status, attempts, created_at, last_error) "
+        "VALUES ('progress', '{}', 'superseded', 0, '2026-11-28 12:00:00', :reason)"
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert, {"reason": "task ended locally (complete) before this was sent"})
+            conn.execute(insert, {"reason": "task no longer ours to report on: 403"})
+        upgrade(db_url, "0002")
+        statuses = "SELECT status FROM outbox ORDER BY id"
+        with engine.connect() as conn:
+            assert conn.execute(text(statuses)).scalars().all() == ["obsolete", "superseded"]
+        downgrade(db_url, "0001")
+        with engine.connect() as conn:
+            assert conn.execute(text(statuses)).scalars().all() == ["superseded", "superseded"]
+    finally:
+        engine.dispose()
 
 
 def test_other_applications_sqlite_file_refused(tmp_path):
@@ -142,7 +165,7 @@ def test_sqlite_hot_statements_use_their_indexes(tmp_path):
             checks = {
                 "dequeue": prepared.dequeue(0),
                 "dequeue typed": prepared.dequeue(2),
-                "supersede progress": prepared.supersede_progress,
+                "supersede progress": prepared.obsolete_progress,
                 "replace progress": prepared.replace_progress,
                 "finish": prepared.finish_done,
             }
