@@ -87,9 +87,23 @@ class BridgeConfig:
     default_task_seconds: float = _setting(
         10.0, "assumed task duration until the queue has measured some", 0.001
     )
-    poll_min_seconds: float = _setting(0.5, "claim poll interval while tasks keep coming", 0.01)
+    poll_min_seconds: float = _setting(
+        0.5, "how often the pull job runs: claims follow at once while tasks keep coming", 0.01
+    )
     poll_max_seconds: float = _setting(
-        30.0, "claim poll interval when idle (backs off to it)", 0.01
+        30.0,
+        "idle: least time between blind claims of a type (the probe for tasks whose lease "
+        "ran out; without the watch, the claim poll backs off to it)",
+        0.01,
+    )
+    watch_interval_seconds: float = _setting(
+        1.0,
+        "idle: how often one list request looks for pending tasks of every type "
+        "(0: no watch, claims poll blindly)",
+        0,
+    )
+    idle_claim_share: float = _setting(
+        0.1, "share of the server's claim rate window that idle probes may spend", 0.001
     )
     push_interval_seconds: float = _setting(0.5, "how often pending outbox rows are sent", 0.01)
     push_batch: int = _setting(200, "outbox rows sent per push", 1)

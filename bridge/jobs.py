@@ -45,8 +45,13 @@ from .storage.state import (
     ClaimIntent,
     ThrottledState,
 )
+from .watch import CLAIM_PATH, LIST_PATH, PendingWatch, probe_interval, window_free_at
 
 logger = logging.getLogger("bridge.daemon")
+
+BLIND = 1_000_000  # a claim burst with no count to go by: until the limit or an empty answer
+WATCH_OFF_AFTER_ERROR = timedelta(minutes=5)
+
 
 def _iso(moment: datetime | None) -> str:
     return moment.isoformat() if moment else ""
@@ -90,6 +95,10 @@ class Bridge:
         self._backlog_paused = False
         self._risk_logged: set[int] = set()
         self._claim_reasons: dict[str, str] = {}
+        self._watch = PendingWatch(client, config.types)
+        self._known: dict[str, int] = {}  # pending tasks seen per type, not yet claimed
+        self._next_look: datetime | None = None
+        self._watch_off_until: datetime | None = None
         self.state = ThrottledState(store)
         self.server = ServerContact(
             store, self.state, config.api_key_source, monotonic, utcnow()
@@ -158,31 +167,100 @@ class Bridge:
         return behind
 
     def pull_tick(self, now: datetime) -> int:
-        """Claim what the local queue has room for; returns the number claimed."""
+        """Claim what the local queue has room for; returns the number claimed.
+
+        Claims go to tasks seen pending (``bridge.watch``); a blind claim per type
+        (the probe, for tasks whose lease ran out) runs at an interval that keeps
+        idle claims within their share of the server's claim window.
+        """
         tick_started = self.monotonic()
         if not self._claiming.is_set() or self.server.paused(now):
             return 0
-        if self._outbox_too_far_behind(now):
+        if self._outbox_too_far_behind(now) or not self._look_for_work(now, tick_started):
             return 0
         total = 0
         for task_type in self.config.types:
-            due = self._next_pull.get(task_type)
-            if due is not None and now < due:
+            wanted = self._wanted(task_type, now)
+            if wanted is None:
                 continue
             plan = self.claim_plan(task_type)
             self._note_claim_plan(task_type, plan, now)
-            limit = plan.limit
+            limit = min(plan.limit, wanted)
             claimed, error = self._claim_burst(task_type, limit, now)
             total += claimed
             self.metrics.claimed(task_type, claimed)
             if error is None:
                 self.server.ok(now)
-                self._schedule_pull(task_type, now, found_work=claimed > 0 or limit == 0)
+                self._after_claims(task_type, claimed, limit, now)
             elif not self._claim_failed(task_type, error, now, tick_started):
                 break
         if total:
             logger.info("claimed %d task(s)", total)
         return total
+
+    def _watching(self, now: datetime) -> bool:
+        return self.config.watch_interval_seconds > 0 and (
+            self._watch_off_until is None or now >= self._watch_off_until
+        )
+
+    def _look_for_work(self, now: datetime, tick_started: float) -> bool:
+        """Refresh the pending counts when a look is due; False when the tick must stop."""
+        if not self._watching(now) or (self._next_look is not None and now < self._next_look):
+            return True
+        if window_free_at(self.client.rate_limit_for(LIST_PATH)) > 0:
+            return True  # the list's window is spent: look again when it resets
+        self._next_look = now + timedelta(seconds=self.config.watch_interval_seconds)
+        try:
+            seen = self._watch.look()
+        except TaskManagerRateLimitError as exc:
+            self.server.pause(now, exc.retry_after, tick_started)
+            return False
+        except TaskManagerAuthError as exc:
+            self.server.refused_key(now, str(exc))
+            return False
+        except TaskManagerConnectionError as exc:
+            self.server.unreachable(now, str(exc))
+            return False
+        except TaskManagerError as exc:
+            logger.warning("looking for pending tasks failed (%s): blind claims for 5 min", exc)
+            self._watch_off_until = now + WATCH_OFF_AFTER_ERROR
+            return True
+        self.server.ok(now)
+        self._known = {task_type: seen.get(task_type, 0) for task_type in self.config.types}
+        return True
+
+    def _wanted(self, task_type: str, now: datetime) -> int | None:
+        """How many claims a type is worth now: what was seen pending, else one blind
+        burst when its poll (or probe) is due; ``None``: not now."""
+        known = self._known.get(task_type, 0)
+        if known > 0:
+            return known
+        due = self._next_pull.get(task_type)
+        if due is not None and now < due:
+            return None
+        return BLIND
+
+    def _after_claims(self, task_type: str, claimed: int, limit: int, now: datetime) -> None:
+        known = self._known.get(task_type, 0)
+        if known > 0:  # claims of tasks seen pending; an empty answer means none are left
+            if limit > 0:
+                self._known[task_type] = known - claimed if claimed == limit else 0
+            return
+        if claimed > 0 or limit == 0:  # blind claims found work, or had no room: again soon
+            self._schedule_pull(task_type, now, found_work=True)
+        elif self._watching(now):  # an empty probe: the next one within the idle budget
+            self._next_pull[task_type] = now + self._probe_interval()
+        else:
+            self._schedule_pull(task_type, now, found_work=False)
+
+    def _probe_interval(self) -> timedelta:
+        window = self.client.rate_limit_for(CLAIM_PATH)
+        return probe_interval(
+            len(self.config.types),
+            self.config.poll_max_seconds,
+            self.config.idle_claim_share,
+            window.limit if window is not None else None,
+        )
 
     def _note_claim_plan(self, task_type: str, plan: ClaimLimit, now: datetime) -> None:
         """One log line when the reason for holding claims back changes; the plan in
@@ -220,6 +298,8 @@ class Bridge:
         claimed = 0
         try:
             while claimed < limit and self._claiming.is_set():
+                if window_free_at(self.client.rate_limit_for(CLAIM_PATH)) > 0:
+                    break  # the claim window is spent: a claim now would only be refused
                 task = self.client.claim_task(task_type=task_type, worker_id=self.worker_id)
                 if task is None:
                     break

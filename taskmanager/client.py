@@ -121,6 +121,11 @@ class TaskManagerClient:
         """The latest ``X-RateLimit-*`` figures, to slow down before being refused."""
         return self._transport.last_rate_limit
 
+    def rate_limit_for(self, path: str) -> RateLimitInfo | None:
+        """The ``X-RateLimit-*`` figures of ``path``'s latest answer (``"/tasks/claim"``):
+        the server counts one window per client and path."""
+        return self._transport.rate_limits.get(path)
+
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._transport.request(method, path, **kwargs)
 

@@ -76,6 +76,23 @@ class RateLimitInfo:
     limit: int | None
     remaining: int | None
     reset: float | None
+    observed_at: float | None = None  # Unix time the answer came
+
+    def resets_at(self) -> float | None:
+        """Unix time the window starts again: ``reset`` is a Unix time when it looks like
+        one (the emulator's, a common convention), else seconds from the answer."""
+        if self.reset is None:
+            return None
+        if self.reset > 1_000_000_000 or self.observed_at is None:
+            return self.reset
+        return self.observed_at + self.reset
+
+    def exhausted_until(self, now: float) -> float | None:
+        """When no request is left in the window: the Unix time it resets; else ``None``."""
+        if self.remaining is None or self.remaining > 0:
+            return None
+        resets = self.resets_at()
+        return resets if resets is not None and resets > now else None
 
 
 # -- reading numbers the server sent ---------------------------------------------------
@@ -114,7 +131,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return wait_seconds(when - (time.time() if now is None else now))
 
 
-def rate_limit_info(headers: Mapping[str, str]) -> RateLimitInfo | None:
+def rate_limit_info(
+    headers: Mapping[str, str], observed_at: float | None = None
+) -> RateLimitInfo | None:
     """The ``X-RateLimit-*`` figures of an answer, ``None`` when it has none."""
     if "X-RateLimit-Limit" not in headers and "X-RateLimit-Remaining" not in headers:
         return None
@@ -124,6 +143,7 @@ def rate_limit_info(headers: Mapping[str, str]) -> RateLimitInfo | None:
         int(limit) if limit is not None else None,
         int(remaining) if remaining is not None else None,
         finite_number(headers.get("X-RateLimit-Reset")),
+        observed_at,
     )
 
 

@@ -75,6 +75,8 @@ class Transport:
         self.clock = clock
         self.rng = rng or random.Random()
         self.last_rate_limit: RateLimitInfo | None = None
+        # The server keeps one window per path: the figures of each path's latest answer.
+        self.rate_limits: dict[str, RateLimitInfo] = {}
 
     @staticmethod
     def _own_session(config: TaskManagerConfig) -> requests.Session:
@@ -139,7 +141,9 @@ class Transport:
             self._observe(method, path, sent.label, started)
             return sent
         self._observe(method, path, str(sent.status), started)
-        self.last_rate_limit = rate_limit_info(sent.headers) or self.last_rate_limit
+        info = rate_limit_info(sent.headers, observed_at=time.time())
+        if info is not None:
+            self.last_rate_limit = self.rate_limits[path] = info
         outcome = interpret(sent, nothing_when, method=method, url=url, now=time.time())
         if outcome.error is None:
             logger.debug(

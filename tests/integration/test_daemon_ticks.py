@@ -98,7 +98,24 @@ def _seconds_until_next_claim(rig: Rig, step: float = 0.25) -> float:
     return waited
 
 
+def test_watching_idle_bridge_probes_within_budget_and_claims_new_work_at_the_next_look(rig: Rig):
+    """One list request a second covers the type; blind claims (for expired leases) come
+    at the probe interval: max(poll_max_seconds, 60 s x types / 10 % of 100)."""
+    assert rig.bridge.pull_tick(rig.clock.now) == 0  # nothing seen: the first probe
+    looks = rig.server.request_counts()["GET /tasks"]
+    idle = [_seconds_until_next_claim(rig) for _ in range(3)]
+    assert idle == [8.0, 8.0, 8.0]
+    assert rig.server.request_counts()["GET /tasks"] - looks in range(22, 26)  # ~1 a second
+    (remote_id,) = rig.create(1)
+    asked = rig.claims()
+    rig.clock.advance(1.0)  # the next look sees it, and exactly one claim takes it
+    assert rig.bridge.pull_tick(rig.clock.now) == 1
+    assert rig.claims() == asked + 1
+    assert rig.queue.store.get_task_by_remote_id(remote_id) is not None
+
+
 def test_adaptive_polling_backs_off_when_idle(rig: Rig):
+    rig.bridge = make_bridge(rig.queue, rig.server, rig.clock, watch_interval_seconds=0)
     config = rig.bridge.config
     assert (config.poll_min_seconds, config.poll_max_seconds) == (0.5, 8.0)
     assert rig.bridge.pull_tick(rig.clock.now) == 0

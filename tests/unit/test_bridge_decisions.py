@@ -70,6 +70,7 @@ class FakeClient:
     errors: dict[str, list[Exception]] = field(default_factory=dict)
     calls: list[tuple[str, Any]] = field(default_factory=list)
     claimed_rows: list[Task] = field(default_factory=list)
+    windows: dict[str, Any] = field(default_factory=dict)  # path -> RateLimitInfo
     call_seconds: float = 0.0
     config: Any = field(default_factory=lambda: SimpleNamespace(worker_id=WORKER))
 
@@ -103,9 +104,23 @@ class FakeClient:
     def update_progress(self, task_id: int, progress: int, message: Any, worker_id: str) -> None:
         self._call("progress", task_id)
 
-    def list_tasks(self, status: str, page_size: int) -> Iterator[Task]:
+    def list_tasks(
+        self,
+        status: str,
+        task_type: str | None = None,
+        *,
+        page_size: int = 50,
+        max_items: int | None = None,
+    ) -> Iterator[Task]:
         self._call("list", status)
-        yield from self.claimed_rows
+        if status == "pending":  # what the watch sees: the claimable tasks of each type
+            rows = [Task(i, t, "pending") for t, ids in self.remote.items() for i in ids]
+        else:
+            rows = [row for row in self.claimed_rows if row.status == status]
+        yield from [row for row in rows if task_type in (None, row.type)][:max_items]
+
+    def rate_limit_for(self, path: str) -> Any:
+        return self.windows.get(path)
 
     def get_task(self, task_id: int) -> Task:
         self._call("get", task_id)
@@ -188,20 +203,32 @@ def test_claim_limit_follows_the_measured_duration(rig: Rig):
 
 
 # -- pull ------------------------------------------------------------------------------------
-def test_pull_burst_stops_at_the_limit_and_at_the_first_empty_answer(rig: Rig):
+def test_pull_claims_what_it_saw_pending_up_to_the_limit_and_no_empty_claim(rig: Rig):
     rig.client.remote[TYPE] = list(range(1, 9))
     bridge = rig.make(prefetch=3)
     assert bridge.pull_tick(rig.clock.now) == 3
-    assert len(rig.client.called("claim")) == 3  # no claim beyond the limit
+    assert rig.client.called("claim") == [TYPE] * 3  # no claim beyond the limit
     rig.client.remote[TYPE] = [20]
     bridge = rig.make(prefetch=10)
+    rig.client.calls.clear()
+    assert bridge.pull_tick(rig.clock.now) == 1
+    assert rig.client.called("claim") == [TYPE]  # the one task seen: no empty claim after it
+
+
+def test_a_blind_burst_stops_at_the_limit_and_at_the_first_empty_answer(rig: Rig):
+    rig.client.remote[TYPE] = list(range(1, 9))
+    bridge = rig.make(prefetch=3, watch_interval_seconds=0)
+    assert bridge.pull_tick(rig.clock.now) == 3
+    assert len(rig.client.called("claim")) == 3
+    rig.client.remote[TYPE] = [20]
+    bridge = rig.make(prefetch=10, watch_interval_seconds=0)
     rig.client.calls.clear()
     assert bridge.pull_tick(rig.clock.now) == 1
     assert rig.client.called("claim") == [TYPE, TYPE]  # the one task, then the empty answer
 
 
-def test_idle_polling_doubles_up_to_the_cap_and_resets_on_work(rig: Rig):
-    bridge = rig.make(poll_min_seconds=0.5, poll_max_seconds=4.0)
+def test_without_the_watch_idle_polling_doubles_up_to_the_cap_and_resets_on_work(rig: Rig):
+    bridge = rig.make(poll_min_seconds=0.5, poll_max_seconds=4.0, watch_interval_seconds=0)
     waits = []
     for _ in range(6):
         before = len(rig.client.called("claim"))
@@ -223,7 +250,7 @@ def test_a_failed_claim_of_one_type_does_not_stop_the_others(rig: Rig):
     rig.client.remote["t.other"] = [5]
     bridge = rig.make(types=[TYPE, "t.other"])
     assert bridge.pull_tick(rig.clock.now) == 1
-    assert rig.client.called("claim") == [TYPE, "t.other", "t.other"]
+    assert rig.client.called("claim") == [TYPE, "t.other"]  # TYPE's probe failed; t.other seen
 
 
 # -- the 429 pause, for every job --------------------------------------------------------------
@@ -242,10 +269,11 @@ def test_a_429_pauses_every_job_for_retry_after_counted_from_the_429(rig: Rig, j
     tick = {"pull": bridge.pull_tick, "push": bridge.push_tick, "reconcile": bridge.reconcile_tick}
     started = rig.clock.now
     tick[job](started)
-    assert bridge.server.paused_until == started + timedelta(seconds=13)
+    spent = 3.0 * len(rig.client.calls)  # every call before (and with) the 429 took 3 s
+    assert bridge.server.paused_until == started + timedelta(seconds=spent + 10)
     rig.client.calls.clear()
     _queue_completion(rig, remote_id=2)
-    for seconds in (12.9,):  # still paused 12.9 s after the tick began: nothing is sent
+    for seconds in (spent + 9.9,):  # still paused: nothing is sent
         now = started + timedelta(seconds=seconds)
         assert (bridge.pull_tick(now), bridge.push_tick(now), bridge.reconcile_tick(now)) == (
             0,
@@ -253,7 +281,7 @@ def test_a_429_pauses_every_job_for_retry_after_counted_from_the_429(rig: Rig, j
             0,
         )
     assert rig.client.calls == []
-    after = started + timedelta(seconds=13.1)
+    after = started + timedelta(seconds=spent + 10.1)
     bridge.pull_tick(after)
     bridge.push_tick(after)
     bridge.reconcile_tick(after)
@@ -419,3 +447,70 @@ def test_a_burst_keeps_its_intent_only_when_an_answer_may_be_lost(rig: Rig):
     rig.clock.advance(10)
     bridge.pull_tick(rig.clock.now)
     assert [i.task_type for i in rig.store.claim_intents()] == [TYPE]
+
+
+# -- idle: the watch and the claim window ------------------------------------------------------
+TEN = [f"t.type{i}" for i in range(10)]
+
+
+def _window(remaining: int, resets_in: float, limit: int = 100) -> Any:
+    import time
+
+    from taskmanager.protocol import RateLimitInfo
+
+    return RateLimitInfo(limit, remaining, time.time() + resets_in, time.time())
+
+
+def test_ten_idle_types_spend_at_most_a_tenth_of_the_claim_window(rig: Rig):
+    bridge = rig.make(types=TEN)
+    rig.client.windows["/tasks/claim"] = _window(remaining=99, resets_in=60)
+    for _ in range(1200):  # ten minutes of pull ticks every 0.5 s, nothing to do
+        rig.clock.advance(0.5)
+        bridge.pull_tick(rig.clock.now)
+    claims, looks = len(rig.client.called("claim")), len(rig.client.called("list"))
+    assert claims <= 10 * 10, claims  # 10 % of 100 a minute, for ten minutes
+    assert claims >= 10 * 9  # and the probes do run: expired leases are still found
+    assert 590 <= looks <= 601  # one look a second covers all ten types
+
+
+def test_a_task_created_after_a_long_idle_is_claimed_at_the_next_look(rig: Rig):
+    bridge = rig.make(types=TEN, watch_interval_seconds=1.0)
+    for _ in range(600):  # five idle minutes
+        rig.clock.advance(0.5)
+        bridge.pull_tick(rig.clock.now)
+    rig.client.remote["t.type7"] = [77]
+    for ticks in range(1, 4):
+        rig.clock.advance(0.5)
+        if bridge.pull_tick(rig.clock.now):
+            break
+    assert rig.store.get_task_by_remote_id(77) is not None
+    assert ticks * 0.5 <= 1.0  # within one watch interval
+
+
+def test_no_claim_is_sent_while_the_claim_window_is_spent(rig: Rig):
+    rig.client.remote[TYPE] = [1, 2]
+    rig.client.windows["/tasks/claim"] = _window(remaining=0, resets_in=30)
+    bridge = rig.make()
+    assert bridge.pull_tick(rig.clock.now) == 0
+    assert rig.client.called("claim") == []
+    rig.client.windows["/tasks/claim"] = _window(remaining=0, resets_in=-1)  # reset passed
+    rig.clock.advance(1)
+    assert bridge.pull_tick(rig.clock.now) == 2
+
+
+def test_no_look_is_sent_while_the_list_window_is_spent(rig: Rig):
+    rig.client.windows["/tasks"] = _window(remaining=0, resets_in=30)
+    bridge = rig.make()
+    for _ in range(4):
+        rig.clock.advance(1)
+        bridge.pull_tick(rig.clock.now)
+    assert rig.client.called("list") == []
+
+
+def test_a_page_full_of_other_types_is_followed_by_a_look_at_ours_by_name(rig: Rig):
+    rig.client.remote["someone.else"] = list(range(1000, 1100))  # a full page, none ours
+    rig.client.remote[TYPE] = [5]
+    bridge = rig.make(types=[TYPE])
+    bridge._next_pull[TYPE] = rig.clock.now + timedelta(hours=1)  # no blind probe now
+    assert bridge.pull_tick(rig.clock.now) == 1
+    assert rig.store.get_task_by_remote_id(5) is not None
