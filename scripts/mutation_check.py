@@ -65,37 +65,37 @@ MUTATIONS = [
     ),
     Mutation(
         "429 pause counted from the tick's start",
-        "bridge/daemon.py",
+        "bridge/contact.py",
         "timedelta(seconds=spent + wait)",
         "timedelta(seconds=wait)",
     ),
     Mutation(
         "claim limit ignores what is queued",
-        "bridge/daemon.py",
-        "startable - queued)",
-        "startable)",
+        "bridge/claiming.py",
+        "limit = min(room, startable - queued)",
+        "limit = min(room, startable)",
     ),
     Mutation(
         "claim limit ignores the measured duration",
-        "bridge/daemon.py",
-        "self.store.recent_duration(task_type) or self.config.default_task_seconds",
-        "self.config.default_task_seconds",
+        "bridge/jobs.py",
+        "duration=measured or config.default_task_seconds,",
+        "duration=config.default_task_seconds,",
     ),
     Mutation(
         "idle polling never backs off",
-        "bridge/daemon.py",
+        "bridge/jobs.py",
         "previous * 2)",
         "previous)",
     ),
     Mutation(
         "a claim burst goes on after an empty answer",
-        "bridge/daemon.py",
+        "bridge/jobs.py",
         "                if task is None:\n                    break",
         "                if task is None:\n                    continue",
     ),
     Mutation(
         "no per-task hold-back within a push",
-        "bridge/daemon.py",
+        "bridge/jobs.py",
         "if entry.task_id is not None and entry.task_id in batch.held_back:",
         "if False:",
     ),
@@ -107,28 +107,67 @@ MUTATIONS = [
     ),
     Mutation(
         "an outage does not stop the push",
-        "bridge/daemon.py",
+        "bridge/jobs.py",
         "            self._next_push = now + timedelta(seconds=delay)\n            return False",
         "            self._next_push = now + timedelta(seconds=delay)\n            return True",
     ),
     Mutation(
         "a failing row never goes dead",
-        "bridge/daemon.py",
+        "bridge/jobs.py",
         "if entry.attempts + 1 >= self.config.outbox_max_attempts:",
         "if False:",
     ),
     Mutation(
         "reconcile ignores the 429 pause",
-        "bridge/daemon.py",
-        "        tick_started = self.monotonic()\n        if self._rate_limited(now):\n"
-        "            return 0\n        imported = 0",
-        "        tick_started = self.monotonic()\n        imported = 0",
+        "bridge/jobs.py",
+        "        tick_started = self.monotonic()\n        if self.server.paused(now):\n"
+        "            return 0\n        try:\n            with self._claims_lock:",
+        "        tick_started = self.monotonic()\n        try:\n"
+        "            with self._claims_lock:",
     ),
     Mutation(
         "reconcile imports other workers' claims",
-        "bridge/daemon.py",
+        "bridge/jobs.py",
         "if row.claimed_by != self.worker_id:",
         "if False:",
+    ),
+    Mutation(
+        "claims of tasks seen pending go on after an empty answer",
+        "bridge/jobs.py",
+        "known - claimed if claimed == limit else 0",
+        "known - claimed",
+    ),
+    Mutation(
+        "idle probes ignore the claim budget",
+        "bridge/jobs.py",
+        "self._next_pull[task_type] = now + self._probe_interval()",
+        "self._next_pull[task_type] = now",
+    ),
+    Mutation(
+        "a claim is sent while the claim window is spent",
+        "bridge/jobs.py",
+        "                if window_free_at(self.client.rate_limit_for(CLAIM_PATH)) > 0:\n"
+        "                    break",
+        "                if False:\n                    break",
+    ),
+    Mutation(
+        "reconcile imports claims no intent explains",
+        "bridge/jobs.py",
+        "            if intent is None:\n                foreign += 1\n                continue\n"
+        "            intents.remove(intent)",
+        "            if intent is not None:\n                intents.remove(intent)",
+    ),
+    Mutation(
+        "claim limit stops for good when tasks outlast the lease",
+        "bridge/claiming.py",
+        "if limit <= 0 and queued == 0 and idle_worker():",
+        "if False:",
+    ),
+    Mutation(
+        "a deadlock 500 is not retried",
+        "taskmanager/protocol.py",
+        "any(marker in message for marker in TRANSIENT_DEADLOCK_MARKERS)",
+        "False",
     ),
     Mutation(
         "reaper re-queues stale tasks whatever their lease",
@@ -137,6 +176,15 @@ MUTATIONS = [
         ".where(stale)",
     ),
 ]
+
+
+def stale(root: Path = ROOT) -> list[str]:
+    """Mutations whose text is not exactly once in their file (the code moved on)."""
+    return [
+        mutation.name
+        for mutation in MUTATIONS
+        if (root / mutation.path).read_text(encoding="utf-8").count(mutation.old) != 1
+    ]
 
 
 def copy_tree(target: Path) -> None:
