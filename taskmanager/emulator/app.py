@@ -249,6 +249,15 @@ class EmulatorApp:
                 )
                 response.headers.update(limit_headers, **{"Retry-After": str(wait)})
                 return response
+        response = self._admitted(method, path, raw_path, headers, body)
+        response.headers.update(limit_headers)  # every answer carries them, as the server's
+        return response
+
+    def _admitted(
+        self, method: str, path: str, raw_path: str, headers: Mapping[str, str], body: bytes
+    ) -> Response:
+        """The answer to a request the rate limit let through: the security layer's
+        size and key checks, then the route."""
         if len(body) > self.settings.max_body_bytes:
             return self.security_error(
                 413,
@@ -259,9 +268,7 @@ class EmulatorApp:
             given = headers.get("x-api-key") or ""
             if not hmac.compare_digest(given.encode(), self.settings.api_key.encode()):
                 return self.security_error(401, "Unauthorized", UNAUTHORIZED_MESSAGE)
-        response = self._route(method.upper(), path, raw_path, body)
-        response.headers.update(limit_headers)
-        return response
+        return self._route(method.upper(), path, raw_path, body)
 
     def _route(self, method: str, path: str, raw_path: str, body: bytes) -> Response:
         for route in self.routes:
