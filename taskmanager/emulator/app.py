@@ -43,6 +43,21 @@ class EmulatorSettings:
     max_body_bytes: int = 1_048_576
     quirks: bool = True
     db_path: str = ":memory:"
+    # What a request costs, so that benchmarks on the emulator predict the real server
+    # (0 and None: as fast as it can, for tests). REALISTIC_COSTS below are measured.
+    service_seconds: float = 0.0  # time each request spends being served
+    concurrency: int | None = None  # requests served at once (PHP's built-in server: 4)
+    deadlock_rate: float = 0.0  # share of POST /tasks/* rolled back with a deadlock 500
+    seed: int = 0  # for the deadlock draws
+
+
+# The reference server (loopback, 4 PHP workers, MariaDB; API_CONTRACT.md): ~2.7 ms a
+# request alone, 4-5 ms each with 4 clients at once; about 1 deadlock in 300 completions.
+REALISTIC_COSTS: dict[str, float | int] = {
+    "service_seconds": 0.003,
+    "concurrency": 4,
+    "deadlock_rate": 0.003,
+}
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length > 0 else b""
         arrived = time.monotonic()
         path = api_path(self.path)
+        with emulator.serving():
+            self._answer(emulator, path, body, arrived)
+
+    def _answer(self, emulator: EmulatorServer, path: str, body: bytes, arrived: float) -> None:
         if emulator.faults.latency:
             time.sleep(emulator.faults.latency)
         rule = emulator.faults.take(self.command, path)
@@ -167,7 +171,9 @@ class EmulatorServer:
         self.settings = replace(settings or EmulatorSettings(), **setting_overrides)
         self.host = host
         self.port = port
-        self.faults = FaultPlan()
+        self.faults = FaultPlan(self.settings.deadlock_rate, self.settings.seed)
+        concurrency = self.settings.concurrency
+        self._serving = threading.BoundedSemaphore(concurrency) if concurrency else None
         self._clock_offset = 0.0
         self.store = EmulatorStore(
             self.settings.db_path,
@@ -181,6 +187,19 @@ class EmulatorServer:
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._records: list[RequestRecord] = []
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """One request's cost: a place among ``concurrency``, then ``service_seconds``."""
+        if self._serving is None:
+            if self.settings.service_seconds:
+                time.sleep(self.settings.service_seconds)
+            yield
+            return
+        with self._serving:
+            if self.settings.service_seconds:
+                time.sleep(self.settings.service_seconds)
+            yield
 
     # -- lifecycle -----------------------------------------------------------------
     @property

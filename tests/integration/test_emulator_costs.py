@@ -1,0 +1,40 @@
+"""The emulator's cost model: service time, bounded concurrency, random deadlocks."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from taskmanager.emulator import EmulatorServer
+
+
+def test_requests_beyond_the_concurrency_wait_for_a_place():
+    with EmulatorServer(service_seconds=0.1, concurrency=2) as server:
+        clients = [server.client() for _ in range(4)]
+        started = time.monotonic()
+        threads = [threading.Thread(target=c.health_check) for c in clients]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        # Four requests, two at a time, 0.1 s each: at least two rounds.
+        assert time.monotonic() - started >= 0.2
+
+
+def test_random_deadlocks_are_rolled_back_and_the_client_sends_again():
+    with EmulatorServer(deadlock_rate=0.3, seed=7) as server:
+        admin = server.client(retry_attempts=8, backoff_base=0.001, backoff_max=0.01)
+        admin.register_task_type("cost.t", "1", {"type": "object"})
+        ids = [admin.create_task("cost.t", {"n": n}) for n in range(20)]
+        for _ in ids:
+            task = admin.claim_task(task_type="cost.t")
+            assert task is not None
+            admin.complete_task(task.id, {"ok": True})
+        statuses = [r.status for r in server.requests]
+        assert statuses.count(500) >= 5  # deadlocks did happen...
+        assert all(admin.get_task(i).status == "completed" for i in ids)  # ...and cost nothing
+        completions = [
+            r for r in server.requests if r.path.endswith("/complete") and r.status == 200
+        ]
+        assert len(completions) == 20  # each applied once
+
