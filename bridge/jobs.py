@@ -278,18 +278,22 @@ class Bridge:
         """Claim up to ``limit`` tasks of a type, stopping at the first empty answer.
 
         An intent is recorded before the first request and deleted once every answer
-        is recorded; after an error that may hide a committed claim (no answer, 5xx)
-        it stays, for reconcile to import that claim.
+        is recorded. When an attempt got no answer (even one the client retried) or the
+        burst ended on an error that may hide a committed claim (5xx), it stays, one
+        intent per lost answer, for reconcile to import those claims.
         """
         if limit <= 0:
             return 0, None
         with self._claims_lock:
             intent = self.store.open_claim_intent(task_type, now)
+            unanswered = self.client.unanswered(CLAIM_PATH)
             claimed, error = self._claim_until(task_type, limit, now)
-            if error is None or isinstance(
-                error, (TaskManagerRateLimitError, TaskManagerAuthError)
-            ):
+            lost = self.client.unanswered(CLAIM_PATH) - unanswered  # retried or not
+            refused = isinstance(error, (TaskManagerRateLimitError, TaskManagerAuthError))
+            if lost == 0 and (error is None or refused):
                 self.store.delete_state(intent)  # every answer recorded, or refused
+            for _ in range(lost - 1):  # one intent explains one claim
+                self.store.open_claim_intent(task_type, now)
         return claimed, error
 
     def _claim_until(

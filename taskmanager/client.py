@@ -126,6 +126,12 @@ class TaskManagerClient:
         the server counts one window per client and path."""
         return self._transport.rate_limits.get(path)
 
+    def unanswered(self, path: str) -> int:
+        """Attempts on ``path`` (``"/tasks/claim"``) that got no answer so far, retried or
+        not: the server may have applied each. A claim among them may be an orphan held
+        by this worker id (the bridge's reconcile imports such claims)."""
+        return self._transport.unanswered[path]
+
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._transport.request(method, path, **kwargs)
 

@@ -13,7 +13,9 @@ import logging
 import random
 import socket
 import ssl
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -77,6 +79,10 @@ class Transport:
         self.last_rate_limit: RateLimitInfo | None = None
         # The server keeps one window per path: the figures of each path's latest answer.
         self.rate_limits: dict[str, RateLimitInfo] = {}
+        # Attempts per path that got no answer (the server may have applied them), retried
+        # or not: a caller of a non-idempotent call can tell it may have an orphan.
+        self.unanswered: Counter[str] = Counter()
+        self._unanswered_lock = threading.Lock()
 
     @staticmethod
     def _own_session(config: TaskManagerConfig) -> requests.Session:
@@ -138,6 +144,8 @@ class Transport:
         started = self.clock()
         sent = self._send(method, url, payload, query, auth)
         if isinstance(sent, Outcome):
+            with self._unanswered_lock:
+                self.unanswered[path] += 1
             self._observe(method, path, sent.label, started)
             return sent
         self._observe(method, path, str(sent.status), started)

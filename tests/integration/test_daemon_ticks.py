@@ -39,7 +39,9 @@ class Rig:
         return self.server.request_counts()["POST /tasks/claim"]
 
 
-def make_bridge(queue: LocalQueue, server: EmulatorServer, clock: Clock, **settings) -> Bridge:
+def make_bridge(
+    queue: LocalQueue, server: EmulatorServer, clock: Clock, retry_attempts: int = 0, **settings
+) -> Bridge:
     values = {
         "types": [TYPE],
         "prefetch": 5,
@@ -56,7 +58,8 @@ def make_bridge(queue: LocalQueue, server: EmulatorServer, clock: Clock, **setti
             api_url=server.url,
             api_key=server.api_key,
             worker_id="bridge-under-test",
-            retry_attempts=0,
+            retry_attempts=retry_attempts,
+            backoff_base=0.01,
             timeout=2,
         ),
         now=clock,
@@ -354,6 +357,17 @@ def test_reconcile_imports_orphan_claims(rig: Rig):
     assert local is not None and local.status == "queued" and local.params == {"n": 0}
     assert rig.bridge.reconcile_tick(rig.clock.now) == 0
     assert rig.queue.store.claim_intents() == []
+
+
+def test_a_claim_answer_lost_and_retried_inside_the_client_is_still_imported(rig: Rig):
+    ids = rig.create(3)
+    rig.bridge = make_bridge(rig.queue, rig.server, rig.clock, retry_attempts=2)
+    rig.server.faults.drop_after_commit(path="/tasks/claim")  # the client sends it again
+    assert rig.bridge.pull_tick(rig.clock.now) == 2
+    orphan = next(i for i in ids if rig.queue.store.get_task_by_remote_id(i) is None)
+    assert rig.admin.get_task(orphan).claimed_by == rig.bridge.worker_id
+    assert rig.bridge.reconcile_tick(rig.clock.now) == 1
+    assert rig.queue.store.get_task_by_remote_id(orphan) is not None
 
 
 def test_reconcile_leaves_claims_it_did_not_ask_for_and_reports_them(rig: Rig):

@@ -71,6 +71,9 @@ class FakeClient:
     calls: list[tuple[str, Any]] = field(default_factory=list)
     claimed_rows: list[Task] = field(default_factory=list)
     windows: dict[str, Any] = field(default_factory=dict)  # path -> RateLimitInfo
+    lose_next_answer: bool = False
+    lost_answers: int = 0
+    orphans: list[int] = field(default_factory=list)
     call_seconds: float = 0.0
     config: Any = field(default_factory=lambda: SimpleNamespace(worker_id=WORKER))
 
@@ -86,9 +89,16 @@ class FakeClient:
     def called(self, method: str) -> list[Any]:
         return [arg for name, arg in self.calls if name == method]
 
+    def unanswered(self, path: str) -> int:
+        return self.lost_answers
+
     def claim_task(self, task_type: str, worker_id: str) -> ClaimedTask | None:
         self._call("claim", task_type)
         ids = self.remote.get(task_type)
+        if ids and self.lose_next_answer:  # the server claims one, its answer never comes;
+            self.lose_next_answer = False  # the client sends again and gets the next one
+            self.orphans.append(ids.pop(0))
+            self.lost_answers += 1
         if not ids:
             return None
         return ClaimedTask(ids.pop(0), task_type, {"n": 1}, 1, 0, worker_id, self.clock.now)
@@ -515,3 +525,16 @@ def test_a_page_full_of_other_types_is_followed_by_a_look_at_ours_by_name(rig: R
     bridge._next_pull[TYPE] = rig.clock.now + timedelta(hours=1)  # no blind probe now
     assert bridge.pull_tick(rig.clock.now) == 1
     assert rig.store.get_task_by_remote_id(5) is not None
+
+
+def test_an_answer_lost_and_retried_inside_the_client_keeps_its_intent(rig: Rig):
+    bridge = rig.make()
+    rig.client.remote[TYPE] = [1, 2]
+    rig.client.lose_next_answer = True
+    assert bridge.pull_tick(rig.clock.now) == 1  # task 2; task 1 is the orphan
+    assert rig.client.orphans == [1]
+    assert [i.task_type for i in rig.store.claim_intents()] == [TYPE]
+    rig.client.claimed_rows = [_server_row(1, bridge.worker_id)]
+    assert bridge.reconcile_tick(rig.clock.now) == 1
+    assert rig.store.get_task_by_remote_id(1) is not None
+    assert rig.store.get_state("foreign_claims") is None
