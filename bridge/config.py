@@ -102,6 +102,12 @@ class BridgeConfig:
         "(0: no watch, claims poll blindly)",
         0,
     )
+    connections: int = _setting(
+        0,
+        "requests sent to the server at once, for claims and for deliveries "
+        "(0: one per worker, up to 8)",
+        0,
+    )
     idle_claim_share: float = _setting(
         0.1, "share of the server's claim rate window that idle probes may spend", 0.001
     )

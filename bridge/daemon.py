@@ -115,6 +115,7 @@ class Daemon:
         self.bridge.stop_claiming()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        self.bridge.close()
         self.skipped.flush()
         if self.fatal is not None:
             return  # no database to push from

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from taskmanager import (
     ClaimedTask,
@@ -30,6 +31,7 @@ from taskmanager.transport import backoff_delay
 from .claiming import ClaimLimit, claim_limit
 from .config import BridgeConfig
 from .contact import ServerContact
+from .fanout import Fanout, Slots
 from .logs import task_fields
 from .metrics import NullMetrics
 from .models import OutboxEntry
@@ -49,6 +51,7 @@ from .watch import CLAIM_PATH, LIST_PATH, PendingWatch, probe_interval, window_f
 
 logger = logging.getLogger("bridge.daemon")
 
+MAX_DERIVED_CONNECTIONS = 8  # the default: one connection per worker, up to this
 BLIND = 1_000_000  # a claim burst with no count to go by: until the limit or an empty answer
 WATCH_OFF_AFTER_ERROR = timedelta(minutes=5)
 
@@ -59,11 +62,23 @@ def _iso(moment: datetime | None) -> str:
 
 @dataclass
 class _PushBatch:
-    """One push's running record: verdicts to store together, tasks held back."""
+    """One push's running record, shared by its chains: verdicts to store together,
+    tasks held back, and whether the push must stop."""
 
     verdicts: list[tuple[int, FinalOutboxStatus, str | None]] = field(default_factory=list)
     held_back: set[int] = field(default_factory=set)  # tasks whose earlier row must go first
     delivered: int = 0
+    stopped: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _chains(entries: list[OutboxEntry]) -> list[list[OutboxEntry]]:
+    """Rows grouped so that each group goes out in order, and groups side by side: one
+    per task, and one for the rows of no task (a type's registration before its tasks)."""
+    chains: dict[int | None, list[OutboxEntry]] = {}
+    for entry in entries:
+        chains.setdefault(entry.task_id, []).append(entry)
+    return list(chains.values())
 
 
 class Bridge:
@@ -86,6 +101,10 @@ class Bridge:
         self.rng = rng or random.Random()
         self.monotonic = monotonic
         self._claims_lock = threading.Lock()  # a claim burst, or reconcile's import
+        self._push_lock = threading.Lock()  # the push back-off, set from delivery threads
+        width = config.connections or min(config.workers, MAX_DERIVED_CONNECTIONS)
+        self._claims = Fanout(width, "bridge-claim")
+        self._deliveries = Fanout(width, "bridge-push")
         self._claiming = threading.Event()
         self._claiming.set()
         self._next_pull: dict[str, datetime] = {}
@@ -100,9 +119,7 @@ class Bridge:
         self._next_look: datetime | None = None
         self._watch_off_until: datetime | None = None
         self.state = ThrottledState(store)
-        self.server = ServerContact(
-            store, self.state, config.api_key_source, monotonic, utcnow()
-        )
+        self.server = ServerContact(store, self.state, config.api_key_source, monotonic, utcnow())
         self.worker_id = self._stable_worker_id()
 
     # -- identity and shared state -----------------------------------------------------
@@ -120,6 +137,11 @@ class Bridge:
         )
         self.store.set_state(WORKER_ID_KEY, chosen, utcnow())
         return chosen
+
+    def close(self) -> None:
+        """Stop the connection threads (the daemon's stop; idle threads cost nothing)."""
+        self._claims.close()
+        self._deliveries.close()
 
     @property
     def in_outage(self) -> bool:
@@ -299,17 +321,32 @@ class Bridge:
     def _claim_until(
         self, task_type: str, limit: int, now: datetime
     ) -> tuple[int, TaskManagerError | None]:
+        """Claim on up to ``connections`` connections at once, never more than ``limit``
+        requests, and none started after an empty answer."""
+        slots = Slots(limit)
+        width = min(self._claims.width, limit)
+        claimer = partial(self._claimer, task_type, slots, now)
+        results = self._claims.run([claimer] * width)
+        errors = [error for _, error in results if error is not None]
+        return sum(claimed for claimed, _ in results), (errors[0] if errors else None)
+
+    def _claimer(
+        self, task_type: str, slots: Slots, now: datetime
+    ) -> tuple[int, TaskManagerError | None]:
         claimed = 0
         try:
-            while claimed < limit and self._claiming.is_set():
+            while self._claiming.is_set() and slots.take():
                 if window_free_at(self.client.rate_limit_for(CLAIM_PATH)) > 0:
-                    break  # the claim window is spent: a claim now would only be refused
+                    slots.stop()  # the claim window is spent: a claim now would be refused
+                    break
                 task = self.client.claim_task(task_type=task_type, worker_id=self.worker_id)
                 if task is None:
+                    slots.stop()
                     break
                 self._record_claim(task, now)
                 claimed += 1
         except TaskManagerError as exc:
+            slots.stop()
             return claimed, exc
         return claimed, None
 
@@ -354,20 +391,32 @@ class Bridge:
             return 0
         batch = _PushBatch()
         try:
-            for entry in self.store.pending_outbox(now, self.config.push_batch):
-                if entry.task_id is not None and entry.task_id in batch.held_back:
-                    continue  # an earlier row of its task must go first
-                outcome = deliver(entry, self.client)
-                if not self._apply(entry, outcome, now, tick_started, batch):
-                    break
-            else:
-                self._push_failures = 0
-                self._next_push = None
+            chains = _chains(self.store.pending_outbox(now, self.config.push_batch))
+            deliver_chain = partial(self._deliver_chain, now=now, started=tick_started, batch=batch)
+            self._deliveries.run([partial(deliver_chain, chain) for chain in chains])
+            if not batch.stopped.is_set():
+                with self._push_lock:
+                    self._push_failures = 0
+                    self._next_push = None
         finally:
             self.store.settle_outbox_many(batch.verdicts, now)
         if batch.delivered:
             logger.info("delivered %d outbox row(s)", batch.delivered)
         return batch.delivered
+
+    def _deliver_chain(
+        self, chain: list[OutboxEntry], *, now: datetime, started: float, batch: _PushBatch
+    ) -> None:
+        """One task's rows in order (or the rows of no task, in order): a row that must be
+        tried again holds back the rest; an outage or a 429 stops every chain."""
+        for entry in chain:
+            if batch.stopped.is_set():
+                return
+            if not self._apply(entry, deliver(entry, self.client), now, started, batch):
+                batch.stopped.set()
+                return
+            if entry.task_id is not None and entry.task_id in batch.held_back:
+                return
 
     def _apply(
         self,
@@ -383,11 +432,12 @@ class Bridge:
                 self.server.unreachable(now, outcome.reason or "no answer")
             else:
                 self.server.refused_key(now, outcome.reason or "refused")
-            delay = backoff_delay(
-                self._push_failures, 1.0, self.config.push_backoff_max_seconds, self.rng
-            )
-            self._push_failures += 1
-            self._next_push = now + timedelta(seconds=delay)
+            with self._push_lock:
+                delay = backoff_delay(
+                    self._push_failures, 1.0, self.config.push_backoff_max_seconds, self.rng
+                )
+                self._push_failures += 1
+                self._next_push = now + timedelta(seconds=delay)
             return False
         if outcome.verdict is Verdict.RATE_LIMITED:
             self.server.pause(now, outcome.retry_after, tick_started)
@@ -400,7 +450,9 @@ class Bridge:
                 batch.held_back.add(entry.task_id)
         if final is not None:
             self._record(entry, final, reason, batch.verdicts)
-            batch.delivered += final == "delivered"
+            if final == "delivered":
+                with batch.lock:
+                    batch.delivered += 1
         return True
 
     def _retry_later(
@@ -569,5 +621,3 @@ class Bridge:
         elif known:
             logger.info("no claims of worker id %s are unknown here any more", self.worker_id)
             self.store.delete_state(FOREIGN_CLAIMS_KEY)
-
-

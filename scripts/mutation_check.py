@@ -90,14 +90,16 @@ MUTATIONS = [
     Mutation(
         "a claim burst goes on after an empty answer",
         "bridge/jobs.py",
+        "                if task is None:\n"
+        "                    slots.stop()\n                    break",
         "                if task is None:\n                    break",
-        "                if task is None:\n                    continue",
     ),
     Mutation(
         "no per-task hold-back within a push",
         "bridge/jobs.py",
-        "if entry.task_id is not None and entry.task_id in batch.held_back:",
-        "if False:",
+        "            if entry.task_id is not None and entry.task_id in batch.held_back:\n"
+        "                return",
+        "            if False:\n                return",
     ),
     Mutation(
         "no per-task hold-back across pushes",
@@ -147,8 +149,14 @@ MUTATIONS = [
         "a claim is sent while the claim window is spent",
         "bridge/jobs.py",
         "                if window_free_at(self.client.rate_limit_for(CLAIM_PATH)) > 0:\n"
-        "                    break",
-        "                if False:\n                    break",
+        "                    slots.stop()",
+        "                if False:\n                    slots.stop()",
+    ),
+    Mutation(
+        "a 429 on a path does not hold the other threads' requests on it",
+        "taskmanager/transport.py",
+        "                self._block_path(path, outcome.retry_after)",
+        "                pass",
     ),
     Mutation(
         "reconcile imports claims no intent explains",

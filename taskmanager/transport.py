@@ -23,7 +23,11 @@ import requests
 
 from ._version import __version__
 from .config import TaskManagerConfig
-from .exceptions import TaskManagerConnectionError, TaskManagerTimeoutError
+from .exceptions import (
+    TaskManagerConnectionError,
+    TaskManagerRateLimitError,
+    TaskManagerTimeoutError,
+)
 from .protocol import (
     DEADLINE_PASSED,
     RETRYABLE_STATUSES,
@@ -42,6 +46,7 @@ from .protocol import (
 )
 
 logger = logging.getLogger("taskmanager.client")
+POOL_SIZE = 32
 
 USER_AGENT = f"taskmanager-bridge/{__version__} (+python-requests)"
 
@@ -83,6 +88,9 @@ class Transport:
         # or not: a caller of a non-idempotent call can tell it may have an orphan.
         self.unanswered: Counter[str] = Counter()
         self._unanswered_lock = threading.Lock()
+        # Retry-After of the latest 429 per path, for every thread sharing this client.
+        self._blocked_until: dict[str, float] = {}
+        self._blocked_lock = threading.Lock()
 
     @staticmethod
     def _own_session(config: TaskManagerConfig) -> requests.Session:
@@ -94,6 +102,11 @@ class Transport:
         config, and applied to every request.
         """
         session = requests.Session()
+        # Callers may send from several threads at once (the bridge: up to 8 claims and 8
+        # deliveries): keep that many connections alive instead of the default 10.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
         settings = session.merge_environment_settings(config.api_url, {}, None, None, None)
         session.trust_env = False
         session.proxies.update(settings["proxies"] or {})
@@ -182,7 +195,10 @@ class Transport:
         started = self.clock()
         retry_number = 0
         while True:
+            self._wait_for_path(method, path, url, started, policy.deadline)
             outcome = self._attempt(method, path, url, payload, query, auth, nothing_when)
+            if isinstance(outcome.error, TaskManagerRateLimitError) and outcome.retry_after:
+                self._block_path(path, outcome.retry_after)
             if outcome.error is None:
                 return outcome.data
             if not outcome.retryable:
@@ -212,6 +228,31 @@ class Transport:
                 decision.delay,
             )
             self.sleep(decision.delay)
+
+    def _block_path(self, path: str, seconds: float) -> None:
+        """A 429 on ``path``: no thread sends on it again before its Retry-After."""
+        with self._blocked_lock:
+            until = self.clock() + seconds
+            self._blocked_until[path] = max(until, self._blocked_until.get(path, until))
+
+    def _wait_for_path(
+        self, method: str, path: str, url: str, started: float, deadline: float
+    ) -> None:
+        """Wait out a Retry-After another request on this path received, or refuse (not
+        sent) when the wait would pass the retry deadline."""
+        with self._blocked_lock:
+            wait = self._blocked_until.get(path, 0.0) - self.clock()
+        if wait <= 0:
+            return
+        if self.clock() - started + wait > deadline:
+            raise TaskManagerRateLimitError(
+                429,
+                f"not sent: the server asked to wait {wait:.1f} s more on this path (429)",
+                retry_after=wait,
+                method=method,
+                url=url,
+            )
+        self.sleep(wait)
 
     def _observe(self, method: str, path: str, outcome: str, started: float) -> None:
         if self.observer is not None:

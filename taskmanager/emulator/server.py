@@ -37,6 +37,7 @@ class RequestRecord:
     path: str
     status: int | str  # "dropped", "held" or "hung" when no answer was sent
     at: float = 0.0  # time.monotonic() when the request arrived
+    answered: float = 0.0  # time.monotonic() when its answer was ready
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -285,7 +286,7 @@ class EmulatorServer:
 
     def _record(self, method: str, path: str, status: int | str, at: float) -> None:
         with self._lock:
-            self._records.append(RequestRecord(method, path, status, at))
+            self._records.append(RequestRecord(method, path, status, at, time.monotonic()))
 
     @property
     def requests(self) -> list[RequestRecord]:

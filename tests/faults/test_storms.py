@@ -78,15 +78,18 @@ class TickLog:
 
 
 def early_requests_after_429(server: EmulatorServer) -> list[str]:
-    """Requests on a path that arrived before a 429's Retry-After on that path ran out."""
-    refused_until: dict[str, float] = {}
+    """Requests on a path sent after a 429 on that path was answered and before its
+    Retry-After ran out (one already in flight beside the refused one could not know)."""
+    refusals: dict[str, list[float]] = {}
+    for record in server.requests:
+        if record.status == 429:
+            refusals.setdefault(record.path, []).append(record.answered)
     early = []
     for record in server.requests:
-        until = refused_until.get(record.path)
-        if until is not None and record.at < until - 0.05:
-            early.append(f"{record.method} {record.path} {until - record.at:.2f} s early")
-        if record.status == 429:
-            refused_until[record.path] = record.at + RETRY_AFTER
+        for answered in refusals.get(record.path, []):
+            if answered + 0.05 < record.at < answered + RETRY_AFTER - 0.05:
+                wait = answered + RETRY_AFTER - record.at
+                early.append(f"{record.method} {record.path} {wait:.2f} s early")
     return early
 
 

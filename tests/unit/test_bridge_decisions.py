@@ -334,7 +334,7 @@ def test_a_later_row_of_a_task_never_overtakes_an_earlier_one_waiting_to_retry(r
 def test_an_outage_stops_the_push_and_backs_off(rig: Rig):
     _queue_completion(rig, 1)
     _queue_completion(rig, 2)
-    bridge = rig.make(push_backoff_max_seconds=60)
+    bridge = rig.make(push_backoff_max_seconds=60, connections=1)  # one row at a time
     rig.client.errors["complete"] = [TaskManagerConnectionError("refused")]
     assert bridge.push_tick(rig.clock.now) == 0
     assert rig.client.called("complete") == [1]  # the second row was not tried
@@ -538,3 +538,103 @@ def test_an_answer_lost_and_retried_inside_the_client_keeps_its_intent(rig: Rig)
     assert bridge.reconcile_tick(rig.clock.now) == 1
     assert rig.store.get_task_by_remote_id(1) is not None
     assert rig.store.get_state("foreign_claims") is None
+
+
+# -- several connections at once ---------------------------------------------------------------
+@dataclass
+class SlowClaims(FakeClient):
+    """Claims that take real time, so that several are in flight together."""
+
+    events: list[tuple[str, int]] = field(default_factory=list)  # ("start"/"task"/"empty", n)
+    lock: Any = field(default_factory=lambda: __import__("threading").Lock())
+    in_flight: int = 0
+    most_in_flight: int = 0
+
+    def claim_task(self, task_type: str, worker_id: str) -> ClaimedTask | None:
+        import time
+
+        with self.lock:
+            self.events.append(("start", len(self.events)))
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            ids = self.remote.get(task_type) or []
+            task_id = ids.pop(0) if ids else None
+        time.sleep(0.02)
+        with self.lock:
+            self.in_flight -= 1
+            self.events.append(("task" if task_id else "empty", len(self.events)))
+        if task_id is None:
+            return None
+        return ClaimedTask(task_id, task_type, {"n": 1}, 1, 0, worker_id, self.clock.now)
+
+
+def test_concurrent_claims_stay_within_the_limit_and_start_none_after_an_empty_answer(
+    template: Path, tmp_path: Path
+):
+    db = tmp_path / "queue.db"
+    shutil.copy(template, db)
+    clock = Clock()
+    client = SlowClaims(clock)
+    with LocalQueue(str(db), clock=clock) as queue:
+        config = BridgeConfig.load(
+            env={}, db_url=str(db), types=[TYPE], prefetch=6, workers=4, watch_interval_seconds=0
+        )
+        bridge = Bridge(queue.store, client, config, monotonic=lambda: clock.mono)  # type: ignore[arg-type]
+        client.remote[TYPE] = list(range(1, 20))
+        assert bridge.pull_tick(clock.now) == 6  # the limit, claimed 4 at a time
+        assert client.most_in_flight == 4
+        assert [kind for kind, _ in client.events].count("start") == 6
+        client.events.clear()
+        client.remote[TYPE] = [50, 51]
+        for task in (queue.dequeue(), queue.dequeue(), queue.dequeue(), queue.dequeue()):
+            assert task is not None
+            queue.complete(task, {})
+        clock.advance(1)
+        assert bridge.pull_tick(clock.now) == 2
+        kinds = [kind for kind, _ in client.events]
+        first_empty = kinds.index("empty")
+        assert "start" not in kinds[first_empty:], kinds  # no claim begun after an empty one
+        assert kinds.count("start") <= 4
+        bridge.close()
+
+
+def test_deliveries_of_different_tasks_go_side_by_side_and_each_tasks_rows_in_order(rig: Rig):
+    import threading
+    import time
+
+    bridge = rig.make(workers=4)
+    rig.store.queue_register_type("t.new", "1", {"type": "object"}, rig.clock.now)
+    rig.store.queue_create_task("t.new", {"n": 1}, 0, "k" * 64, rig.clock.now)
+    tasks = [_claim(rig, remote_id=n) for n in range(1, 7)]
+    for task in tasks:
+        rig.queue.progress(task, 50)
+    sent: list[tuple[str, Any]] = []
+    lock = threading.Lock()
+    in_flight = [0, 0]  # now, most
+
+    def slow(method: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                in_flight[0] += 1
+                in_flight[1] = max(in_flight[1], in_flight[0])
+            time.sleep(0.02)
+            with lock:
+                in_flight[0] -= 1
+                sent.append((method, args[0]))
+            return CompletionResult(id=args[0] if isinstance(args[0], int) else 1, status="ok")
+
+        return call
+
+    rig.client.update_progress = slow("progress")  # type: ignore[method-assign]
+    rig.client.register_task_type = lambda *a, **k: SimpleNamespace(id=9)  # type: ignore[method-assign]
+    rig.client.create_task_detailed = lambda *a, **k: SimpleNamespace(  # type: ignore[method-assign]
+        id=10, deduplicated=False
+    )
+    assert bridge.push_tick(rig.clock.now) == 8
+    assert in_flight[1] > 1  # side by side
+    for task in tasks:
+        rig.queue.complete(task, {"ok": task.remote_id})
+    rig.client.complete_task = slow("complete")  # type: ignore[method-assign]
+    assert bridge.push_tick(rig.clock.now) == 6
+    assert rig.store.outbox_entries("pending") == []
+    bridge.close()

@@ -377,3 +377,26 @@ def test_deadlock_text_on_a_non_500_is_not_a_deadlock_retry(
     with pytest.raises(TaskManagerValidationError):
         client.create_task("t", {"a": 1})
     assert len(mocked.calls) == 1
+
+
+def test_after_a_429_no_call_on_that_path_is_sent_before_its_retry_after(
+    mocked: responses.RequestsMock, fake_time: FakeTime
+):
+    """The server counts one window per path: a 429 one call got holds every later call on
+    that path (from any thread sharing the client), and only that path."""
+    config = TaskManagerConfig(api_url=BASE, api_key=KEY, retry_deadline=30)
+    client = TaskManagerClient(config, sleep=fake_time.sleep, clock=fake_time.clock)
+    mocked.post(f"{BASE}/tasks", status=429, json=RATE_LIMITED, headers={"Retry-After": "60"})
+    with pytest.raises(TaskManagerRateLimitError):
+        client.create_task("t", {"a": 1})
+    mocked.get(f"{BASE}/tasks/3", json=ok({"items": [], "count": 0}))
+    with pytest.raises(TaskManagerError):  # another path: sent at once (unknown id -> 404)
+        client.get_task(3)
+    assert len(mocked.calls) == 2 and fake_time.sleeps == []
+    with pytest.raises(TaskManagerRateLimitError) as refused:  # same path: not even sent
+        client.create_task("t", {"a": 2})
+    assert len(mocked.calls) == 2 and refused.value.retry_after == pytest.approx(60.0)
+    fake_time.now += 45
+    mocked.post(f"{BASE}/tasks", json=CREATED)
+    assert client.create_task("t", {"a": 3}) == 7  # 15 s left: waited out, then sent
+    assert fake_time.sleeps == [pytest.approx(15.0)]
