@@ -88,7 +88,7 @@ class BridgeConfig:
         10.0, "assumed task duration until the queue has measured some", 0.001
     )
     poll_min_seconds: float = _setting(
-        0.5, "how often the pull job runs: claims follow at once while tasks keep coming", 0.01
+        0.1, "how often the pull job runs: claims follow at once while tasks keep coming", 0.01
     )
     poll_max_seconds: float = _setting(
         30.0,
@@ -111,7 +111,9 @@ class BridgeConfig:
     idle_claim_share: float = _setting(
         0.1, "share of the server's claim rate window that idle probes may spend", 0.001
     )
-    push_interval_seconds: float = _setting(0.5, "how often pending outbox rows are sent", 0.01)
+    push_interval_seconds: float = _setting(
+        0.1, "how often pending outbox rows are sent (a look at an index when there are none)", 0.01
+    )
     push_batch: int = _setting(200, "outbox rows sent per push", 1)
     push_backoff_max_seconds: float = _setting(
         60.0, "longest wait between attempts while the server is unreachable", 0.1

@@ -52,6 +52,7 @@ from .watch import CLAIM_PATH, LIST_PATH, PendingWatch, probe_interval, window_f
 logger = logging.getLogger("bridge.daemon")
 
 MAX_DERIVED_CONNECTIONS = 8  # the default: one connection per worker, up to this
+BUSY_LOOK_SECONDS = 0.2  # looks while work comes, on a server that sends no rate limit
 BLIND = 1_000_000  # a claim burst with no count to go by: until the limit or an empty answer
 WATCH_OFF_AFTER_ERROR = timedelta(minutes=5)
 
@@ -208,7 +209,11 @@ class Bridge:
             plan = self.claim_plan(task_type)
             self._note_claim_plan(task_type, plan, now)
             limit = min(plan.limit, wanted)
-            claimed, error = self._claim_burst(task_type, limit, now)
+            # A blind claim while watching is a probe: one request (what it finds, the next
+            # look sees); without the watch, blind bursts are all there is: full width.
+            probe = wanted == BLIND and self._watching(now)
+            width = 1 if probe else min(self._claims.width, limit)
+            claimed, error = self._claim_burst(task_type, limit, now, width)
             total += claimed
             self.metrics.claimed(task_type, claimed)
             if error is None:
@@ -249,7 +254,14 @@ class Bridge:
             return True
         self.server.ok(now)
         self._known = {task_type: seen.get(task_type, 0) for task_type in self.config.types}
+        if any(self._known.values()):  # busy: look again soon, as fast as the window allows
+            self._next_look = now + timedelta(seconds=self._busy_look_seconds())
         return True
+
+    def _busy_look_seconds(self) -> float:
+        window = self.client.rate_limit_for(LIST_PATH)
+        pace = 60.0 / window.limit * 1.2 if window and window.limit else BUSY_LOOK_SECONDS
+        return max(self.config.poll_min_seconds, pace)
 
     def _wanted(self, task_type: str, now: datetime) -> int | None:
         """How many claims a type is worth now: what was seen pending, else one blind
@@ -295,7 +307,7 @@ class Bridge:
         self.state.write(CLAIM_PLAN_KEY + task_type, plan.to_json(now), now, force=changed)
 
     def _claim_burst(
-        self, task_type: str, limit: int, now: datetime
+        self, task_type: str, limit: int, now: datetime, width: int = 1
     ) -> tuple[int, TaskManagerError | None]:
         """Claim up to ``limit`` tasks of a type, stopping at the first empty answer.
 
@@ -309,7 +321,7 @@ class Bridge:
         with self._claims_lock:
             intent = self.store.open_claim_intent(task_type, now)
             unanswered = self.client.unanswered(CLAIM_PATH)
-            claimed, error = self._claim_until(task_type, limit, now)
+            claimed, error = self._claim_until(task_type, limit, now, width)
             lost = self.client.unanswered(CLAIM_PATH) - unanswered  # retried or not
             refused = isinstance(error, (TaskManagerRateLimitError, TaskManagerAuthError))
             if lost == 0 and (error is None or refused):
@@ -319,12 +331,12 @@ class Bridge:
         return claimed, error
 
     def _claim_until(
-        self, task_type: str, limit: int, now: datetime
+        self, task_type: str, limit: int, now: datetime, width: int
     ) -> tuple[int, TaskManagerError | None]:
         """Claim on up to ``connections`` connections at once, never more than ``limit``
         requests, and none started after an empty answer."""
         slots = Slots(limit)
-        width = min(self._claims.width, limit)
+        width = min(width, limit)
         claimer = partial(self._claimer, task_type, slots, now)
         results = self._claims.run([claimer] * width)
         errors = [error for _, error in results if error is not None]
