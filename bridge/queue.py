@@ -12,7 +12,7 @@ import json
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any
 
@@ -170,12 +170,27 @@ class LocalQueue:
             self.clock(),
         )
 
-    def fail(self, task: LocalTask, error: str | BaseException, retry: bool = False) -> None:
-        """Report a failure. ``retry=True`` puts the task back in the local queue instead
-        (it is handed out again while its remote lease allows); otherwise the failure is
-        queued for the server, which retries it up to its attempt limit."""
+    def fail(
+        self,
+        task: LocalTask,
+        error: str | BaseException,
+        retry: bool = False,
+        *,
+        delay_seconds: float = 0.0,
+    ) -> None:
+        """Report a failure. ``retry=True`` puts the task back in the local queue instead,
+        handed out again after ``delay_seconds`` (while its remote lease allows; the worker's
+        retry policy never asks for a delay past it); otherwise the failure is queued for
+        the server, which retries it up to its attempt limit."""
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        self.store.fail(task, text or "failed", retry, self.clock())
+        now = self.clock()
+        not_before = now + timedelta(seconds=delay_seconds) if retry and delay_seconds > 0 else None
+        self.store.fail(task, text or "failed", retry, now, not_before)
+
+    def release(self, task: LocalTask, reason: str) -> None:
+        """Hand a held task back to the queue, unfailed, for any worker to take at once
+        (a worker stopping before its handler finished)."""
+        self.store.fail(task, reason, True, self.clock())
 
     def enqueue(
         self,

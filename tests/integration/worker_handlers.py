@@ -1,0 +1,55 @@
+"""Handlers the worker-runtime tests run in real worker processes (``--handler
+tests.integration.worker_handlers:NAME``): what users' code really does."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import os
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bridge import Retry
+
+
+def mixed(params: dict[str, Any]) -> Any:
+    """Good results with the types scrapers return, and every kind of poison."""
+    kind = params["kind"]
+    if kind == "good":
+        return {
+            "n": params["n"],
+            "seen_at": dt.datetime(2026, 11, 28, 12, tzinfo=dt.timezone.utc),
+            "price": decimal.Decimal("9.99"),
+            "id": uuid.UUID(int=params["n"]),
+            "pair": (1, 2),
+        }
+    if kind == "set":
+        return {"items": [0, 1, 2, {"seen_at": {1, 2}}]}
+    if kind == "nan":
+        return float("nan")
+    if kind == "object":
+        return {"x": object()}
+    if kind == "exit":
+        sys.exit(3)
+    if kind == "interrupt":
+        raise KeyboardInterrupt
+    if kind == "abort":
+        os.abort()
+    if kind == "hang":
+        threading.Event().wait()
+    if kind == "retry":
+        raise Retry("not yet", after=0)
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def gated(params: dict[str, Any]) -> dict[str, Any]:
+    """Runs until the file named by the ``gate`` param exists (the test opens it), then
+    returns a result of ``size`` bytes: a result finished at the moment the test chooses."""
+    gate = Path(params["gate"])
+    while not gate.exists():
+        time.sleep(0.02)
+    return {"n": params["n"], "text": "r" * params.get("size", 10)}
