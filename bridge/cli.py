@@ -89,6 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Exit codes: ``bridge.worker.WorkerExit`` (0 requested stop, 1 schema changed or a
     second signal, 2 bad arguments or no usable database at start, 3 results unstored)."""
+    from .pool import PoolOptions
     from .queue import LocalQueue
     from .retry import RetryPolicy
     from .worker import TaskPolicy, Worker, load_handler
@@ -107,6 +108,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             default_policy=policy,
             grace_seconds=args.grace,
             summary_seconds=args.summary_every,
+            pool=args.pool,
+            pool_options=PoolOptions(args.max_tasks_per_child, args.max_memory_mb),
         )
         worker.handle_signals()
         worker.run(max_tasks=args.max_tasks)
@@ -359,6 +362,22 @@ def _add_worker(commands: Subparsers) -> None:
         type=float,
         default=30.0,
         help="seconds running handlers get after SIGTERM before their tasks are handed back",
+    )
+    worker.add_argument(
+        "--pool",
+        choices=("thread", "process"),
+        default="thread",
+        help="thread (default) or process: a handler process per slot, killed and replaced "
+        "past the time limit, when it dies, or (below) when it leaks",
+    )
+    worker.add_argument(
+        "--max-tasks-per-child", type=int, default=None, help="process pool: replace after N"
+    )
+    worker.add_argument(
+        "--max-memory-mb",
+        type=float,
+        default=None,
+        help="process pool: replace a handler process whose RSS grew past this",
     )
     worker.add_argument(
         "--summary-every", type=float, default=60.0, help="seconds between summary log lines"

@@ -26,6 +26,10 @@ class Retry(Exception):
         super().__init__(reason)
         self.after = after
 
+    def __reduce__(self) -> tuple[type[Retry], tuple[str], dict[str, float | None]]:
+        """Pickled whole (``after`` included): it crosses a pipe from a handler process."""
+        return (type(self), (str(self),), {"after": self.after})
+
 
 @dataclass(frozen=True)
 class RetryPolicy:

@@ -35,6 +35,7 @@ from .errors import BridgeError, TaskNotHeldError, ValidationError
 from .logs import task_fields
 from .models import LocalTask
 from .patience import GaveUp, Patience, SchemaGone
+from .pool import HandlerError, PoolOptions, ProcessRunner, ResultRefused
 from .queue import LocalQueue
 from .retry import Retry, RetryPolicy
 from .runner import Ran, ThreadRunner
@@ -42,6 +43,8 @@ from .runner import Ran, ThreadRunner
 logger = logging.getLogger("bridge.worker")
 
 Handler = Callable[..., Any]
+Runner = ThreadRunner | ProcessRunner
+POOLS = ("thread", "process")
 MIN_POLL_SECONDS = 0.01
 JOIN_SLICE_SECONDS = 0.2  # the main thread wakes this often, so signal handlers run
 
@@ -119,6 +122,8 @@ def _wants_context(handler: Handler) -> bool:
 
 def describe_error(error: BaseException) -> str:
     """The failed task's reason: the exception's type and text, and what it did not do."""
+    if isinstance(error, HandlerError | ResultRefused):
+        return str(error)
     text = f"{type(error).__name__}: {error}"
     if isinstance(error, SystemExit):
         return f"{text} (the handler called sys.exit(); only its task ended)"
@@ -215,6 +220,8 @@ class Worker:
         grace_seconds: float = 30.0,
         db_backoff_max_seconds: float = 5.0,
         summary_seconds: float = 60.0,
+        pool: str = "thread",
+        pool_options: PoolOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -222,6 +229,10 @@ class Worker:
             raise BridgeError("a worker needs at least one handler")
         if concurrency < 1:
             raise BridgeError(f"concurrency must be >= 1, got {concurrency}")
+        if pool not in POOLS:
+            raise BridgeError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        self.pool = pool
+        self.pool_options = pool_options or PoolOptions()
         self.queue = queue
         self.handlers = dict(handlers)
         self.concurrency = concurrency
@@ -296,7 +307,9 @@ class Worker:
             limit = left if limit is None else min(limit, left)
         return None if limit is None else max(0.0, limit)
 
-    def _call(self, task: LocalTask, runner: ThreadRunner, limit: float | None) -> Ran:
+    def _call(self, task: LocalTask, runner: Runner, limit: float | None) -> Ran:
+        if isinstance(runner, ProcessRunner):
+            return runner.run_task(task, limit, lambda p, m: self.queue.progress(task, p, m))
         handler = self.handlers[task.type]
         if _wants_context(handler):
             context = TaskContext(task, self.queue)
@@ -398,8 +411,7 @@ class Worker:
         if ran.kind == "timeout":
             self._fail(
                 task,
-                f"timed out after {limit:.1f} s (time limit; in thread mode the handler's "
-                "thread cannot be stopped and its result will be discarded)",
+                f"timed out after {limit:.1f} s (time limit; {self._timeout_note()})",
                 started,
                 "timed_out",
             )
@@ -408,8 +420,13 @@ class Worker:
         self._failed(task, ran.error, started)
         return None
 
+    def _timeout_note(self) -> str:
+        if self.pool == "process":
+            return "the handler's process was killed and replaced"
+        return "in thread mode the handler's thread cannot be stopped; its result is discarded"
+
     def _work(
-        self, slot: int, task: LocalTask, runner: ThreadRunner, types: Sequence[str]
+        self, slot: int, task: LocalTask, runner: Runner, types: Sequence[str]
     ) -> LocalTask | None:
         started = self.clock()
         limit = self.time_limit(task)
@@ -451,7 +468,7 @@ class Worker:
     def _loop(self, slot: int) -> None:
         worker_id = f"{self.queue.worker_id}-{slot}"
         types = sorted(self.handlers)
-        runner = ThreadRunner(f"bridge-worker-{slot}")
+        runner = self._runner(slot)
         task: LocalTask | None = None
         idle = MIN_POLL_SECONDS
         try:
@@ -476,6 +493,12 @@ class Worker:
         finally:
             runner.close()
 
+    def _runner(self, slot: int) -> Runner:
+        if self.pool == "thread":
+            return ThreadRunner(f"bridge-worker-{slot}")
+        handlers = {name: (h, _wants_context(h)) for name, h in self.handlers.items()}
+        return ProcessRunner(f"bridge-handler-{slot}", handlers, self.pool_options)
+
     def _fatal(self, message: str) -> None:
         with self._count_lock:
             if self.fatal is None:
@@ -491,7 +514,7 @@ class Worker:
         limit = "lease less margin" if default.time_limit is None else f"{default.time_limit:g} s"
         return (
             f"types {', '.join(sorted(self.handlers))}; concurrency {self.concurrency}; "
-            f"pool thread; time limit {limit}; retries: {default.retry.attempts} attempt(s); "
+            f"pool {self.pool}; time limit {limit}; retries: {default.retry.attempts} attempt(s); "
             f"database {display_url(normalise_url(self.queue.config.db_url))}"
         )
 

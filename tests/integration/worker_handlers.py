@@ -53,3 +53,17 @@ def gated(params: dict[str, Any]) -> dict[str, Any]:
     while not gate.exists():
         time.sleep(0.02)
     return {"n": params["n"], "text": "r" * params.get("size", 10)}
+
+
+def leaky(params: dict[str, Any]) -> dict[str, Any]:
+    """Keeps 8 MiB per run in the process (a leak), and says which process ran it."""
+    _LEAK.append(bytearray(8 * 2**20))
+    return {"pid": os.getpid(), "n": params["n"]}
+
+
+_LEAK: list[bytearray] = []
+
+
+def with_progress(params: dict[str, Any], context: Any) -> dict[str, Any]:
+    context.progress(40, "on the way")
+    return {"pid": os.getpid()}
