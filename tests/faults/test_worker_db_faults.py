@@ -9,16 +9,27 @@ Real faults need root (mount, chattr); skipped with the reason elsewhere.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sqlite3
+import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from bridge import LocalQueue
 from bridge.migrate import upgrade
 
-from ..integration.helpers import wait_until
+from ..integration.helpers import (
+    free_port,
+    pg_base_url,
+    pg_execute,
+    pg_unreachable_reason,
+    wait_until,
+)
 from ..integration.test_worker_runtime import HANDLERS, WorkerProcess, wait_finished
 from .test_storage import _run, fill, truncate_wal
 
@@ -121,3 +132,77 @@ def test_a_read_only_file_is_waited_out(tmp_path: Path, procs):
     assert {s for s, _ in states.values()} == {"done"}
     assert worker.alive()
     assert worker.stop() == 0
+
+
+class Proxy:
+    """A TCP proxy in front of PostgreSQL: ``cut()`` closes every connection and refuses
+    new ones (the server unreachable), ``restore()`` listens again on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.restore()
+
+    def restore(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                return
+            with self._lock:
+                self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        assert self._listener is not None
+        self._listener.close()
+        with self._lock:
+            opened, self._open = self._open, []
+        for sock in opened:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_an_unreachable_postgresql_is_waited_out(tmp_path: Path, procs):
+    reason = pg_unreachable_reason()
+    if reason:
+        pytest.skip(reason)
+    base = make_url(pg_base_url())
+    schema = f"bw_{uuid.uuid4().hex[:12]}"
+    pg_execute(f"CREATE SCHEMA {schema}")
+    proxy = Proxy((base.host or "127.0.0.1", base.port or 5432))
+    try:
+        options = f"?options=-csearch_path%3D{schema}"
+        upgrade(pg_base_url() + options)
+        through = base.set(port=proxy.port).render_as_string(hide_password=False) + options
+        worker, gate, ids = gated_run(through, tmp_path, procs)
+        proxy.cut()
+        gate.touch()
+        worker.wait_for_log(TROUBLE, "the unreachable server")
+        proxy.restore()
+        states = wait_finished(through, ids, worker)
+        assert {s for s, _ in states.values()} == {"done"}
+        assert worker.alive()
+        assert worker.stop() == 0
+    finally:
+        proxy.cut()
+        pg_execute(f"DROP SCHEMA {schema} CASCADE")
