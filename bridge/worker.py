@@ -331,6 +331,8 @@ class Worker:
     def _log(
         self, task: LocalTask, outcome: str, started: float, level: int = logging.DEBUG
     ) -> None:
+        if not logger.isEnabledFor(level):
+            return
         logger.log(
             level,
             "task %d (%s) %s in %.3f s",
@@ -465,31 +467,38 @@ class Worker:
             "taking a task", lambda: self.queue.dequeue(types, worker_id=worker_id), self._stop
         )
 
-    def _loop(self, slot: int) -> None:
+    def _serve(self, slot: int, runner: Runner) -> None:
         worker_id = f"{self.queue.worker_id}-{slot}"
         types = sorted(self.handlers)
-        runner = self._runner(slot)
         task: LocalTask | None = None
         idle = MIN_POLL_SECONDS
+        while not self._stop.is_set():
+            if task is None:
+                task = self._take(worker_id, types)
+                if task is None:
+                    # Soon again just after work (the daemon refills in bursts), backing
+                    # off to poll_seconds when the queue stays empty.
+                    self._stop.wait(idle)
+                    idle = min(self.poll_seconds, idle * 2)
+                    continue
+                idle = MIN_POLL_SECONDS
+            task = self._work(slot, task, runner, types)
+
+    def _loop(self, slot: int) -> None:
+        runner = self._runner(slot)
         try:
             while not self._stop.is_set():
-                if task is None:
-                    task = self._take(worker_id, types)
-                    if task is None:
-                        # Soon again just after work (the daemon refills in bursts), backing
-                        # off to poll_seconds when the queue stays empty.
-                        self._stop.wait(idle)
-                        idle = min(self.poll_seconds, idle * 2)
-                        continue
-                    idle = MIN_POLL_SECONDS
-                task = self._work(slot, task, runner, types)
-        except GaveUp:
-            pass
-        except SchemaGone as exc:
-            self._fatal(str(exc))
-        except Exception:
-            # A bug of ours, not the handler's: say so loudly, and let the others go on.
-            logger.exception("worker thread %d stopped by an unexpected error", slot)
+                try:
+                    self._serve(slot, runner)
+                except GaveUp:
+                    return
+                except SchemaGone as exc:
+                    self._fatal(str(exc))
+                    return
+                except Exception:
+                    # A bug of ours, not the handler's: say so loudly, keep the thread.
+                    logger.exception("worker thread %d: unexpected error; carrying on", slot)
+                    self._stop.wait(1.0)
         finally:
             runner.close()
 
