@@ -155,6 +155,8 @@ class _Heartbeat:
             try:
                 self.queue.heartbeat(self.task)
             except TaskNotHeldError as exc:
+                if self._stop.is_set():
+                    return  # the task ended meanwhile: nothing was lost
                 self.lost = True
                 logger.warning(
                     "task %d lost its lock while running: %s",
@@ -164,6 +166,8 @@ class _Heartbeat:
                 )
                 return
             except BridgeError as exc:
+                if self._stop.is_set():
+                    return
                 if not told:  # once per task: the worker's Patience logs the cause itself
                     logger.warning(
                         "heartbeat of task %d failed (will retry): %s", self.task.id, exc
@@ -171,8 +175,9 @@ class _Heartbeat:
                     told = True
 
     def stop(self) -> None:
+        """Not joined: waiting for the thread to notice cost more than the rest of a short
+        task's overhead; a renewal racing the task's end changes nothing (claim token)."""
         self._stop.set()
-        self._thread.join()
 
 
 @dataclass
@@ -235,6 +240,7 @@ class Worker:
         self.pool_options = pool_options or PoolOptions()
         self.queue = queue
         self.handlers = dict(handlers)
+        self._wants_context = {name: _wants_context(h) for name, h in self.handlers.items()}
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
         self.policies = dict(policies or {})
@@ -311,7 +317,7 @@ class Worker:
         if isinstance(runner, ProcessRunner):
             return runner.run_task(task, limit, lambda p, m: self.queue.progress(task, p, m))
         handler = self.handlers[task.type]
-        if _wants_context(handler):
+        if self._wants_context[task.type]:
             context = TaskContext(task, self.queue)
             return runner.run(lambda: handler(task.params, context), limit)
         return runner.run(lambda: handler(task.params), limit)
@@ -505,7 +511,7 @@ class Worker:
     def _runner(self, slot: int) -> Runner:
         if self.pool == "thread":
             return ThreadRunner(f"bridge-worker-{slot}")
-        handlers = {name: (h, _wants_context(h)) for name, h in self.handlers.items()}
+        handlers = {name: (h, self._wants_context[name]) for name, h in self.handlers.items()}
         return ProcessRunner(f"bridge-handler-{slot}", handlers, self.pool_options)
 
     def _fatal(self, message: str) -> None:
