@@ -14,7 +14,8 @@ from .errors import (
 )
 from .models import LocalTask, OutboxEntry, QueueCounts
 from .queue import LocalQueue
-from .worker import TaskContext, Worker
+from .retry import Retry, RetryPolicy
+from .worker import TaskContext, TaskPolicy, Worker
 
 __all__ = [
     "BridgeConfig",
@@ -25,9 +26,12 @@ __all__ = [
     "LocalTask",
     "OutboxEntry",
     "QueueCounts",
+    "Retry",
+    "RetryPolicy",
     "SchemaError",
     "TaskContext",
     "TaskNotHeldError",
+    "TaskPolicy",
     "ValidationError",
     "Worker",
     "__version__",

@@ -11,13 +11,11 @@ import argparse
 import contextlib
 import json
 import logging
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeAlias
 
 from taskmanager import TaskManagerClient, TaskManagerError
@@ -93,23 +91,35 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    """Exit codes: ``bridge.worker.WorkerExit`` (0 requested stop, 1 schema changed or a
+    second signal, 2 bad arguments or no usable database at start, 3 results unstored)."""
+    from .pool import PoolOptions
     from .queue import LocalQueue
-    from .worker import Worker, load_handler
+    from .retry import RetryPolicy
+    from .worker import TaskPolicy, Worker, load_handler
 
-    handler = load_handler(args.handler)
+    handler = load_handler(args.handler, args.app_dir)
     config = _config(args)
+    policy = TaskPolicy(
+        time_limit=args.time_limit,
+        retry=RetryPolicy(attempts=args.retries + 1, backoff=args.retry_backoff),
+    )
     with LocalQueue(config=config) as queue:
-        worker = Worker(queue, dict.fromkeys(args.type, handler), args.concurrency)
-
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            logging.getLogger("bridge.worker").info("signal %d: finishing the task in hand", signum)
-            worker.stop()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        handled = worker.run(max_tasks=args.max_tasks)
-        logging.getLogger("bridge.worker").info("worker stopped after %d task(s)", handled)
-    return 0
+        worker = Worker(
+            queue,
+            dict.fromkeys(args.type, handler),
+            args.concurrency,
+            default_policy=policy,
+            grace_seconds=args.grace,
+            summary_seconds=args.summary_every,
+            pool=args.pool,
+            pool_options=PoolOptions(args.max_tasks_per_child, args.max_memory_mb),
+        )
+        worker.handle_signals()
+        worker.run(max_tasks=args.max_tasks)
+    if worker.fatal is not None:
+        print(f"taskmanager-bridge: error: {worker.fatal}", file=sys.stderr)
+    return int(worker.exit_code)
 
 
 # -- status ------------------------------------------------------------------------------
@@ -352,6 +362,50 @@ def _add_worker(commands: Subparsers) -> None:
     )
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument("--max-tasks", type=int, default=None, help="stop after this many")
+    worker.add_argument(
+        "--app-dir", default=None, help="folder to import the handler from (default: current)"
+    )
+    worker.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="seconds a handler may run (default: what is left of the remote lease, less "
+        "lease_margin_seconds; none for local-only tasks)",
+    )
+    worker.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="local retries of a task whose handler raised bridge.Retry (default 2)",
+    )
+    worker.add_argument(
+        "--retry-backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)"
+    )
+    worker.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="seconds running handlers get after SIGTERM before their tasks are handed back",
+    )
+    worker.add_argument(
+        "--pool",
+        choices=("thread", "process"),
+        default="thread",
+        help="thread (default) or process: a handler process per slot, killed and replaced "
+        "past the time limit, when it dies, or (below) when it leaks",
+    )
+    worker.add_argument(
+        "--max-tasks-per-child", type=int, default=None, help="process pool: replace after N"
+    )
+    worker.add_argument(
+        "--max-memory-mb",
+        type=float,
+        default=None,
+        help="process pool: replace a handler process whose RSS grew past this",
+    )
+    worker.add_argument(
+        "--summary-every", type=float, default=60.0, help="seconds between summary log lines"
+    )
     worker.set_defaults(func=cmd_worker)
 
 

@@ -12,17 +12,17 @@ import json
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any
 
 from taskmanager import TaskManagerValidationError, dedupe_key
 from taskmanager.dedupe import canonical_params
+from taskmanager.encoding import EncodingError, to_json
 from taskmanager.validation import (
     check_params_shape,
     check_schema,
     compile_schema,
-    ensure_json,
     validate_params,
 )
 
@@ -48,6 +48,22 @@ def validated(call: Callable[[], Any]) -> Any:
         return call()
     except TaskManagerValidationError as exc:
         raise ValidationError(exc.message) from None
+
+
+def encoded(value: Any, what: str) -> Any:
+    """``value`` through the one encoder (datetimes, Decimals, UUIDs, enums, dataclasses...
+    become JSON); what it cannot encode is a ``ValidationError`` naming the key path."""
+    try:
+        return to_json(value, what)
+    except EncodingError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def _encoded_object(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    encoded_value = encoded(value or {}, what)
+    if not isinstance(encoded_value, dict):
+        raise ValidationError(f"{what}: a JSON object (dict) is needed, got {type(value).__name__}")
+    return encoded_value
 
 
 class LocalQueue:
@@ -128,10 +144,11 @@ class LocalQueue:
         self.store.record_progress(task, percent, message, self.config.lock_seconds, self.clock())
 
     def complete(self, task: LocalTask, result: Mapping[str, Any] | None = None) -> None:
-        """Finish the task; durable (and queued for the server) when this returns."""
-        value = dict(result or {})
-        validated(lambda: ensure_json(value, "results"))
-        self.store.complete(task, value, self.clock())
+        """Finish the task; durable (and queued for the server) when this returns.
+
+        ``result`` goes through the encoder (``encoded``): a value it cannot encode raises
+        ``ValidationError`` naming its key path, and nothing is written."""
+        self.store.complete(task, _encoded_object(result, "results"), self.clock())
 
     def complete_and_dequeue(
         self,
@@ -144,23 +161,36 @@ class LocalQueue:
 
         Half the commits of the two calls: the worker loop's fast path.
         """
-        value = dict(result or {})
-        validated(lambda: ensure_json(value, "results"))
         return self.store.complete_and_dequeue(
             task,
-            value,
+            _encoded_object(result, "results"),
             [types] if isinstance(types, str) else types,
             lock_seconds if lock_seconds is not None else self.config.lock_seconds,
             self.config.lease_margin_seconds,
             self.clock(),
         )
 
-    def fail(self, task: LocalTask, error: str | BaseException, retry: bool = False) -> None:
-        """Report a failure. ``retry=True`` puts the task back in the local queue instead
-        (it is handed out again while its remote lease allows); otherwise the failure is
-        queued for the server, which retries it up to its attempt limit."""
+    def fail(
+        self,
+        task: LocalTask,
+        error: str | BaseException,
+        retry: bool = False,
+        *,
+        delay_seconds: float = 0.0,
+    ) -> None:
+        """Report a failure. ``retry=True`` puts the task back in the local queue instead,
+        handed out again after ``delay_seconds`` (while its remote lease allows; the worker's
+        retry policy never asks for a delay past it); otherwise the failure is queued for
+        the server, which retries it up to its attempt limit."""
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        self.store.fail(task, text or "failed", retry, self.clock())
+        now = self.clock()
+        not_before = now + timedelta(seconds=delay_seconds) if retry and delay_seconds > 0 else None
+        self.store.fail(task, text or "failed", retry, now, not_before)
+
+    def release(self, task: LocalTask, reason: str) -> None:
+        """Hand a held task back to the queue, unfailed, for any worker to take at once
+        (a worker stopping before its handler finished)."""
+        self.store.fail(task, reason, True, self.clock())
 
     def enqueue(
         self,
@@ -170,9 +200,8 @@ class LocalQueue:
         metadata: Mapping[str, Any] | None = None,
     ) -> LocalTask:
         """Add a local-only task (the specification's hybrid pattern; nothing is sent)."""
-        params, meta = dict(payload), dict(metadata or {})
-        validated(lambda: ensure_json(params, "payload"))
-        validated(lambda: ensure_json(meta, "metadata"))
+        params = _encoded_object(payload, "payload")
+        meta = _encoded_object(metadata, "metadata")
         return self.store.enqueue(task_type, params, int(priority), meta, self.clock())
 
     def get(self, task_id: int) -> LocalTask | None:
@@ -186,7 +215,7 @@ class LocalQueue:
 
         The same params queued twice before delivery give the same outbox row.
         """
-        checked = validated(lambda: check_params_shape(params))
+        checked = validated(lambda: check_params_shape(encoded(params, "params")))
         self._validate_against_cache(task_type, checked)
         canonical = canonical_params(checked)
         return self.store.queue_create_task(

@@ -9,13 +9,13 @@ rejects ``1.0`` (JSON Schema draft 7 accepts it).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
 import jsonschema.validators
 
+from .encoding import EncodingError, to_json
 from .exceptions import TaskManagerValidationError
 
 _integer_checker = jsonschema.Draft7Validator.TYPE_CHECKER.redefine(
@@ -32,16 +32,12 @@ def _local_error(message: str, details: list[str] | None = None) -> TaskManagerV
 
 
 def ensure_json(value: Any, what: str) -> None:
-    """Refuse what JSON cannot carry (NaN, infinities, objects) before storing or sending it."""
+    """Refuse what JSON cannot carry (NaN, infinities, objects) before storing or sending it;
+    the message names the key path (``taskmanager.encoding``, the one encoder)."""
     try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        to_json(value, what, convert=False)
+    except EncodingError as exc:
         raise _local_error(f"{what} are not JSON serialisable: {exc}") from None
-    except RecursionError:
-        raise _local_error(
-            f"{what} are nested too deeply to encode as JSON (the server's PHP decoder "
-            "refuses more than 512 levels anyway)"
-        ) from None
 
 
 def check_params_shape(params: Any) -> dict[str, Any]:

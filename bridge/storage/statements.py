@@ -156,8 +156,14 @@ class Prepared:
             .values(status="failed", finished_at=p("p_now"), error=p("p_error"), **released)
             .returning(tasks.c.progress)
         )
+        # Back to the queue; a queued row's locked_until, when set, is the time before which
+        # it is not handed out (a delayed retry), with no holder (locked_by stays NULL).
         self.requeue_held = prepare(
-            update(tasks).where(held).values(status="queued", error=p("p_error"), **released)
+            update(tasks)
+            .where(held)
+            .values(
+                status="queued", error=p("p_error"), locked_by=None, locked_until=p("p_not_before")
+            )
         )
         pending_progress = and_(outbox.c.task_id == p("p_task_id"), IS_PENDING_PROGRESS)
         self.replace_progress = prepare(
@@ -211,7 +217,8 @@ class Prepared:
         """Lock the best queued task (of ``type_count`` named types, 0 = any): one statement."""
         statement = self._dequeue.get(type_count)
         if statement is None:
-            conditions = [IS_QUEUED, self._lease_ok]
+            due = or_(tasks.c.locked_until.is_(None), tasks.c.locked_until <= bindparam("p_now"))
+            conditions = [IS_QUEUED, self._lease_ok, due]
             if type_count:
                 conditions.append(
                     tasks.c.type.in_([bindparam(f"p_type_{i}") for i in range(type_count)])

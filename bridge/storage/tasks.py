@@ -201,10 +201,26 @@ class TaskQueries:
                 conn, types, str(task.locked_by), lock_seconds, lease_margin_seconds, now
             )
 
-    def fail(self, task: LocalTask, error: str, retry: bool, now: datetime) -> None:
+    def fail(
+        self,
+        task: LocalTask,
+        error: str,
+        retry: bool,
+        now: datetime,
+        not_before: datetime | None = None,
+    ) -> None:
+        """Fail the task, or (``retry``) put it back in the queue, handed out again from
+        ``not_before`` on (at once when ``None``)."""
         with self.db.hot_write() as conn:
             if retry:
-                self._update_held(conn, self.sql.requeue_held, task, "retry", p_error=error)
+                self._update_held(
+                    conn,
+                    self.sql.requeue_held,
+                    task,
+                    "retry",
+                    p_error=error,
+                    p_not_before=not_before,
+                )
             else:
                 self._finish(conn, task, "fail", {"error": error}, now, p_error=error)
 

@@ -31,3 +31,21 @@ def compute(params: dict[str, Any]) -> dict[str, Any]:
     result = expected(params)
     _log("end", params["n"])
     return result
+
+
+POISONS = ("set", "nan", "exit", "interrupt")
+
+
+def compute_or_poison(params: dict[str, Any]) -> Any:
+    """``compute``, or for a task with a ``poison`` param what users' bugs do: a result that
+    is not JSON, ``sys.exit()``, ``KeyboardInterrupt``."""
+    poison = params.get("poison")
+    if poison == "set":
+        return {"seen": {params["n"]}}
+    if poison == "nan":
+        return {"score": float("nan")}
+    if poison == "exit":
+        raise SystemExit(1)
+    if poison == "interrupt":
+        raise KeyboardInterrupt
+    return compute(params)

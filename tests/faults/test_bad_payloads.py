@@ -49,8 +49,8 @@ def test_bad_results_are_refused_or_end_dead_and_the_rest_gets_through(tmp_path)
         # Refused before anything is stored: the task stays held, no outbox row.
         refusals = [
             (deep, nested(100_000), "nested too deeply"),
-            (nan, {"x": float("nan")}, "not JSON serialisable"),
-            (unencodable, {"s": {1, 2}}, "not JSON serialisable"),
+            (nan, {"x": float("nan")}, r"^results\.x: nan is not JSON"),
+            (unencodable, {"s": {1, 2}}, r"^results\.s: set is not JSON"),
         ]
         for task, result, message in refusals:
             with pytest.raises(ValidationError, match=message):

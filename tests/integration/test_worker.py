@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import timedelta
 
@@ -121,3 +122,35 @@ def test_worker_needs_handlers(local: LocalQueue):
         Worker(local, {})
     with pytest.raises(BridgeError):
         Worker(local, {"a": square}, concurrency=0)
+
+
+def test_a_summary_line_says_what_was_done_and_how_fast(local: LocalQueue):
+    summarised = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if message.startswith("last ") and " s: 2 done, 0 failed, 0 retried (" in message:
+                summarised.set()
+
+    def waits_for_summary(params):
+        if params["n"] == 2:
+            assert summarised.wait(30), "no summary line while a task was running"
+        return {"n": params["n"]}
+
+    for n in range(3):
+        local.enqueue("s", {"n": n})
+    ticks = iter(range(0, 10_000, 60))  # each look at the clock: one minute later
+    seen, logger = Seen(), logging.getLogger("bridge.worker")
+    logger.addHandler(seen)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        worker = Worker(
+            local, {"s": waits_for_summary}, summary_seconds=60, clock=lambda: next(ticks)
+        )
+        assert worker.run(max_tasks=3) == 3
+    finally:
+        logger.removeHandler(seen)
+        logger.setLevel(level)
+    assert summarised.is_set()

@@ -1,0 +1,212 @@
+"""``--pool process``: each worker slot runs its handlers in a process of its own.
+
+A thread cannot be stopped; a process can. The slot sends a task to its handler
+process over a pipe and waits for the answer up to the task's time limit. Past
+the limit the process is killed and replaced, and the task fails ("timed out").
+A process that dies meanwhile (``os.abort()``, a segfault, the OOM killer) fails
+its task only, with the signal or exit code, and is replaced; so is one that has
+run ``max_tasks_per_child`` tasks or grown past ``max_memory_mb`` (a leak).
+
+The child encodes the result itself (``taskmanager.encoding``), so values that
+cannot cross a pipe are refused like any other non-JSON value, and it dies with
+the worker (``PR_SET_PDEATHSIG``), never outliving it. Children are started with
+``spawn``: the worker's own threads make ``fork`` unsafe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import pickle
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from taskmanager.encoding import EncodingError, to_json
+
+from .errors import BridgeError
+from .models import LocalTask
+from .runner import Ran
+
+Handler = Callable[..., Any]
+Progress = Callable[[int, "str | None"], None]
+PR_SET_PDEATHSIG = 1
+
+
+class HandlerProcessDied(BridgeError):
+    """The handler's process ended while running a task (signal or exit code in the text)."""
+
+
+class HandlerError(Exception):
+    """A handler's exception that could not be sent back as itself (not picklable)."""
+
+
+class ResultRefused(BridgeError):
+    """The child could not encode the handler's result (its text names the key path)."""
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    max_tasks_per_child: int | None = None
+    max_memory_mb: float | None = None
+
+
+class _ChildContext:
+    """``context`` for a handler in a child: progress goes to the worker over the pipe."""
+
+    def __init__(self, task: LocalTask, conn: Connection) -> None:
+        self.task, self._conn = task, conn
+
+    def progress(self, percent: int, message: str | None = None) -> None:
+        self._conn.send(("progress", percent, message))
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _sendable(error: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return HandlerError(f"{type(error).__name__}: {error}")
+    return error
+
+
+def _answer(handler: Handler, wants_context: bool, task: LocalTask, conn: Connection) -> Any:
+    try:
+        if wants_context:
+            value = handler(task.params, _ChildContext(task, conn))
+        else:
+            value = handler(task.params)
+    except BaseException as exc:  # the task's outcome, as in a thread (see runner.run_call)
+        return ("error", _sendable(exc))
+    if value is None:
+        value = {}
+    elif not isinstance(value, Mapping):
+        value = {"result": value}
+    try:
+        return ("ok", to_json(value, "results"))
+    except EncodingError as exc:
+        return ("refused", str(exc))
+
+
+def child_main(conn: Connection, handlers: Mapping[str, tuple[Handler, bool]]) -> None:
+    """The handler process: run each task it is sent, answer, until the pipe closes."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker, which decides
+    conn.send(("ready",))  # started and imported: time limits count from here
+    while True:
+        try:
+            task: LocalTask = conn.recv()
+        except (EOFError, OSError):
+            return
+        handler, wants_context = handlers[task.type]
+        conn.send(_answer(handler, wants_context, task, conn))
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _death(process: BaseProcess) -> str:
+    process.join(5)
+    code = process.exitcode
+    if code is not None and code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+class ProcessRunner:
+    """One worker slot's handler process, replaced whenever it cannot be trusted."""
+
+    def __init__(
+        self, name: str, handlers: Mapping[str, tuple[Handler, bool]], options: PoolOptions
+    ) -> None:
+        self.name, self.handlers, self.options = name, dict(handlers), options
+        self._context = multiprocessing.get_context("spawn")
+        self._process: BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._tasks = 0
+        self.replaced = 0
+
+    def _start(self) -> tuple[BaseProcess, Connection]:
+        if self._process is None or self._conn is None:
+            parent, child = self._context.Pipe()
+            process = self._context.Process(
+                target=child_main, args=(child, self.handlers), name=self.name, daemon=True
+            )
+            process.start()
+            child.close()
+            try:
+                parent.recv()  # "ready": a slow start is not the handler's time
+            except (EOFError, OSError):
+                parent.close()
+                raise HandlerProcessDied(
+                    f"a handler process could not start ({_death(process)}); see its output"
+                ) from None
+            self._process, self._conn, self._tasks = process, parent, 0
+        return self._process, self._conn
+
+    def _replace(self) -> None:
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if conn is not None:
+            conn.close()
+        if process is not None and process.is_alive():
+            process.kill()
+        if process is not None:
+            process.join(5)
+        self.replaced += 1
+
+    def run_task(self, task: LocalTask, limit: float | None, progress: Progress) -> Ran:
+        try:
+            process, conn = self._start()
+        except HandlerProcessDied as exc:
+            return Ran("error", error=exc)
+        conn.send(task)
+        deadline = None if limit is None else time.monotonic() + limit
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not conn.poll(left):
+                self._replace()
+                return Ran("timeout")
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                died = HandlerProcessDied(f"the handler process died ({_death(process)})")
+                self._replace()
+                return Ran("error", error=died)
+            if message[0] != "progress":
+                break
+            with contextlib.suppress(BridgeError):
+                progress(message[1], message[2])
+        self._after_task(process)
+        if message[0] == "ok":
+            return Ran("ok", message[1])
+        if message[0] == "refused":
+            return Ran("error", error=ResultRefused(f"result refused: {message[1]}"))
+        return Ran("error", error=message[1])
+
+    def _after_task(self, process: BaseProcess) -> None:
+        self._tasks += 1
+        most, memory = self.options.max_tasks_per_child, self.options.max_memory_mb
+        if (most is not None and self._tasks >= most) or (
+            memory is not None and process.pid is not None and _rss_mb(process.pid) > memory
+        ):
+            self._replace()
+
+    def close(self) -> None:
+        if self._process is not None:
+            self._replace()

@@ -1,0 +1,99 @@
+"""The one encoder for results and params: what users return is stored, the rest is
+refused with the key path of the first value that cannot be encoded."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import uuid
+from pathlib import PurePosixPath
+from typing import Any
+
+import pytest
+
+from taskmanager.encoding import EncodingError, to_json
+from taskmanager.exceptions import TaskManagerValidationError
+from taskmanager.validation import ensure_json
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+@dataclasses.dataclass
+class Seen:
+    url: str
+    at: dt.datetime
+
+
+AT = dt.datetime(2026, 11, 28, 12, 30, tzinfo=dt.timezone.utc)
+
+
+def test_common_types_become_json():
+    value = {
+        "at": AT,
+        "day": dt.date(2026, 11, 28),
+        "time": dt.time(12, 30),
+        "took": dt.timedelta(seconds=1.5),
+        "price": decimal.Decimal("19.90"),
+        "id": uuid.UUID(int=1),
+        "colour": Colour.RED,
+        "level": Level.HIGH,
+        "path": PurePosixPath("/tmp/x"),
+        "pair": (1, "a"),
+        "seen": [Seen("https://x", AT)],
+        3: "int key",
+        None: "none key",
+    }
+    assert to_json(value, "results") == {
+        "at": "2026-11-28T12:30:00+00:00",
+        "day": "2026-11-28",
+        "time": "12:30:00",
+        "took": 1.5,
+        "price": "19.90",
+        "id": "00000000-0000-0000-0000-000000000001",
+        "colour": "red",
+        "level": 3,
+        "path": "/tmp/x",
+        "pair": [1, "a"],
+        "seen": [{"url": "https://x", "at": "2026-11-28T12:30:00+00:00"}],
+        "3": "int key",
+        "null": "none key",
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"items": [1, 2, 3, {"seen_at": {1, 2}}]}, "results.items[3].seen_at: set is not JSON"),
+        ({"x": float("nan")}, "results.x: nan is not JSON"),
+        ({"x": [float("-inf")]}, "results.x[0]: -inf is not JSON"),
+        ({"x": decimal.Decimal("Infinity")}, "results.x: Decimal Infinity is not JSON"),
+        ({"x": object()}, "results.x: object is not JSON"),
+        ({"x": b"raw"}, "results.x: bytes is not JSON"),
+        ({(1, 2): 1}, "results.<key (1, 2)>: a key of type tuple is not JSON"),
+    ],
+)
+def test_what_cannot_be_encoded_is_named_by_its_path(value: Any, message: str):
+    with pytest.raises(EncodingError) as caught:
+        to_json(value, "results")
+    assert str(caught.value).startswith(message)
+
+
+def test_a_value_referring_to_itself_is_refused_not_a_crash():
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(EncodingError, match="nested too deeply"):
+        to_json({"loop": loop}, "results")
+
+
+def test_the_client_check_uses_the_same_walk_without_converting():
+    ensure_json({"a": [1, 2.5, "x", None, True]}, "params")
+    with pytest.raises(TaskManagerValidationError, match=r"params\.when: datetime is not JSON"):
+        ensure_json({"when": AT}, "params")
