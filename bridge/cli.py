@@ -11,18 +11,20 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from taskmanager import TaskManagerClient, TaskManagerError
 
 from . import migrate
 from .config import BridgeConfig, parse_toml
-from .database import display_url, normalise_url
+from .database import check_schema, display_url, normalise_url
 from .errors import BridgeConfigError, BridgeError
 from .logs import setup_logging
 from .metrics import Metrics, NullMetrics
@@ -31,6 +33,8 @@ from .schema import OUTBOX_STATUSES, TASK_STATUSES
 from .storage import open_store
 
 Command = Callable[[argparse.Namespace], int]
+T = TypeVar("T")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
@@ -78,7 +82,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         operations = Operations(store, config)
         metrics = Metrics(operations) if args.metrics_port is not None else NullMetrics()
         client = TaskManagerClient(config.client_config(), observer=metrics.observe_request)
-        daemon = Daemon(Bridge(store, client, config, metrics=metrics))
+        bridge = _wait_for_database(
+            lambda: Bridge(store, client, config, metrics=metrics),
+            lambda: check_schema(store.engine),
+        )
+        daemon = Daemon(bridge)
         # Before anything is visible from outside: a SIGTERM sent as soon as the metrics
         # answer must stop the daemon cleanly, not kill it.
         daemon.handle_signals()
@@ -88,6 +96,25 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "metrics on http://%s:%d/metrics", args.metrics_address, args.metrics_port
             )
         return daemon.run_forever()
+
+
+def _wait_for_database(start: Callable[[], T], check: Callable[[], None]) -> T:
+    """Start in spite of passing database trouble (a write lock held longer than the busy
+    timeout, a full disk): waited out and logged once, not an exit; a signal meanwhile
+    stops the start (exit 0). A schema that is missing or wrong still stops it."""
+    from .patience import GaveUp, Patience
+
+    given_up = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: given_up.set()) for sig in STOP_SIGNALS}
+    try:
+        return Patience(check, backoff_max_seconds=5.0).call(
+            "starting the daemon", start, given_up
+        )
+    except GaveUp:
+        raise SystemExit(0) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Keys, worker ids and settings that cannot work, against the running daemon.
+"""Keys, worker ids, settings and a locked database at start, against the running daemon.
 
 A refused key is reported as such (never as an outage) and never shown; a key
 that cannot be sent stops the command at start; two bridges sharing a worker id
@@ -233,3 +233,36 @@ def test_an_outage_does_not_outlive_a_restart(tmp_path: Path, server: EmulatorSe
     finally:
         stop(daemon)
     assert doc["in_outage"] is False and doc["contact"]["state"] == "ok"  # type: ignore[index]
+
+
+def test_the_daemon_starts_in_spite_of_a_write_lock_held_past_its_busy_timeout(
+    tmp_path: Path, server: EmulatorServer
+):
+    import sqlite3
+
+    admin = server.client()
+    config = write_config(tmp_path, server, busy_timeout_seconds=0.5)
+    locker = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    log = tmp_path / "daemon.log"
+    with log.open("w") as sink:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "--config", str(config), "run"],
+            stderr=sink,
+            env=env_with(KEY),
+        )
+    try:
+        assert wait_until(lambda: "database trouble while starting" in log.read_text(), 60), (
+            log.read_text()
+        )
+        assert daemon.poll() is None, "it gave up"
+        locker.execute("ROLLBACK")
+        remote_id = admin.create_task(TYPE, {"n": 1})
+        assert wait_until(lambda: admin.get_task(remote_id).status == "claimed", 30)
+    finally:
+        locker.close()
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+    err = log.read_text()
+    assert daemon.returncode == 0, err
+    assert "database usable again" in err and "Traceback" not in err
