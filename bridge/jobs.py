@@ -7,6 +7,7 @@ at once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import socket
@@ -311,23 +312,23 @@ class Bridge:
     ) -> tuple[int, TaskManagerError | None]:
         """Claim up to ``limit`` tasks of a type, stopping at the first empty answer.
 
-        An intent is recorded before the first request and deleted once every answer
-        is recorded. When an attempt got no answer (even one the client retried) or the
-        burst ended on an error that may hide a committed claim (5xx), it stays, one
-        intent per lost answer, for reconcile to import those claims.
+        An intent is recorded before the first request, for as many claims as can be in
+        flight at once, and deleted once every answer is recorded. When attempts got no
+        answer (even ones the client retried) or the burst ended on an error that may
+        hide a committed claim (5xx), it stays, for as many claims as may be lost, for
+        reconcile to import them.
         """
         if limit <= 0:
             return 0, None
         with self._claims_lock:
-            intent = self.store.open_claim_intent(task_type, now)
+            # One per request that can be in flight: a kill mid-burst may orphan them all.
+            key = self.store.open_claim_intent(task_type, now, count=min(width, limit))
             unanswered = self.client.unanswered(CLAIM_PATH)
             claimed, error = self._claim_until(task_type, limit, now, width)
             lost = self.client.unanswered(CLAIM_PATH) - unanswered  # retried or not
             refused = isinstance(error, (TaskManagerRateLimitError, TaskManagerAuthError))
-            if lost == 0 and (error is None or refused):
-                self.store.delete_state(intent)  # every answer recorded, or refused
-            for _ in range(lost - 1):  # one intent explains one claim
-                self.store.open_claim_intent(task_type, now)
+            keep = 0 if error is None or refused else 1  # a 5xx may hide a committed claim
+            self.store.set_claim_intent(ClaimIntent(key, task_type, now, max(lost, keep)), now)
         return claimed, error
 
     def _claim_until(
@@ -564,7 +565,7 @@ class Bridge:
 
     def _import_orphans(self, now: datetime) -> tuple[int, int]:
         """(claims imported, claims by our worker id that no intent of ours explains)."""
-        intents = self.store.claim_intents()
+        intents = {intent.key: intent for intent in self.store.claim_intents()}
         imported = foreign = 0
         for row in self.client.list_tasks(status="claimed", page_size=100):
             if row.claimed_by != self.worker_id:
@@ -572,12 +573,17 @@ class Bridge:
             local = self.store.get_task_by_remote_id(row.id)
             if local is not None and (local.remote_attempt or 0) >= row.attempts:
                 continue
-            intent = next((i for i in intents if i.task_type == row.type), None)
+            intent = next((i for i in intents.values() if i.task_type == row.type), None)
             if intent is None:
                 foreign += 1
                 continue
-            intents.remove(intent)
-            imported += self._import_claim(row.id, intent, now)
+            used = dataclasses.replace(intent, count=intent.count - 1)
+            if used.count:
+                intents[intent.key] = used
+            else:
+                del intents[intent.key]
+            imported += self._import_claim(row.id, intent.opened_at, now)
+            self.store.set_claim_intent(used, now)
         return imported, foreign
 
     def _record_claim(self, claim: ClaimedTask, now: datetime) -> bool:
@@ -594,7 +600,7 @@ class Bridge:
             )
         return changed
 
-    def _import_claim(self, remote_id: int, intent: ClaimIntent, now: datetime) -> int:
+    def _import_claim(self, remote_id: int, asked_at: datetime, now: datetime) -> int:
         full = self.client.get_task(remote_id)
         claim = ClaimedTask(
             id=full.id,
@@ -603,11 +609,9 @@ class Bridge:
             attempts=full.attempts,
             priority=full.priority,
             worker_id=self.worker_id,
-            claimed_at=intent.opened_at,  # our clock: the server's timestamps are data only
+            claimed_at=asked_at,  # our clock: the server's timestamps are data only
         )
-        changed = self._record_claim(claim, now)
-        self.store.delete_state(intent.key)
-        return int(changed)
+        return int(self._record_claim(claim, now))
 
     def _drop_stale_intents(self, now: datetime) -> None:
         """An intent older than the lease explains nothing any more: its claim, if there

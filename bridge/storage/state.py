@@ -28,12 +28,14 @@ FOREIGN_CLAIMS_KEY = "foreign_claims"  # claims by our worker id that no intent 
 @dataclass(frozen=True)
 class ClaimIntent:
     """Claims of a type this bridge asked for and may not have recorded: written before
-    the requests, deleted once every answer is recorded. Only such an intent lets
-    reconcile import a claim made with our worker id (another bridge may share it)."""
+    the requests (one per request that can be in flight at once), kept for those whose
+    answer may be lost. Only such an intent lets reconcile import a claim made with our
+    worker id (another bridge may share it)."""
 
     key: str
     task_type: str
     opened_at: datetime  # local clock, before the first request: the lease's safe start
+    count: int = 1  # how many claims it can still explain
 
 
 def _upsert(conn: Connection, table: Table, key: str, values: dict[str, Any], *update: str) -> None:
@@ -103,10 +105,18 @@ class StateQueries:
             ).scalar()
         return str(value) if value is not None else None
 
-    def open_claim_intent(self, task_type: str, now: datetime) -> str:
+    def open_claim_intent(self, task_type: str, now: datetime, count: int = 1) -> str:
         key = CLAIM_INTENT_KEY + uuid.uuid4().hex
-        self.set_state(key, json.dumps({"type": task_type, "opened_at": now.isoformat()}), now)
+        self.set_claim_intent(ClaimIntent(key, task_type, now, count), now)
         return key
+
+    def set_claim_intent(self, intent: ClaimIntent, now: datetime) -> None:
+        """Keep the intent with its count, or delete it when it explains nothing more."""
+        if intent.count <= 0:
+            self.delete_state(intent.key)
+            return
+        value = {"type": intent.task_type, "opened_at": intent.opened_at.isoformat()}
+        self.set_state(intent.key, json.dumps({**value, "count": intent.count}), now)
 
     def claim_intents(self) -> list[ClaimIntent]:
         """Open intents, oldest first."""
@@ -114,7 +124,8 @@ class StateQueries:
         for suffix, value in self.states_with_prefix(CLAIM_INTENT_KEY).items():
             data = json.loads(value)
             opened = datetime.fromisoformat(data["opened_at"])
-            intents.append(ClaimIntent(CLAIM_INTENT_KEY + suffix, data["type"], opened))
+            key = CLAIM_INTENT_KEY + suffix
+            intents.append(ClaimIntent(key, data["type"], opened, int(data.get("count", 1))))
         return sorted(intents, key=lambda intent: intent.opened_at)
 
     def states_with_prefix(self, prefix: str) -> dict[str, str]:
