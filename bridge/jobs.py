@@ -349,7 +349,7 @@ class Bridge:
         claimed = 0
         try:
             while self._claiming.is_set() and slots.take():
-                if window_free_at(self.client.rate_limit_for(CLAIM_PATH)) > 0:
+                if window_free_at(self.client.rate_limit_for(CLAIM_PATH), self._claims.width) > 0:
                     slots.stop()  # the claim window is spent: a claim now would be refused
                     break
                 task = self.client.claim_task(task_type=task_type, worker_id=self.worker_id)

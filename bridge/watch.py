@@ -24,13 +24,16 @@ ASSUMED_WINDOW_LIMIT = 100  # the deployment's default, when it sends no X-RateL
 WINDOW_SECONDS = 60.0  # the deployment's default window
 
 
-def window_free_at(info: RateLimitInfo | None, wall: Callable[[], float] = time.time) -> float:
+def window_free_at(
+    info: RateLimitInfo | None, in_flight: int = 1, wall: Callable[[], float] = time.time
+) -> float:
     """Seconds until a request on this path would not be refused (0: now): the window is
-    spent only when the server said so, and it is free again at its reset."""
+    spent when what the server said is left would not cover the requests that may be in
+    flight beside this one, and it is free again at its reset."""
     if info is None:
         return 0.0
     now = wall()
-    resets = info.exhausted_until(now)
+    resets = info.exhausted_until(now, reserve=in_flight - 1)
     return max(0.0, resets - now) if resets is not None else 0.0
 
 

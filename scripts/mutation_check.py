@@ -148,7 +148,8 @@ MUTATIONS = [
     Mutation(
         "a claim is sent while the claim window is spent",
         "bridge/jobs.py",
-        "                if window_free_at(self.client.rate_limit_for(CLAIM_PATH)) > 0:\n"
+        "                if window_free_at("
+        "self.client.rate_limit_for(CLAIM_PATH), self._claims.width) > 0:\n"
         "                    slots.stop()",
         "                if False:\n                    slots.stop()",
     ),
@@ -159,11 +160,16 @@ MUTATIONS = [
         "                pass",
     ),
     Mutation(
-        "reconcile imports claims no intent explains",
+        "reconcile does not report claims no intent explains",
         "bridge/jobs.py",
-        "            if intent is None:\n                foreign += 1\n                continue\n"
-        "            intents.remove(intent)",
-        "            if intent is not None:\n                intents.remove(intent)",
+        "                foreign += 1\n",
+        "",
+    ),
+    Mutation(
+        "an intent explains claims of any type",
+        "bridge/jobs.py",
+        "(i for i in intents.values() if i.task_type == row.type)",
+        "(i for i in intents.values())",
     ),
     Mutation(
         "claim limit stops for good when tasks outlast the lease",

@@ -385,8 +385,8 @@ class TaskManagerClient:
                     return
                 seen += 1
                 yield Task.from_json(item)
-            if len(items) < page_size:
-                return
+            if len(items) < page_size or (max_items is not None and seen >= max_items):
+                return  # the last page, or all that was asked for: no request for nothing
             offset += len(items)
 
     # -- helpers -----------------------------------------------------------------

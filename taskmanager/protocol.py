@@ -87,9 +87,10 @@ class RateLimitInfo:
             return self.reset
         return self.observed_at + self.reset
 
-    def exhausted_until(self, now: float) -> float | None:
-        """When no request is left in the window: the Unix time it resets; else ``None``."""
-        if self.remaining is None or self.remaining > 0:
+    def exhausted_until(self, now: float, reserve: int = 0) -> float | None:
+        """When no more than ``reserve`` requests are left in the window (others may be in
+        flight): the Unix time it resets; else ``None``."""
+        if self.remaining is None or self.remaining > reserve:
             return None
         resets = self.resets_at()
         return resets if resets is not None and resets > now else None

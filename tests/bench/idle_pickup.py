@@ -103,7 +103,7 @@ def one_run(minutes: float, types: int, seed: int) -> dict[str, Any]:
             "idle": per_minute(server, idle_from, idle_until),
             "busy": per_minute(server, busy_from, busy_until),
             "busy_seconds": busy_until - busy_from,
-            "429s": sum(1 for r in server.requests if r.status == 429),
+            "429s": dict(Counter(r.path for r in server.requests if r.status == 429)),
         }
 
 

@@ -571,3 +571,12 @@ def test_user_agent_names_the_installed_version(
     agent = mocked.calls[0].request.headers["User-Agent"]
     assert agent.startswith(f"taskmanager-bridge/{version('taskmanager-bridge')} ")
     assert taskmanager.__version__ == version("taskmanager-bridge")
+
+
+def test_list_tasks_asks_for_no_page_beyond_max_items(
+    mocked: responses.RequestsMock, client: TaskManagerClient
+):
+    row = {"id": 1, "type": "t", "status": "pending", "attempts": 0, "claimed_by": None}
+    mocked.get(f"{BASE}/tasks", json=ok({"items": [row, {**row, "id": 2}], "count": 2}))
+    assert [t.id for t in client.list_tasks(status="pending", page_size=2, max_items=2)] == [1, 2]
+    assert len(mocked.calls) == 1  # a full page, and all that was asked: no second request
