@@ -69,6 +69,16 @@ class _QueueCollector:
         for task_type, plan in snapshot.claim_plans.items():
             limits.add_metric([task_type], plan["limit"])
         yield limits
+        state = GaugeMetricFamily(
+            "taskmanager_bridge_contact",
+            "The daemon's contact with the API: 1 for the current state "
+            "(unknown, ok, outage, auth_failed)",
+            labels=["state"],
+        )
+        current = snapshot.contact.state if snapshot.contact else "unknown"
+        for name in ("unknown", "ok", "outage", "auth_failed"):
+            state.add_metric([name], 1.0 if name == current else 0.0)
+        yield state
         contact = snapshot.last_contact
         since = (snapshot.now - contact).total_seconds() if contact else -1.0
         yield GaugeMetricFamily(
