@@ -91,6 +91,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             "types: the daemon needs the task types to claim "
             '(types = ["..."] in the config, or BRIDGE_TYPES=a,b)'
         )
+    from .dashboard_server import TOKEN_VARIABLE, ActionPolicy
+
+    # Checked before anything is written: a refused setting leaves the database untouched.
+    policy = ActionPolicy.decide(
+        args.dashboard_actions, os.environ.get(TOKEN_VARIABLE), args.metrics_address
+    )
     with contextlib.closing(open_store(config.db_url, config.busy_timeout_seconds)) as store:
         operations = Operations(store, config)
         serving = args.metrics_port is not None
@@ -100,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Before anything is visible from outside: a SIGTERM sent as soon as the page
         # answers must stop the daemon cleanly, not kill it.
         daemon.handle_signals()
-        server = _dashboard(args, operations, metrics) if serving else None
+        server = _dashboard(args, operations, metrics, policy) if serving else None
         try:
             return daemon.run_forever()
         finally:
@@ -108,13 +114,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 server.stop()
 
 
-def _dashboard(args: argparse.Namespace, operations: Operations, metrics: object) -> Any:
+def _dashboard(
+    args: argparse.Namespace, operations: Operations, metrics: object, policy: Any
+) -> Any:
     """Bind the daemon's HTTP port (the dashboard, /healthz and, with the extra, /metrics)."""
-    from .dashboard_server import TOKEN_VARIABLE, ActionPolicy, DashboardApp, DashboardServer
+    from .dashboard_server import DashboardApp, DashboardServer
 
-    policy = ActionPolicy.decide(
-        args.dashboard_actions, os.environ.get(TOKEN_VARIABLE), args.metrics_address
-    )
     render = metrics.render if isinstance(metrics, Metrics) else None
     server = DashboardServer(
         DashboardApp(operations, policy, render), args.metrics_address, args.metrics_port
