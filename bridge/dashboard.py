@@ -106,7 +106,11 @@ def _claims(view: DashboardView) -> str:
         [
             escape(task_type),
             _metric(f"claim_limits.{task_type}.limit", plan["limit"]),
-            escape(plan["reason"] or "prefetch room"),
+            escape(
+                plan["reason"]
+                or (f"prefetch full ({plan['queued']} queued)" if plan["limit"] == 0 else "")
+                or "prefetch room"
+            ),
             escape(
                 f"{plan['duration']:.1f} s a task "
                 f"({'measured' if plan['measured'] else 'assumed: default_task_seconds'})"
