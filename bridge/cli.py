@@ -11,25 +11,31 @@ import argparse
 import contextlib
 import json
 import logging
+import os
+import shutil
 import signal
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, NoReturn, TypeAlias, TypeVar
 
 from taskmanager import TaskManagerClient, TaskManagerError
+from taskmanager._version import __version__
 
 from . import migrate
+from .ages import ago
 from .config import BridgeConfig, parse_toml
-from .database import check_schema, display_url, normalise_url
-from .errors import BridgeConfigError, BridgeError
+from .database import FIX_COMMAND, check_schema, display_url, normalise_url
+from .errors import BridgeConfigError, BridgeError, SchemaError
 from .logs import setup_logging
-from .metrics import Metrics, NullMetrics
-from .operations import Operations
-from .schema import OUTBOX_STATUSES, TASK_STATUSES
+from .metrics import Metrics, NullMetrics, daemon_metrics
+from .operations import Operations, sqlite_file_missing, upgrade_command
+from .schema import OUTBOX_STATUSES
+from .status_text import progress_lines, status_lines
 from .storage import open_store
 
 Command = Callable[[argparse.Namespace], int]
@@ -49,6 +55,12 @@ def _where(config: BridgeConfig) -> str:
 # -- db ----------------------------------------------------------------------------------
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     config = _config(args)
+    known = migrate.known_revisions()
+    if args.revision not in ("head", *known):
+        raise BridgeError(
+            f"db upgrade: no schema revision {args.revision!r} "
+            f"(known: {', '.join(known)}; head is {known[-1]})"
+        )
     migrate.upgrade(config.db_url, args.revision)
     print(f"{_where(config)}: at schema revision {migrate.current(config.db_url)}")
     return 0
@@ -56,11 +68,14 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def cmd_db_current(args: argparse.Namespace) -> int:
     config = _config(args)
+    fix = upgrade_command(args.config, args.db_url)
+    missing = sqlite_file_missing(config.db_url)  # opening it would create an empty file
+    if missing is not None:
+        print(f"{_where(config)}: no taskmanager-bridge schema (no such file; create it: {fix})")
+        return 1
     revision = migrate.current(config.db_url)
     if revision is None:
-        print(
-            f"{_where(config)}: no taskmanager-bridge schema (run: taskmanager-bridge db upgrade)"
-        )
+        print(f"{_where(config)}: no taskmanager-bridge schema (run: {fix})")
         return 1
     expected = migrate.head_revision()
     state = "up to date" if revision == expected else f"expected {expected}"
@@ -78,24 +93,56 @@ def cmd_run(args: argparse.Namespace) -> int:
             "types: the daemon needs the task types to claim "
             '(types = ["..."] in the config, or BRIDGE_TYPES=a,b)'
         )
+    from .dashboard_server import TOKEN_VARIABLE, ActionPolicy
+
+    # Checked before anything is written: a refused setting leaves the database untouched.
+    policy = ActionPolicy.decide(
+        args.dashboard_actions, os.environ.get(TOKEN_VARIABLE), args.metrics_address
+    )
     with contextlib.closing(open_store(config.db_url, config.busy_timeout_seconds)) as store:
         operations = Operations(store, config)
-        metrics = Metrics(operations) if args.metrics_port is not None else NullMetrics()
+        serving = args.metrics_port is not None
+        metrics = daemon_metrics(operations) if serving else NullMetrics()
         client = TaskManagerClient(config.client_config(), observer=metrics.observe_request)
         bridge = _wait_for_database(
             lambda: Bridge(store, client, config, metrics=metrics),
             lambda: check_schema(store.engine),
         )
         daemon = Daemon(bridge)
-        # Before anything is visible from outside: a SIGTERM sent as soon as the metrics
-        # answer must stop the daemon cleanly, not kill it.
+        # Before anything is visible from outside: a SIGTERM sent as soon as the page
+        # answers must stop the daemon cleanly, not kill it.
         daemon.handle_signals()
-        if isinstance(metrics, Metrics):
-            metrics.serve(args.metrics_port, args.metrics_address)
-            logging.getLogger("bridge.daemon").info(
-                "metrics on http://%s:%d/metrics", args.metrics_address, args.metrics_port
-            )
-        return daemon.run_forever()
+        server = _dashboard(args, operations, metrics, policy) if serving else None
+        try:
+            return daemon.run_forever()
+        finally:
+            if server is not None:
+                server.stop()
+
+
+def _dashboard(
+    args: argparse.Namespace, operations: Operations, metrics: object, policy: Any
+) -> Any:
+    """Bind the daemon's HTTP port (the dashboard, /healthz and, with the extra, /metrics)."""
+    from .dashboard_server import DashboardApp, DashboardServer
+
+    render = metrics.render if isinstance(metrics, Metrics) else None
+    server = DashboardServer(
+        DashboardApp(operations, policy, render), args.metrics_address, args.metrics_port
+    )
+    server.start()
+    log = logging.getLogger("bridge.daemon")
+    log.info("dashboard on %s (health probe: %shealthz)", server.url, server.url)
+    if render is not None:
+        log.info("metrics on %smetrics", server.url)
+    else:
+        log.info("no /metrics: prometheus-client is not installed (pip install '.[metrics]')")
+    if policy.enabled:
+        log.warning(
+            "dashboard actions on: dead outbox rows can be retried or discarded from the page%s",
+            " with the token" if policy.token else " (loopback only)",
+        )
+    return server
 
 
 def _wait_for_database(start: Callable[[], T], check: Callable[[], None]) -> T:
@@ -160,15 +207,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
     if not args.watch:
         return _print_status(status_document(config), args.json)
+    previous: tuple[float, dict[str, Any]] | None = None
     try:
         while True:
             doc = status_document(config)
+            taken = time.monotonic()
             print("\033[2J\033[H", end="")  # clear the terminal, cursor home
             print(
                 f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC, every {args.interval:g} s "
                 "(Ctrl-C to stop)"
             )
             _print_status(doc, args.json)
+            if previous is not None and not args.json:
+                print("\n".join(progress_lines(previous[1], doc, taken - previous[0])))
+            previous = (taken, doc)
             sys.stdout.flush()
             time.sleep(args.interval)
     except KeyboardInterrupt:
@@ -179,33 +231,8 @@ def _print_status(doc: dict[str, Any], as_json: bool) -> int:
     if as_json:
         print(json.dumps(doc, indent=2, sort_keys=True))
         return 0
-    print(f"queue: {doc['database']}   remote worker id: {doc['worker_id'] or '(daemon not run)'}")
-    header = "".join(f"{s:>10}" for s in TASK_STATUSES)
-    print(f"  {'type':30}{header}")
-    for task_type, by_status in doc["tasks"].items():
-        print(f"  {task_type:30}" + "".join(f"{by_status[s]:>10}" for s in TASK_STATUSES))
-    age = doc["oldest_pending_outbox_age_seconds"]
-    oldest = f" (oldest {age:.0f} s)" if age is not None else ""
-    outbox = ", ".join(f"{s} {n}" for s, n in doc["outbox"].items())
-    print(f"outbox: {outbox}{oldest}")
-    for task_type, plan in doc["claim_limits"].items():
-        reason = plan["reason"] or "prefetch room"
-        print(f"claim limit {task_type}: {plan['limit']} ({reason}; {plan['queued']} queued)")
-    print(
-        f"last contact: {doc['last_contact'] or 'never'}   "
-        f"contact: {_contact_line(doc['contact'])}"
-    )
+    print("\n".join(status_lines(doc, datetime.now(timezone.utc))))
     return 0
-
-
-def _contact_line(contact: dict[str, Any]) -> str:
-    words = {"ok": "ok", "outage": "OUTAGE", "auth_failed": "AUTH FAILED", "unknown": "unknown"}
-    line = str(words.get(contact["state"], contact["state"]))
-    if contact["since"] and contact["state"] != "unknown":
-        line += f" since {contact['since']}"
-    if contact["reason"] and contact["state"] != "ok":
-        line += f" ({contact['reason']})"
-    return line
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -272,12 +299,21 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    print(f"{'id':>7} {'kind':13} {'status':10} {'remote':>8} {'tries':>5}  reason")
+    now = datetime.now(timezone.utc)
+    width = max(shutil.get_terminal_size((120, 24)).columns, 60)
+    print(f"{'id':>7} {'kind':13} {'status':10} {'remote':>8} {'tries':>5}  {'created':14}")
     for e in entries:
-        reason = (e.last_error or "").replace("\n", " ")[:90]
         print(
-            f"{e.id:>7} {e.kind:13} {e.status:10} {e.remote_id or '-':>8} {e.attempts:>5}  {reason}"
+            f"{e.id:>7} {e.kind:13} {e.status:10} {e.remote_id or '-':>8} {e.attempts:>5}  "
+            f"{ago(e.created_at, now):14}"
         )
+        if e.last_error:  # the whole reason, wrapped, never cut
+            for line in textwrap.wrap(
+                e.last_error, width - 9, initial_indent="reason: ", subsequent_indent="  "
+            ):
+                print(f"{'':9}{line}")
+    if not entries:
+        print("(no rows)")
     return 0
 
 
@@ -285,10 +321,12 @@ def _on_dead_rows(args: argparse.Namespace, verb: str, done: str) -> int:
     """``outbox retry`` and ``outbox discard``: the given dead rows, or all with --dead."""
     if not args.dead and not args.ids:
         raise BridgeError(f"outbox {verb}: give row ids, or --dead for every dead row")
+    if args.dead and args.ids:
+        raise BridgeError(f"outbox {verb}: give row ids or --dead, not both")
     with Operations.open(_config(args)) as operations:
         act = operations.retry_dead if verb == "retry" else operations.discard_dead
         count = act(None if args.dead else args.ids, datetime.now(timezone.utc))
-    print(f"{count} dead row(s) {done}")
+    print(f"{count} dead row(s) {done}" if count or args.ids else "no dead rows: nothing to do")
     return 0
 
 
@@ -360,24 +398,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_db(commands: Subparsers) -> None:
-    db = commands.add_parser("db", help="the local queue's schema").add_subparsers(
-        dest="db_command", required=True
+    db = commands.add_parser(
+        "db", help="the local queue's schema", description="Create, upgrade or show the schema."
+    ).add_subparsers(dest="db_command", metavar="{upgrade,current}", required=True)
+    upgrade = db.add_parser(
+        "upgrade",
+        help="create or upgrade the schema (Alembic)",
+        description="Create or upgrade the schema. For a PostgreSQL fleet, run it once, "
+        "from one host, before starting the new version everywhere.",
     )
-    upgrade = db.add_parser("upgrade", help="create or upgrade the schema (Alembic)")
-    upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.add_argument(
+        "revision",
+        nargs="?",
+        default="head",
+        help="schema revision to upgrade to (see: db current)",
+    )
     upgrade.set_defaults(func=cmd_db_upgrade)
-    db.add_parser("current", help="show the schema revision").set_defaults(func=cmd_db_current)
+    current = db.add_parser(
+        "current", help="show the schema revision (exit 1 when missing or behind)"
+    )
+    current.set_defaults(func=cmd_db_current)
 
 
 def _add_run(commands: Subparsers) -> None:
-    run = commands.add_parser("run", help="run the daemon (claim, deliver, reap, reconcile)")
+    run = commands.add_parser(
+        "run",
+        help="run the daemon (claim, deliver, reap, reconcile)",
+        description="Run the daemon. With --metrics-port it serves a dashboard (/), a health "
+        "probe (/healthz), /status.json and, with the [metrics] extra, Prometheus /metrics.",
+    )
     run.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         default=None,
-        help="serve Prometheus metrics on this port (needs the [metrics] extra)",
+        metavar="PORT",
+        help="serve the dashboard, /healthz and /metrics on this port (default: no HTTP)",
     )
-    run.add_argument("--metrics-address", default="127.0.0.1")
+    run.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address the port listens on (loopback unless you need it elsewhere)",
+    )
+    run.add_argument(
+        "--dashboard-actions",
+        action="store_true",
+        help="let the dashboard retry or discard dead outbox rows (off a loopback address "
+        "it needs a token in BRIDGE_DASHBOARD_TOKEN)",
+    )
     run.set_defaults(func=cmd_run)
 
 
@@ -439,8 +507,16 @@ def _add_worker(commands: Subparsers) -> None:
 def _add_status(commands: Subparsers) -> None:
     status = commands.add_parser("status", help="queue and outbox counts, contact, outage")
     status.add_argument("--json", action="store_true", help="machine-readable (stable keys)")
-    status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
-    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    status.add_argument(
+        "--watch", action="store_true", help="refresh until Ctrl-C, with rates and what is left"
+    )
+    status.add_argument(
+        "--interval",
+        type=_seconds(minimum=0.2),
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between refreshes with --watch (at least 0.2)",
+    )
     status.set_defaults(func=cmd_status)
 
 
@@ -448,53 +524,78 @@ def _add_health(commands: Subparsers) -> None:
     health = commands.add_parser("health", help="exit 0 when healthy, 1 when not (for probes)")
     health.add_argument(
         "--max-outbox-age",
-        type=float,
+        type=_seconds(minimum=0),
         default=900.0,
+        metavar="SECONDS",
         help="seconds the oldest pending outbox row may wait",
     )
     health.add_argument(
-        "--max-tick-age", type=float, default=60.0, help="seconds since the daemon's last tick"
+        "--max-tick-age",
+        type=_seconds(minimum=0),
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds since the daemon's last tick",
     )
     health.set_defaults(func=cmd_health)
 
 
 def _add_prune(commands: Subparsers) -> None:
     prune = commands.add_parser("prune", help="delete settled outbox rows and finished tasks")
-    prune.add_argument("--older-than", required=True, help="age: 7d, 12h, 30m, 90s")
+    prune.add_argument(
+        "--older-than", required=True, metavar="AGE", help="age: 7d, 12h, 30m, 90s (required)"
+    )
     prune.set_defaults(func=cmd_prune)
 
 
 def _add_outbox(commands: Subparsers) -> None:
-    outbox = commands.add_parser("outbox", help="inspect or replay outbox rows").add_subparsers(
-        dest="outbox_command", required=True
+    outbox = commands.add_parser(
+        "outbox", help="list outbox rows; retry or discard dead ones"
+    ).add_subparsers(dest="outbox_command", metavar="{list,retry,discard}", required=True)
+    listing = outbox.add_parser("list", help="rows, oldest first, with their whole reason")
+    listing.add_argument(
+        "--status", choices=OUTBOX_STATUSES, help="only rows in this status (default: all)"
     )
-    listing = outbox.add_parser("list", help="rows, oldest first")
-    listing.add_argument("--status", choices=OUTBOX_STATUSES)
-    listing.add_argument("--limit", type=int, default=100)
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument(
+        "--limit", type=_count(minimum=1), default=100, metavar="N", help="most rows shown"
+    )
+    listing.add_argument("--json", action="store_true", help="machine-readable")
     listing.set_defaults(func=cmd_outbox_list)
-    retry = outbox.add_parser("retry", help="make dead rows pending again")
-    retry.add_argument("ids", nargs="*", type=int)
-    retry.add_argument("--dead", action="store_true", help="every dead row")
-    retry.set_defaults(func=cmd_outbox_retry)
-    discard = outbox.add_parser("discard", help="end dead rows for good (kept as superseded)")
-    discard.add_argument("ids", nargs="*", type=int)
-    discard.add_argument("--dead", action="store_true", help="every dead row")
-    discard.set_defaults(func=cmd_outbox_discard)
+    for verb, text, func in (
+        ("retry", "make dead rows pending again (the daemon sends them)", cmd_outbox_retry),
+        ("discard", "end dead rows for good (kept as superseded, reason kept)", cmd_outbox_discard),
+    ):
+        command = outbox.add_parser(verb, help=text, description=text.capitalize() + ".")
+        command.add_argument(
+            "ids", nargs="*", type=_count(minimum=1), metavar="ID", help="dead row ids"
+        )
+        command.add_argument("--dead", action="store_true", help="every dead row")
+        command.set_defaults(func=func)
 
 
 def _add_register_types(commands: Subparsers) -> None:
     register = commands.add_parser(
         "register-types", help="register task types from a JSON or TOML file"
     )
-    register.add_argument("file")
+    register.add_argument(
+        "file",
+        metavar="FILE",
+        help='JSON ([{"name", "version", "param_schema"}]) or TOML ([[types]] tables)',
+    )
     register.set_defaults(func=cmd_register_types)
 
 
 def _add_demo(commands: Subparsers) -> None:
     demo = commands.add_parser("demo", help="emulator + daemon + 2 workers, with an outage")
-    demo.add_argument("--tasks", type=int, default=40)
-    demo.add_argument("--outage-seconds", type=float, default=4.0)
+    demo.add_argument(
+        "--tasks", type=_count(minimum=1), default=40, metavar="N", help="tasks to create"
+    )
+    demo.add_argument(
+        "--outage-seconds",
+        type=_seconds(minimum=0),
+        default=4.0,
+        metavar="SECONDS",
+        help="how long the network is cut",
+    )
     demo.set_defaults(func=cmd_demo)
 
 
@@ -511,21 +612,99 @@ COMMANDS = (
 )
 
 
+# -- argument types and the parser ----------------------------------------------------------
+def _port(text: str) -> int:
+    """A TCP port: 0 (any free port) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range (0-65535)")
+    return port
+
+
+def _seconds(minimum: float) -> Callable[[str], float]:
+    """A finite number of seconds, at least ``minimum``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not minimum <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g} s, got {text}")
+        return value
+
+    parse.__name__ = "seconds"
+    return parse
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """A whole number, at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "count"
+    return parse
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help when it has a default worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, argparse.SUPPRESS) and "default" not in text
+        if shown and (action.option_strings or action.nargs == "?"):
+            text += " (default: %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad arguments are one line on stderr and exit code 2, like every other bad input."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="taskmanager-bridge",
         description="Local queue and outbox between workers and the TaskManager API.",
     )
-    parser.add_argument("--config", help="TOML config (default: $BRIDGE_CONFIG or ./bridge.toml)")
-    parser.add_argument("--db-url", help="local queue database (overrides the config)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config (default: $BRIDGE_CONFIG, else ./bridge.toml if it exists)",
+    )
+    parser.add_argument(
+        "--db-url",
+        metavar="URL",
+        help="local queue database, a SQLite path or postgresql:// URL (overrides the config)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
         "--log-format",
         choices=("text", "json"),
         default="text",
-        help="log lines on stderr: text (default) or JSON lines",
+        help="log lines on stderr: text or JSON lines",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands: Subparsers = parser.add_subparsers(  # type: ignore[assignment]
+        dest="command", metavar="COMMAND", required=True
+    )
     for add in COMMANDS:
         add(commands)
     return parser
@@ -537,9 +716,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Command = args.func
     try:
         return command(args)
+    except SchemaError as exc:
+        # The fix names the options that chose this database, or it would fix another one.
+        fix = upgrade_command(args.config, args.db_url)
+        print(f"taskmanager-bridge: error: {str(exc).replace(FIX_COMMAND, fix)}", file=sys.stderr)
+        return 2
     except (BridgeError, TaskManagerError) as exc:
         print(f"taskmanager-bridge: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("taskmanager-bridge: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from .storage.state import CONTACT_KEY, LAST_CONTACT_KEY, ThrottledState
 logger = logging.getLogger("bridge.daemon")
 
 ContactState = Literal["unknown", "ok", "outage", "auth_failed"]
+# When the last 429's Retry-After ends (ISO time): read by ``status`` and the dashboard.
+RATE_LIMITED_KEY = "rate_limited_until"
 
 
 @dataclass(frozen=True)
@@ -114,4 +116,5 @@ class ServerContact:
         wait = retry_after if retry_after is not None else 60.0
         spent = self.monotonic() - tick_started
         self.paused_until = now + timedelta(seconds=spent + wait)
+        self.state.write(RATE_LIMITED_KEY, self.paused_until.isoformat(), now, force=True)
         logger.warning("rate limited (429): every job waits %.0f s", wait)

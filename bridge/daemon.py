@@ -24,6 +24,7 @@ from .jobs import Bridge
 from .queue import utcnow
 from .skipped_runs import QuietSkips, SkippedRuns
 from .storage.state import LAST_CONTACT_KEY, LAST_TICK_KEY, WORKER_ID_KEY
+from .systemd import Notifier
 
 logger = logging.getLogger("bridge.daemon")
 
@@ -33,12 +34,22 @@ __all__ = ["LAST_CONTACT_KEY", "LAST_TICK_KEY", "WORKER_ID_KEY", "Bridge", "Daem
 class Daemon:
     """Runs a ``Bridge``'s jobs on APScheduler until told to stop."""
 
-    def __init__(self, bridge: Bridge, clock: Callable[[], datetime] = utcnow) -> None:
+    # The job whose every tick tells systemd's watchdog the scheduler is alive: it runs
+    # often (reap_interval_seconds) and does no network I/O, so only a hung daemon stops it.
+    WATCHDOG_JOB = "reap"
+
+    def __init__(
+        self,
+        bridge: Bridge,
+        clock: Callable[[], datetime] = utcnow,
+        notifier: Notifier | None = None,
+    ) -> None:
         from apscheduler.events import EVENT_JOB_MAX_INSTANCES
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self.bridge = bridge
         self.clock = clock
+        self.notifier = notifier or Notifier()
         self._stop = threading.Event()
         self._signals = 0
         self.fatal: str | None = None  # why the daemon stopped by itself, if it did
@@ -80,6 +91,10 @@ class Daemon:
                     logger.exception("%s tick failed; it runs again at its next interval", name)
             except Exception:
                 logger.exception("%s tick failed; it runs again at its next interval", name)
+            if name == self.WATCHDOG_JOB:
+                # After a failed tick too: a database outage is waited out (promise 6);
+                # the watchdog is for a scheduler that stopped ticking.
+                self.notifier.watchdog()
 
         return run
 
@@ -108,10 +123,24 @@ class Daemon:
             self.bridge.worker_id,
             ", ".join(self.bridge.config.types),
         )
+        self._check_watchdog()
         self.scheduler.start()
+        self.notifier.ready()
+
+    def _check_watchdog(self) -> None:
+        interval = self.bridge.config.reap_interval_seconds
+        limit = self.notifier.watchdog_seconds
+        if limit is not None and interval > limit / 2:
+            logger.warning(
+                "settings: reap_interval_seconds (%g s) is more than half of systemd's "
+                "WatchdogSec (%g s): the watchdog may restart a healthy daemon",
+                interval,
+                limit,
+            )
 
     def stop(self) -> None:
         """Stop claiming, let running jobs end, then one last push within the time allowed."""
+        self.notifier.stopping()
         self.bridge.stop_claiming()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)

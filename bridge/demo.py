@@ -76,13 +76,37 @@ def _remote_completed(server: EmulatorServer) -> int:
     return server.store.count_tasks("completed")
 
 
-def _progress_line(elapsed: float, remote: int, tasks: int, counts: QueueCounts, up: bool) -> str:
+def _progress_line(
+    elapsed: float, remote: int, tasks: int, counts: QueueCounts, up: bool, pace: str
+) -> str:
     queued, running, done = (counts.tasks_with_status(s) for s in ("queued", "running", "done"))
     return (
-        f"[{elapsed:5.1f} s] remote completed {remote:3d}/{tasks} | local queued "
+        f"[{elapsed:5.1f} s] remote completed {remote:3d}/{tasks} ({pace}) | local queued "
         f"{queued:2d} running {running} done {done:3d} | outbox pending "
         f"{counts.outbox.get('pending', 0):3d} | network {'up' if up else 'DOWN'}"
     )
+
+
+@dataclass
+class _Pace:
+    """Completions per second since the first one, and what is left at that rate."""
+
+    first_at: float | None = None
+    first_count: int = 0
+
+    def describe(self, remote: int, tasks: int, now: float) -> str:
+        left = tasks - remote
+        if left <= 0:
+            return "all completed"
+        if self.first_at is None:
+            if remote:
+                self.first_at, self.first_count = now, remote
+            return f"{left} left"
+        seconds = now - self.first_at
+        per_second = (remote - self.first_count) / seconds if seconds > 0 else 0.0
+        if per_second <= 0:
+            return f"{left} left"
+        return f"{per_second:.1f}/s, {left} left, ~{left / per_second:.0f} s to go"
 
 
 @dataclass
@@ -157,12 +181,24 @@ def _watch(
     server: EmulatorServer, queue: LocalQueue, tasks: int, outage: _Outage, started: float
 ) -> int:
     """Print progress until every task is completed remotely after the outage (or the
-    deadline); returns the completions made during the outage and replayed after it."""
+    deadline); returns the completions made during the outage and replayed after it.
+
+    Nothing is printed until the daemon has claimed something (the processes take a
+    second or two to start): a line of zeros says nothing a reader can use."""
+    pace = _Pace()
+    claimed = False
     while time.monotonic() - started < DEADLINE_SECONDS:
         time.sleep(0.5)
         remote = _remote_completed(server)
         elapsed = time.monotonic() - started
-        print(_progress_line(elapsed, remote, tasks, queue.status(), server.is_up))
+        counts = queue.status()
+        if not claimed and not sum(counts.tasks.values()):
+            continue
+        if not claimed:
+            claimed = True
+            print(f"[{elapsed:5.1f} s] the daemon claimed its first tasks; workers are running")
+        described = pace.describe(remote, tasks, time.monotonic())
+        print(_progress_line(elapsed, remote, tasks, counts, server.is_up, described))
         announcement = outage.step(server, remote, tasks)
         if announcement:
             print(announcement)
@@ -196,8 +232,13 @@ def run_demo(tasks: int = 40, outage_seconds: float = 4.0) -> int:
         migrate.upgrade(config.db_url)
         print(f"emulator on {server.url}; local queue {folder / 'queue.db'}")
         remote_ids, params = _create_tasks(server, tasks)
-        print(f"created {tasks} tasks of {DEMO_TYPE}; starting the daemon and 2 workers")
+        print(f"created {tasks} tasks of {DEMO_TYPE} on the emulator")
         processes = _start_processes(config_path, folder, server)
+        pids = ", ".join(str(p.pid) for p in processes[1:])
+        print(
+            f"starting the daemon (pid {processes[0].pid}) and 2 workers (pids {pids}); "
+            f"their logs go to {folder}; waiting for the first claim"
+        )
         outage = _Outage(outage_seconds)
         try:
             with LocalQueue(config=config) as queue:

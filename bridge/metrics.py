@@ -1,5 +1,7 @@
 """Prometheus metrics for the daemon (optional: the ``metrics`` extra, prometheus-client).
 
+Served at ``/metrics`` on the dashboard's port (``bridge.dashboard_server``).
+
 Counters are fed by the daemon's jobs; queue depth, outbox backlog and contact
 age are read from the database at scrape time, so they are right whichever
 process changed them (workers write the queue, not the daemon).
@@ -70,6 +72,16 @@ class _QueueCollector:
         for task_type, plan in snapshot.claim_plans.items():
             limits.add_metric([task_type], plan["limit"])
         yield limits
+        state = GaugeMetricFamily(
+            "taskmanager_bridge_contact",
+            "The daemon's contact with the API: 1 for the current state "
+            "(unknown, ok, outage, auth_failed)",
+            labels=["state"],
+        )
+        current = snapshot.contact.state if snapshot.contact else "unknown"
+        for name in ("unknown", "ok", "outage", "auth_failed"):
+            state.add_metric([name], 1.0 if name == current else 0.0)
+        yield state
         contact = snapshot.last_contact
         since = (snapshot.now - contact).total_seconds() if contact else -1.0
         yield GaugeMetricFamily(
@@ -136,12 +148,22 @@ class Metrics(NullMetrics):
         self._skipped.labels(job).inc()
 
     def render(self) -> bytes:
+        """The exposition text that ``/metrics`` serves (``bridge.dashboard_server``)."""
         from prometheus_client import generate_latest
 
         return bytes(generate_latest(self.registry))
 
-    def serve(self, port: int, address: str = "127.0.0.1") -> None:
-        """Expose /metrics on ``address:port`` (loopback unless told otherwise)."""
-        from prometheus_client import start_http_server
 
-        start_http_server(port, address, registry=self.registry)
+def metrics_available() -> bool:
+    """Whether prometheus-client (the ``[metrics]`` extra) is installed."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def daemon_metrics(operations: Operations) -> NullMetrics:
+    """``Metrics`` when prometheus-client is installed, else ``NullMetrics``: the dashboard
+    and /healthz do not need the extra, only /metrics does."""
+    return Metrics(operations) if metrics_available() else NullMetrics()

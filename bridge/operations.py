@@ -11,14 +11,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from taskmanager import TaskManagerClient
 from taskmanager.validation import check_schema
 
 from .config import BridgeConfig
-from .contact import Contact
-from .database import display_url, normalise_url
+from .contact import RATE_LIMITED_KEY, Contact
+from .database import FIX_COMMAND, display_url, normalise_url
+from .errors import BridgeError, SchemaError
 from .models import OutboxEntry, QueueCounts
 from .outbox import Outcome, apply_outcome, deliver
 from .queue import validated
@@ -47,6 +49,7 @@ class Snapshot:
     last_tick: datetime | None
     claim_plans: dict[str, dict[str, Any]]  # per type: the daemon's last claim limit and why
     foreign_claims: int  # claims by our worker id this bridge did not make (shared id?)
+    rate_limited_until: datetime | None = None  # the last 429's Retry-After end, if still ahead
 
     @property
     def outage_since(self) -> datetime | None:
@@ -82,7 +85,40 @@ class Snapshot:
             },
             "claim_limits": self.claim_plans,
             "foreign_claims": self.foreign_claims,
+            "rate_limited_until": _iso(self.rate_limited_until),
         }
+
+
+@dataclass(frozen=True)
+class RunningTask:
+    """A task a worker holds now: how long it has run and how much remote lease is left."""
+
+    id: int
+    remote_id: int | None
+    type: str
+    progress: int
+    locked_by: str | None
+    age_seconds: float | None
+    lease_left_seconds: float | None  # None: a local-only task (no remote lease)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Tasks finished in one minute: ``start`` is the minute's beginning."""
+
+    start: datetime
+    done: int
+    failed: int  # failed or expired
+
+
+@dataclass(frozen=True)
+class DashboardView:
+    """Everything the dashboard shows, read at one moment."""
+
+    snapshot: Snapshot
+    running: list[RunningTask]
+    dead: list[OutboxEntry]
+    throughput: list[Throughput]
 
 
 @dataclass(frozen=True)
@@ -102,6 +138,38 @@ def _moment(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+def _ahead(moment: datetime | None, now: datetime) -> datetime | None:
+    return moment if moment is not None and moment > now else None
+
+
+def _seconds_between(start: datetime | None, end: datetime) -> float | None:
+    return (end - start).total_seconds() if start is not None else None
+
+
+def sqlite_file_missing(db_url: str) -> Path | None:
+    """The SQLite file the URL names when it does not exist (opening it would create
+    an empty one), else None."""
+    url = normalise_url(db_url)
+    if not url.startswith("sqlite:///"):
+        return None
+    path = Path(url[len("sqlite:///") :].split("?", 1)[0])
+    return None if path.exists() else path
+
+
+def upgrade_command(config_path: str | None, db_url: str | None) -> str:
+    """``taskmanager-bridge db upgrade`` with the options that chose this database, so
+    that the hint upgrades the database the failed command used."""
+    options = ""
+    if config_path:
+        options += f" --config {config_path}"
+    if db_url:
+        options += f" --db-url {db_url}"
+    return FIX_COMMAND.replace(" db upgrade", f"{options} db upgrade")
+
+
+THROUGHPUT_ROWS = 100_000  # most finished tasks read for the chart (a dashboard, not a report)
+
+
 class Operations:
     """The operator's view of one bridge database."""
 
@@ -112,6 +180,10 @@ class Operations:
     @classmethod
     @contextmanager
     def open(cls, config: BridgeConfig) -> Iterator[Operations]:
+        """The operations of an existing queue database (never creates an empty file)."""
+        missing = sqlite_file_missing(config.db_url)
+        if missing is not None:
+            raise SchemaError(f"no queue database at {missing}. Create it with: {FIX_COMMAND}")
         store = open_store(config.db_url, config.busy_timeout_seconds)
         try:
             yield cls(store, config)
@@ -133,6 +205,7 @@ class Operations:
             contact=Contact.from_json(state(CONTACT_KEY)),
             last_tick=_moment(state(LAST_TICK_KEY)),
             foreign_claims=int(state(FOREIGN_CLAIMS_KEY) or 0),
+            rate_limited_until=_ahead(_moment(state(RATE_LIMITED_KEY)), now),
             claim_plans={
                 task_type: json.loads(plan)
                 for task_type, plan in sorted(self.store.states_with_prefix(CLAIM_PLAN_KEY).items())
@@ -170,12 +243,80 @@ class Operations:
     def outbox(self, status: OutboxStatus | None = None, limit: int = 100) -> list[OutboxEntry]:
         return self.store.outbox_entries(status, limit)
 
+    def running(self, now: datetime, limit: int = 20) -> list[RunningTask]:
+        """Tasks a worker holds, longest running first, with their age and lease left."""
+        return [
+            RunningTask(
+                id=task.id,
+                remote_id=task.remote_id,
+                type=task.type,
+                progress=task.progress,
+                locked_by=task.locked_by,
+                age_seconds=_seconds_between(task.started_at, now),
+                lease_left_seconds=(
+                    (task.lease_expires_at - now).total_seconds()
+                    if task.lease_expires_at is not None
+                    else None
+                ),
+            )
+            for task in self.store.running_tasks(limit)
+        ]
+
+    def recent_dead(self, limit: int = 10) -> list[OutboxEntry]:
+        """The newest dead outbox rows, with their reasons."""
+        return self.store.latest_dead(limit)
+
+    def throughput(self, now: datetime, minutes: int = 15) -> list[Throughput]:
+        """Tasks finished per minute over the last ``minutes`` (oldest minute first;
+        the last one is the minute in progress)."""
+        current = now.replace(second=0, microsecond=0)
+        starts = [current - timedelta(minutes=m) for m in range(minutes - 1, -1, -1)]
+        done = dict.fromkeys(starts, 0)
+        failed = dict.fromkeys(starts, 0)
+        for finished, status in self.store.finished_since(starts[0], THROUGHPUT_ROWS):
+            minute = finished.replace(second=0, microsecond=0)
+            if minute in done:
+                counter = done if status == "done" else failed
+                counter[minute] += 1
+        return [Throughput(start, done[start], failed[start]) for start in starts]
+
+    def dashboard(self, now: datetime) -> DashboardView:
+        """What the dashboard page shows."""
+        return DashboardView(
+            snapshot=self.snapshot(now),
+            running=self.running(now),
+            dead=self.recent_dead(),
+            throughput=self.throughput(now),
+        )
+
+    def refuse_unless_dead(self, row_ids: Sequence[int]) -> None:
+        """Raise naming every id that is not a dead row (missing, or in another state):
+        retry and discard act on dead rows only, and a typo must not pass for "0 rows"."""
+        problems = []
+        for row_id in row_ids:
+            entry = self.store.outbox_entry(row_id)
+            if entry is None:
+                problems.append(f"row {row_id} does not exist")
+            elif entry.status != "dead":
+                problems.append(f"row {row_id} is {entry.status}, not dead")
+        if problems:
+            raise BridgeError(
+                "; ".join(problems) + " (only dead rows can be retried or discarded; "
+                "see: outbox list --status dead)"
+            )
+
     def retry_dead(self, row_ids: Sequence[int] | None, now: datetime) -> int:
-        """Make dead rows (all, or these) pending again, due now."""
+        """Make dead rows (all, or these) pending again, due now; ids that are not dead
+        rows are refused (``BridgeError``) and nothing changes."""
+        if row_ids is not None:
+            self.refuse_unless_dead(row_ids)
         return self.store.requeue_outbox(row_ids, now)
 
     def discard_dead(self, row_ids: Sequence[int] | None, now: datetime) -> int:
-        """End dead rows (all, or these) as superseded, keeping their reason."""
+        """End dead rows (all, or these) as superseded, keeping their reason; ids that
+        are not dead rows are refused (``BridgeError``) and nothing changes."""
+        if row_ids is not None:
+            self.refuse_unless_dead(row_ids)
         return self.store.discard_outbox(row_ids, now)
 
     def prune(self, older_than: timedelta, now: datetime) -> tuple[int, int]:

@@ -6,8 +6,11 @@
 
 Turning an existing worker into a bridge worker is the handler below plus the
 last three lines. Results are durable when ``complete`` returns, outages or not.
-(``taskmanager-bridge worker --handler examples.integration_bridge_worker:scrape
---type youtube_channel_scrape`` does the same without writing the loop.)
+From the repository's root folder, this does the same without writing the loop
+(``python3 -m`` puts the current folder on the import path, so ``examples.`` imports):
+
+    python3 -m bridge --config bridge.toml worker \\
+        --handler examples.integration_bridge_worker:scrape --type youtube_channel_scrape
 """
 
 import sys

@@ -16,9 +16,10 @@ from .outbox import OutboxQueries
 from .state import StateQueries
 from .statements import Prepared
 from .tasks import TaskQueries
+from .views import ViewQueries
 
 
-class Store(TaskQueries, OutboxQueries, StateQueries):
+class Store(TaskQueries, OutboxQueries, StateQueries, ViewQueries):
     """All reads and writes of the local queue, one transaction per method."""
 
     def __init__(self, engine: Engine) -> None:

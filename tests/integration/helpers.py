@@ -74,6 +74,26 @@ def ci_requires_postgres(env: Mapping[str, str]) -> bool:
     return env.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def browser_decision(env: Mapping[str, str], found: str | None) -> tuple[str, str]:
+    """What the browser test does: ("run", path), ("skip", why) or ("fail", why).
+
+    Locally a missing Chromium skips with the way to get one; under ``CI=true`` it
+    fails (``.ci/run`` installs it), so the dashboard is never silently untested.
+    """
+    if found is not None:
+        return "run", found
+    why = (
+        f"no headless browser ({', '.join(BROWSERS)}) on PATH: "
+        "apt-get install chromium (Debian), or run bash .ci/run"
+    )
+    if ci_requires_postgres(env):  # the same CI=true rule as PostgreSQL's
+        return "fail", f"CI=true needs Chromium for the dashboard test: {why}"
+    return "skip", why
+
+
 def postgres_decision(env: Mapping[str, str], unreachable: str | None) -> tuple[str, str]:
     """What a ``[postgresql]`` test does: ("run", ""), ("skip", why) or ("fail", why).
 

@@ -21,6 +21,8 @@ def test_db_current_upgrade_current(tmp_path):
     db = str(tmp_path / "q.db")
     before = bridge_cli("--db-url", db, "db", "current")
     assert before.returncode == 1 and "no taskmanager-bridge schema" in before.stdout
+    assert not (tmp_path / "q.db").exists(), "looking at a missing database created it"
+    assert f"taskmanager-bridge --db-url {db} db upgrade" in before.stdout
     upgraded = bridge_cli("--db-url", db, "db", "upgrade")
     assert upgraded.returncode == 0 and "at schema revision 0001" in upgraded.stdout
     after = bridge_cli("--db-url", db, "db", "current")
