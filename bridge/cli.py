@@ -455,7 +455,9 @@ def _add_worker(commands: Subparsers) -> None:
     worker.add_argument(
         "--type", action="append", required=True, help="task type to run it on (repeatable)"
     )
-    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument(
+        "--concurrency", type=int, default=1, help="tasks run at once (threads, or processes)"
+    )
     worker.add_argument("--max-tasks", type=int, default=None, help="stop after this many")
     worker.add_argument(
         "--app-dir", default=None, help="folder to import the handler from (default: current)"
@@ -471,7 +473,7 @@ def _add_worker(commands: Subparsers) -> None:
         "--retries",
         type=int,
         default=2,
-        help="local retries of a task whose handler raised bridge.Retry (default 2)",
+        help="local retries of a task whose handler raised bridge.Retry",
     )
     worker.add_argument(
         "--retry-backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)"
@@ -486,7 +488,7 @@ def _add_worker(commands: Subparsers) -> None:
         "--pool",
         choices=("thread", "process"),
         default="thread",
-        help="thread (default) or process: a handler process per slot, killed and replaced "
+        help="thread, or process: a handler process per slot, killed and replaced "
         "past the time limit, when it dies, or (below) when it leaks",
     )
     worker.add_argument(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.migrate import current
+from bridge.migrate import current, head_revision
 
 from .helpers import bridge_cli
 
@@ -24,19 +24,19 @@ def test_db_current_upgrade_current(tmp_path):
     assert not (tmp_path / "q.db").exists(), "looking at a missing database created it"
     assert f"taskmanager-bridge --db-url {db} db upgrade" in before.stdout
     upgraded = bridge_cli("--db-url", db, "db", "upgrade")
-    assert upgraded.returncode == 0 and "at schema revision 0001" in upgraded.stdout
+    assert upgraded.returncode == 0 and f"at schema revision {head_revision()}" in upgraded.stdout
     after = bridge_cli("--db-url", db, "db", "current")
-    assert after.returncode == 0 and "0001 (up to date)" in after.stdout
+    assert after.returncode == 0 and f"{head_revision()} (up to date)" in after.stdout
 
 
 def test_db_url_from_config_file_and_env(tmp_path):
     config = tmp_path / "bridge.toml"
     config.write_text(f'db_url = "{tmp_path / "from-file.db"}"\n')
     assert bridge_cli("db", "upgrade", cwd=tmp_path).returncode == 0
-    assert current(str(tmp_path / "from-file.db")) == "0001"
+    assert current(str(tmp_path / "from-file.db")) == head_revision()
     env = {**os.environ, "BRIDGE_DB_URL": str(tmp_path / "from-env.db")}
     assert bridge_cli("--config", str(config), "db", "upgrade", env=env).returncode == 0
-    assert current(str(tmp_path / "from-env.db")) == "0001"
+    assert current(str(tmp_path / "from-env.db")) == head_revision()
 
 
 def test_bad_config_is_one_clear_line(tmp_path):
@@ -60,4 +60,4 @@ def test_shipped_alembic_ini_takes_url_from_bridge_env(tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert current(str(tmp_path / "alembic.db")) == "0001"
+    assert current(str(tmp_path / "alembic.db")) == head_revision()
