@@ -37,9 +37,12 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def default_worker_id() -> str:
+def default_lock_owner() -> str:
     """Unique per process on a host: two workers never share a lock owner."""
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+default_worker_id = default_lock_owner  # the older name
 
 
 def validated(call: Callable[[], Any]) -> Any:
@@ -80,10 +83,14 @@ class LocalQueue:
         db_url: str | None = None,
         *,
         config: BridgeConfig | None = None,
-        worker_id: str | None = None,
+        locked_by: str | None = None,
         migrate: bool = False,
         clock: Callable[[], datetime] = utcnow,
+        worker_id: str | None = None,
     ) -> None:
+        """``locked_by``: who holds the tasks this queue takes (the ``locked_by`` column;
+        default host-pid); ``worker_id`` is its older name. Not the remote worker id,
+        which is the daemon's."""
         if config is None:
             config = BridgeConfig.load(db_url=db_url)
         elif db_url is not None:  # the given config, with this database
@@ -94,9 +101,14 @@ class LocalQueue:
 
             upgrade(self.config.db_url)
         self.store: Store = open_store(self.config.db_url, self.config.busy_timeout_seconds)
-        self.worker_id = worker_id or default_worker_id()
+        self.locked_by = locked_by or worker_id or default_lock_owner()
         self.clock = clock
         self._validators: dict[str, tuple[str, Any]] = {}
+
+    @property
+    def worker_id(self) -> str:
+        """The older name of ``locked_by``."""
+        return self.locked_by
 
     def close(self) -> None:
         self.store.close()
@@ -116,14 +128,17 @@ class LocalQueue:
     def dequeue(
         self,
         types: Sequence[str] | str | None = None,
-        worker_id: str | None = None,
+        locked_by: str | None = None,
         lock_seconds: float | None = None,
+        *,
+        worker_id: str | None = None,
     ) -> LocalTask | None:
-        """The next task (highest priority, then oldest), locked to this worker; or None."""
+        """The next task (highest priority, then oldest), locked to ``locked_by`` (default:
+        this queue's; ``worker_id`` is its older name), or None."""
         wanted = [types] if isinstance(types, str) else types
         return self.store.dequeue(
             wanted,
-            worker_id or self.worker_id,
+            locked_by or worker_id or self.locked_by,
             lock_seconds if lock_seconds is not None else self.config.lock_seconds,
             self.config.lease_margin_seconds,
             self.clock(),

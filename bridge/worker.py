@@ -468,19 +468,19 @@ class Worker:
             heartbeat.stop()
 
     # -- the slots ----------------------------------------------------------------------------
-    def _take(self, worker_id: str, types: Sequence[str]) -> LocalTask | None:
+    def _take(self, locked_by: str, types: Sequence[str]) -> LocalTask | None:
         return self.patience.call(
-            "taking a task", lambda: self.queue.dequeue(types, worker_id=worker_id), self._stop
+            "taking a task", lambda: self.queue.dequeue(types, locked_by=locked_by), self._stop
         )
 
     def _serve(self, slot: int, runner: Runner) -> None:
-        worker_id = f"{self.queue.worker_id}-{slot}"
+        locked_by = f"{self.queue.locked_by}-{slot}"
         types = sorted(self.handlers)
         task: LocalTask | None = None
         idle = MIN_POLL_SECONDS
         while not self._stop.is_set():
             if task is None:
-                task = self._take(worker_id, types)
+                task = self._take(locked_by, types)
                 if task is None:
                     # Soon again just after work (the daemon refills in bursts), backing
                     # off to poll_seconds when the queue stays empty.

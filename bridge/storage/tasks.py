@@ -88,30 +88,30 @@ class TaskQueries:
     def dequeue(
         self,
         types: Sequence[str] | None,
-        worker_id: str,
+        locked_by: str,
         lock_seconds: float,
         lease_margin_seconds: float,
         now: datetime,
     ) -> LocalTask | None:
-        """Lock the best queued task to ``worker_id``: highest priority, then oldest.
+        """Lock the best queued task to ``locked_by``: highest priority, then oldest.
 
         Skips tasks whose remote lease ends within the margin (promise 2).
         """
         with self.db.hot_write(durable=False) as conn:
-            return self._dequeue(conn, types, worker_id, lock_seconds, lease_margin_seconds, now)
+            return self._dequeue(conn, types, locked_by, lock_seconds, lease_margin_seconds, now)
 
     def _dequeue(
         self,
         conn: Connection,
         types: Sequence[str] | None,
-        worker_id: str,
+        locked_by: str,
         lock_seconds: float,
         lease_margin_seconds: float,
         now: datetime,
     ) -> LocalTask | None:
         values: dict[str, Any] = {
             "p_lease_floor": now + _seconds(lease_margin_seconds),
-            "p_worker": worker_id,
+            "p_worker": locked_by,
             "p_until": now + _seconds(lock_seconds),
             "p_now": now,
         }

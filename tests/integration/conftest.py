@@ -67,5 +67,5 @@ def clock() -> Clock:
 
 @pytest.fixture
 def queue(migrated_url: str, clock: Clock) -> Iterator[LocalQueue]:
-    with LocalQueue(migrated_url, worker_id="worker-a", clock=clock) as q:
+    with LocalQueue(migrated_url, locked_by="worker-a", clock=clock) as q:
         yield q

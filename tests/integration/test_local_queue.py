@@ -135,8 +135,8 @@ def test_lease_respected_by_dequeue_and_expired_by_reaper(queue: LocalQueue, clo
 
 def test_lost_lock_is_requeued_and_late_complete_refused(migrated_url: str, clock: Clock):
     with (
-        LocalQueue(migrated_url, worker_id="slow", clock=clock) as slow,
-        LocalQueue(migrated_url, worker_id="fast", clock=clock) as fast,
+        LocalQueue(migrated_url, locked_by="slow", clock=clock) as slow,
+        LocalQueue(migrated_url, locked_by="fast", clock=clock) as fast,
     ):
         add_remote(slow, clock, 5)
         held = slow.dequeue(lock_seconds=10)
@@ -335,8 +335,8 @@ def test_taking_a_task_skips_the_fsync_but_nothing_after_it_does(tmp_path):
 
 def test_complete_and_dequeue_is_one_step(migrated_url: str, clock: Clock):
     with (
-        LocalQueue(migrated_url, worker_id="w1", clock=clock) as queue,
-        LocalQueue(migrated_url, worker_id="w2", clock=clock) as other,
+        LocalQueue(migrated_url, locked_by="w1", clock=clock) as queue,
+        LocalQueue(migrated_url, locked_by="w2", clock=clock) as other,
     ):
         for remote_id in (1, 2, 3):
             add_remote(queue, clock, remote_id)
@@ -475,3 +475,15 @@ def test_short_lived_threads_do_not_exhaust_the_pool(queue: LocalQueue):
         thread.start()
         thread.join()
     assert queue.status().tasks == {("t", "queued"): 100}
+
+
+def test_the_lock_owner_is_named_locked_by_and_worker_id_still_works(migrated_url: str):
+    with (
+        LocalQueue(migrated_url, locked_by="host-1-42") as named,
+        LocalQueue(migrated_url, worker_id="host-1-43") as older,
+    ):
+        named.enqueue("a", {"x": 1})
+        named.enqueue("a", {"x": 2})
+        assert named.dequeue().locked_by == "host-1-42"
+        assert older.locked_by == older.worker_id == "host-1-43"
+        assert older.dequeue(worker_id="slot-7").locked_by == "slot-7"

@@ -51,7 +51,7 @@ def test_processes_each_task_handed_out_exactly_once(migrated_url: str, processe
 
 
 def test_worker_killed_while_holding_task_is_handed_out_again(migrated_url: str):
-    with LocalQueue(migrated_url, worker_id="survivor") as queue:
+    with LocalQueue(migrated_url, locked_by="survivor") as queue:
         queue.enqueue("work", {"n": 1})
         holder = run_worker(migrated_url, "hold", "1")
         line = holder.stdout.readline() if holder.stdout else ""
