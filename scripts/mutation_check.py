@@ -77,26 +77,26 @@ MUTATIONS = [
     ),
     Mutation(
         "claim limit ignores the measured duration",
-        "bridge/jobs.py",
+        "bridge/pull.py",
         "duration=measured or config.default_task_seconds,",
         "duration=config.default_task_seconds,",
     ),
     Mutation(
         "idle polling never backs off",
-        "bridge/jobs.py",
+        "bridge/pull.py",
         "previous * 2)",
         "previous)",
     ),
     Mutation(
         "a claim burst goes on after an empty answer",
-        "bridge/jobs.py",
+        "bridge/pull.py",
         "                if task is None:\n"
         "                    slots.stop()\n                    break",
         "                if task is None:\n                    break",
     ),
     Mutation(
         "no per-task hold-back within a push",
-        "bridge/jobs.py",
+        "bridge/push.py",
         "            if entry.task_id is not None and entry.task_id in batch.held_back:\n"
         "                return",
         "            if False:\n                return",
@@ -109,19 +109,19 @@ MUTATIONS = [
     ),
     Mutation(
         "an outage does not stop the push",
-        "bridge/jobs.py",
+        "bridge/push.py",
         "            self._next_push = now + timedelta(seconds=delay)\n            return False",
         "            self._next_push = now + timedelta(seconds=delay)\n            return True",
     ),
     Mutation(
         "a failing row never goes dead",
-        "bridge/jobs.py",
+        "bridge/push.py",
         "if entry.attempts + 1 >= self.config.outbox_max_attempts:",
         "if False:",
     ),
     Mutation(
         "reconcile ignores the 429 pause",
-        "bridge/jobs.py",
+        "bridge/reconcile.py",
         "        tick_started = self.monotonic()\n        if self.server.paused(now):\n"
         "            return 0\n        try:\n            with self._claims_lock:",
         "        tick_started = self.monotonic()\n        try:\n"
@@ -129,25 +129,25 @@ MUTATIONS = [
     ),
     Mutation(
         "reconcile imports other workers' claims",
-        "bridge/jobs.py",
+        "bridge/reconcile.py",
         "if row.claimed_by != self.worker_id:",
         "if False:",
     ),
     Mutation(
         "claims of tasks seen pending go on after an empty answer",
-        "bridge/jobs.py",
+        "bridge/pull.py",
         "known - claimed if claimed == limit else 0",
         "known - claimed",
     ),
     Mutation(
         "idle probes ignore the claim budget",
-        "bridge/jobs.py",
+        "bridge/pull.py",
         "self._next_pull[task_type] = now + self._probe_interval()",
         "self._next_pull[task_type] = now",
     ),
     Mutation(
         "a claim is sent while the claim window is spent",
-        "bridge/jobs.py",
+        "bridge/pull.py",
         "                if window_free_at("
         "self.client.rate_limit_for(CLAIM_PATH), self._claims.width) > 0:\n"
         "                    slots.stop()",
@@ -161,13 +161,13 @@ MUTATIONS = [
     ),
     Mutation(
         "reconcile does not report claims no intent explains",
-        "bridge/jobs.py",
+        "bridge/reconcile.py",
         "                foreign += 1\n",
         "",
     ),
     Mutation(
         "an intent explains claims of any type",
-        "bridge/jobs.py",
+        "bridge/reconcile.py",
         "(i for i in intents.values() if i.task_type == row.type)",
         "(i for i in intents.values())",
     ),
