@@ -179,7 +179,8 @@ def test_status_outbox_and_register_types_commands(setup, tmp_path):
     assert queued.returncode == 0 and "queued cli.b v2 in the outbox" in out
     status = cli(config, "status", "--json", server=server)
     doc = json.loads(status.communicate(timeout=30)[0])
-    assert doc["outbox"] == {"pending": 1, "delivered": 1, "superseded": 0, "dead": 0}
+    expected = {"pending": 1, "delivered": 1, "superseded": 0, "obsolete": 0, "dead": 0}
+    assert doc["outbox"] == expected
     assert doc["oldest_pending_outbox_age_seconds"] >= 0 and doc["in_outage"] is False
     assert server.api_key not in json.dumps(doc)
     listing = cli(config, "outbox", "list", "--status", "pending", server=server)
