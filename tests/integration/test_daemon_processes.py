@@ -188,7 +188,7 @@ def test_status_outbox_and_register_types_commands(setup, tmp_path):
     assert "register_type" in out and "pending" in out
     human = cli(config, "status", server=server)
     out, _ = human.communicate(timeout=30)
-    assert "outbox: pending 1, delivered 1, superseded 0, dead 0" in out
+    assert "outbox: pending 1, delivered 1, superseded 0, obsolete 0, dead 0" in out
 
 
 def test_outbox_retry_makes_dead_rows_pending(setup):
