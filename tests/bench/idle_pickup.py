@@ -1,11 +1,11 @@
 """Idle pickup at the default settings, with the server's rate limit on.
 
-    python tests/bench/idle_pickup.py [--minutes 3] [--types 10] [--runs 3]
+    python tests/bench/idle_pickup.py [--minutes 3] [--types 10] [--runs 3] [--gap 8]
 
 The running daemon (real scheduler, default settings) and a worker (one thread per
 type's task, handlers that note their start) against the emulator with the
 measured server's costs and its rate limit (100 requests a minute per path).
-Tasks are created at random moments (exponential gaps, 20 s on average) across
+Tasks are created at random moments (exponential gaps, ``--gap`` s on average) across
 ``--types`` types, so the bridge is idle most of the time: pickup latency is
 created -> handler started. Then a busy burst of 300 tasks. Prints p50/p95/max
 pickup, requests a minute by path while idle and while busy, and 429s received.
@@ -46,7 +46,7 @@ def per_minute(server: EmulatorServer, since: float, until: float) -> dict[str, 
     return {path: round(n / minutes, 1) for path, n in sorted(counts.items())}
 
 
-def one_run(minutes: float, types: int, seed: int) -> dict[str, Any]:
+def one_run(minutes: float, types: int, seed: int, gap: float) -> dict[str, Any]:
     rng = random.Random(seed)
     names = [f"idle.t{i}" for i in range(types)]
     started: dict[int, float] = {}
@@ -78,7 +78,7 @@ def one_run(minutes: float, types: int, seed: int) -> dict[str, Any]:
             idle_from = time.monotonic()
             deadline = idle_from + minutes * 60
             while time.monotonic() < deadline:
-                time.sleep(min(rng.expovariate(1 / 20), max(0.0, deadline - time.monotonic())))
+                time.sleep(min(rng.expovariate(1 / gap), max(0.0, deadline - time.monotonic())))
                 if time.monotonic() >= deadline:
                     break
                 remote_id = produce(server, rng.choice(names), {"n": len(created)})
@@ -124,11 +124,12 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--types", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--gap", type=float, default=8.0, help="mean seconds between tasks")
     args = parser.parse_args()
     print(f"{args.types} types, {args.minutes:g} idle minutes a run, rate limit 100/min per path")
     p95s = []
     for run in range(args.runs):
-        result = one_run(args.minutes, args.types, seed=run)
+        result = one_run(args.minutes, args.types, seed=run, gap=args.gap)
         p95s.append(result["p95"])
         print(
             f"run {run + 1}: {result['picked']}/{result['tasks']} idle tasks, pickup p50 "
