@@ -31,7 +31,7 @@ from .watch import CLAIM_PATH, LIST_PATH, probe_interval, window_free_at
 logger = logging.getLogger("bridge.daemon")
 
 MAX_DERIVED_CONNECTIONS = 8  # the default: one connection per worker, up to this
-BUSY_LOOK_SECONDS = 0.2  # looks while work comes, on a server that sends no rate limit
+BUSY_LOOK_SECONDS = 0.1  # looks while work comes, on a server that sends no rate limit
 BLIND = 1_000_000  # a claim burst with no count to go by: until the limit or an empty answer
 WATCH_OFF_AFTER_ERROR = timedelta(minutes=5)
 

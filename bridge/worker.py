@@ -138,46 +138,64 @@ def _as_result(value: Any) -> Any:
     return value if isinstance(value, Mapping) else {"result": value}
 
 
-class _Heartbeat:
-    """Renews a task's lock every third of the lock time until stopped."""
+class _Heartbeats:
+    """One thread renews the lock of every task the worker holds, every third of the lock
+    time: a thread started per task cost a quarter of a short task's time."""
 
-    def __init__(self, queue: LocalQueue, task: LocalTask) -> None:
-        self.queue, self.task = queue, task
+    def __init__(self, queue: LocalQueue) -> None:
+        self.queue = queue
+        self.interval = max(0.05, queue.config.lock_seconds / 3)
+        self._held: dict[int, LocalTask] = {}
+        self._told: set[int] = set()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.lost = False
-        interval = max(0.05, queue.config.lock_seconds / 3)
-        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
 
-    def _run(self, interval: float) -> None:
-        told = False
-        while not self._stop.wait(interval):
-            try:
-                self.queue.heartbeat(self.task)
-            except TaskNotHeldError as exc:
-                if self._stop.is_set():
-                    return  # the task ended meanwhile: nothing was lost
-                self.lost = True
+    def hold(self, task: LocalTask) -> None:
+        with self._lock:
+            self._held[task.id] = task
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, daemon=True, name="bridge-heartbeats"
+                )
+                self._thread.start()
+
+    def release(self, task: LocalTask) -> None:
+        """A renewal racing the task's end changes nothing (claim token)."""
+        with self._lock:
+            if self._held.get(task.id) is task:
+                del self._held[task.id]
+            self._told.discard(task.id)
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                held = list(self._held.values())
+            for task in held:
+                self._renew(task)
+
+    def _renew(self, task: LocalTask) -> None:
+        try:
+            self.queue.heartbeat(task)
+        except TaskNotHeldError as exc:
+            with self._lock:
+                still_held = self._held.pop(task.id, None) is task
+            if still_held:  # not a task that ended meanwhile: its lock really went
                 logger.warning(
                     "task %d lost its lock while running: %s",
-                    self.task.id,
+                    task.id,
                     exc,
-                    extra=task_fields(self.task.id, self.task.remote_id, self.task.type),
+                    extra=task_fields(task.id, task.remote_id, task.type),
                 )
-                return
-            except BridgeError as exc:
-                if self._stop.is_set():
-                    return
-                if not told:  # once per task: the worker's Patience logs the cause itself
-                    logger.warning(
-                        "heartbeat of task %d failed (will retry): %s", self.task.id, exc
-                    )
-                    told = True
-
-    def stop(self) -> None:
-        """Not joined: waiting for the thread to notice cost more than the rest of a short
-        task's overhead; a renewal racing the task's end changes nothing (claim token)."""
-        self._stop.set()
+        except BridgeError as exc:
+            with self._lock:
+                first = task.id in self._held and task.id not in self._told
+                self._told.add(task.id)
+            if first:  # once per task: the worker's Patience logs the cause itself
+                logger.warning("heartbeat of task %d failed (will retry): %s", task.id, exc)
 
 
 @dataclass
@@ -219,7 +237,7 @@ class Worker:
         handlers: Mapping[str, Handler],
         concurrency: int = 1,
         *,
-        poll_seconds: float = 0.5,
+        poll_seconds: float = 0.2,
         policies: Mapping[str, TaskPolicy] | None = None,
         default_policy: TaskPolicy | None = None,
         grace_seconds: float = 30.0,
@@ -256,6 +274,7 @@ class Worker:
         self._abandon = threading.Event()  # the grace is over: stop waiting for anything
         self._count_lock = threading.Lock()
         self._running: dict[int, LocalTask] = {}  # slot -> task whose handler runs now
+        self._heartbeats = _Heartbeats(queue)
         self._signals = 0
         self._max_tasks: int | None = None
 
@@ -438,7 +457,7 @@ class Worker:
     ) -> LocalTask | None:
         started = self.clock()
         limit = self.time_limit(task)
-        heartbeat = _Heartbeat(self.queue, task)
+        self._heartbeats.hold(task)
         try:
             self._running[slot] = task
             ran = self._call(task, runner, limit)
@@ -465,7 +484,7 @@ class Worker:
             return None
         finally:
             self._running.pop(slot, None)
-            heartbeat.stop()
+            self._heartbeats.release(task)
 
     # -- the slots ----------------------------------------------------------------------------
     def _take(self, locked_by: str, types: Sequence[str]) -> LocalTask | None:
@@ -555,6 +574,7 @@ class Worker:
         self._hand_back()
         for thread in threads:
             thread.join(JOIN_SLICE_SECONDS)  # a slot stuck in a handler is left behind
+        self._heartbeats.close()
         logger.info("worker stopped: %s", self.counters.line())
         return self.counters.handled
 
@@ -592,6 +612,7 @@ class Worker:
             task = self._running.pop(slot, None)
             if task is None:
                 continue
+            self._heartbeats.release(task)
             try:
                 self.queue.release(task, "handed back: the worker stopped before it finished")
             except BridgeError as exc:

@@ -69,13 +69,24 @@ class Connector:
             conn.invalidate()
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A write transaction through SQLAlchemy (``BEGIN IMMEDIATE`` on SQLite)."""
+    def write(self, *, durable: bool = True) -> Iterator[Connection]:
+        """A write transaction through SQLAlchemy (``BEGIN IMMEDIATE`` on SQLite).
+
+        ``durable=False`` (SQLite) commits without waiting for the disk, for a write a
+        later durable commit covers (the WAL is written in order); see ``hot_write``.
+        """
         with translated_errors(self.engine):
             conn = self.connection()
+            relaxed = not durable and not self.is_postgresql
             try:
-                with conn.begin():
-                    yield conn
+                if relaxed:
+                    conn.connection.driver_connection.execute("PRAGMA synchronous = NORMAL")  # type: ignore[union-attr]
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    if relaxed:
+                        conn.connection.driver_connection.execute(SYNCHRONOUS_FULL)  # type: ignore[union-attr]
             except self._driver_errors:
                 # A failure below SQLAlchemy leaves it unaware of the connection's state.
                 self.drop(conn)

@@ -266,7 +266,9 @@ class TaskQueries:
         }
         for _ in range(2):  # a concurrent insert of the same remote id: read it back, once
             try:
-                with self.db.write() as conn:
+                # Not fsynced: the daemon's claim intent, updated durably after the
+                # claims are recorded (or left open), covers a power loss in between.
+                with self.db.write(durable=False) as conn:
                     known = _by_remote_id(conn, claimed.id)
                     if known is None:
                         return _insert_claim(conn, claimed, fresh, now), True

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from bridge import LocalQueue, TaskNotHeldError, ValidationError
+from bridge import DatabaseError, LocalQueue, TaskNotHeldError, ValidationError
 from taskmanager import ClaimedTask, dedupe_key
 
 from .conftest import Clock
@@ -331,6 +331,14 @@ def test_taking_a_task_skips_the_fsync_but_nothing_after_it_does(tmp_path):
         assert synchronous() == full
         queue.complete(task, {"ok": True})
         assert queue.get(task.id).status == "done"
+        # Recording a claim (covered by the daemon's durable claim intent) is the other.
+        claimed = ClaimedTask(77, "a", {}, 1, 0, "bridge-1", queue.clock())
+        queue.store.insert_claimed(claimed, 300, queue.clock())
+        assert synchronous() == full
+        unencodable = ClaimedTask(78, "a", {"x": {1, 2}}, 1, 0, "bridge-1", queue.clock())
+        with pytest.raises((DatabaseError, TypeError)):  # fails inside the relaxed transaction
+            queue.store.insert_claimed(unencodable, 300, queue.clock())
+        assert synchronous() == full
 
 
 def test_complete_and_dequeue_is_one_step(migrated_url: str, clock: Clock):
