@@ -8,25 +8,48 @@ recovers from a driver failure is decided here, once for both databases.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import weakref
 from collections.abc import Iterator
+from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..database import SYNCHRONOUS_FULL, driver_errors, translated_errors
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: SQLite's busy handler alone
+    fcntl = None  # type: ignore[assignment]
+
+SYNCHRONOUS_NORMAL = "PRAGMA synchronous = NORMAL"  # taking a task only (hot_write)
+
 
 class _ThreadConnection:
-    """One thread's connection; closing it (or losing it with the thread) returns it."""
+    """One thread's connection; closing it (or losing it with the thread) returns it.
 
-    def __init__(self, conn: Connection) -> None:
+    On SQLite it also holds the thread's descriptor of the writers' turn file
+    (``Connector.hot_write``), or -1.
+    """
+
+    def __init__(self, conn: Connection, turn_path: str | None) -> None:
         self.conn = conn
+        self.driver: Any = conn.connection.driver_connection
+        self.turn = -1
+        if turn_path is not None:
+            with contextlib.suppress(OSError):
+                self.turn = os.open(turn_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.conn.close()
+        if self.turn >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.turn)
+            self.turn = -1
 
     def __del__(self) -> None:
         self.close()
@@ -40,6 +63,12 @@ class Connector:
         self.is_postgresql = engine.dialect.name == "postgresql"
         self._thread_local = threading.local()
         self._driver_errors = driver_errors(engine)
+        self._translated: tuple[type[BaseException], ...] = (SQLAlchemyError, *self._driver_errors)
+        self._turn_path = (
+            f"{engine.url.database}-writers"
+            if fcntl is not None and engine.dialect.name == "sqlite"
+            else None
+        )
         self._holders: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._holders_lock = threading.Lock()
 
@@ -56,7 +85,7 @@ class Connector:
         when the thread ends, so short-lived threads do not exhaust the pool."""
         holder: _ThreadConnection | None = getattr(self._thread_local, "holder", None)
         if holder is None or holder.conn.closed or holder.conn.invalidated:
-            holder = _ThreadConnection(self.engine.connect())
+            holder = _ThreadConnection(self.engine.connect(), self._turn_path)
             self._thread_local.holder = holder
             with self._holders_lock:
                 self._holders.add(holder)
@@ -91,50 +120,83 @@ class Connector:
         ):
             yield conn
 
+    def _holder(self) -> _ThreadConnection:
+        holder: _ThreadConnection | None = getattr(self._thread_local, "holder", None)
+        if holder is None or holder.conn.closed or holder.conn.invalidated:
+            self.connection()
+            holder = self._thread_local.holder
+        return holder
+
     @contextlib.contextmanager
-    def hot_write(self, *, durable: bool = True) -> Iterator[Connection]:
-        """A write transaction for prepared statements only (``Statement.run``).
+    def hot_write(self, *, durable: bool = True) -> Iterator[Any]:
+        """A write transaction for prepared statements only (``Statement.run``); yields
+        the DBAPI connection.
 
         On SQLite it is begun and committed on the driver connection: SQLAlchemy sees
-        an idle connection throughout. ``durable=False`` commits without the fsync (a
-        process crash cannot undo it; see docs/OPERATIONS.md on taking a task).
+        an idle connection throughout. Hot writers of every process and thread take
+        turns on an OS lock (``flock`` of ``<db>-writers``) around the transaction: a
+        waiter is woken the moment the holder commits, where SQLite's busy handler
+        polls with sleeps of 1, 2, 5, 10... ms (most of the time of four workers on one
+        file). The lock is held only inside the transaction, whose wait for SQLite's
+        own lock is bounded by the busy timeout; the kernel releases it with a process.
+        ``durable=False`` commits without the fsync (a process crash cannot undo it; see
+        docs/OPERATIONS.md on taking a task).
         PostgreSQL takes the ordinary path.
         """
         if self.is_postgresql:
             with self.write() as conn:
-                yield conn
+                yield conn.connection.driver_connection
             return
+        holder = self._holder()
+        driver, turn = holder.driver, holder.turn
+        if turn >= 0:
+            fcntl.flock(turn, fcntl.LOCK_EX)
+        try:
+            if not durable:
+                driver.execute(SYNCHRONOUS_NORMAL)
+            driver.execute("BEGIN IMMEDIATE")
+        except self._translated as exc:
+            self._end_turn(turn)
+            self._drop_driver(driver)
+            self._raise_translated(exc)
+        try:
+            yield driver
+            driver.execute("COMMIT")
+        except BaseException as exc:
+            self._end_turn(turn)  # before a rollback that may close the descriptor
+            self._roll_back(driver, durable)
+            if isinstance(exc, self._translated):
+                self._raise_translated(exc)
+            raise
+        self._end_turn(turn)
+        if not durable:
+            self._restore_full_sync(driver)
+
+    @staticmethod
+    def _end_turn(turn: int) -> None:
+        if turn >= 0:
+            fcntl.flock(turn, fcntl.LOCK_UN)
+
+    def _raise_translated(self, exc: BaseException) -> None:
         with translated_errors(self.engine):
-            conn = self.connection()
-            driver = conn.connection.driver_connection
-            try:
-                if not durable:
-                    driver.execute("PRAGMA synchronous = NORMAL")  # type: ignore[union-attr]
-                driver.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
-            except self._driver_errors:
-                self.drop(conn)
-                raise
-            try:
-                yield conn
-                driver.execute("COMMIT")  # type: ignore[union-attr]
-            except BaseException:
-                self._roll_back(conn, durable)
-                raise
-            if not durable:
-                self._restore_full_sync(conn)
+            raise exc
 
-    def _roll_back(self, conn: Connection, durable: bool) -> None:
-        driver = conn.connection.driver_connection
-        try:
-            driver.rollback()  # type: ignore[union-attr]
-            if not durable:
-                driver.execute(SYNCHRONOUS_FULL)  # type: ignore[union-attr]
-        except self._driver_errors:
-            self.drop(conn)  # unknown state, or skipping fsyncs: never reuse it
+    def _drop_driver(self, driver: Any) -> None:
+        holder: _ThreadConnection | None = getattr(self._thread_local, "holder", None)
+        if holder is not None and holder.driver is driver:
+            self.drop(holder.conn)
 
-    def _restore_full_sync(self, conn: Connection) -> None:
+    def _roll_back(self, driver: Any, durable: bool) -> None:
         try:
-            conn.connection.driver_connection.execute(SYNCHRONOUS_FULL)  # type: ignore[union-attr]
+            driver.rollback()
+            if not durable:
+                driver.execute(SYNCHRONOUS_FULL)
         except self._driver_errors:
-            self.drop(conn)
+            self._drop_driver(driver)  # unknown state, or skipping fsyncs: never reuse it
+
+    def _restore_full_sync(self, driver: Any) -> None:
+        try:
+            driver.execute(SYNCHRONOUS_FULL)
+        except self._driver_errors:
+            self._drop_driver(driver)
             raise

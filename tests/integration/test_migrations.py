@@ -142,13 +142,14 @@ def test_sqlite_hot_statements_use_their_indexes(tmp_path):
             checks = {
                 "dequeue": prepared.dequeue(0),
                 "dequeue typed": prepared.dequeue(2),
+                "dequeue many": prepared.dequeue(0, many=True),
                 "supersede progress": prepared.supersede_progress,
                 "replace progress": prepared.replace_progress,
                 "finish": prepared.finish_done,
             }
             for name, statement in checks.items():
-                sql, count = statement.sql, statement.sql.count("?")
-                plan = raw.execute(f"EXPLAIN QUERY PLAN {sql}", [None] * count).fetchall()
+                unbound = dict.fromkeys(statement.names)
+                plan = raw.execute(f"EXPLAIN QUERY PLAN {statement.sql}", unbound).fetchall()
                 assert_indexed(name, plan)
             for name, query in plain.items():
                 compiled = query.compile(dialect=engine.dialect)
