@@ -37,19 +37,21 @@ def _seed_remote(url: str, n: int) -> None:
     seed_claimed_tasks(url, range(1, n + 1), task_type="bench", worker_id="bench")
 
 
-def _ours_drain(url: str) -> int:
+def _ours_drain(url: str, ready: Any = None) -> int:
     done = 0
     with LocalQueue(url) as queue:
+        _ready(ready)
         while (task := queue.dequeue()) is not None:
             queue.complete(task, {"ok": True, "n": task.params["n"]})
             done += 1
     return done
 
 
-def _ours_drain_fast(url: str) -> int:
+def _ours_drain_fast(url: str, ready: Any = None) -> int:
     """The worker loop's fast path: finish and take the next in one transaction."""
     done = 0
     with LocalQueue(url) as queue:
+        _ready(ready)
         task = queue.dequeue()
         while task is not None:
             task = queue.complete_and_dequeue(task, {"ok": True, "n": task.params["n"]})
@@ -57,13 +59,33 @@ def _ours_drain_fast(url: str) -> int:
     return done
 
 
-def _in_processes(target: Callable[..., Any], args: tuple[Any, ...], procs: int) -> float:
-    """Seconds for ``procs`` processes to run ``target(*args)`` to the end."""
+def _ready(barrier: Any) -> None:
+    """A worker process has imported and opened its queue: wait for the others."""
+    if barrier is not None:
+        barrier.wait()
+
+
+STARTS: dict[str, list[float]] = {}  # seconds from spawning the processes to all ready
+
+
+def _in_processes(
+    target: Callable[..., Any], args: tuple[Any, ...], procs: int, name: str
+) -> float:
+    """Seconds for ``procs`` processes to run ``target(*args, ready)`` to the end, counted
+    from the moment all of them have started (imported and opened their queue, then met
+    at ``ready``): the steady-state drain. The start itself is recorded in ``STARTS``;
+    with N = 2,000 it is longer than the drain (an import of SQLAlchemy is ~0.5 s of
+    CPU; the peers import one small module), and the first figures of issue 15 mixed
+    the two."""
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=target, args=args) for _ in range(procs)]
-    started = time.perf_counter()
+    ready = context.Barrier(procs + 1)
+    workers = [context.Process(target=target, args=(*args, ready)) for _ in range(procs)]
+    spawned = time.perf_counter()
     for worker in workers:
         worker.start()
+    ready.wait()
+    started = time.perf_counter()
+    STARTS.setdefault(name, []).append(started - spawned)
     for worker in workers:
         worker.join()
         assert worker.exitcode == 0
@@ -89,7 +111,7 @@ def ours_cycle(url: str, n: int, procs: int, fast: bool = False) -> float:
         started = time.perf_counter()
         assert drain(url) == n
         return n / (time.perf_counter() - started)
-    elapsed = _in_processes(drain, (url,), procs)
+    elapsed = _in_processes(drain, (url,), procs, "ours")
     with LocalQueue(url) as queue:
         assert queue.status().tasks == {("bench", "done"): n}
         assert queue.status().outbox == {"pending": n}
@@ -102,14 +124,20 @@ def floor_cycle(url: str, n: int) -> float:
     The floor of this design (finish + outbox row + next dequeue, one commit), to
     tell our overhead from the work the design itself requires.
     """
+
+    upgrade(url)
+    _seed_remote(url, n)
+    return floor_cycle_seeded(url, n)
+
+
+def floor_cycle_seeded(url: str, n: int) -> float:
+    """``floor_cycle`` on a queue already seeded with ``n`` tasks."""
     import json
     import sqlite3
 
     from bridge.database import open_engine
     from bridge.storage.statements import Prepared
 
-    upgrade(url)
-    _seed_remote(url, n)
     engine = open_engine(url)
     prepared = Prepared(engine.dialect)
     engine.dispose()
@@ -118,7 +146,7 @@ def floor_cycle(url: str, n: int) -> float:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     now, until, floor = "2026-11-28 12:00:00.000000", "2099-01-01 00:00:00.000000", "2000-01-01"
-    take = ["running", 1, "bench", until, now, floor, 1, 0]
+    take = {"p_worker": "bench", "p_until": until, "p_now": now, "p_lease_floor": floor}
     started = time.perf_counter()
     conn.execute("BEGIN IMMEDIATE")
     row = conn.execute(dequeue, take).fetchone()
@@ -126,35 +154,24 @@ def floor_cycle(url: str, n: int) -> float:
     done = 0
     while row is not None:
         conn.execute("BEGIN IMMEDIATE")
+        token = {"p_id": row[0], "p_holder": "bench", "p_attempts": row[5]}
         conn.execute(
-            finish,
-            [
-                "done",
-                None,
-                None,
-                json.dumps({"ok": True}),
-                None,
-                now,
-                row[0],
-                "running",
-                "bench",
-                1,
-            ],
+            finish, {**token, "p_now": now, "p_result": json.dumps({"ok": True})}
         ).fetchall()
         conn.execute(
             append,
-            [
-                "complete",
-                row[0],
-                row[1],
-                1,
-                "bench",
-                None,
-                json.dumps({"result": {"ok": True}}),
-                "pending",
-                0,
-                now,
-            ],
+            {
+                "kind": "complete",
+                "payload": json.dumps({"result": {"ok": True}}),
+                "status": "pending",
+                "attempts": 0,
+                "created_at": now,
+                "dedupe_key": None,
+                "task_id": row[0],
+                "remote_id": row[8],
+                "remote_attempt": row[9],
+                "remote_worker_id": row[10],
+            },
         )
         row = conn.execute(dequeue, take).fetchone()
         conn.execute("COMMIT")
@@ -167,7 +184,7 @@ def floor_cycle(url: str, n: int) -> float:
 def _litequeue(path: Path) -> Any:
     from litequeue import LiteQueue
 
-    queue = LiteQueue(str(path))
+    queue = LiteQueue(str(path), timeout=30)  # our busy timeout (sqlite3's default: 5 s)
     queue.conn.execute("PRAGMA synchronous = FULL")
     return queue
 
@@ -180,8 +197,9 @@ def litequeue_enqueue(folder: Path, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def _litequeue_drain(path: str) -> None:
+def _litequeue_drain(path: str, ready: Any = None) -> None:
     queue = _litequeue(Path(path))
+    _ready(ready)
     while (message := queue.pop()) is not None:
         queue.done(message.message_id)
 
@@ -196,7 +214,7 @@ def litequeue_cycle(folder: Path, n: int, procs: int) -> float:
         started = time.perf_counter()
         _litequeue_drain(str(path))
         return n / (time.perf_counter() - started)
-    return n / _in_processes(_litequeue_drain, (str(path),), procs)
+    return n / _in_processes(_litequeue_drain, (str(path),), procs, "litequeue")
 
 
 # -- persist-queue (threads only: not multi-process safe) ------------------------------
@@ -237,11 +255,12 @@ def _pg_schema(name: str) -> str:
     return f"{PG_URL}?options=-csearch_path%3D{name}"
 
 
-def _bare_pg_drain(url: str) -> None:
+def _bare_pg_drain(url: str, ready: Any = None) -> None:
     import psycopg
 
     dsn, schema = url.split("?")[0], url.split("%3D")[1]
     with psycopg.connect(dsn, options=f"-csearch_path={schema}") as conn:
+        _ready(ready)
         while True:
             with conn.transaction():
                 row = conn.execute(
@@ -272,7 +291,7 @@ def bare_pg_cycle(n: int, procs: int) -> float:
             "FROM generate_series(1, %s) g",
             (n,),
         )
-    return n / _in_processes(_bare_pg_drain, (url,), procs)
+    return n / _in_processes(_bare_pg_drain, (url,), procs, "bare PostgreSQL")
 
 
 def ours_pg_cycle(n: int, procs: int) -> float:
