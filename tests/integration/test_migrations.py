@@ -75,8 +75,9 @@ def test_newer_schema_refused(migrated_url: str):
 
 
 def test_older_schema_refused_with_upgrade_command(migrated_url: str, monkeypatch):
-    monkeypatch.setattr(bridge_database, "known_revisions", lambda: ("0001", "0002"))
-    with pytest.raises(SchemaError, match=r"behind 0002\. Upgrade it with: taskmanager-bridge db"):
+    newer = (*known_revisions(), "9998")  # a release with one more revision than this database
+    monkeypatch.setattr(bridge_database, "known_revisions", lambda: newer)
+    with pytest.raises(SchemaError, match=r"behind 9998\. Upgrade it with: taskmanager-bridge db"):
         LocalQueue(migrated_url)
 
 
