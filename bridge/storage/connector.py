@@ -128,6 +128,18 @@ class Connector:
         return holder
 
     @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """The hot writers' turn (see ``hot_write``), for a writer that must not starve
+        them, such as ``prune`` between its chunks; nothing on PostgreSQL."""
+        turn = -1 if self.is_postgresql else self._holder().turn
+        if turn >= 0:
+            fcntl.flock(turn, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            self._end_turn(turn)
+
+    @contextlib.contextmanager
     def hot_write(self, *, durable: bool = True) -> Iterator[Any]:
         """A write transaction for prepared statements only (``Statement.run``); yields
         the DBAPI connection.
@@ -175,7 +187,8 @@ class Connector:
     @staticmethod
     def _end_turn(turn: int) -> None:
         if turn >= 0:
-            fcntl.flock(turn, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):  # closed with its connection: released
+                fcntl.flock(turn, fcntl.LOCK_UN)
 
     def _raise_translated(self, exc: BaseException) -> None:
         with translated_errors(self.engine):

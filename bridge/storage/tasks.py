@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from taskmanager import ClaimedTask
@@ -470,30 +470,6 @@ class TaskQueries:
             outbox={s: n for s, n in outbox_rows},
             oldest_pending_outbox=oldest,  # func.min keeps the column's UTC type
         )
-
-    def prune(self, before: datetime) -> tuple[int, int]:
-        """Delete settled outbox rows and finished tasks older than ``before``; (rows, tasks).
-
-        Nothing pending is touched, dead rows are kept for the operator, and a
-        task is kept while any of its outbox rows is pending.
-        """
-        with self.db.write() as conn:
-            rows = conn.execute(
-                delete(outbox).where(
-                    outbox.c.status.in_(("delivered", "superseded")), outbox.c.settled_at < before
-                )
-            ).rowcount
-            unsettled = exists().where(
-                outbox.c.task_id == tasks.c.id, outbox.c.status.in_(("pending", "dead"))
-            )
-            finished = conn.execute(
-                delete(tasks).where(
-                    tasks.c.status.in_(FINISHED_TASK_STATUSES),
-                    tasks.c.finished_at < before,
-                    ~unsettled,
-                )
-            ).rowcount
-        return rows, finished
 
     # -- what the daemon's pull and reap decisions read -----------------------------------
     def queued_count(self, task_type: str) -> int:
