@@ -8,8 +8,8 @@ recovers from a driver failure is decided here, once for both databases.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -20,36 +20,20 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..database import SYNCHRONOUS_FULL, driver_errors, translated_errors
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: SQLite's busy handler alone
-    fcntl = None  # type: ignore[assignment]
-
 SYNCHRONOUS_NORMAL = "PRAGMA synchronous = NORMAL"  # taking a task only (hot_write)
+POLL_SECONDS = 0.0002  # hot_write(polling=True): between two tries for SQLite's write lock
 
 
 class _ThreadConnection:
-    """One thread's connection; closing it (or losing it with the thread) returns it.
+    """One thread's connection; closing it (or losing it with the thread) returns it."""
 
-    On SQLite it also holds the thread's descriptor of the writers' turn file
-    (``Connector.hot_write``), or -1.
-    """
-
-    def __init__(self, conn: Connection, turn_path: str | None) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.driver: Any = conn.connection.driver_connection
-        self.turn = -1
-        if turn_path is not None:
-            with contextlib.suppress(OSError):
-                self.turn = os.open(turn_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.conn.close()
-        if self.turn >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.turn)
-            self.turn = -1
 
     def __del__(self) -> None:
         self.close()
@@ -64,11 +48,6 @@ class Connector:
         self._thread_local = threading.local()
         self._driver_errors = driver_errors(engine)
         self._translated: tuple[type[BaseException], ...] = (SQLAlchemyError, *self._driver_errors)
-        self._turn_path = (
-            f"{engine.url.database}-writers"
-            if fcntl is not None and engine.dialect.name == "sqlite"
-            else None
-        )
         self._holders: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._holders_lock = threading.Lock()
 
@@ -85,7 +64,7 @@ class Connector:
         when the thread ends, so short-lived threads do not exhaust the pool."""
         holder: _ThreadConnection | None = getattr(self._thread_local, "holder", None)
         if holder is None or holder.conn.closed or holder.conn.invalidated:
-            holder = _ThreadConnection(self.engine.connect(), self._turn_path)
+            holder = _ThreadConnection(self.engine.connect())
             self._thread_local.holder = holder
             with self._holders_lock:
                 self._holders.add(holder)
@@ -128,67 +107,60 @@ class Connector:
         return holder
 
     @contextlib.contextmanager
-    def turn(self) -> Iterator[None]:
-        """The hot writers' turn (see ``hot_write``), for a writer that must not starve
-        them, such as ``prune`` between its chunks; nothing on PostgreSQL."""
-        turn = -1 if self.is_postgresql else self._holder().turn
-        if turn >= 0:
-            fcntl.flock(turn, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            self._end_turn(turn)
-
-    @contextlib.contextmanager
-    def hot_write(self, *, durable: bool = True) -> Iterator[Any]:
+    def hot_write(self, *, durable: bool = True, polling: bool = False) -> Iterator[Any]:
         """A write transaction for prepared statements only (``Statement.run``); yields
         the DBAPI connection.
 
         On SQLite it is begun and committed on the driver connection: SQLAlchemy sees
-        an idle connection throughout. Hot writers of every process and thread take
-        turns on an OS lock (``flock`` of ``<db>-writers``) around the transaction: a
-        waiter is woken the moment the holder commits, where SQLite's busy handler
-        polls with sleeps of 1, 2, 5, 10... ms (most of the time of four workers on one
-        file). The lock is held only inside the transaction, whose wait for SQLite's
-        own lock is bounded by the busy timeout; the kernel releases it with a process.
-        ``durable=False`` commits without the fsync (a process crash cannot undo it; see
-        docs/OPERATIONS.md on taking a task).
-        PostgreSQL takes the ordinary path.
+        an idle connection throughout. ``durable=False`` commits without the fsync (a
+        process crash cannot undo it; see docs/OPERATIONS.md on taking a task).
+        ``polling=True`` waits for the write lock by trying every ``POLL_SECONDS``
+        (within the busy timeout) instead of SQLite's busy handler, whose sleeps grow
+        to 100 ms: a worker looping back to back frees the lock for well under a
+        millisecond between its transactions, which that handler almost never catches
+        (prune waited seconds per chunk). PostgreSQL takes the ordinary path.
         """
         if self.is_postgresql:
             with self.write() as conn:
                 yield conn.connection.driver_connection
             return
-        holder = self._holder()
-        driver, turn = holder.driver, holder.turn
-        if turn >= 0:
-            fcntl.flock(turn, fcntl.LOCK_EX)
+        driver = self._holder().driver
         try:
             if not durable:
                 driver.execute(SYNCHRONOUS_NORMAL)
-            driver.execute("BEGIN IMMEDIATE")
+            if polling:
+                self._begin_polling(driver)
+            else:
+                driver.execute("BEGIN IMMEDIATE")
         except self._translated as exc:
-            self._end_turn(turn)
             self._drop_driver(driver)
             self._raise_translated(exc)
         try:
             yield driver
             driver.execute("COMMIT")
         except BaseException as exc:
-            self._end_turn(turn)  # before a rollback that may close the descriptor
             self._roll_back(driver, durable)
             if isinstance(exc, self._translated):
                 self._raise_translated(exc)
             raise
-        self._end_turn(turn)
         if not durable:
             self._restore_full_sync(driver)
 
-    @staticmethod
-    def _end_turn(turn: int) -> None:
-        if turn >= 0:
-            with contextlib.suppress(OSError):  # closed with its connection: released
-                fcntl.flock(turn, fcntl.LOCK_UN)
+    def _begin_polling(self, driver: Any) -> None:
+        patience = int(driver.execute("PRAGMA busy_timeout").fetchone()[0]) / 1000
+        deadline = time.monotonic() + patience
+        driver.execute("PRAGMA busy_timeout = 0")
+        try:
+            while True:
+                try:
+                    driver.execute("BEGIN IMMEDIATE")
+                    return
+                except self._driver_errors as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                time.sleep(POLL_SECONDS)
+        finally:
+            driver.execute(f"PRAGMA busy_timeout = {int(patience * 1000)}")
 
     def _raise_translated(self, exc: BaseException) -> None:
         with translated_errors(self.engine):

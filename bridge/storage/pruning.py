@@ -3,11 +3,13 @@
 Each chunk is one write transaction over a window of ids (a rowid range on
 SQLite, a primary-key range on PostgreSQL), so the write lock is held for the
 window's rows only; the window grows or shrinks to keep each chunk near
-``CHUNK_SECONDS``. Between chunks the pruner waits about as long as the chunk
-took (never less than ``PAUSE_SECONDS``), so workers waiting for the lock get it
-(on SQLite the hot writers' turn lock wakes them at once; see ``Connector``).
-``ix_outbox_task_id`` (revision 0002) makes the "no pending or dead row" check
-and the foreign key's ``ON DELETE SET NULL`` index lookups.
+``CHUNK_SECONDS``. A chunk takes the lock by short polls (``hot_write(polling=
+True)``): a worker looping back to back leaves it free for well under a
+millisecond between transactions. After a chunk the pruner waits twice as long
+as it held the lock, so workers (whose SQLite busy handler sleeps between its
+tries) get their turn. ``ix_outbox_task_id`` (revision 0002) makes the "no
+pending or dead row" check and the foreign key's ``ON DELETE SET NULL`` index
+lookups. The statements run through ``Statement`` (SQLAlchemy's public API).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, exists, func, select
+from sqlalchemy import Table, and_, bindparam, delete, exists, func, select
+from sqlalchemy.engine import Dialect
 
 from ..schema import FINISHED_TASK_STATUSES, outbox, tasks
 from .connector import Connector
+from .statements import Statement, constant
 
 PRUNABLE_OUTBOX_STATUSES = ("delivered", "superseded")  # dead rows stay for the operator
 CHUNK_SECONDS = 0.02  # aim; a chunk is never let grow past ~50 ms of the write lock
@@ -28,21 +32,35 @@ PAUSE_SECONDS = 0.002
 FIRST_WINDOW, MIN_WINDOW, MAX_WINDOW = 1000, 50, 50_000
 
 
-def _settled_rows(before: datetime) -> Any:
-    return and_(outbox.c.status.in_(PRUNABLE_OUTBOX_STATUSES), outbox.c.settled_at < before)
+def _in(column: Any, values: tuple[str, ...]) -> Any:
+    return column.in_([constant(value) for value in values])
 
 
-def _finished_tasks(before: datetime) -> Any:
+def _window(table: Table) -> Any:
+    return and_(table.c.id > bindparam("p_low"), table.c.id <= bindparam("p_high"))
+
+
+def _prune_statements(dialect: Dialect) -> tuple[Statement, Statement]:
+    """(settled outbox rows, finished tasks) in an id window, older than ``p_before``."""
+    rows = delete(outbox).where(
+        _window(outbox),
+        _in(outbox.c.status, PRUNABLE_OUTBOX_STATUSES),
+        outbox.c.settled_at < bindparam("p_before"),
+    )
     unsettled = exists().where(
-        outbox.c.task_id == tasks.c.id, outbox.c.status.in_(("pending", "dead"))
+        outbox.c.task_id == tasks.c.id, _in(outbox.c.status, ("pending", "dead"))
     )
-    return and_(
-        tasks.c.status.in_(FINISHED_TASK_STATUSES), tasks.c.finished_at < before, ~unsettled
+    finished = delete(tasks).where(
+        _window(tasks),
+        _in(tasks.c.status, FINISHED_TASK_STATUSES),
+        tasks.c.finished_at < bindparam("p_before"),
+        ~unsettled,
     )
+    return Statement(rows, dialect), Statement(finished, dialect)
 
 
 class Pruner:
-    """One prune run: deletes what ``where`` matches in ``table``, window by window."""
+    """One prune run: deletes what a statement matches, id window by id window."""
 
     def __init__(
         self,
@@ -51,10 +69,10 @@ class Pruner:
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.db, self.sleep, self.clock = db, sleep, clock
-        self.longest_chunk = 0.0
+        self.longest_chunk = 0.0  # seconds the write lock was held, at the longest
         self.chunks = 0
 
-    def run(self, table: Table, where: Any) -> int:
+    def run(self, table: Table, statement: Statement, before: datetime) -> int:
         with self.db.read() as conn:
             last = conn.execute(select(func.max(table.c.id))).scalar()
         if last is None:
@@ -62,17 +80,16 @@ class Pruner:
         deleted, low, window = 0, 0, FIRST_WINDOW
         while low < last:
             high = min(low + window, last)
-            started = self.clock()
-            with self.db.turn(), self.db.write() as conn:
-                deleted += conn.execute(
-                    delete(table).where(table.c.id > low, table.c.id <= high, where)
-                ).rowcount
+            with self.db.hot_write(polling=True) as conn:
+                started = self.clock()  # the write lock is held from here to the commit
+                values = {"p_low": low, "p_high": high, "p_before": before}
+                deleted += statement.run(conn, values).rowcount
             took = self.clock() - started
             self.chunks += 1
             self.longest_chunk = max(self.longest_chunk, took)
             low, window = high, _next_window(window, took)
             if low < last:
-                self.sleep(max(PAUSE_SECONDS, took))
+                self.sleep(max(PAUSE_SECONDS, 2 * took))
         return deleted
 
 
@@ -98,6 +115,7 @@ class PruneQueries:
         a task whose old rows are gone is then free to go.
         """
         pruner = pruner or Pruner(self.db)  # a given one keeps its figures for the caller
-        rows = pruner.run(outbox, _settled_rows(before))
-        finished = pruner.run(tasks, _finished_tasks(before))
+        settled, finished_tasks = _prune_statements(self.db.engine.dialect)
+        rows = pruner.run(outbox, settled, before)
+        finished = pruner.run(tasks, finished_tasks, before)
         return rows, finished

@@ -103,10 +103,38 @@ def ours_enqueue(folder: Path, n: int) -> float:
         return n / (time.perf_counter() - started)
 
 
-def ours_cycle(url: str, n: int, procs: int, fast: bool = False) -> float:
+BATCH = 100  # a producer's batch (enqueue_many; the peers' put in one transaction)
+TAKE = 10  # a batch worker's tasks per transaction (dequeue_many, complete_many_and_dequeue)
+
+
+def ours_enqueue_many(folder: Path, n: int) -> float:
+    url = str(folder / "ours.db")
+    upgrade(url)
+    with LocalQueue(url) as queue:
+        started = time.perf_counter()
+        for first in range(0, n, BATCH):
+            queue.enqueue_many(("bench", {"n": i}) for i in range(first, min(first + BATCH, n)))
+        return n / (time.perf_counter() - started)
+
+
+def _ours_drain_batches(url: str, ready: Any = None) -> int:
+    """The batch worker loop: finish TAKE tasks and take the next TAKE in one transaction."""
+    done = 0
+    with LocalQueue(url) as queue:
+        _ready(ready)
+        batch = queue.dequeue_many(TAKE)
+        while batch:
+            finished = [(task, {"ok": True, "n": task.params["n"]}) for task in batch]
+            refused, batch = queue.complete_many_and_dequeue(finished, TAKE)
+            assert not refused
+            done += len(finished)
+    return done
+
+
+def ours_cycle(url: str, n: int, procs: int, fast: bool | str = False) -> float:
     upgrade(url)
     _seed_remote(url, n)
-    drain = _ours_drain_fast if fast else _ours_drain
+    drain = {False: _ours_drain, True: _ours_drain_fast, "batches": _ours_drain_batches}[fast]
     if procs == 1:
         started = time.perf_counter()
         assert drain(url) == n
@@ -194,6 +222,16 @@ def litequeue_enqueue(folder: Path, n: int) -> float:
     started = time.perf_counter()
     for i in range(n):
         queue.put(f'{{"n": {i}}}')
+    return n / (time.perf_counter() - started)
+
+
+def litequeue_put_batches(folder: Path, n: int) -> float:
+    queue = _litequeue(folder / "lq.db")
+    started = time.perf_counter()
+    for first in range(0, n, BATCH):
+        with queue.transaction():
+            for i in range(first, min(first + BATCH, n)):
+                queue.put(f'{{"n": {i}}}')
     return n / (time.perf_counter() - started)
 
 
@@ -298,21 +336,22 @@ def ours_pg_cycle(n: int, procs: int) -> float:
     return ours_cycle(_pg_schema("bench_ours"), n, procs)
 
 
-def interleaved_medians(
+def interleaved_rounds(
     rounds: int, measures: dict[str, Callable[[Path], float]]
-) -> dict[str, float]:
-    """Each measure once per round, rounds one after the other, then the medians.
+) -> dict[str, list[float]]:
+    """Each measure once per round, rounds one after the other: every rate of every round.
 
     This machine's fsync speed drifts by +-20% over a minute; measuring all of A
     then all of B turned that drift into a ratio. Interleaved, each round sees the
-    same conditions for everyone.
+    same conditions for everyone, and a ratio is taken within a round.
     """
     rates: dict[str, list[float]] = {name: [] for name in measures}
-    for _ in range(rounds):
+    for number in range(rounds):
         for name, measure in measures.items():
             with tempfile.TemporaryDirectory() as folder:
                 rates[name].append(measure(Path(folder)))
-    return {name: statistics.median(values) for name, values in rates.items()}
+        print(f"  round {number + 1}/{rounds} done", file=sys.stderr, flush=True)
+    return rates
 
 
 def main() -> None:
@@ -327,6 +366,10 @@ def main() -> None:
         "ours enqueue": lambda f: ours_enqueue(f, n),
         "litequeue put": lambda f: litequeue_enqueue(f, n),
         "persist-queue put": lambda f: persistqueue_enqueue(f, n),
+        f"ours enqueue_many (batches of {BATCH})": lambda f: ours_enqueue_many(f, n),
+        f"litequeue put (batches of {BATCH} in its transaction())": lambda f: litequeue_put_batches(
+            f, n
+        ),
         "ours dequeue+complete (1 proc)": lambda f: ours_cycle(str(f / "o.db"), n, 1),
         "ours complete_and_dequeue (1 proc)": lambda f: ours_cycle(
             str(f / "o.db"), n, 1, fast=True
@@ -334,11 +377,17 @@ def main() -> None:
         "floor: our statements on bare sqlite3 (1 proc)": lambda f: floor_cycle(
             str(f / "floor.db"), n
         ),
+        f"ours batch loop, {TAKE} a transaction (1 proc)": lambda f: ours_cycle(
+            str(f / "o.db"), n, 1, fast="batches"
+        ),
         "litequeue pop+done (1 proc)": lambda f: litequeue_cycle(f, n, 1),
         "persist-queue get+ack (1 proc)": lambda f: persistqueue_cycle(f, n),
         "ours dequeue+complete (4 procs)": lambda f: ours_cycle(str(f / "o.db"), n, 4),
         "ours complete_and_dequeue (4 procs)": lambda f: ours_cycle(
             str(f / "o.db"), n, 4, fast=True
+        ),
+        f"ours batch loop, {TAKE} a transaction (4 procs)": lambda f: ours_cycle(
+            str(f / "o.db"), n, 4, fast="batches"
         ),
         "litequeue pop+done (4 procs)": lambda f: litequeue_cycle(f, n, 4),
     }
@@ -351,38 +400,48 @@ def main() -> None:
                 "bare SKIP LOCKED loop (4 procs)": lambda _f: bare_pg_cycle(n, 4),
             }
         )
-    results = interleaved_medians(args.repeat, measures)
-    r = args.repeat
+    rates = interleaved_rounds(args.repeat, measures)
+    report(rates, n, args.repeat, postgres=not args.no_postgres)
 
-    print(f"N = {n} tasks, median of {r} runs, ops/s (SQLite: WAL, synchronous=FULL)")
-    for name, rate in results.items():
-        print(f"  {name:45s} {rate:9.0f}")
+
+def report(rates: dict[str, list[float]], n: int, rounds: int, postgres: bool) -> None:
+    """Medians and ranges of the rates; each ratio taken within a round, then its median
+    and its range over the rounds (the spread a claim must beat)."""
+    print(f"N = {n} tasks, {rounds} interleaved rounds, ops/s: median [min-max]")
+    for name, values in rates.items():
+        print(
+            f"  {name:55s} {statistics.median(values):7.0f} [{min(values):.0f}-{max(values):.0f}]"
+        )
+    for name, values in STARTS.items():
+        print(f"  start of the worker processes, {name:24s} {statistics.median(values):7.2f} s")
 
     def ratio(ours: str, *peers: str) -> None:
-        best = max(peers, key=lambda p: results[p])
-        print(f"  {ours} / {best}: {results[ours] / results[best]:.2f}x")
+        per_round = [rates[ours][i] / max(rates[peer][i] for peer in peers) for i in range(rounds)]
+        best = max(peers, key=lambda p: statistics.median(rates[p]))
+        print(
+            f"  {ours} / {best if len(peers) == 1 else 'fastest of ' + ', '.join(peers)}: "
+            f"{statistics.median(per_round):.2f}x "
+            f"[{min(per_round):.2f}-{max(per_round):.2f}]"
+        )
 
-    print("ratios (>= 1.00 means ours is at least as fast):")
+    one = ("litequeue pop+done (1 proc)", "persist-queue get+ack (1 proc)")
+    floor = "floor: our statements on bare sqlite3 (1 proc)"
+    print("ratios per round, median [min-max] (>= 1.00: ours at least as fast):")
     ratio("ours enqueue", "litequeue put", "persist-queue put")
     ratio(
-        "ours dequeue+complete (1 proc)",
-        "litequeue pop+done (1 proc)",
-        "persist-queue get+ack (1 proc)",
+        f"ours enqueue_many (batches of {BATCH})",
+        f"litequeue put (batches of {BATCH} in its transaction())",
     )
-    ratio(
-        "ours complete_and_dequeue (1 proc)",
-        "litequeue pop+done (1 proc)",
-        "persist-queue get+ack (1 proc)",
-    )
-    ratio(
-        "floor: our statements on bare sqlite3 (1 proc)",
-        "litequeue pop+done (1 proc)",
-        "persist-queue get+ack (1 proc)",
-    )
-    ratio("ours complete_and_dequeue (1 proc)", "floor: our statements on bare sqlite3 (1 proc)")
+    ratio("ours dequeue+complete (1 proc)", *one)
+    ratio("ours complete_and_dequeue (1 proc)", *one)
+    ratio(f"ours batch loop, {TAKE} a transaction (1 proc)", *one)
+    ratio(floor, *one)
+    ratio("ours complete_and_dequeue (1 proc)", floor)
+    ratio("ours dequeue+complete (1 proc)", floor)
     ratio("ours dequeue+complete (4 procs)", "litequeue pop+done (4 procs)")
     ratio("ours complete_and_dequeue (4 procs)", "litequeue pop+done (4 procs)")
-    if not args.no_postgres:
+    ratio(f"ours batch loop, {TAKE} a transaction (4 procs)", "litequeue pop+done (4 procs)")
+    if postgres:
         ratio("ours PostgreSQL dequeue+complete (1 proc)", "bare SKIP LOCKED loop (1 proc)")
         ratio("ours PostgreSQL dequeue+complete (4 procs)", "bare SKIP LOCKED loop (4 procs)")
 
