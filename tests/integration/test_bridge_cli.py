@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bridge.migrate import current
+from bridge.migrate import current, head_revision
 
 from .helpers import bridge_cli
+
+HEAD = head_revision()  # the newest revision the scripts define
 
 pytestmark = pytest.mark.acceptance
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,19 +24,19 @@ def test_db_current_upgrade_current(tmp_path):
     before = bridge_cli("--db-url", db, "db", "current")
     assert before.returncode == 1 and "no taskmanager-bridge schema" in before.stdout
     upgraded = bridge_cli("--db-url", db, "db", "upgrade")
-    assert upgraded.returncode == 0 and "at schema revision 0001" in upgraded.stdout
+    assert upgraded.returncode == 0 and f"at schema revision {HEAD}" in upgraded.stdout
     after = bridge_cli("--db-url", db, "db", "current")
-    assert after.returncode == 0 and "0001 (up to date)" in after.stdout
+    assert after.returncode == 0 and f"{HEAD} (up to date)" in after.stdout
 
 
 def test_db_url_from_config_file_and_env(tmp_path):
     config = tmp_path / "bridge.toml"
     config.write_text(f'db_url = "{tmp_path / "from-file.db"}"\n')
     assert bridge_cli("db", "upgrade", cwd=tmp_path).returncode == 0
-    assert current(str(tmp_path / "from-file.db")) == "0001"
+    assert current(str(tmp_path / "from-file.db")) == HEAD
     env = {**os.environ, "BRIDGE_DB_URL": str(tmp_path / "from-env.db")}
     assert bridge_cli("--config", str(config), "db", "upgrade", env=env).returncode == 0
-    assert current(str(tmp_path / "from-env.db")) == "0001"
+    assert current(str(tmp_path / "from-env.db")) == HEAD
 
 
 def test_bad_config_is_one_clear_line(tmp_path):
@@ -58,4 +60,4 @@ def test_shipped_alembic_ini_takes_url_from_bridge_env(tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert current(str(tmp_path / "alembic.db")) == "0001"
+    assert current(str(tmp_path / "alembic.db")) == HEAD
