@@ -437,7 +437,6 @@ def report(rates: dict[str, list[float]], n: int, rounds: int, postgres: bool) -
     ratio(f"ours batch loop, {TAKE} a transaction (1 proc)", *one)
     ratio(floor, *one)
     ratio("ours complete_and_dequeue (1 proc)", floor)
-    ratio("ours dequeue+complete (1 proc)", floor)
     ratio("ours dequeue+complete (4 procs)", "litequeue pop+done (4 procs)")
     ratio("ours complete_and_dequeue (4 procs)", "litequeue pop+done (4 procs)")
     ratio(f"ours batch loop, {TAKE} a transaction (4 procs)", "litequeue pop+done (4 procs)")
