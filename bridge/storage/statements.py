@@ -279,6 +279,7 @@ class Prepared:
         }
         # Only the id comes back: the rest of the new task is what the caller gave.
         self.enqueue = prepare(insert(tasks).values(**task_row).returning(tasks.c.id))
+        self.enqueue_rows = prepare(insert(tasks).values(**task_row))  # executemany, SQLite
         self.task_by_id = prepare(select(*TASK_COLUMNS).where(tasks.c.id == p("p_id")))
 
     def dequeue(self, type_count: int, many: bool = False) -> Statement:

@@ -56,6 +56,23 @@ def _new_task(task_id: int, item: NewTask, now: datetime) -> LocalTask:
     )
 
 
+def _insert_in_a_row(statement: Statement, conn: Any, rows: list[dict[str, Any]]) -> list[int]:
+    """SQLite: insert ``rows`` with one ``executemany``; their ids, in order.
+
+    Under the write lock each new row's id is the largest so far plus one (SQLite's
+    rowid rule, without AUTOINCREMENT), so the batch's ids are the ``len(rows)``
+    ending at ``last_insert_rowid()``; counted again, in case the rule ever did not
+    hold (only past the largest rowid SQLite can store).
+    """
+    statement.run_many(conn, rows)
+    last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    first = last - len(rows) + 1
+    found = conn.execute("SELECT count(*) FROM tasks WHERE id BETWEEN ? AND ?", (first, last))
+    if found.fetchone()[0] != len(rows):
+        raise RuntimeError(f"enqueue_many: the {len(rows)} new ids are not {first}..{last}")
+    return list(range(first, last + 1))
+
+
 def _seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
 
@@ -98,20 +115,24 @@ class TaskQueries:
 
     def enqueue_many(self, items: Sequence[NewTask], now: datetime) -> list[LocalTask]:
         """Local-only tasks ``(type, params, priority, metadata)``, in ONE transaction."""
-        statement, added = self.sql.enqueue, []
+        rows = [
+            {
+                "v_type": task_type,
+                "v_params": params,
+                "v_priority": priority,
+                "v_status": "queued",
+                "v_attempts": 0,
+                "v_progress": 0,
+                "v_created_at": now,
+                "v_metadata": metadata,
+            }
+            for task_type, params, priority, metadata in items
+        ]
         with self.db.hot_write() as conn:
-            for task_type, params, priority, metadata in items:
-                values = {
-                    "v_type": task_type,
-                    "v_params": params,
-                    "v_priority": priority,
-                    "v_status": "queued",
-                    "v_attempts": 0,
-                    "v_progress": 0,
-                    "v_created_at": now,
-                    "v_metadata": metadata,
-                }
-                added.append(statement.run(conn, values).one()[0])
+            if len(rows) > 1 and not self.db.is_postgresql:
+                added = _insert_in_a_row(self.sql.enqueue_rows, conn, rows)
+            else:
+                added = [self.sql.enqueue.run(conn, values).one()[0] for values in rows]
         return [_new_task(task_id, item, now) for task_id, item in zip(added, items, strict=True)]
 
     def dequeue(
