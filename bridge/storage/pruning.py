@@ -74,10 +74,10 @@ class Pruner:
 
     def run(self, table: Table, statement: Statement, before: datetime) -> int:
         with self.db.read() as conn:
-            last = conn.execute(select(func.max(table.c.id))).scalar()
+            first, last = conn.execute(select(func.min(table.c.id), func.max(table.c.id))).one()
         if last is None:
             return 0
-        deleted, low, window = 0, 0, FIRST_WINDOW
+        deleted, low, window = 0, first - 1, FIRST_WINDOW  # ids below the first are gone
         while low < last:
             high = min(low + window, last)
             with self.db.hot_write(polling=True) as conn:
