@@ -249,17 +249,22 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def parse_age(text: str) -> timedelta:
-    """``7d``, ``12h``, ``30m``, ``90s`` (or plain seconds) -> timedelta."""
-    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
-    try:
-        seconds = float(value) * units[unit]
-    except ValueError:
+    """``7d``, ``12h``, ``30m``, ``90s`` -> timedelta; anything else is one clear error.
+
+    A unit is required: a bare ``7`` once meant 7 seconds and pruned what the
+    operator meant to keep. No signs, exponents, ``inf`` or ``nan``, nothing zero,
+    nothing over a hundred years (a typo, whatever it meant).
+    """
+    import re
+
+    units, longest = {"d": 86400, "h": 3600, "m": 60, "s": 1}, timedelta(days=36500)
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([dhms])", text.strip())
+    seconds = float(match[1]) * units[match[2]] if match else 0.0
+    if not 0 < seconds <= longest.total_seconds():
         raise BridgeError(
-            f"--older-than must look like 7d, 12h, 30m or 90s, got {text!r}"
-        ) from None
-    if seconds <= 0:
-        raise BridgeError(f"--older-than must be positive, got {text!r}")
+            "--older-than must be a positive age with its unit, like 7d, 12h, 30m or 90s "
+            f"(at most {longest.days}d), got {text!r}"
+        )
     return timedelta(seconds=seconds)
 
 

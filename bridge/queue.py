@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any
@@ -27,10 +27,11 @@ from taskmanager.validation import (
 )
 
 from .config import BridgeConfig
-from .errors import ValidationError
+from .errors import TaskNotHeldError, ValidationError
 from .models import LocalTask, OutboxEntry, QueueCounts
 from .schema import OutboxStatus
 from .storage import Store, open_store
+from .storage.tasks import NewTask
 
 
 def utcnow() -> datetime:
@@ -218,6 +219,71 @@ class LocalQueue:
         params = _encoded_object(payload, "payload")
         meta = _encoded_object(metadata, "metadata")
         return self.store.enqueue(task_type, params, int(priority), meta, self.clock())
+
+    # -- batches: one transaction (and one commit) for many tasks -----------------------
+    def enqueue_many(
+        self,
+        items: Iterable[tuple[str, Mapping[str, Any]]],
+        priority: int = 0,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> list[LocalTask]:
+        """``enqueue`` for many ``(type, payload)`` in ONE transaction (one commit): all
+        are added, or (on any error) none."""
+        meta = _encoded_object(metadata, "metadata")
+        batch: list[NewTask] = []
+        for task_type, payload in items:
+            batch.append((task_type, _encoded_object(payload, "payload"), int(priority), meta))
+        return self.store.enqueue_many(batch, self.clock()) if batch else []
+
+    def dequeue_many(
+        self,
+        limit: int,
+        types: Sequence[str] | str | None = None,
+        lock_seconds: float | None = None,
+    ) -> list[LocalTask]:
+        """Up to ``limit`` tasks for this worker in one transaction, best first; each is
+        locked (and its lock renewed by ``heartbeat``) on its own."""
+        return self.store.dequeue_many(
+            [types] if isinstance(types, str) else types,
+            self.worker_id,
+            limit,
+            lock_seconds if lock_seconds is not None else self.config.lock_seconds,
+            self.config.lease_margin_seconds,
+            self.clock(),
+        )
+
+    def complete_many(
+        self, finished: Iterable[tuple[LocalTask, Mapping[str, Any] | None]]
+    ) -> list[TaskNotHeldError]:
+        """Finish many tasks in ONE transaction: every result is durable (and queued for
+        the server) when this returns. A task this worker no longer holds changes nothing
+        and comes back as its ``TaskNotHeldError``; the others are done regardless."""
+        return self.store.complete_many(self._results(finished), self.clock())
+
+    def complete_many_and_dequeue(
+        self,
+        finished: Iterable[tuple[LocalTask, Mapping[str, Any] | None]],
+        limit: int,
+        types: Sequence[str] | str | None = None,
+        lock_seconds: float | None = None,
+    ) -> tuple[list[TaskNotHeldError], list[LocalTask]]:
+        """``complete_many`` then ``dequeue_many(limit)``, in ONE transaction: the batch
+        worker loop (one commit per batch). Returns (refusals, the next tasks)."""
+        return self.store.complete_many_and_dequeue(
+            self._results(finished),
+            self.worker_id,
+            limit,
+            [types] if isinstance(types, str) else types,
+            lock_seconds if lock_seconds is not None else self.config.lock_seconds,
+            self.config.lease_margin_seconds,
+            self.clock(),
+        )
+
+    @staticmethod
+    def _results(
+        finished: Iterable[tuple[LocalTask, Mapping[str, Any] | None]],
+    ) -> list[tuple[LocalTask, dict[str, Any]]]:
+        return [(task, _encoded_object(result, "results")) for task, result in finished]
 
     def get(self, task_id: int) -> LocalTask | None:
         return self.store.get_task(task_id)

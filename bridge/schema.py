@@ -166,6 +166,8 @@ class OutboxRow(Base):
             sqlite_where=text("status = 'pending'"),
             postgresql_where=text("status = 'pending'"),
         ),
+        # Every row of a task: prune's checks and the foreign key's ON DELETE SET NULL.
+        Index("ix_outbox_task_id", "task_id"),
         Index(
             "ix_outbox_pending_progress",
             "task_id",

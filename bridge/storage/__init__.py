@@ -1,7 +1,8 @@
 """The local queue's storage: every query of the bridge lives in this package.
 
 ``Connector`` owns connections and transactions; the queries are grouped by
-the table they serve (``tasks``, ``outbox``, ``state``), and ``Store`` is all
+the table they serve (``tasks``, ``outbox``, ``state``; ``pruning`` for both
+tables at once), and ``Store`` is all
 of them over one connector. Each public method is one transaction; times are
 passed in (``now``) so callers, and tests, control the clock.
 """
@@ -13,13 +14,14 @@ from sqlalchemy.engine import Engine
 from ..database import check_schema, open_engine
 from .connector import Connector
 from .outbox import OutboxQueries
+from .pruning import PruneQueries
 from .state import StateQueries
 from .statements import Prepared
 from .tasks import TaskQueries
 from .views import ViewQueries
 
 
-class Store(TaskQueries, OutboxQueries, StateQueries, ViewQueries):
+class Store(TaskQueries, OutboxQueries, StateQueries, ViewQueries, PruneQueries):
     """All reads and writes of the local queue, one transaction per method."""
 
     def __init__(self, engine: Engine) -> None:

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import weakref
 from collections.abc import Iterator
+from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..database import SYNCHRONOUS_FULL, driver_errors, translated_errors
+
+SYNCHRONOUS_NORMAL = "PRAGMA synchronous = NORMAL"  # taking a task only (hot_write)
+POLL_SECONDS = 0.0002  # hot_write(polling=True): between two tries for SQLite's write lock
 
 
 class _ThreadConnection:
@@ -23,6 +29,7 @@ class _ThreadConnection:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.driver: Any = conn.connection.driver_connection
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -40,6 +47,7 @@ class Connector:
         self.is_postgresql = engine.dialect.name == "postgresql"
         self._thread_local = threading.local()
         self._driver_errors = driver_errors(engine)
+        self._translated: tuple[type[BaseException], ...] = (SQLAlchemyError, *self._driver_errors)
         self._holders: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._holders_lock = threading.Lock()
 
@@ -102,50 +110,89 @@ class Connector:
         ):
             yield conn
 
+    def _holder(self) -> _ThreadConnection:
+        holder: _ThreadConnection | None = getattr(self._thread_local, "holder", None)
+        if holder is None or holder.conn.closed or holder.conn.invalidated:
+            self.connection()
+            holder = self._thread_local.holder
+        return holder
+
     @contextlib.contextmanager
-    def hot_write(self, *, durable: bool = True) -> Iterator[Connection]:
-        """A write transaction for prepared statements only (``Statement.run``).
+    def hot_write(self, *, durable: bool = True, polling: bool = False) -> Iterator[Any]:
+        """A write transaction for prepared statements only (``Statement.run``); yields
+        the DBAPI connection.
 
         On SQLite it is begun and committed on the driver connection: SQLAlchemy sees
         an idle connection throughout. ``durable=False`` commits without the fsync (a
         process crash cannot undo it; see docs/OPERATIONS.md on taking a task).
-        PostgreSQL takes the ordinary path.
+        ``polling=True`` waits for the write lock by trying every ``POLL_SECONDS``
+        (within the busy timeout) instead of SQLite's busy handler, whose sleeps grow
+        to 100 ms: a worker looping back to back frees the lock for well under a
+        millisecond between its transactions, which that handler almost never catches
+        (prune waited seconds per chunk). PostgreSQL takes the ordinary path.
         """
         if self.is_postgresql:
             with self.write() as conn:
-                yield conn
+                yield conn.connection.driver_connection
             return
+        driver = self._holder().driver
+        try:
+            if not durable:
+                driver.execute(SYNCHRONOUS_NORMAL)
+            if polling:
+                self._begin_polling(driver)
+            else:
+                driver.execute("BEGIN IMMEDIATE")
+        except self._translated as exc:
+            self._drop_driver(driver)
+            self._raise_translated(exc)
+        try:
+            yield driver
+            driver.execute("COMMIT")
+        except BaseException as exc:
+            self._roll_back(driver, durable)
+            if isinstance(exc, self._translated):
+                self._raise_translated(exc)
+            raise
+        if not durable:
+            self._restore_full_sync(driver)
+
+    def _begin_polling(self, driver: Any) -> None:
+        patience = int(driver.execute("PRAGMA busy_timeout").fetchone()[0]) / 1000
+        deadline = time.monotonic() + patience
+        driver.execute("PRAGMA busy_timeout = 0")
+        try:
+            while True:
+                try:
+                    driver.execute("BEGIN IMMEDIATE")
+                    return
+                except self._driver_errors as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                time.sleep(POLL_SECONDS)
+        finally:
+            driver.execute(f"PRAGMA busy_timeout = {int(patience * 1000)}")
+
+    def _raise_translated(self, exc: BaseException) -> None:
         with translated_errors(self.engine):
-            conn = self.connection()
-            driver = conn.connection.driver_connection
-            try:
-                if not durable:
-                    driver.execute("PRAGMA synchronous = NORMAL")  # type: ignore[union-attr]
-                driver.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
-            except self._driver_errors:
-                self.drop(conn)
-                raise
-            try:
-                yield conn
-                driver.execute("COMMIT")  # type: ignore[union-attr]
-            except BaseException:
-                self._roll_back(conn, durable)
-                raise
-            if not durable:
-                self._restore_full_sync(conn)
+            raise exc
 
-    def _roll_back(self, conn: Connection, durable: bool) -> None:
-        driver = conn.connection.driver_connection
-        try:
-            driver.rollback()  # type: ignore[union-attr]
-            if not durable:
-                driver.execute(SYNCHRONOUS_FULL)  # type: ignore[union-attr]
-        except self._driver_errors:
-            self.drop(conn)  # unknown state, or skipping fsyncs: never reuse it
+    def _drop_driver(self, driver: Any) -> None:
+        holder: _ThreadConnection | None = getattr(self._thread_local, "holder", None)
+        if holder is not None and holder.driver is driver:
+            self.drop(holder.conn)
 
-    def _restore_full_sync(self, conn: Connection) -> None:
+    def _roll_back(self, driver: Any, durable: bool) -> None:
         try:
-            conn.connection.driver_connection.execute(SYNCHRONOUS_FULL)  # type: ignore[union-attr]
+            driver.rollback()
+            if not durable:
+                driver.execute(SYNCHRONOUS_FULL)
         except self._driver_errors:
-            self.drop(conn)
+            self._drop_driver(driver)  # unknown state, or skipping fsyncs: never reuse it
+
+    def _restore_full_sync(self, driver: Any) -> None:
+        try:
+            driver.execute(SYNCHRONOUS_FULL)
+        except self._driver_errors:
+            self._drop_driver(driver)
             raise

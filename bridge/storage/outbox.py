@@ -39,7 +39,7 @@ Verdicts = Sequence[tuple[int, FinalOutboxStatus, str | None]]
 
 def outbox_values(
     kind: OutboxKind,
-    payload: dict[str, Any],
+    payload: dict[str, Any] | str,
     now: datetime,
     task: LocalTask | None,
     dedupe_key: str | None,
@@ -61,13 +61,14 @@ def outbox_values(
 
 def append_for_task(
     sql: Prepared,
-    conn: Connection,
+    conn: Any,
     kind: OutboxKind,
-    payload: dict[str, Any],
+    payload: dict[str, Any] | str,
     now: datetime,
     task: LocalTask,
 ) -> None:
-    """A task's side effect, in the caller's transaction (with the task's own change)."""
+    """A task's side effect, in the caller's transaction (with the task's own change);
+    ``payload`` as a dict or as its JSON text."""
     sql.append.run(conn, outbox_values(kind, payload, now, task, None))
 
 

@@ -1,8 +1,15 @@
-"""The worker's hot-path statements, compiled once and run straight on the driver.
+"""The worker's hot-path statements: SQL compiled once, run straight on the driver.
 
-Written with SQLAlchemy Core and compiled by the engine's own dialect, then run
-on the DBAPI cursor of the connection the surrounding transaction holds, with
-values converted by SQLAlchemy's own type processors (JSON, UTC datetimes):
+Written with SQLAlchemy Core and compiled once per store with named parameters;
+what is kept is only public API: the compiled ``string`` and ``params``, the
+statement's ``selected_columns`` / ``exported_columns`` (RETURNING), and each
+type's ``bind_processor`` / ``result_processor``. A statement carries no bound
+values of its own (constants are written into the SQL, which also lets SQLite
+match partial indexes): every parameter is the caller's, and a missing one is the
+driver's error, never a silent NULL. Values are converted by their Python type
+(``dict``/``list`` -> the JSON column format, ``datetime`` -> the UTC column
+format) with SQLAlchemy's own processors for the dialect, so a row written here
+reads back through SQLAlchemy unchanged (tests/integration/test_stored_times.py).
 SQLAlchemy's per-execution machinery would cost more than the SQL itself
 (figures in docs/BENCHMARKS.md). One executor for both databases; every other
 query goes through plain SQLAlchemy.
@@ -10,25 +17,60 @@ query goes through plain SQLAlchemy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import json
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Select,
+    and_,
+    bindparam,
+    insert,
+    literal_column,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Dialect
 
 from ..models import LocalTask
-from ..schema import IS_PENDING_PROGRESS, IS_QUEUED, outbox, tasks
+from ..schema import IS_PENDING_PROGRESS, IS_QUEUED, UTCDateTime, outbox, tasks
 
 # In LocalTask's field order, so a returned row builds a task positionally.
 TASK_COLUMNS = [tasks.c[name] for name in LocalTask.__dataclass_fields__]
 Processor = Callable[[Any], Any]
 
 
-@dataclass(frozen=True)
+def constant(value: str) -> Any:
+    """A constant written into the SQL text (a bound value would be a parameter)."""
+    return literal_column(f"'{value}'")
+
+
+ONE: Any = literal_column("1")
+ZERO: Any = literal_column("0")
+
+
+def named_dialect(dialect: Dialect) -> Dialect:
+    """The dialect, compiling with named parameters (``:name`` for sqlite3; psycopg's
+    ``%(name)s`` already is): one dict of values serves every statement."""
+    if dialect.paramstyle in ("named", "pyformat"):
+        return dialect
+    named: Dialect = type(dialect)(paramstyle="named")  # type: ignore[call-arg]
+    return named
+
+
 class Result:
-    rows: list[list[Any]]
-    rowcount: int
+    """Rows (converted) and the row count of one execution."""
+
+    __slots__ = ("rowcount", "rows")
+
+    def __init__(self, rows: list[list[Any]], rowcount: int) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
 
     def first(self) -> list[Any] | None:
         return self.rows[0] if self.rows else None
@@ -42,36 +84,57 @@ class Result:
         return self.rows[0][0] if self.rows else None
 
 
+def _last_one(process: Processor) -> Processor:
+    """``process`` remembering its last value: one call converts the same ``now`` for
+    several parameters (a thread may see another's pair, which is still a right pair)."""
+    last: list[tuple[Any, Any]] = [(None, None)]
+
+    def convert(value: Any) -> Any:
+        seen, converted = last[0]
+        if value is seen:
+            return converted
+        converted = process(value)
+        last[0] = (value, converted)
+        return converted
+
+    return convert
+
+
+def json_text(value: Any) -> str:
+    """JSON text as SQLAlchemy's JSON type writes it; a ``str`` parameter is bound as
+    is, so text encoded once can serve several parameters (a result and its outbox row)."""
+    return json.dumps(value)
+
+
+def driver_of(conn: Any) -> Any:
+    """The DBAPI connection under a SQLAlchemy ``Connection`` (or the DBAPI one itself)."""
+    return conn.connection.driver_connection if isinstance(conn, Connection) else conn
+
+
 class Statement:
     """One Core statement, compiled for a dialect, run on the DBAPI connection."""
 
     def __init__(self, statement: Any, dialect: Dialect) -> None:
-        compiled = statement.compile(dialect=dialect)
-        self.sql = compiled.string
-        names = (
-            list(compiled.positiontup)
-            if compiled.positional
-            else list(compiled.bind_names.values())
+        compiled = statement.compile(dialect=named_dialect(dialect))
+        carried = {name: value for name, value in compiled.params.items() if value is not None}
+        if carried:
+            raise ValueError(
+                f"hot statement binds values of its own {carried}: write them as constants"
+            )
+        self.sql: str = compiled.string
+        self.names = tuple(compiled.params)
+        json_in = JSON().dialect_impl(dialect).bind_processor(dialect)
+        time_in = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+        self._to_db: dict[type, Processor] = {}
+        if json_in is not None:
+            self._to_db.update({dict: json_in, list: json_in})
+        if time_in is not None:
+            self._to_db[datetime] = _last_one(time_in)
+        columns = list(
+            statement.selected_columns
+            if isinstance(statement, Select)
+            else statement.exported_columns
         )
-        by_name = {name: bind for bind, name in compiled.bind_names.items()}
-
-        def processor(name: str) -> Processor | None:
-            return by_name[name].type.dialect_impl(dialect).bind_processor(dialect)  # type: ignore[no-any-return]
-
-        # Per parameter, once: either the caller's value to convert (our bindparams) or
-        # a literal the statement itself carries, converted here and never again.
-        self._plan: list[tuple[str, Processor | None, Any]] = []
-        for name in names:
-            bind, process = by_name[name], processor(name)
-            if bind.required:
-                self._plan.append((name, process, None))
-            else:
-                value = bind.value
-                literal = process(value) if process is not None and value is not None else value
-                self._plan.append(("", None, literal))
-        self._names = names
-        self._positional = compiled.positional
-        columns = statement.selected_columns if statement.is_select else statement._returning
         self._returns = bool(columns)
         # Only the columns whose values need converting (JSON, datetimes), by position.
         self._converters = [
@@ -80,26 +143,19 @@ class Statement:
             if (process := column.type.dialect_impl(dialect).result_processor(dialect, None))
         ]
 
-    def _parameters(self, values: Mapping[str, Any]) -> Any:
-        converted = []
-        for name, process, literal in self._plan:
-            if not name:
-                converted.append(literal)
-                continue
-            try:
-                value = values[name]
-            except KeyError:
-                raise KeyError(f"statement parameter {name!r} was not given") from None
-            converted.append(process(value) if process is not None and value is not None else value)
-        if self._positional:
-            return converted
-        return dict(zip(self._names, converted, strict=True))
+    def parameters(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` converted in place for the driver (the caller's own, fresh dict)."""
+        to_db = self._to_db
+        for name, value in values.items():
+            process = to_db.get(type(value))
+            if process is not None:
+                values[name] = process(value)
+        return values
 
-    def run(self, conn: Connection, values: Mapping[str, Any]) -> Result:
-        """Execute inside ``conn``'s current transaction (SQLAlchemy's, or the store's
-        own on SQLite's hot path)."""
-        driver = conn.connection.driver_connection
-        cursor = driver.execute(self.sql, self._parameters(values))  # type: ignore[union-attr]
+    def run(self, conn: Any, values: dict[str, Any]) -> Result:
+        """Execute inside ``conn``'s current transaction (a SQLAlchemy ``Connection``, or
+        the DBAPI connection of the store's own hot transaction)."""
+        cursor = driver_of(conn).execute(self.sql, self.parameters(values))
         try:
             rows: list[list[Any]] = []
             if self._returns:
@@ -110,6 +166,15 @@ class Statement:
                             row[index] = process(row[index])
                     rows.append(row)
             return Result(rows, cursor.rowcount)
+        finally:
+            cursor.close()
+
+    def run_many(self, conn: Any, many: list[dict[str, Any]]) -> int:
+        """One statement over many rows (``executemany``); no rows returned."""
+        cursor = driver_of(conn).cursor()
+        try:
+            cursor.executemany(self.sql, [self.parameters(values) for values in many])
+            return int(cursor.rowcount)
         finally:
             cursor.close()
 
@@ -124,15 +189,15 @@ class Prepared:
         self._lease_ok = or_(
             tasks.c.lease_expires_at.is_(None), tasks.c.lease_expires_at > p("p_lease_floor")
         )
-        self._dequeue: dict[int, Statement] = {}
+        self._dequeue: dict[tuple[int, bool], Statement] = {}
         # The claim token: still running, same holder, same local attempt.
         held = and_(
             tasks.c.id == p("p_id"),
-            tasks.c.status == "running",
+            tasks.c.status == constant("running"),
             tasks.c.locked_by == p("p_holder"),
             tasks.c.attempts == p("p_attempts"),
         )
-        released = {"locked_by": None, "locked_until": None}
+        released = {"locked_by": null(), "locked_until": null()}
 
         def prepare(statement: Any) -> Statement:
             return Statement(statement, dialect)
@@ -146,14 +211,20 @@ class Prepared:
             update(tasks)
             .where(held)
             .values(
-                status="done", finished_at=p("p_now"), result=p("p_result"), error=None, **released
+                status=constant("done"),
+                finished_at=p("p_now"),
+                result=p("p_result"),
+                error=null(),
+                **released,
             )
             .returning(tasks.c.progress)
         )
         self.finish_failed = prepare(
             update(tasks)
             .where(held)
-            .values(status="failed", finished_at=p("p_now"), error=p("p_error"), **released)
+            .values(
+                status=constant("failed"), finished_at=p("p_now"), error=p("p_error"), **released
+            )
             .returning(tasks.c.progress)
         )
         # Back to the queue; a queued row's locked_until, when set, is the time before which
@@ -162,7 +233,10 @@ class Prepared:
             update(tasks)
             .where(held)
             .values(
-                status="queued", error=p("p_error"), locked_by=None, locked_until=p("p_not_before")
+                status=constant("queued"),
+                error=p("p_error"),
+                locked_by=null(),
+                locked_until=p("p_not_before"),
             )
         )
         pending_progress = and_(outbox.c.task_id == p("p_task_id"), IS_PENDING_PROGRESS)
@@ -179,7 +253,7 @@ class Prepared:
         self.obsolete_progress = prepare(
             update(outbox)
             .where(pending_progress)
-            .values(status="obsolete", settled_at=p("p_now"), last_error=p("p_reason"))
+            .values(status=constant("obsolete"), settled_at=p("p_now"), last_error=p("p_reason"))
         )
         outbox_row: dict[str, Any] = {
             name: p(name)
@@ -210,12 +284,15 @@ class Prepared:
                 "metadata",
             )
         }
-        self.enqueue = prepare(insert(tasks).values(**task_row).returning(*TASK_COLUMNS))
+        # Only the id comes back: the rest of the new task is what the caller gave.
+        self.enqueue = prepare(insert(tasks).values(**task_row).returning(tasks.c.id))
+        self.enqueue_rows = prepare(insert(tasks).values(**task_row))  # executemany, SQLite
         self.task_by_id = prepare(select(*TASK_COLUMNS).where(tasks.c.id == p("p_id")))
 
-    def dequeue(self, type_count: int) -> Statement:
-        """Lock the best queued task (of ``type_count`` named types, 0 = any): one statement."""
-        statement = self._dequeue.get(type_count)
+    def dequeue(self, type_count: int, many: bool = False) -> Statement:
+        """Lock the best queued task (of ``type_count`` named types, 0 = any): one
+        statement; ``many``: up to ``p_limit`` of them (rows come back in no set order)."""
+        statement = self._dequeue.get((type_count, many))
         if statement is None:
             due = or_(tasks.c.locked_until.is_(None), tasks.c.locked_until <= bindparam("p_now"))
             conditions = [IS_QUEUED, self._lease_ok, due]
@@ -227,22 +304,29 @@ class Prepared:
                 select(tasks.c.id)
                 .where(*conditions)
                 .order_by(tasks.c.priority.desc(), tasks.c.id)
-                .limit(1)
+                .limit(bindparam("p_limit") if many else ONE)
             )
             if self.postgresql:
                 candidate = candidate.with_for_update(skip_locked=True)
+            else:  # SQLite's LIMIT by expression brings an OFFSET, bound unless given
+                candidate = candidate.offset(ZERO)
+            chosen = (
+                tasks.c.id.in_(candidate.scalar_subquery())
+                if many
+                else tasks.c.id == candidate.scalar_subquery()
+            )
             statement = Statement(
                 update(tasks)
-                .where(tasks.c.id == candidate.scalar_subquery())
+                .where(chosen)
                 .values(
-                    status="running",
+                    status=constant("running"),
                     locked_by=bindparam("p_worker"),
                     locked_until=bindparam("p_until"),
-                    attempts=tasks.c.attempts + 1,
+                    attempts=tasks.c.attempts + ONE,
                     started_at=bindparam("p_now"),
                 )
                 .returning(*TASK_COLUMNS),
                 self.dialect,
             )
-            self._dequeue[type_count] = statement
+            self._dequeue[(type_count, many)] = statement
         return statement

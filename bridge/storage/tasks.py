@@ -8,10 +8,10 @@ transactions; everything else goes through plain SQLAlchemy.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from taskmanager import ClaimedTask
@@ -22,15 +22,61 @@ from ..schema import (
     FINISHED_TASK_STATUSES,
     IS_PENDING,
     IS_QUEUED,
-    SETTLED_OUTBOX_STATUSES,
     outbox,
     tasks,
 )
 from .connector import Connector
 from .outbox import append_for_task
-from .statements import TASK_COLUMNS, Prepared, Statement
+from .statements import TASK_COLUMNS, Prepared, Statement, json_text
 
 _RELEASED = {"locked_by": None, "locked_until": None}
+
+
+# A local-only task to add: (type, params, priority, metadata).
+NewTask = tuple[str, dict[str, Any], int, "dict[str, Any] | None"]
+
+
+def _new_task(task_id: int, item: NewTask, now: datetime) -> LocalTask:
+    """The task just inserted, from what was given (the row holds nothing else)."""
+    task_type, params, priority, metadata = item
+    return LocalTask(
+        id=task_id,
+        type=task_type,
+        params=params,
+        priority=priority,
+        status="queued",
+        attempts=0,
+        locked_by=None,
+        locked_until=None,
+        remote_id=None,
+        remote_attempt=None,
+        remote_worker_id=None,
+        lease_expires_at=None,
+        progress=0,
+        result=None,
+        error=None,
+        metadata=metadata or {},
+        created_at=now.astimezone(timezone.utc),
+        started_at=None,
+        finished_at=None,
+    )
+
+
+def _insert_in_a_row(statement: Statement, conn: Any, rows: list[dict[str, Any]]) -> list[int]:
+    """SQLite: insert ``rows`` with one ``executemany``; their ids, in order.
+
+    Under the write lock each new row's id is the largest so far plus one (SQLite's
+    rowid rule, without AUTOINCREMENT), so the batch's ids are the ``len(rows)``
+    ending at ``last_insert_rowid()``; counted again, in case the rule ever did not
+    hold (only past the largest rowid SQLite can store).
+    """
+    statement.run_many(conn, rows)
+    last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    first = last - len(rows) + 1
+    found = conn.execute("SELECT count(*) FROM tasks WHERE id BETWEEN ? AND ?", (first, last))
+    if found.fetchone()[0] != len(rows):
+        raise RuntimeError(f"enqueue_many: the {len(rows)} new ids are not {first}..{last}")
+    return list(range(first, last + 1))
 
 
 def _seconds(value: float) -> timedelta:
@@ -49,7 +95,7 @@ class TaskQueries:
     sql: Prepared
 
     # -- reading -------------------------------------------------------------------------
-    def _task(self, conn: Connection, task_id: int) -> LocalTask | None:
+    def _task(self, conn: Any, task_id: int) -> LocalTask | None:
         row = self.sql.task_by_id.run(conn, {"p_id": task_id}).first()
         return LocalTask.from_values(row) if row is not None else None
 
@@ -71,19 +117,29 @@ class TaskQueries:
         now: datetime,
     ) -> LocalTask:
         """A local-only task (no remote id): the specification's hybrid pattern."""
-        values = {
-            "type": task_type,
-            "params": params,
-            "priority": priority,
-            "status": "queued",
-            "attempts": 0,
-            "progress": 0,
-            "created_at": now,
-            "metadata": metadata,
-        }
+        return self.enqueue_many([(task_type, params, priority, metadata)], now)[0]
+
+    def enqueue_many(self, items: Sequence[NewTask], now: datetime) -> list[LocalTask]:
+        """Local-only tasks ``(type, params, priority, metadata)``, in ONE transaction."""
+        rows = [
+            {
+                "v_type": task_type,
+                "v_params": params,
+                "v_priority": priority,
+                "v_status": "queued",
+                "v_attempts": 0,
+                "v_progress": 0,
+                "v_created_at": now,
+                "v_metadata": metadata,
+            }
+            for task_type, params, priority, metadata in items
+        ]
         with self.db.hot_write() as conn:
-            row = self.sql.enqueue.run(conn, {f"v_{k}": v for k, v in values.items()}).one()
-        return LocalTask.from_values(row)
+            if len(rows) > 1 and not self.db.is_postgresql:
+                added = _insert_in_a_row(self.sql.enqueue_rows, conn, rows)
+            else:
+                added = [self.sql.enqueue.run(conn, values).one()[0] for values in rows]
+        return [_new_task(task_id, item, now) for task_id, item in zip(added, items, strict=True)]
 
     def dequeue(
         self,
@@ -100,27 +156,73 @@ class TaskQueries:
         with self.db.hot_write(durable=False) as conn:
             return self._dequeue(conn, types, locked_by, lock_seconds, lease_margin_seconds, now)
 
-    def _dequeue(
+    def dequeue_many(
         self,
-        conn: Connection,
+        types: Sequence[str] | None,
+        worker_id: str,
+        limit: int,
+        lock_seconds: float,
+        lease_margin_seconds: float,
+        now: datetime,
+    ) -> list[LocalTask]:
+        """Up to ``limit`` of the best queued tasks, locked to ``worker_id`` in one
+        transaction, best first (see ``dequeue``)."""
+        with self.db.hot_write(durable=False) as conn:
+            return self._dequeue_many(
+                conn, types, worker_id, limit, lock_seconds, lease_margin_seconds, now
+            )
+
+    def _take_values(
+        self,
         types: Sequence[str] | None,
         locked_by: str,
         lock_seconds: float,
         lease_margin_seconds: float,
         now: datetime,
-    ) -> LocalTask | None:
+    ) -> dict[str, Any]:
         values: dict[str, Any] = {
             "p_lease_floor": now + _seconds(lease_margin_seconds),
             "p_worker": locked_by,
             "p_until": now + _seconds(lock_seconds),
             "p_now": now,
         }
-        wanted = list(types or ())
-        values.update({f"p_type_{i}": name for i, name in enumerate(wanted)})
-        row = self.sql.dequeue(len(wanted)).run(conn, values).first()
+        for i, name in enumerate(types or ()):
+            values[f"p_type_{i}"] = name
+        return values
+
+    def _dequeue(
+        self,
+        conn: Any,
+        types: Sequence[str] | None,
+        worker_id: str,
+        lock_seconds: float,
+        lease_margin_seconds: float,
+        now: datetime,
+    ) -> LocalTask | None:
+        values = self._take_values(types, worker_id, lock_seconds, lease_margin_seconds, now)
+        row = self.sql.dequeue(len(types or ())).run(conn, values).first()
         return LocalTask.from_values(row) if row is not None else None
 
-    def _refuse(self, conn: Connection, task: LocalTask, action: str) -> TaskNotHeldError:
+    def _dequeue_many(
+        self,
+        conn: Any,
+        types: Sequence[str] | None,
+        worker_id: str,
+        limit: int,
+        lock_seconds: float,
+        lease_margin_seconds: float,
+        now: datetime,
+    ) -> list[LocalTask]:
+        if limit < 1:
+            return []
+        values = self._take_values(types, worker_id, lock_seconds, lease_margin_seconds, now)
+        values["p_limit"] = limit
+        rows = self.sql.dequeue(len(types or ()), many=True).run(conn, values).rows
+        taken = [LocalTask.from_values(row) for row in rows]
+        taken.sort(key=lambda task: (-task.priority, task.id))  # RETURNING keeps no order
+        return taken
+
+    def _refuse(self, conn: Any, task: LocalTask, action: str) -> TaskNotHeldError:
         current = self._task(conn, task.id)
         if current is None:
             return TaskNotHeldError(f"cannot {action} task {task.id}: it no longer exists")
@@ -135,7 +237,7 @@ class TaskQueries:
         )
 
     def _update_held(
-        self, conn: Connection, statement: Statement, task: LocalTask, action: str, **values: Any
+        self, conn: Any, statement: Statement, task: LocalTask, action: str, **values: Any
     ) -> None:
         if statement.run(conn, {**_token(task), **values}).rowcount != 1:
             raise self._refuse(conn, task, action)
@@ -183,7 +285,7 @@ class TaskQueries:
 
     def complete(self, task: LocalTask, result: dict[str, Any], now: datetime) -> None:
         with self.db.hot_write() as conn:
-            self._finish(conn, task, "complete", {"result": result}, now, p_result=result)
+            self._complete(conn, task, result, now)
 
     def complete_and_dequeue(
         self,
@@ -196,10 +298,47 @@ class TaskQueries:
     ) -> LocalTask | None:
         """Finish ``task`` and take the next one in ONE transaction (one commit per task)."""
         with self.db.hot_write() as conn:
-            self._finish(conn, task, "complete", {"result": result}, now, p_result=result)
+            self._complete(conn, task, result, now)
             return self._dequeue(
                 conn, types, str(task.locked_by), lock_seconds, lease_margin_seconds, now
             )
+
+    def complete_many(
+        self, finished: Sequence[tuple[LocalTask, dict[str, Any]]], now: datetime
+    ) -> list[TaskNotHeldError]:
+        """Finish many tasks in ONE transaction (one commit); returns the refusals (tasks
+        this worker no longer holds: nothing of theirs changed), the rest are done."""
+        with self.db.hot_write() as conn:
+            return self._finish_many(conn, finished, now)
+
+    def complete_many_and_dequeue(
+        self,
+        finished: Sequence[tuple[LocalTask, dict[str, Any]]],
+        worker_id: str,
+        limit: int,
+        types: Sequence[str] | None,
+        lock_seconds: float,
+        lease_margin_seconds: float,
+        now: datetime,
+    ) -> tuple[list[TaskNotHeldError], list[LocalTask]]:
+        """``complete_many`` then take up to ``limit`` tasks, in ONE transaction."""
+        with self.db.hot_write() as conn:
+            refused = self._finish_many(conn, finished, now)
+            taken = self._dequeue_many(
+                conn, types, worker_id, limit, lock_seconds, lease_margin_seconds, now
+            )
+        return refused, taken
+
+    def _finish_many(
+        self, conn: Any, finished: Sequence[tuple[LocalTask, dict[str, Any]]], now: datetime
+    ) -> list[TaskNotHeldError]:
+        refused = []
+        for task, result in finished:
+            try:
+                self._complete(conn, task, result, now)
+            except TaskNotHeldError as exc:
+                refused.append(exc)
+        return refused
 
     def fail(
         self,
@@ -224,12 +363,17 @@ class TaskQueries:
             else:
                 self._finish(conn, task, "fail", {"error": error}, now, p_error=error)
 
+    def _complete(self, conn: Any, task: LocalTask, result: dict[str, Any], now: datetime) -> None:
+        """``_finish`` for a result, encoded once for the task row and its outbox row."""
+        text = json_text(result)
+        self._finish(conn, task, "complete", f'{{"result": {text}}}', now, p_result=text)
+
     def _finish(
         self,
-        conn: Connection,
+        conn: Any,
         task: LocalTask,
         kind: Any,
-        payload: dict[str, Any],
+        payload: dict[str, Any] | str,
         now: datetime,
         **values: Any,
     ) -> None:
@@ -371,30 +515,6 @@ class TaskQueries:
             outbox={s: n for s, n in outbox_rows},
             oldest_pending_outbox=oldest,  # func.min keeps the column's UTC type
         )
-
-    def prune(self, before: datetime) -> tuple[int, int]:
-        """Delete settled outbox rows and finished tasks older than ``before``; (rows, tasks).
-
-        Nothing pending is touched, dead rows are kept for the operator, and a
-        task is kept while any of its outbox rows is pending.
-        """
-        with self.db.write() as conn:
-            rows = conn.execute(
-                delete(outbox).where(
-                    outbox.c.status.in_(SETTLED_OUTBOX_STATUSES), outbox.c.settled_at < before
-                )
-            ).rowcount
-            unsettled = exists().where(
-                outbox.c.task_id == tasks.c.id, outbox.c.status.in_(("pending", "dead"))
-            )
-            finished = conn.execute(
-                delete(tasks).where(
-                    tasks.c.status.in_(FINISHED_TASK_STATUSES),
-                    tasks.c.finished_at < before,
-                    ~unsettled,
-                )
-            ).rowcount
-        return rows, finished
 
     # -- what the daemon's pull and reap decisions read -----------------------------------
     def queued_count(self, task_type: str) -> int:

@@ -37,19 +37,21 @@ def _seed_remote(url: str, n: int) -> None:
     seed_claimed_tasks(url, range(1, n + 1), task_type="bench", worker_id="bench")
 
 
-def _ours_drain(url: str) -> int:
+def _ours_drain(url: str, ready: Any = None) -> int:
     done = 0
     with LocalQueue(url) as queue:
+        _ready(ready)
         while (task := queue.dequeue()) is not None:
             queue.complete(task, {"ok": True, "n": task.params["n"]})
             done += 1
     return done
 
 
-def _ours_drain_fast(url: str) -> int:
+def _ours_drain_fast(url: str, ready: Any = None) -> int:
     """The worker loop's fast path: finish and take the next in one transaction."""
     done = 0
     with LocalQueue(url) as queue:
+        _ready(ready)
         task = queue.dequeue()
         while task is not None:
             task = queue.complete_and_dequeue(task, {"ok": True, "n": task.params["n"]})
@@ -57,13 +59,33 @@ def _ours_drain_fast(url: str) -> int:
     return done
 
 
-def _in_processes(target: Callable[..., Any], args: tuple[Any, ...], procs: int) -> float:
-    """Seconds for ``procs`` processes to run ``target(*args)`` to the end."""
+def _ready(barrier: Any) -> None:
+    """A worker process has imported and opened its queue: wait for the others."""
+    if barrier is not None:
+        barrier.wait()
+
+
+STARTS: dict[str, list[float]] = {}  # seconds from spawning the processes to all ready
+
+
+def _in_processes(
+    target: Callable[..., Any], args: tuple[Any, ...], procs: int, name: str
+) -> float:
+    """Seconds for ``procs`` processes to run ``target(*args, ready)`` to the end, counted
+    from the moment all of them have started (imported and opened their queue, then met
+    at ``ready``): the steady-state drain. The start itself is recorded in ``STARTS``;
+    with N = 2,000 it is longer than the drain (an import of SQLAlchemy is ~0.5 s of
+    CPU; the peers import one small module), and the first figures of issue 15 mixed
+    the two."""
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=target, args=args) for _ in range(procs)]
-    started = time.perf_counter()
+    ready = context.Barrier(procs + 1)
+    workers = [context.Process(target=target, args=(*args, ready)) for _ in range(procs)]
+    spawned = time.perf_counter()
     for worker in workers:
         worker.start()
+    ready.wait()
+    started = time.perf_counter()
+    STARTS.setdefault(name, []).append(started - spawned)
     for worker in workers:
         worker.join()
         assert worker.exitcode == 0
@@ -81,15 +103,43 @@ def ours_enqueue(folder: Path, n: int) -> float:
         return n / (time.perf_counter() - started)
 
 
-def ours_cycle(url: str, n: int, procs: int, fast: bool = False) -> float:
+BATCH = 100  # a producer's batch (enqueue_many; the peers' put in one transaction)
+TAKE = 10  # a batch worker's tasks per transaction (dequeue_many, complete_many_and_dequeue)
+
+
+def ours_enqueue_many(folder: Path, n: int) -> float:
+    url = str(folder / "ours.db")
+    upgrade(url)
+    with LocalQueue(url) as queue:
+        started = time.perf_counter()
+        for first in range(0, n, BATCH):
+            queue.enqueue_many(("bench", {"n": i}) for i in range(first, min(first + BATCH, n)))
+        return n / (time.perf_counter() - started)
+
+
+def _ours_drain_batches(url: str, ready: Any = None) -> int:
+    """The batch worker loop: finish TAKE tasks and take the next TAKE in one transaction."""
+    done = 0
+    with LocalQueue(url) as queue:
+        _ready(ready)
+        batch = queue.dequeue_many(TAKE)
+        while batch:
+            finished = [(task, {"ok": True, "n": task.params["n"]}) for task in batch]
+            refused, batch = queue.complete_many_and_dequeue(finished, TAKE)
+            assert not refused
+            done += len(finished)
+    return done
+
+
+def ours_cycle(url: str, n: int, procs: int, fast: bool | str = False) -> float:
     upgrade(url)
     _seed_remote(url, n)
-    drain = _ours_drain_fast if fast else _ours_drain
+    drain = {False: _ours_drain, True: _ours_drain_fast, "batches": _ours_drain_batches}[fast]
     if procs == 1:
         started = time.perf_counter()
         assert drain(url) == n
         return n / (time.perf_counter() - started)
-    elapsed = _in_processes(drain, (url,), procs)
+    elapsed = _in_processes(drain, (url,), procs, "ours")
     with LocalQueue(url) as queue:
         assert queue.status().tasks == {("bench", "done"): n}
         assert queue.status().outbox == {"pending": n}
@@ -102,14 +152,20 @@ def floor_cycle(url: str, n: int) -> float:
     The floor of this design (finish + outbox row + next dequeue, one commit), to
     tell our overhead from the work the design itself requires.
     """
+
+    upgrade(url)
+    _seed_remote(url, n)
+    return floor_cycle_seeded(url, n)
+
+
+def floor_cycle_seeded(url: str, n: int) -> float:
+    """``floor_cycle`` on a queue already seeded with ``n`` tasks."""
     import json
     import sqlite3
 
     from bridge.database import open_engine
     from bridge.storage.statements import Prepared
 
-    upgrade(url)
-    _seed_remote(url, n)
     engine = open_engine(url)
     prepared = Prepared(engine.dialect)
     engine.dispose()
@@ -118,7 +174,7 @@ def floor_cycle(url: str, n: int) -> float:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     now, until, floor = "2026-11-28 12:00:00.000000", "2099-01-01 00:00:00.000000", "2000-01-01"
-    take = ["running", 1, "bench", until, now, floor, 1, 0]
+    take = {"p_worker": "bench", "p_until": until, "p_now": now, "p_lease_floor": floor}
     started = time.perf_counter()
     conn.execute("BEGIN IMMEDIATE")
     row = conn.execute(dequeue, take).fetchone()
@@ -126,35 +182,24 @@ def floor_cycle(url: str, n: int) -> float:
     done = 0
     while row is not None:
         conn.execute("BEGIN IMMEDIATE")
+        token = {"p_id": row[0], "p_holder": "bench", "p_attempts": row[5]}
         conn.execute(
-            finish,
-            [
-                "done",
-                None,
-                None,
-                json.dumps({"ok": True}),
-                None,
-                now,
-                row[0],
-                "running",
-                "bench",
-                1,
-            ],
+            finish, {**token, "p_now": now, "p_result": json.dumps({"ok": True})}
         ).fetchall()
         conn.execute(
             append,
-            [
-                "complete",
-                row[0],
-                row[1],
-                1,
-                "bench",
-                None,
-                json.dumps({"result": {"ok": True}}),
-                "pending",
-                0,
-                now,
-            ],
+            {
+                "kind": "complete",
+                "payload": json.dumps({"result": {"ok": True}}),
+                "status": "pending",
+                "attempts": 0,
+                "created_at": now,
+                "dedupe_key": None,
+                "task_id": row[0],
+                "remote_id": row[8],
+                "remote_attempt": row[9],
+                "remote_worker_id": row[10],
+            },
         )
         row = conn.execute(dequeue, take).fetchone()
         conn.execute("COMMIT")
@@ -167,7 +212,7 @@ def floor_cycle(url: str, n: int) -> float:
 def _litequeue(path: Path) -> Any:
     from litequeue import LiteQueue
 
-    queue = LiteQueue(str(path))
+    queue = LiteQueue(str(path), timeout=30)  # our busy timeout (sqlite3's default: 5 s)
     queue.conn.execute("PRAGMA synchronous = FULL")
     return queue
 
@@ -180,8 +225,19 @@ def litequeue_enqueue(folder: Path, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def _litequeue_drain(path: str) -> None:
+def litequeue_put_batches(folder: Path, n: int) -> float:
+    queue = _litequeue(folder / "lq.db")
+    started = time.perf_counter()
+    for first in range(0, n, BATCH):
+        with queue.transaction():
+            for i in range(first, min(first + BATCH, n)):
+                queue.put(f'{{"n": {i}}}')
+    return n / (time.perf_counter() - started)
+
+
+def _litequeue_drain(path: str, ready: Any = None) -> None:
     queue = _litequeue(Path(path))
+    _ready(ready)
     while (message := queue.pop()) is not None:
         queue.done(message.message_id)
 
@@ -196,7 +252,7 @@ def litequeue_cycle(folder: Path, n: int, procs: int) -> float:
         started = time.perf_counter()
         _litequeue_drain(str(path))
         return n / (time.perf_counter() - started)
-    return n / _in_processes(_litequeue_drain, (str(path),), procs)
+    return n / _in_processes(_litequeue_drain, (str(path),), procs, "litequeue")
 
 
 # -- persist-queue (threads only: not multi-process safe) ------------------------------
@@ -237,11 +293,12 @@ def _pg_schema(name: str) -> str:
     return f"{PG_URL}?options=-csearch_path%3D{name}"
 
 
-def _bare_pg_drain(url: str) -> None:
+def _bare_pg_drain(url: str, ready: Any = None) -> None:
     import psycopg
 
     dsn, schema = url.split("?")[0], url.split("%3D")[1]
     with psycopg.connect(dsn, options=f"-csearch_path={schema}") as conn:
+        _ready(ready)
         while True:
             with conn.transaction():
                 row = conn.execute(
@@ -272,28 +329,29 @@ def bare_pg_cycle(n: int, procs: int) -> float:
             "FROM generate_series(1, %s) g",
             (n,),
         )
-    return n / _in_processes(_bare_pg_drain, (url,), procs)
+    return n / _in_processes(_bare_pg_drain, (url,), procs, "bare PostgreSQL")
 
 
 def ours_pg_cycle(n: int, procs: int) -> float:
     return ours_cycle(_pg_schema("bench_ours"), n, procs)
 
 
-def interleaved_medians(
+def interleaved_rounds(
     rounds: int, measures: dict[str, Callable[[Path], float]]
-) -> dict[str, float]:
-    """Each measure once per round, rounds one after the other, then the medians.
+) -> dict[str, list[float]]:
+    """Each measure once per round, rounds one after the other: every rate of every round.
 
     This machine's fsync speed drifts by +-20% over a minute; measuring all of A
     then all of B turned that drift into a ratio. Interleaved, each round sees the
-    same conditions for everyone.
+    same conditions for everyone, and a ratio is taken within a round.
     """
     rates: dict[str, list[float]] = {name: [] for name in measures}
-    for _ in range(rounds):
+    for number in range(rounds):
         for name, measure in measures.items():
             with tempfile.TemporaryDirectory() as folder:
                 rates[name].append(measure(Path(folder)))
-    return {name: statistics.median(values) for name, values in rates.items()}
+        print(f"  round {number + 1}/{rounds} done", file=sys.stderr, flush=True)
+    return rates
 
 
 def main() -> None:
@@ -308,6 +366,10 @@ def main() -> None:
         "ours enqueue": lambda f: ours_enqueue(f, n),
         "litequeue put": lambda f: litequeue_enqueue(f, n),
         "persist-queue put": lambda f: persistqueue_enqueue(f, n),
+        f"ours enqueue_many (batches of {BATCH})": lambda f: ours_enqueue_many(f, n),
+        f"litequeue put (batches of {BATCH} in its transaction())": lambda f: litequeue_put_batches(
+            f, n
+        ),
         "ours dequeue+complete (1 proc)": lambda f: ours_cycle(str(f / "o.db"), n, 1),
         "ours complete_and_dequeue (1 proc)": lambda f: ours_cycle(
             str(f / "o.db"), n, 1, fast=True
@@ -315,11 +377,17 @@ def main() -> None:
         "floor: our statements on bare sqlite3 (1 proc)": lambda f: floor_cycle(
             str(f / "floor.db"), n
         ),
+        f"ours batch loop, {TAKE} a transaction (1 proc)": lambda f: ours_cycle(
+            str(f / "o.db"), n, 1, fast="batches"
+        ),
         "litequeue pop+done (1 proc)": lambda f: litequeue_cycle(f, n, 1),
         "persist-queue get+ack (1 proc)": lambda f: persistqueue_cycle(f, n),
         "ours dequeue+complete (4 procs)": lambda f: ours_cycle(str(f / "o.db"), n, 4),
         "ours complete_and_dequeue (4 procs)": lambda f: ours_cycle(
             str(f / "o.db"), n, 4, fast=True
+        ),
+        f"ours batch loop, {TAKE} a transaction (4 procs)": lambda f: ours_cycle(
+            str(f / "o.db"), n, 4, fast="batches"
         ),
         "litequeue pop+done (4 procs)": lambda f: litequeue_cycle(f, n, 4),
     }
@@ -332,38 +400,47 @@ def main() -> None:
                 "bare SKIP LOCKED loop (4 procs)": lambda _f: bare_pg_cycle(n, 4),
             }
         )
-    results = interleaved_medians(args.repeat, measures)
-    r = args.repeat
+    rates = interleaved_rounds(args.repeat, measures)
+    report(rates, n, args.repeat, postgres=not args.no_postgres)
 
-    print(f"N = {n} tasks, median of {r} runs, ops/s (SQLite: WAL, synchronous=FULL)")
-    for name, rate in results.items():
-        print(f"  {name:45s} {rate:9.0f}")
+
+def report(rates: dict[str, list[float]], n: int, rounds: int, postgres: bool) -> None:
+    """Medians and ranges of the rates; each ratio taken within a round, then its median
+    and its range over the rounds (the spread a claim must beat)."""
+    print(f"N = {n} tasks, {rounds} interleaved rounds, ops/s: median [min-max]")
+    for name, values in rates.items():
+        print(
+            f"  {name:55s} {statistics.median(values):7.0f} [{min(values):.0f}-{max(values):.0f}]"
+        )
+    for name, values in STARTS.items():
+        print(f"  start of the worker processes, {name:24s} {statistics.median(values):7.2f} s")
 
     def ratio(ours: str, *peers: str) -> None:
-        best = max(peers, key=lambda p: results[p])
-        print(f"  {ours} / {best}: {results[ours] / results[best]:.2f}x")
+        per_round = [rates[ours][i] / max(rates[peer][i] for peer in peers) for i in range(rounds)]
+        best = max(peers, key=lambda p: statistics.median(rates[p]))
+        print(
+            f"  {ours} / {best if len(peers) == 1 else 'fastest of ' + ', '.join(peers)}: "
+            f"{statistics.median(per_round):.2f}x "
+            f"[{min(per_round):.2f}-{max(per_round):.2f}]"
+        )
 
-    print("ratios (>= 1.00 means ours is at least as fast):")
+    one = ("litequeue pop+done (1 proc)", "persist-queue get+ack (1 proc)")
+    floor = "floor: our statements on bare sqlite3 (1 proc)"
+    print("ratios per round, median [min-max] (>= 1.00: ours at least as fast):")
     ratio("ours enqueue", "litequeue put", "persist-queue put")
     ratio(
-        "ours dequeue+complete (1 proc)",
-        "litequeue pop+done (1 proc)",
-        "persist-queue get+ack (1 proc)",
+        f"ours enqueue_many (batches of {BATCH})",
+        f"litequeue put (batches of {BATCH} in its transaction())",
     )
-    ratio(
-        "ours complete_and_dequeue (1 proc)",
-        "litequeue pop+done (1 proc)",
-        "persist-queue get+ack (1 proc)",
-    )
-    ratio(
-        "floor: our statements on bare sqlite3 (1 proc)",
-        "litequeue pop+done (1 proc)",
-        "persist-queue get+ack (1 proc)",
-    )
-    ratio("ours complete_and_dequeue (1 proc)", "floor: our statements on bare sqlite3 (1 proc)")
+    ratio("ours dequeue+complete (1 proc)", *one)
+    ratio("ours complete_and_dequeue (1 proc)", *one)
+    ratio(f"ours batch loop, {TAKE} a transaction (1 proc)", *one)
+    ratio(floor, *one)
+    ratio("ours complete_and_dequeue (1 proc)", floor)
     ratio("ours dequeue+complete (4 procs)", "litequeue pop+done (4 procs)")
     ratio("ours complete_and_dequeue (4 procs)", "litequeue pop+done (4 procs)")
-    if not args.no_postgres:
+    ratio(f"ours batch loop, {TAKE} a transaction (4 procs)", "litequeue pop+done (4 procs)")
+    if postgres:
         ratio("ours PostgreSQL dequeue+complete (1 proc)", "bare SKIP LOCKED loop (1 proc)")
         ratio("ours PostgreSQL dequeue+complete (4 procs)", "bare SKIP LOCKED loop (4 procs)")
 

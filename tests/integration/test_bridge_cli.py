@@ -13,6 +13,8 @@ from bridge.migrate import current, head_revision
 
 from .helpers import bridge_cli
 
+HEAD = head_revision()  # the newest revision the scripts define
+
 pytestmark = pytest.mark.acceptance
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -495,3 +495,67 @@ def test_the_lock_owner_is_named_locked_by_and_worker_id_still_works(migrated_ur
         assert named.dequeue().locked_by == "host-1-42"
         assert older.locked_by == older.worker_id == "host-1-43"
         assert older.dequeue(worker_id="slot-7").locked_by == "slot-7"
+
+
+# -- batches ---------------------------------------------------------------------------------
+def test_enqueue_many_is_one_transaction_all_or_nothing(queue: LocalQueue, clock: Clock):
+    added = queue.enqueue_many([("a", {"i": 1}), ("b", {"i": 2})], priority=3, metadata={"m": 1})
+    assert [(t.type, t.params, t.priority, t.metadata) for t in added] == [
+        ("a", {"i": 1}, 3, {"m": 1}),
+        ("b", {"i": 2}, 3, {"m": 1}),
+    ]
+    assert added[0].id < added[1].id and added[0].created_at == clock.now
+    assert [queue.get(t.id) for t in added] == added  # what it returns is what is stored
+    with pytest.raises(ValidationError):
+        queue.enqueue_many([("a", {"i": 3}), ("a", {"bad": float("nan")})])
+    assert queue.status().tasks == {("a", "queued"): 1, ("b", "queued"): 1}
+    assert queue.enqueue_many([]) == []
+
+
+def test_dequeue_many_takes_the_best_first_and_respects_types_and_leases(
+    queue: LocalQueue, clock: Clock
+):
+    low = queue.enqueue("a", {"i": 1})
+    high = queue.enqueue("a", {"i": 2}, priority=5)
+    queue.enqueue("b", {"i": 3}, priority=9)
+    add_remote(queue, clock, 7, task_type="a", age=LEASE - 1)  # lease about to run out
+    taken = queue.dequeue_many(5, types="a")
+    assert [t.id for t in taken] == [high.id, low.id]
+    assert all(t.status == "running" and t.locked_by == "worker-a" for t in taken)
+    assert all(t.attempts == 1 for t in taken)
+    assert queue.dequeue_many(0) == []
+    assert [t.type for t in queue.dequeue_many(5)] == ["b"]
+
+
+def test_complete_many_refuses_only_tasks_no_longer_held(queue: LocalQueue, clock: Clock):
+    for remote_id in (1, 2, 3):
+        add_remote(queue, clock, remote_id)
+    first, second, third = queue.dequeue_many(3)
+    queue.fail(second, "boom", retry=True)  # `second` is no longer held
+    refused = queue.complete_many([(second, {"n": 2}), (third, {"n": 3}), (first, None)])
+    assert [str(e).split(":")[0] for e in refused] == [f"cannot complete task {second.id}"]
+    assert queue.get(second.id).status == "queued"
+    assert queue.get(third.id).status == "done" and queue.get(third.id).result == {"n": 3}
+    assert queue.get(first.id).result == {}
+    pending = queue.store.pending_outbox(clock.now, 10)
+    assert [(row.task_id, row.payload) for row in pending] == [
+        (third.id, {"result": {"n": 3}}),
+        (first.id, {"result": {}}),
+    ]
+
+
+def test_complete_many_and_dequeue_is_the_batch_worker_loop(queue: LocalQueue, clock: Clock):
+    for remote_id in range(1, 6):
+        add_remote(queue, clock, remote_id)
+    batch, done = queue.dequeue_many(2), 0
+    while batch:
+        refused, batch_next = queue.complete_many_and_dequeue(
+            [(t, {"n": t.remote_id}) for t in batch], 2
+        )
+        assert refused == []
+        done, batch = done + len(batch), batch_next
+    assert done == 5
+    assert queue.status().tasks == {("yt.scrape", "done"): 5}
+    assert queue.status().outbox == {"pending": 5}
+    with pytest.raises(ValidationError):
+        queue.complete_many([(queue.get(1), {"x": object()})])

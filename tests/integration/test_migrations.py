@@ -170,8 +170,8 @@ def test_sqlite_hot_statements_use_their_indexes(tmp_path):
                 "finish": prepared.finish_done,
             }
             for name, statement in checks.items():
-                sql, count = statement.sql, statement.sql.count("?")
-                plan = raw.execute(f"EXPLAIN QUERY PLAN {sql}", [None] * count).fetchall()
+                unbound = dict.fromkeys(statement.names)
+                plan = raw.execute(f"EXPLAIN QUERY PLAN {statement.sql}", unbound).fetchall()
                 assert_indexed(name, plan)
             for name, query in plain.items():
                 compiled = query.compile(dialect=engine.dialect)

@@ -81,10 +81,29 @@ def test_prune_and_discard_keep_what_matters(db: str, clock: Clock):
 
 
 def test_parse_age_units():
-    assert parse_age("7d") == timedelta(days=7) and parse_age("90") == timedelta(seconds=90)
-    assert parse_age("1.5h") == timedelta(minutes=90)
-    with pytest.raises(BridgeError):
-        parse_age("-3m")
+    assert parse_age("7d") == timedelta(days=7) and parse_age("90s") == timedelta(seconds=90)
+    assert parse_age("1.5h") == timedelta(minutes=90) and parse_age("30m") == timedelta(minutes=30)
+    assert parse_age("36500d") == timedelta(days=36500)
+
+
+@pytest.mark.parametrize(
+    "text", ["7", "90", "-3m", "0d", "inf", "infd", "nand", "1e3d", "36501d", "9" * 400 + "d", ""]
+)
+def test_parse_age_refuses_what_is_not_an_age_with_its_unit(text: str):
+    with pytest.raises(BridgeError, match=r"--older-than must be a positive age with its unit"):
+        parse_age(text)
+
+
+def test_prune_without_a_unit_deletes_nothing(db: str, clock: Clock):
+    with LocalQueue(db, clock=clock) as queue:
+        delivered = queue.create_remote_task(TYPE, {"n": 1})
+        queue.store.settle_outbox(delivered.id, "delivered", None, clock.now - timedelta(days=9))
+    for text in ("7", "inf"):
+        refused = cli("--db-url", db, "prune", "--older-than", text)
+        assert refused.returncode == 2 and "with its unit" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    with LocalQueue(db) as queue:
+        assert [e.id for e in queue.outbox()] == [delivered.id]
 
 
 def test_status_watch_refreshes_until_interrupted(db: str):

@@ -21,6 +21,7 @@ from bridge.migrate import head_revision
 
 pytestmark = pytest.mark.acceptance
 ROOT = Path(__file__).resolve().parents[2]
+REVISION_SCRIPTS = sorted((ROOT / "migrations" / "versions").glob("*.py"))
 SOURCE = ["pyproject.toml", "README.md", "LICENSE", "bridge", "taskmanager", "migrations"]
 
 
@@ -65,7 +66,7 @@ def test_migrations_ship_inside_bridge_not_at_top_level(wheel: Path) -> None:
         "bridge/migrations/__init__.py",
         "bridge/migrations/env.py",
         "bridge/migrations/script.py.mako",
-        "bridge/migrations/versions/0001_initial.py",
+        *(f"bridge/migrations/versions/{path.name}" for path in REVISION_SCRIPTS),
         "bridge/py.typed",
         "taskmanager/py.typed",
     ):
