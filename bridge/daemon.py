@@ -144,10 +144,15 @@ class Daemon:
         self.bridge.stop_claiming()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
-        self.bridge.close()
         self.skipped.flush()
-        if self.fatal is not None:
-            return  # no database to push from
+        try:
+            if self.fatal is not None:
+                return  # no database to push from
+            self._last_push()
+        finally:
+            self.bridge.close()  # after the last push, which still uses the connections
+
+    def _last_push(self) -> None:
         deadline = time.monotonic() + self.bridge.config.shutdown_push_seconds
         while time.monotonic() < deadline:
             pending, _ = self.bridge.store.outbox_backlog()

@@ -15,6 +15,7 @@ from .logs import task_fields
 from .models import OutboxEntry
 from .outbox import Outcome, Verdict, apply_outcome, deliver
 from .schema import FinalOutboxStatus
+from .storage.outbox import SettledRow
 
 logger = logging.getLogger("bridge.daemon")
 
@@ -24,8 +25,9 @@ class _PushBatch:
     """One push's running record, shared by its chains: verdicts to store together,
     tasks held back, and whether the push must stop."""
 
-    verdicts: list[tuple[int, FinalOutboxStatus, str | None]] = field(default_factory=list)
-    held_back: set[int] = field(default_factory=set)  # tasks whose earlier row must go first
+    verdicts: list[SettledRow] = field(default_factory=list)
+    # Tasks (None: the rows of no task) whose earlier row must go first.
+    held_back: set[int | None] = field(default_factory=set)
     delivered: int = 0
     stopped: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -77,7 +79,7 @@ class PushJob(JobState):
             if not self._apply(entry, deliver(entry, self.client), now, started, batch):
                 batch.stopped.set()
                 return
-            if entry.task_id is not None and entry.task_id in batch.held_back:
+            if entry.task_id in batch.held_back:
                 return
 
     def _apply(
@@ -108,8 +110,7 @@ class PushJob(JobState):
         final, reason = apply_outcome(self.store, entry, outcome, now), outcome.reason
         if final is None:  # RETRY
             final, reason = self._retry_later(entry, outcome, now)
-            if entry.task_id is not None:
-                batch.held_back.add(entry.task_id)
+            batch.held_back.add(entry.task_id)
         if final is not None:
             self._record(entry, final, reason, batch.verdicts)
             if final == "delivered":
@@ -135,10 +136,10 @@ class PushJob(JobState):
         entry: OutboxEntry,
         status: FinalOutboxStatus,
         reason: str | None,
-        verdicts: list[tuple[int, FinalOutboxStatus, str | None]],
+        verdicts: list[SettledRow],
     ) -> None:
         """Queue a row's final status for the batch's one transaction; count it; log it."""
-        verdicts.append((entry.id, status, reason))
+        verdicts.append((entry.id, status, reason, entry.created_at))
         self.metrics.settled(entry.kind, status)
         if status == "delivered":
             return

@@ -175,7 +175,10 @@ class _Heartbeats:
             with self._lock:
                 held = list(self._held.values())
             for task in held:
-                self._renew(task)
+                try:
+                    self._renew(task)
+                except Exception:  # this thread keeps every lock alive: it must not die
+                    logger.exception("heartbeat of task %d failed; trying again", task.id)
 
     def _renew(self, task: LocalTask) -> None:
         try:

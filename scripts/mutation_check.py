@@ -97,7 +97,7 @@ MUTATIONS = [
     Mutation(
         "no per-task hold-back within a push",
         "bridge/push.py",
-        "            if entry.task_id is not None and entry.task_id in batch.held_back:\n"
+        "            if entry.task_id in batch.held_back:\n"
         "                return",
         "            if False:\n                return",
     ),

@@ -157,14 +157,17 @@ class Transport:
         started = self.clock()
         sent = self._send(method, url, payload, query, auth)
         if isinstance(sent, Outcome):
-            with self._unanswered_lock:
-                self.unanswered[path] += 1
+            if _shared_path(path):
+                with self._unanswered_lock:
+                    self.unanswered[path] += 1
             self._observe(method, path, sent.label, started)
             return sent
         self._observe(method, path, str(sent.status), started)
         info = rate_limit_info(sent.headers, observed_at=time.time())
         if info is not None:
-            self.last_rate_limit = self.rate_limits[path] = info
+            self.last_rate_limit = info
+            if _shared_path(path):
+                self.rate_limits[path] = info
         outcome = interpret(sent, nothing_when, method=method, url=url, now=time.time())
         if outcome.error is None:
             logger.debug(
@@ -293,6 +296,13 @@ def _no_answer(exc: requests.RequestException, method: str, url: str) -> Outcome
         return Outcome(error=error, retryable=True, label=type(error).__name__)
     error = TaskManagerConnectionError(f"request failed: {exc}", method=method, url=url)
     return Outcome(error=error, label=type(error).__name__)
+
+
+def _shared_path(path: str) -> bool:
+    """A path many calls share (``/tasks/claim``, ``/tasks``), not one task's own
+    (``/tasks/12/complete``): per-path figures are kept for those only, so that they do
+    not grow with every task a long-running process ever touched."""
+    return "{id}" not in path_template(path)
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

@@ -6,7 +6,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    bindparam,
+    cast,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from ..models import LocalTask, OutboxEntry
 from ..schema import (
@@ -16,6 +27,7 @@ from ..schema import (
     FinalOutboxStatus,
     OutboxKind,
     OutboxStatus,
+    UTCDateTime,
     outbox,
 )
 from .connector import Connector
@@ -24,7 +36,16 @@ from .statements import Prepared
 
 _SETTLE = (
     update(outbox)
-    .where(outbox.c.id == bindparam("p_id"), outbox.c.status == "pending")
+    .where(
+        outbox.c.id == bindparam("p_id"),
+        outbox.c.status == "pending",
+        # A progress row rewritten (newer progress) after the push read it stays pending:
+        # what was sent is not what it holds now.
+        or_(
+            cast(bindparam("p_read_at", type_=UTCDateTime()), DateTime).is_(None),
+            outbox.c.created_at == bindparam("p_read_at", type_=UTCDateTime()),
+        ),
+    )
     .values(
         status=bindparam("p_status"),
         last_error=bindparam("p_reason"),
@@ -34,7 +55,9 @@ _SETTLE = (
 )
 _APPEND_RETURNING_ID = insert(outbox).returning(outbox.c.id)
 
-Verdicts = Sequence[tuple[int, FinalOutboxStatus, str | None]]
+# (row id, final status, reason, the row's created_at as the push read it, or None)
+SettledRow = tuple[int, FinalOutboxStatus, str | None, datetime | None]
+Verdicts = Sequence[SettledRow]
 
 
 def outbox_values(
@@ -132,7 +155,7 @@ class OutboxQueries:
         still waits for its retry time (a task's rows reach the server in order)."""
         earlier = outbox.alias("earlier")
         earlier_waits = exists().where(
-            earlier.c.task_id == outbox.c.task_id,
+            earlier.c.task_id.is_not_distinct_from(outbox.c.task_id),  # rows of no task too
             earlier.c.status == "pending",
             earlier.c.id < outbox.c.id,
             earlier.c.next_attempt_at > now,
@@ -168,7 +191,7 @@ class OutboxQueries:
         self, row_id: int, status: FinalOutboxStatus, reason: str | None, now: datetime
     ) -> None:
         """End a pending row as delivered, superseded or dead, with its reason."""
-        self.settle_outbox_many([(row_id, status, reason)], now)
+        self.settle_outbox_many([(row_id, status, reason, None)], now)
 
     def settle_outbox_many(self, verdicts: Verdicts, now: datetime) -> None:
         """Record many rows' ends in one transaction (the push's batch).
@@ -178,12 +201,18 @@ class OutboxQueries:
         """
         if not verdicts:
             return
-        for _, status, _ in verdicts:
+        for _, status, _, _ in verdicts:
             if status not in FINAL_OUTBOX_STATUSES:
                 raise ValueError(f"not a final outbox status: {status}")
         params = [
-            {"p_id": row_id, "p_status": status, "p_reason": reason, "p_now": now}
-            for row_id, status, reason in verdicts
+            {
+                "p_id": row_id,
+                "p_status": status,
+                "p_reason": reason,
+                "p_now": now,
+                "p_read_at": read_at,
+            }
+            for row_id, status, reason, read_at in verdicts
         ]
         with self.db.write() as conn:
             conn.execute(_SETTLE, params)

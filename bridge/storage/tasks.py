@@ -420,6 +420,10 @@ class TaskQueries:
                         return known, False
                     if known.status == "done" and known.result is not None:
                         return self._resend_result(conn, known, fresh, now), True
+                    if known.status == "failed" and _pending(conn, known.id, "fail"):
+                        # Its failure, still on its way, answers the new claim (same worker
+                        # id): running the task again would spend a server attempt twice.
+                        return _renew_lease(conn, known, fresh), True
                     return _renew_claim(conn, known, fresh), True
             except DatabaseError as exc:
                 if isinstance(exc.__cause__, IntegrityError):  # another writer inserted it first
@@ -430,16 +434,8 @@ class TaskQueries:
     def _resend_result(
         self, conn: Connection, known: LocalTask, fresh: dict[str, Any], now: datetime
     ) -> LocalTask:
-        row = conn.execute(
-            update(tasks).where(tasks.c.id == known.id).values(**fresh).returning(*TASK_COLUMNS)
-        ).one()
-        renewed = LocalTask.from_values(row)
-        pending = conn.execute(
-            select(func.count()).where(
-                IS_PENDING, outbox.c.task_id == known.id, outbox.c.kind == "complete"
-            )
-        ).scalar_one()
-        if not pending:
+        renewed = _renew_lease(conn, known, fresh)
+        if not _pending(conn, known.id, "complete"):
             append_for_task(self.sql, conn, "complete", {"result": known.result}, now, renewed)
         return renewed
 
@@ -585,6 +581,25 @@ def _insert_claim(
             **fresh,
         )
         .returning(*TASK_COLUMNS)
+    ).one()
+    return LocalTask.from_values(row)
+
+
+def _pending(conn: Connection, task_id: int, kind: str) -> bool:
+    """Whether a row of this kind waits in the outbox for the task."""
+    return bool(
+        conn.execute(
+            select(func.count()).where(
+                IS_PENDING, outbox.c.task_id == task_id, outbox.c.kind == kind
+            )
+        ).scalar_one()
+    )
+
+
+def _renew_lease(conn: Connection, known: LocalTask, fresh: dict[str, Any]) -> LocalTask:
+    """The new claim's attempt and lease, the task left as it is."""
+    row = conn.execute(
+        update(tasks).where(tasks.c.id == known.id).values(**fresh).returning(*TASK_COLUMNS)
     ).one()
     return LocalTask.from_values(row)
 

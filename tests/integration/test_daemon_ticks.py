@@ -14,6 +14,7 @@ import pytest
 from bridge import BridgeConfig, LocalQueue
 from bridge.daemon import Bridge, Daemon
 from bridge.operations import Operations
+from bridge.storage.outbox import append_for_task
 from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
 
@@ -300,12 +301,11 @@ def test_5xx_row_is_retried_later_and_keeps_task_order(rig: Rig):
     rig.bridge.pull_tick(rig.clock.now)
     first = rig.queue.dequeue()
     rig.queue.fail(first, ValueError("attempt 1"))  # a "fail" row, not pushed yet
-    rig.server.advance_clock(301)  # the server's lease ends: the task is offered again
-    rig.bridge._next_pull.clear()
-    assert rig.bridge.pull_tick(rig.clock.now) == 1
-    second = rig.queue.dequeue()
-    assert second is not None and second.id == first.id and second.remote_attempt == 2
-    rig.queue.complete(second, {"attempt": 2})
+    # A second row of the same task behind it, put there by the store's own append (a
+    # re-claim while the failure is pending no longer runs the task again to make one).
+    with rig.queue.store.db.hot_write() as conn:
+        result = {"result": {"attempt": 2}}
+        append_for_task(rig.queue.store.sql, conn, "complete", result, rig.clock.now, first)
     fail_row, complete_row = rig.queue.outbox(status="pending")
     assert (fail_row.kind, complete_row.kind) == ("fail", "complete")
     assert fail_row.task_id == complete_row.task_id == first.id
@@ -326,11 +326,25 @@ def test_5xx_row_is_retried_later_and_keeps_task_order(rig: Rig):
     assert sent() == 3  # the fail again, then the complete
     fail_row, complete_row = rig.queue.outbox()
     assert fail_row.status == "delivered" and fail_row.attempts == 2
-    # The server applied attempt 1's fail first (the task is pending again), so attempt
-    # 2's completion is refused: kept locally, as superseded. Sent in the other order,
-    # the server would have completed the task and then refused the fail.
+    # The server applied the fail first (the task is pending again), so the completion
+    # behind it is refused: kept locally, as superseded. Sent in the other order, the
+    # server would have completed the task and then refused the fail.
     assert complete_row.status == "superseded", complete_row.last_error
     assert rig.queue.outbox(status="pending") == []
+
+
+def test_a_task_claimed_again_while_its_failure_is_pending_is_not_run_again(rig: Rig):
+    [remote_id] = rig.create(1)
+    rig.bridge.pull_tick(rig.clock.now)
+    rig.queue.fail(rig.queue.dequeue(), ValueError("attempt 1"))  # not pushed yet
+    rig.server.advance_clock(301)  # the server's lease ends: the task is offered again
+    rig.bridge._next_pull.clear()
+    rig.clock.advance(30)
+    assert rig.bridge.pull_tick(rig.clock.now) == 1  # claimed again, as attempt 2
+    assert rig.queue.dequeue() is None  # its pending failure answers that claim
+    rig.bridge.push_tick(rig.clock.now)
+    remote = rig.admin.get_task(remote_id)
+    assert remote.status == "pending" and remote.attempts == 2  # the server retries it
 
 
 def test_reap_expires_and_requeues(rig: Rig, caplog: pytest.LogCaptureFixture):

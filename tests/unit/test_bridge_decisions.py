@@ -312,12 +312,14 @@ def _queue_completion(rig: Rig, remote_id: int) -> None:
 
 
 def test_a_later_row_of_a_task_never_overtakes_an_earlier_one_waiting_to_retry(rig: Rig):
-    rig.queue.fail(_claim(rig, remote_id=1), "attempt 1 broke")  # row 1: fail, attempt 1
-    again = ClaimedTask(1, TYPE, {"n": 1}, 2, 0, WORKER, rig.clock.now)  # the server re-claims
-    rig.store.insert_claimed(again, 300, rig.clock.now)
-    task = rig.queue.dequeue(TYPE)
-    assert task is not None and task.remote_attempt == 2
-    rig.queue.complete(task, {"ok": 2})  # row 2: complete, attempt 2
+    task = _claim(rig, remote_id=1)
+    rig.queue.fail(task, "attempt 1 broke")  # row 1: fail
+    # Row 2 of the same task behind it (a re-claim no longer produces one while the failure
+    # is pending, so the store's own append puts it there).
+    from bridge.storage.outbox import append_for_task
+
+    with rig.store.db.hot_write() as conn:
+        append_for_task(rig.store.sql, conn, "complete", {"result": {"ok": 2}}, rig.clock.now, task)
     bridge = rig.make()
     rig.client.errors["fail"] = [TaskManagerServerError(503, "busy")]
     bridge.push_tick(rig.clock.now)  # the fail is retried later; its task's rows wait
@@ -638,3 +640,52 @@ def test_deliveries_of_different_tasks_go_side_by_side_and_each_tasks_rows_in_or
     assert bridge.push_tick(rig.clock.now) == 6
     assert rig.store.outbox_entries("pending") == []
     bridge.close()
+
+
+def test_a_create_never_overtakes_its_types_registration_waiting_to_retry(rig: Rig):
+    bridge = rig.make(connections=1)
+    rig.store.queue_register_type("t.new", "1", {"type": "object"}, rig.clock.now)
+    rig.store.queue_create_task("t.new", {"n": 1}, 0, "k" * 64, rig.clock.now)
+    sent: list[str] = []
+
+    def register(*args: Any, **kwargs: Any) -> Any:
+        sent.append("register")
+        if sent.count("register") == 1:
+            raise TaskManagerServerError(503, "busy")
+        return SimpleNamespace(id=9)
+
+    def create(*args: Any, **kwargs: Any) -> Any:
+        sent.append("create")
+        return SimpleNamespace(id=10, deduplicated=False)
+
+    rig.client.register_task_type = register  # type: ignore[attr-defined]
+    rig.client.create_task_detailed = create  # type: ignore[attr-defined]
+    bridge.push_tick(rig.clock.now)
+    for _ in range(3):  # before the registration's retry time: the create waits too
+        rig.clock.advance(0.1)
+        bridge.push_tick(rig.clock.now)
+    assert sent == ["register"]
+    rig.clock.advance(120)
+    bridge.push_tick(rig.clock.now)
+    assert sent == ["register", "register", "create"]
+
+
+def test_progress_rewritten_while_it_was_being_sent_is_sent_again(rig: Rig):
+    bridge = rig.make(connections=1)
+    task = _claim(rig, remote_id=1)
+    rig.queue.progress(task, 10)
+    sent: list[int] = []
+
+    def report(task_id: int, percent: int, message: Any, worker_id: str) -> None:
+        sent.append(percent)
+        if percent == 10:  # the worker reports again while 10 is on the wire
+            rig.clock.advance(0.01)
+            rig.queue.progress(task, 60)
+
+    rig.client.update_progress = report  # type: ignore[method-assign]
+    bridge.push_tick(rig.clock.now)
+    assert sent == [10]
+    (row,) = rig.store.outbox_entries("pending")
+    assert row.payload["progress"] == 60  # not settled as delivered with 10's answer
+    bridge.push_tick(rig.clock.now)
+    assert sent == [10, 60] and rig.store.outbox_entries("pending") == []

@@ -400,3 +400,20 @@ def test_after_a_429_no_call_on_that_path_is_sent_before_its_retry_after(
     mocked.post(f"{BASE}/tasks", json=CREATED)
     assert client.create_task("t", {"a": 3}) == 7  # 15 s left: waited out, then sent
     assert fake_time.sleeps == [pytest.approx(15.0)]
+
+
+def test_rate_limit_figures_are_kept_for_shared_paths_not_per_task(
+    mocked: responses.RequestsMock, client: TaskManagerClient
+):
+    headers = {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "50"}
+    for task_id in (1, 2, 3):
+        mocked.post(
+            f"{BASE}/tasks/{task_id}/complete",
+            json=ok({"id": str(task_id), "status": "completed"}),
+            headers=headers,
+        )
+        client.complete_task(task_id, {"ok": True})
+    mocked.get(f"{BASE}/tasks", json=ok({"items": [], "count": 0}), headers=headers)
+    list(client.list_tasks(status="pending"))
+    assert set(client._transport.rate_limits) == {"/tasks"}  # not one entry per task
+    assert client.rate_limit_for("/tasks") is not None and client.rate_limit is not None
