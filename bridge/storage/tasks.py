@@ -420,10 +420,6 @@ class TaskQueries:
                         return known, False
                     if known.status == "done" and known.result is not None:
                         return self._resend_result(conn, known, fresh, now), True
-                    if known.status == "failed" and _pending(conn, known.id, "fail"):
-                        # Its failure, still on its way, answers the new claim (same worker
-                        # id): running the task again would spend a server attempt twice.
-                        return _renew_lease(conn, known, fresh), True
                     return _renew_claim(conn, known, fresh), True
             except DatabaseError as exc:
                 if isinstance(exc.__cause__, IntegrityError):  # another writer inserted it first

@@ -561,19 +561,3 @@ def test_complete_many_and_dequeue_is_the_batch_worker_loop(queue: LocalQueue, c
     assert queue.status().outbox == {"pending": 5}
     with pytest.raises(ValidationError):
         queue.complete_many([(queue.get(1), {"x": object()})])
-
-
-def test_a_reclaim_while_its_failure_is_still_pending_does_not_run_it_again(
-    queue: LocalQueue, clock: Clock
-):
-    queue.store.insert_claimed(claimed(60, clock), LEASE, clock.now)
-    queue.fail(queue.dequeue(), "boom")  # the failure waits in the outbox (an outage, say)
-    clock.advance(LEASE + 1)
-    task, changed = queue.store.insert_claimed(claimed(60, clock, attempts=2), LEASE, clock.now)
-    assert changed and task.status == "failed" and task.remote_attempt == 2
-    assert queue.dequeue() is None  # not run a second time: the pending failure answers it
-    (row,) = queue.outbox("pending", 10)
-    assert row.kind == "fail"
-    queue.store.settle_outbox(row.id, "delivered", None, clock.now)
-    task, changed = queue.store.insert_claimed(claimed(60, clock, attempts=3), LEASE, clock.now)
-    assert changed and task.status == "queued"  # the server retries it: so do we
