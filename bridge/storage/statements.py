@@ -206,7 +206,7 @@ class Prepared:
         self.progress = prepare(
             update(tasks).where(held).values(progress=p("p_progress"), locked_until=p("p_until"))
         )
-        # RETURNING progress: a pending progress row needs superseding only if there was one.
+        # RETURNING progress: a pending progress row needs making obsolete only if there was one.
         self.finish_done = prepare(
             update(tasks)
             .where(held)

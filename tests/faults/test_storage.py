@@ -32,18 +32,25 @@ def _run(*command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB filesystem of our own, to fill up."""
+@contextlib.contextmanager
+def mounted_tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A filesystem of ``size`` (``4m``) of our own, to fill up; skips without root."""
     folder = tmp_path / "disk"
     folder.mkdir()
-    mounted = _run("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder))
+    mounted = _run("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder))
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {mounted.stderr.strip()}")
     try:
         yield folder
     finally:
         _run("umount", "-l", str(folder))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB filesystem of our own, to fill up."""
+    with mounted_tmpfs(tmp_path, "4m") as folder:
+        yield folder
 
 
 def fill(folder: Path) -> Path:
@@ -106,16 +113,21 @@ def test_disk_full_refuses_cleanly_and_recovers_when_space_returns(small_disk: P
         assert queue.store.get_task_by_remote_id(orphan) is not None
 
 
-@pytest.fixture
-def immutable(tmp_path: Path) -> Iterator[list[Path]]:
-    """Files made immutable during the test (chattr +i), made mutable again after."""
-    locked: list[Path] = []
-    probe = tmp_path / "probe"
+def require_chattr(folder: Path) -> None:
+    """Skip, with the reason, where ``chattr +i`` is not allowed (needs root on ext4)."""
+    probe = folder / "probe"
     probe.write_text("")
     tried = _run("chattr", "+i", str(probe))
     if tried.returncode != 0:
         pytest.skip(f"chattr +i not allowed here (needs root on ext4): {tried.stderr.strip()}")
     _run("chattr", "-i", str(probe))
+
+
+@pytest.fixture
+def immutable(tmp_path: Path) -> Iterator[list[Path]]:
+    """Files made immutable during the test (chattr +i), made mutable again after."""
+    locked: list[Path] = []
+    require_chattr(tmp_path)
     try:
         yield locked
     finally:

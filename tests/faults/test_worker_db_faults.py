@@ -31,7 +31,7 @@ from ..integration.helpers import (
     wait_until,
 )
 from ..integration.test_worker_runtime import HANDLERS, WorkerProcess, wait_finished
-from .test_storage import _run, fill, truncate_wal
+from .test_storage import _run, fill, mounted_tmpfs, require_chattr, truncate_wal
 
 pytestmark = pytest.mark.integration
 TROUBLE = "database trouble while storing the result of task"
@@ -80,15 +80,8 @@ def test_a_lock_held_past_the_busy_timeout_is_waited_out(tmp_path: Path, procs):
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    mounted = _run("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder))
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path, "16m") as folder:
         yield folder
-    finally:
-        _run("umount", "-l", str(folder))
 
 
 def test_a_full_disk_is_waited_out_and_the_result_kept(small_disk: Path, tmp_path: Path, procs):
@@ -110,12 +103,7 @@ def test_a_full_disk_is_waited_out_and_the_result_kept(small_disk: Path, tmp_pat
 
 
 def test_a_read_only_file_is_waited_out(tmp_path: Path, procs):
-    probe = tmp_path / "probe"
-    probe.write_text("")
-    tried = _run("chattr", "+i", str(probe))
-    if tried.returncode != 0:
-        pytest.skip(f"chattr +i not allowed here (needs root on ext4): {tried.stderr.strip()}")
-    _run("chattr", "-i", str(probe))
+    require_chattr(tmp_path)
     db = str(tmp_path / "q.db")
     upgrade(db)
     worker, gate, ids = gated_run(db, tmp_path, procs)
