@@ -254,6 +254,28 @@ def test_rate_limit_429_shape_and_client_waits_retry_after():
         assert client.rate_limit is not None and client.rate_limit.limit == 2
 
 
+def test_every_answer_carries_the_rate_limit_headers_when_the_limit_is_on():
+    """Successes, application errors and the security layer's own answers (401, 413):
+    a client can slow down from any of them before it is refused."""
+    with EmulatorServer(rate_limit=100, max_body_bytes=100) as server:
+        key = {"x-api-key": server.api_key}
+        answers = {
+            "ok": server.app.handle("GET", "/api/health", {}, b"", "10.1.1.1"),
+            "404": server.app.handle("GET", "/api/nowhere", key, b"", "10.1.1.1"),
+            "401": server.app.handle("GET", "/api/tasks/1", {}, b"", "10.1.1.1"),
+            "413": server.app.handle("POST", "/api/tasks", key, b"x" * 200, "10.1.1.1"),
+        }
+        assert {name: answer.status for name, answer in answers.items()} == {
+            "ok": 200,
+            "404": 404,
+            "401": 401,
+            "413": 413,
+        }
+        for name, answer in answers.items():
+            assert answer.headers.get("X-RateLimit-Limit") == "100", name
+            assert "X-RateLimit-Remaining" in answer.headers, name
+
+
 def test_request_too_large_413():
     with EmulatorServer(max_body_bytes=2000) as server, server.client() as client:
         client.register_task_type("Big", "1", {"type": "object"})
