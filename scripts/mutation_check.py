@@ -155,9 +155,9 @@ MUTATIONS = [
     ),
     Mutation(
         "a 429 on a path does not hold the other threads' requests on it",
-        "taskmanager/transport.py",
-        "                self._block_path(path, outcome.retry_after)",
-        "                pass",
+        "taskmanager/exchange.py",
+        "            self._block_path(path, outcome.retry_after)",
+        "            pass",
     ),
     Mutation(
         "reconcile does not report claims no intent explains",

@@ -201,6 +201,22 @@ def interpret(
     """
     label = str(answer.status)
     body = answer.body
+    if 300 <= answer.status < 400:
+        # Not followed: the X-API-Key header would go along to wherever it points.
+        location = answer.headers.get("Location") or "(no Location header)"
+        return Outcome(
+            error=TaskManagerProtocolError(
+                answer.status,
+                f"the server redirected to {location} (HTTP {answer.status}); redirects are "
+                "not followed, so that the API key goes only to api_url: set api_url to the "
+                "address the API answers at",
+                body,
+                method=method,
+                url=url,
+                raw_text=answer.text[:BODY_SNIPPET_CHARS],
+            ),
+            label=label,
+        )
     if body is None or ("success" not in body and "error" not in body):
         snippet = answer.text[:BODY_SNIPPET_CHARS] if answer.text else "(empty body)"
         error: TaskManagerAPIError = TaskManagerProtocolError(

@@ -1,66 +1,54 @@
-"""One HTTP request to the API: send, judge, and retry within a total deadline.
+"""The blocking transport: carries a request's steps out with ``requests``.
 
-This is the only module that touches ``requests``. What an answer means and
-whether to try again are decided in ``protocol`` (no I/O, reusable by another
-transport); this module sends, observes, logs each attempt without the API key
-and sleeps between tries. Clock, sleep and randomness are injected so tests
-never sleep.
+This is the only module that touches ``requests``. What to send, what an
+answer means and whether to try again are decided in ``exchange`` and
+``protocol`` (no I/O, shared with the asyncio transport); this module sends
+and sleeps. ``root_cause`` words a failed connection for both transports.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import socket
-import ssl
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import requests
 
-from ._version import __version__
 from .config import TaskManagerConfig
-from .exceptions import (
-    TaskManagerConnectionError,
-    TaskManagerRateLimitError,
-    TaskManagerTimeoutError,
+from .exchange import (
+    USER_AGENT,
+    Reply,
+    Requester,
+    RequestObserver,
+    Send,
+    Sleep,
+    Steps,
+    path_template,
 )
+from .no_answer import FailureKind, no_answer, root_cause
 from .protocol import (
-    DEADLINE_PASSED,
     RETRYABLE_STATUSES,
     Answer,
-    NothingPredicate,
     Outcome,
     RateLimitInfo,
-    RetryPolicy,
     backoff_delay,
-    decide_retry,
     decode_body,
-    encode_body,
-    interpret,
     parse_retry_after,
-    rate_limit_info,
 )
+
+_R = TypeVar("_R")
 
 logger = logging.getLogger("taskmanager.client")
 POOL_SIZE = 32
 
-USER_AGENT = f"taskmanager-bridge/{__version__} (+python-requests)"
-
-# Called after every attempt: (method, path with ids folded to {id}, status or error name, seconds).
-RequestObserver = Callable[[str, str, str, float], None]
-
-
-def path_template(path: str) -> str:
-    """``/tasks/12/complete`` -> ``/tasks/{id}/complete``: one label per endpoint."""
-    return "/".join("{id}" if part.isdigit() else part for part in path.split("/"))
-
 
 class Transport:
-    """Sends requests through one ``requests.Session`` (keep-alive) with the retry policy."""
+    """Carries out a ``Requester``'s steps through one ``requests.Session`` (keep-alive).
+
+    ``sleep`` is injected so that tests of retries never wait.
+    """
 
     def __init__(
         self,
@@ -72,25 +60,13 @@ class Transport:
         rng: random.Random | None = None,
         observer: RequestObserver | None = None,
     ) -> None:
-        self.observer = observer
         self.config = config
+        self.requester = Requester(config, clock=clock, rng=rng, observer=observer)
         self.session = session if session is not None else self._own_session(config)
         if not config.verify_tls:
             self.session.verify = False
             logger.warning("TLS certificate verification is OFF for %s", config.api_url)
         self.sleep = sleep
-        self.clock = clock
-        self.rng = rng or random.Random()
-        self.last_rate_limit: RateLimitInfo | None = None
-        # The server keeps one window per path: the figures of each path's latest answer.
-        self.rate_limits: dict[str, RateLimitInfo] = {}
-        # Attempts per path that got no answer (the server may have applied them), retried
-        # or not: a caller of a non-idempotent call can tell it may have an orphan.
-        self.unanswered: Counter[str] = Counter()
-        self._unanswered_lock = threading.Lock()
-        # Retry-After of the latest 429 per path, for every thread sharing this client.
-        self._blocked_until: dict[str, float] = {}
-        self._blocked_lock = threading.Lock()
 
     @staticmethod
     def _own_session(config: TaskManagerConfig) -> requests.Session:
@@ -116,173 +92,58 @@ class Transport:
     def close(self) -> None:
         self.session.close()
 
-    def _headers(self, auth: bool) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
-        if auth and self.config.api_key:
-            headers["X-API-Key"] = self.config.api_key
-        return headers
+    def run(self, steps: Steps[_R]) -> _R:
+        """Carry out ``steps`` (a request, or an operation made of requests) to its end.
 
-    def _send(
-        self, method: str, url: str, body: bytes | None, query: Mapping[str, Any] | None, auth: bool
-    ) -> Answer | Outcome:
+        An unexpected error while sending is thrown into the steps, where the
+        operation may handle it (a health check answers False).
+        """
+        reply: Reply = None
+        error: Exception | None = None
+        while True:
+            try:
+                step = steps.throw(error) if error is not None else steps.send(reply)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            reply, error = None, None
+            if isinstance(step, Sleep):
+                self.sleep(step.seconds)
+                continue
+            try:
+                reply = self._send(step)
+            except Exception as exc:  # handed to the operation, which decides
+                error = exc
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send with retries and return the envelope's ``data`` (see ``Requester.exchange``)."""
+        return self.run(self.requester.exchange(method, path, **kwargs))
+
+    def _send(self, send: Send) -> Answer | Outcome:
         """One HTTP exchange: the answer, or the ``Outcome`` of getting none."""
-        headers = self._headers(auth)
-        if body is not None:
-            headers["Content-Type"] = "application/json"
         try:
             response = self.session.request(
-                method,
-                url,
-                data=body,
-                params=query,
-                headers=headers,
+                send.method,
+                send.url,
+                data=send.body,
+                params=send.query,
+                headers=dict(send.headers),
                 timeout=self.config.timeouts,
+                allow_redirects=False,
             )
             text = response.text
         except requests.RequestException as exc:
-            return _no_answer(exc, method, url)
+            return _no_answer(exc, send.method, send.url)
         return Answer(response.status_code, decode_body(text), text, response.headers)
-
-    def _attempt(
-        self,
-        method: str,
-        path: str,
-        url: str,
-        payload: bytes | None,
-        query: Mapping[str, Any] | None,
-        auth: bool,
-        nothing_when: NothingPredicate | None,
-    ) -> Outcome:
-        """Send once and judge what came back; observed and logged, never raises."""
-        started = self.clock()
-        sent = self._send(method, url, payload, query, auth)
-        if isinstance(sent, Outcome):
-            if _shared_path(path):
-                with self._unanswered_lock:
-                    self.unanswered[path] += 1
-            self._observe(method, path, sent.label, started)
-            return sent
-        self._observe(method, path, str(sent.status), started)
-        info = rate_limit_info(sent.headers, observed_at=time.time())
-        if info is not None:
-            self.last_rate_limit = info
-            if _shared_path(path):
-                self.rate_limits[path] = info
-        outcome = interpret(sent, nothing_when, method=method, url=url, now=time.time())
-        if outcome.error is None:
-            logger.debug(
-                "%s %s -> %s in %.1f ms", method, path, sent.status, (self.clock() - started) * 1000
-            )
-        elif not outcome.retryable:
-            logger.debug("%s %s -> %s (not retried)", method, path, sent.status)
-        return outcome
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        query: Mapping[str, Any] | None = None,
-        auth: bool = True,
-        nothing_when: NothingPredicate | None = None,
-        retries: int | None = None,
-    ) -> Any:
-        """Send and return the envelope's ``data``; ``None`` when ``nothing_when`` matches.
-
-        ``retries`` overrides the configured number of retries (0 for a probe).
-        """
-        policy = RetryPolicy.from_config(self.config, retries)
-        url = self.config.api_url + path
-        payload = encode_body(body) if body is not None else None
-        started = self.clock()
-        retry_number = 0
-        while True:
-            self._wait_for_path(method, path, url, started, policy.deadline)
-            outcome = self._attempt(method, path, url, payload, query, auth, nothing_when)
-            if isinstance(outcome.error, TaskManagerRateLimitError) and outcome.retry_after:
-                self._block_path(path, outcome.retry_after)
-            if outcome.error is None:
-                return outcome.data
-            if not outcome.retryable:
-                raise outcome.error
-            decision = decide_retry(
-                policy, retry_number, self.clock() - started, outcome.retry_after, self.rng
-            )
-            if not decision.retry:
-                if decision.reason == DEADLINE_PASSED:
-                    logger.warning(
-                        "%s %s -> %s; giving up: a %.1f s wait would pass the %.0f s retry deadline",  # noqa: E501
-                        method,
-                        path,
-                        outcome.label,
-                        decision.delay,
-                        policy.deadline,
-                    )
-                raise outcome.error
-            retry_number += 1
-            logger.warning(
-                "%s %s -> %s; retry %d/%d in %.2f s",
-                method,
-                path,
-                outcome.label,
-                retry_number,
-                policy.max_retries,
-                decision.delay,
-            )
-            self.sleep(decision.delay)
-
-    def _block_path(self, path: str, seconds: float) -> None:
-        """A 429 on ``path``: no thread sends on it again before its Retry-After."""
-        with self._blocked_lock:
-            until = self.clock() + seconds
-            self._blocked_until[path] = max(until, self._blocked_until.get(path, until))
-
-    def _wait_for_path(
-        self, method: str, path: str, url: str, started: float, deadline: float
-    ) -> None:
-        """Wait out a Retry-After another request on this path received, or refuse (not
-        sent) when the wait would pass the retry deadline."""
-        with self._blocked_lock:
-            wait = self._blocked_until.get(path, 0.0) - self.clock()
-        if wait <= 0:
-            return
-        if self.clock() - started + wait > deadline:
-            raise TaskManagerRateLimitError(
-                429,
-                f"not sent: the server asked to wait {wait:.1f} s more on this path (429)",
-                retry_after=wait,
-                method=method,
-                url=url,
-            )
-        self.sleep(wait)
-
-    def _observe(self, method: str, path: str, outcome: str, started: float) -> None:
-        if self.observer is not None:
-            try:
-                self.observer(method, path_template(path), outcome, self.clock() - started)
-            except Exception:  # metrics must never break a request
-                logger.debug("request observer failed", exc_info=True)
 
 
 def _no_answer(exc: requests.RequestException, method: str, url: str) -> Outcome:
-    """Why no answer came, and whether another try could get one.
-
-    A timeout or a broken connection may heal; a TLS failure or an invalid
-    request will fail the same way again.
-    """
-    error: TaskManagerConnectionError
+    """Which kind of failure a ``requests`` error is (see ``no_answer``)."""
+    kind: FailureKind
     if isinstance(exc, requests.Timeout):
-        error = TaskManagerTimeoutError(
-            f"no answer within the timeout ({type(exc).__name__})", method=method, url=url
-        )
-        return Outcome(error=error, retryable=True, label=type(error).__name__)
-    if isinstance(exc, requests.exceptions.SSLError):
-        error = TaskManagerConnectionError(
-            f"TLS failed (certificate not trusted?): {exc}", method=method, url=url
-        )
-        return Outcome(error=error, label=type(error).__name__)
-    if isinstance(
+        kind = "timeout"
+    elif isinstance(exc, requests.exceptions.SSLError):
+        kind = "tls"
+    elif isinstance(
         exc,
         (
             requests.ConnectionError,
@@ -290,61 +151,20 @@ def _no_answer(exc: requests.RequestException, method: str, url: str) -> Outcome
             requests.exceptions.ContentDecodingError,
         ),
     ):
-        error = TaskManagerConnectionError(
-            f"connection failed: {root_cause(exc)}", method=method, url=url
-        )
-        return Outcome(error=error, retryable=True, label=type(error).__name__)
-    error = TaskManagerConnectionError(f"request failed: {exc}", method=method, url=url)
-    return Outcome(error=error, label=type(error).__name__)
-
-
-def _shared_path(path: str) -> bool:
-    """A path many calls share (``/tasks/claim``, ``/tasks``), not one task's own
-    (``/tasks/12/complete``): per-path figures are kept for those only, so that they do
-    not grow with every task a long-running process ever touched."""
-    return "{id}" not in path_template(path)
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """``exc`` and what caused it, outermost first (urllib3 keeps its cause in ``reason``,
-    requests the urllib3 error in ``args[0]``)."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and all(current is not seen for seen in chain):
-        chain.append(current)
-        wrapped = [getattr(current, "reason", None), *current.args[:1]]
-        inner = [e for e in wrapped if isinstance(e, BaseException)]
-        current = inner[0] if inner else current.__cause__ or current.__context__
-    return chain
-
-
-_ROOT_CAUSES: tuple[tuple[type[BaseException], str], ...] = (
-    (ConnectionRefusedError, "connection refused (nothing listens there, or a firewall said no)"),
-    (socket.gaierror, "the host name did not resolve (DNS)"),
-    (ssl.SSLError, "TLS failed"),
-    (ConnectionResetError, "the connection was reset by the other end"),
-    (TimeoutError, "timed out"),
-)
-
-
-def root_cause(exc: BaseException) -> str:
-    """The deepest known cause of a failed request, in words, with its own text in full:
-    refused, DNS, TLS, reset, timeout; else the deepest error as it was raised."""
-    chain = _causes(exc)
-    for cause in reversed(chain):
-        for kind, words in _ROOT_CAUSES:
-            if isinstance(cause, kind):
-                return f"{words}: {cause}"
-    deepest = chain[-1]
-    return f"{type(deepest).__name__}: {deepest}" if str(deepest) else type(deepest).__name__
+        kind = "connection"
+    else:
+        kind = "request"
+    return no_answer(kind, exc, method, url)
 
 
 __all__ = [
     "RETRYABLE_STATUSES",
+    "USER_AGENT",
     "RateLimitInfo",
     "RequestObserver",
     "Transport",
     "backoff_delay",
     "parse_retry_after",
     "path_template",
+    "root_cause",
 ]

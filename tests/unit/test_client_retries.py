@@ -415,5 +415,5 @@ def test_rate_limit_figures_are_kept_for_shared_paths_not_per_task(
         client.complete_task(task_id, {"ok": True})
     mocked.get(f"{BASE}/tasks", json=ok({"items": [], "count": 0}), headers=headers)
     list(client.list_tasks(status="pending"))
-    assert set(client._transport.rate_limits) == {"/tasks"}  # not one entry per task
+    assert set(client._calls.requester.rate_limits) == {"/tasks"}  # not one entry per task
     assert client.rate_limit_for("/tasks") is not None and client.rate_limit is not None
