@@ -5,11 +5,18 @@
         ...
 
 Override ``taskmanager_emulator_settings`` in your conftest to change the settings.
+The emulator serves from its own threads, so it works in async tests as well;
+with pytest-asyncio installed, ``taskmanager_async_client`` gives an
+``AsyncTaskManagerClient`` on the test's event loop:
+
+    @pytest.mark.asyncio
+    async def test_my_async_worker(taskmanager_async_client):
+        await taskmanager_async_client.register_task_type("my.type", "1", {"type": "object"})
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -38,3 +45,22 @@ def taskmanager_client(taskmanager_emulator: EmulatorServer) -> Iterator[Any]:
     """A ``TaskManagerClient`` pointed at ``taskmanager_emulator``."""
     with taskmanager_emulator.client() as client:
         yield client
+
+
+try:
+    import pytest_asyncio
+except ImportError:  # async tests are optional: the sync fixtures need nothing more
+    HAVE_PYTEST_ASYNCIO = False
+else:
+    HAVE_PYTEST_ASYNCIO = True
+
+if HAVE_PYTEST_ASYNCIO:
+
+    @pytest_asyncio.fixture
+    async def taskmanager_async_client(
+        taskmanager_emulator: EmulatorServer,
+    ) -> AsyncIterator[Any]:
+        """An ``AsyncTaskManagerClient`` pointed at ``taskmanager_emulator`` (needs the
+        ``async`` extra), closed after the test."""
+        async with taskmanager_emulator.async_client() as client:
+            yield client

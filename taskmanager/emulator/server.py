@@ -307,7 +307,19 @@ class EmulatorServer:
 
     def client(self, **config: Any) -> Any:
         """A ``TaskManagerClient`` for this server (fast retries unless overridden)."""
-        from .. import TaskManagerClient, TaskManagerConfig
+        from .. import TaskManagerClient
+
+        return TaskManagerClient(self.client_config(**config))
+
+    def async_client(self, **config: Any) -> Any:
+        """An ``AsyncTaskManagerClient`` for this server (needs the ``async`` extra)."""
+        from ..async_client import AsyncTaskManagerClient
+
+        return AsyncTaskManagerClient(self.client_config(**config))
+
+    def client_config(self, **config: Any) -> Any:
+        """A ``TaskManagerConfig`` for this server: fast retries unless overridden."""
+        from .. import TaskManagerConfig
 
         values = {
             "api_url": self.url,
@@ -316,4 +328,4 @@ class EmulatorServer:
             "retry_deadline": 10.0,
             **config,
         }
-        return TaskManagerClient(TaskManagerConfig(**values))
+        return TaskManagerConfig(**values)

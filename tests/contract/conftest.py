@@ -5,6 +5,8 @@ same scenarios against a real server (and ``TASKMANAGER_CONTRACT_CLAIM_TIMEOUT``
 to the deployment's claim timeout in seconds for the lease-expiry scenario).
 Scenarios needing fault injection or emulator settings are skipped there.
 Every scenario uses fresh type names, so none assumes an empty server.
+Each scenario runs twice: with ``TaskManagerClient`` and with
+``AsyncTaskManagerClient`` (behind ``tests.both_clients``), so they cannot drift.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import requests
 
 from taskmanager import TaskManagerClient, TaskManagerConfig, TaskType
 from taskmanager.emulator import EmulatorServer
+
+from ..both_clients import CLIENT_KINDS, make_client
 
 CHANNEL_SCHEMA = {
     "type": "object",
@@ -50,12 +54,14 @@ class Target:
     key: str
     emulator: EmulatorServer | None
     claim_timeout: float | None
+    client_kind: str = "sync"
 
     @property
     def is_emulator(self) -> bool:
         return self.emulator is not None
 
     def client(self, observer: SentRequests | None = None, **config: Any) -> TaskManagerClient:
+        """The client under test (blocking, or the async one behind a blocking face)."""
         values = {
             "api_url": self.url,
             "api_key": self.key,
@@ -63,7 +69,10 @@ class Target:
             "retry_deadline": 10.0,
             **config,
         }
-        return TaskManagerClient(TaskManagerConfig(**values), observer=observer)
+        client: TaskManagerClient = make_client(
+            self.client_kind, TaskManagerConfig(**values), observer=observer
+        )
+        return client
 
     def raw(
         self, method: str, path: str, *, key: str | None = None, **kwargs: Any
@@ -93,8 +102,9 @@ class Target:
             pytest.skip("set TASKMANAGER_CONTRACT_CLAIM_TIMEOUT to run lease expiry on a server")
 
 
-@pytest.fixture
-def target() -> Iterator[Target]:
+@pytest.fixture(params=CLIENT_KINDS)
+def target(request: pytest.FixtureRequest) -> Iterator[Target]:
+    kind = request.param
     url = os.environ.get("TASKMANAGER_CONTRACT_URL")
     if url:
         timeout = os.environ.get("TASKMANAGER_CONTRACT_CLAIM_TIMEOUT")
@@ -103,10 +113,11 @@ def target() -> Iterator[Target]:
             os.environ.get("TASKMANAGER_CONTRACT_KEY", ""),
             None,
             float(timeout) if timeout else None,
+            kind,
         )
         return
     with EmulatorServer(api_key="contract-key") as server:
-        yield Target(server.url, server.api_key, server, server.settings.claim_timeout)
+        yield Target(server.url, server.api_key, server, server.settings.claim_timeout, kind)
 
 
 @pytest.fixture

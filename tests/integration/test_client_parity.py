@@ -1,0 +1,266 @@
+"""The server's quirks and failures, absorbed the same by the blocking and the async client.
+
+Every scenario runs with both clients over real HTTP against a scripted
+loopback server (exact answer shapes, hangs, truncation, redirects); retries
+sleep on a fake clock, so nothing here waits for a back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from taskmanager import (
+    TaskManagerAuthError,
+    TaskManagerConfig,
+    TaskManagerConflictError,
+    TaskManagerConnectionError,
+    TaskManagerNotFoundError,
+    TaskManagerProtocolError,
+    TaskManagerRateLimitError,
+    TaskManagerTimeoutError,
+)
+
+from ..both_clients import CLIENT_KINDS, make_client
+from ..scripted_server import Scripted, ScriptedServer, closed_port
+
+pytestmark = pytest.mark.integration
+
+KEY = "parity-key-5b1e"
+DEADLOCK = "SQLSTATE[40001]: Serialization failure: 1213 Deadlock found when trying to get lock"
+
+
+def ok(data: Any, status: int = 200, **headers: str) -> Scripted:
+    return Scripted(status, {"success": True, "data": data}, headers)
+
+
+def err(status: int, message: str, **headers: str) -> Scripted:
+    return Scripted(status, {"success": False, "error": message}, headers)
+
+
+class Sleeps:
+    """A clock that moves only when the client sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.taken: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.taken.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    with ScriptedServer() as scripted:
+        yield scripted
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture(params=CLIENT_KINDS)
+def connect(
+    request: pytest.FixtureRequest, server: ScriptedServer, sleeps: Sleeps
+) -> Iterator[Callable[..., Any]]:
+    """Build the client under test (``connect(**config)``); closed after the test."""
+    made: list[Any] = []
+
+    def build(api_url: str | None = None, **config: Any) -> Any:
+        values = {
+            "api_url": api_url or server.url,
+            "api_key": KEY,
+            "worker_id": "parity-worker",
+            "backoff_base": 1.0,
+            **config,
+        }
+        client = make_client(
+            request.param,
+            TaskManagerConfig(**values),
+            sleep=sleeps.sleep,
+            clock=sleeps.clock,
+            rng=random.Random(3),
+        )
+        made.append(client)
+        return client
+
+    yield build
+    for client in made:
+        client.close()
+
+
+def test_string_ids_become_ints_and_the_key_is_sent(server: ScriptedServer, connect):
+    server.add("POST", "/tasks", ok({"id": "42", "type": "T", "status": "pending"}, 201))
+    assert connect().create_task("T", {"a": 1}) == 42
+    (sent,) = server.calls("POST", "/tasks")
+    assert sent.headers["x-api-key"] == KEY
+    assert sent.body == {"type": "T", "params": {"a": 1}, "priority": 0}
+
+
+def test_items_wrapper_and_200_for_an_unknown_id(server: ScriptedServer, connect):
+    row = {"id": "5", "type": "T", "status": "completed", "params": "{}", "attempts": "1"}
+    server.add("GET", "/tasks/5", ok({"items": [row], "count": 1}))
+    server.add("GET", "/tasks/6", ok({"items": [], "count": 0}))
+    client = connect()
+    task = client.get_task(5)
+    assert (task.id, task.status, task.attempts) == (5, "completed", 1)
+    with pytest.raises(TaskManagerNotFoundError):
+        client.get_task(6)
+
+
+@pytest.mark.parametrize(
+    "empty", [err(500, "There is no active transaction"), err(404, "No available tasks")]
+)
+def test_empty_claim_queue_is_none(server: ScriptedServer, connect, empty: Scripted):
+    server.add("POST", "/tasks/claim", empty)
+    assert connect().claim_task(task_type_id=3) is None
+    assert len(server.calls("POST", "/tasks/claim")) == 1  # not retried
+
+
+def test_retry_after_is_waited_out_then_sent_again(server: ScriptedServer, connect, sleeps: Sleeps):
+    limited = Scripted(
+        429,
+        {"error": "Too Many Requests", "retry_after": 60},
+        {"Retry-After": "7", "X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "0"},
+    )
+    server.add("POST", "/tasks", limited, ok({"id": 9, "type": "T", "status": "pending"}, 201))
+    client = connect()
+    assert client.create_task("T", {"a": 1}) == 9
+    assert sleeps.taken == [7.0]  # the header beats the body's 60 and the back-off
+    assert client.rate_limit_for("/tasks").limit == 100
+
+
+def test_a_429_past_the_deadline_is_raised(server: ScriptedServer, connect, sleeps: Sleeps):
+    server.add(
+        "POST", "/tasks", Scripted(429, {"error": "Too Many Requests"}, {"Retry-After": "600"})
+    )
+    with pytest.raises(TaskManagerRateLimitError) as raised:
+        connect(retry_deadline=30).create_task("T", {"a": 1})
+    assert raised.value.retry_after == 600 and sleeps.taken == []
+
+
+def test_deadlock_500_is_sent_again(server: ScriptedServer, connect, sleeps: Sleeps):
+    server.add(
+        "POST", "/tasks/8/complete", err(500, DEADLOCK), ok({"id": "8", "status": "completed"})
+    )
+    result = connect().complete_task(8, {"ok": True})
+    assert result.status == "completed" and len(sleeps.taken) == 1
+    assert len(server.calls("POST", "/tasks/8/complete")) == 2
+
+
+def test_html_gateway_error_retried_then_raised_with_a_snippet(
+    server: ScriptedServer, connect, sleeps: Sleeps
+):
+    server.add("GET", "/tasks/1", Scripted(502, "<html><h1>502 Bad Gateway</h1></html>"))
+    with pytest.raises(TaskManagerProtocolError) as raised:
+        connect().get_task(1)
+    assert "502 Bad Gateway" in str(raised.value)
+    assert [round(s) for s in sleeps.taken] == [1, 2, 4]  # the same back-off, both clients
+
+
+def test_truncated_answer_is_a_connection_error_and_retried(
+    server: ScriptedServer, connect, sleeps: Sleeps
+):
+    server.add(
+        "POST",
+        "/tasks",
+        Scripted(201, {"success": True, "data": {"id": 3}}, truncate=True),
+        ok({"id": 3, "type": "T", "status": "pending"}, 201),
+    )
+    assert connect().create_task("T", {"a": 1}) == 3
+    assert len(server.calls("POST", "/tasks")) == 2 and len(sleeps.taken) == 1
+
+
+def test_a_server_that_hangs_is_a_timeout(server: ScriptedServer, connect):
+    server.add("GET", "/tasks/1", Scripted(200, {"success": True}, hang=5.0))
+    with pytest.raises(TaskManagerTimeoutError):
+        connect(timeout=0.3, retry_attempts=0).get_task(1)
+
+
+def test_nothing_listening_is_connection_refused_in_words(connect):
+    url = f"http://127.0.0.1:{closed_port()}/api"
+    with pytest.raises(TaskManagerConnectionError) as raised:
+        connect(api_url=url, retry_attempts=1).get_task(1)
+    assert "connection refused" in str(raised.value)
+
+
+def test_a_redirect_is_not_followed_and_the_key_goes_nowhere_else(connect):
+    with ScriptedServer() as elsewhere, ScriptedServer() as server:
+        server.add("GET", "/tasks/1", Scripted(301, "", {"Location": elsewhere.url + "/tasks/1"}))
+        with pytest.raises(TaskManagerProtocolError) as raised:
+            connect(api_url=server.url).get_task(1)
+        assert elsewhere.url in str(raised.value) and "redirect" in str(raised.value)
+        assert elsewhere.received == []
+
+
+def test_wrong_key_is_an_auth_error_not_retried(server: ScriptedServer, connect):
+    server.add("GET", "/tasks/1", err(401, "Unauthorized: invalid API key"))
+    with pytest.raises(TaskManagerAuthError):
+        connect().get_task(1)
+    assert len(server.calls()) == 1
+
+
+def test_replayed_completion_settles_by_reading_the_task(server: ScriptedServer, connect):
+    server.add("POST", "/tasks/4/complete", err(400, "Task is not in claimed state"))
+    row = {
+        "id": 4,
+        "type": "T",
+        "status": "completed",
+        "claimed_by": "parity-worker",
+        "result": '{"n": 1}',
+        "params": "{}",
+        "attempts": 1,
+    }
+    server.add("GET", "/tasks/4", ok({"items": [row], "count": 1}))
+    assert connect().complete_task(4, {"n": 1}).settled_by_read is True
+
+
+def test_completion_of_a_task_someone_else_finished_is_a_conflict(server: ScriptedServer, connect):
+    server.add("POST", "/tasks/4/complete", err(403, "Task is claimed by another worker"))
+    row = {"id": 4, "type": "T", "status": "claimed", "claimed_by": "other", "params": "{}"}
+    server.add("GET", "/tasks/4", ok({"items": [row], "count": 1}))
+    with pytest.raises(TaskManagerConflictError) as raised:
+        connect().complete_task(4, {"n": 1})
+    assert raised.value.current_task is not None
+    assert raised.value.current_task.claimed_by == "other"
+
+
+def test_list_pages_with_limit_and_offset(server: ScriptedServer, connect):
+    rows = [{"id": i, "type": "T", "status": "pending"} for i in range(5)]
+    server.add(
+        "GET",
+        "/tasks",
+        ok({"items": rows[:2], "count": 2}),
+        ok({"items": rows[2:4], "count": 2}),
+        ok({"items": rows[4:], "count": 1}),
+    )
+    ids = [task.id for task in connect().list_tasks(status="pending", page_size=2)]
+    assert ids == [0, 1, 2, 3, 4]
+    queries = [call.query for call in server.calls("GET", "/tasks")]
+    assert queries == [
+        {"limit": "2", "offset": str(offset), "status": "pending"} for offset in (0, 2, 4)
+    ]
+
+
+def test_health_check_never_raises(server: ScriptedServer, connect):
+    server.add("GET", "/health", Scripted(503, "<html>down</html>"))
+    assert connect().health_check() is False
+    assert "x-api-key" not in server.calls("GET", "/health")[0].headers
+
+
+def test_the_key_is_never_logged(server: ScriptedServer, connect, caplog: pytest.LogCaptureFixture):
+    server.add("POST", "/tasks", Scripted(503, "<html>busy</html>"), err(401, "Unauthorized"))
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(TaskManagerAuthError) as raised:
+        connect().create_task("T", {"a": 1})
+    assert caplog.records and KEY not in caplog.text
+    assert KEY not in str(raised.value) and KEY not in repr(raised.value)

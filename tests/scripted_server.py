@@ -1,0 +1,141 @@
+"""A loopback HTTP server that answers from a script: exact server shapes over real HTTP.
+
+``responses`` reaches only ``requests``; this reaches any client. Each
+(method, path) has a queue of ``Scripted`` answers (the last one repeats);
+every request is recorded with its headers, query and body.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+
+@dataclass(frozen=True)
+class Scripted:
+    """One answer. ``hang`` waits that long before answering; ``truncate`` promises
+    more bytes than it sends and closes the connection."""
+
+    status: int = 200
+    body: Any = None  # JSON-encoded unless it is str or bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    hang: float = 0.0
+    truncate: bool = False
+
+    def payload(self) -> bytes:
+        if isinstance(self.body, bytes):
+            return self.body
+        if isinstance(self.body, str):
+            return self.body.encode()
+        return json.dumps(self.body).encode()
+
+
+@dataclass(frozen=True)
+class Received:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+
+
+class ScriptedServer:
+    def __init__(self) -> None:
+        self.script: dict[tuple[str, str], list[Scripted]] = defaultdict(list)
+        self.received: list[Received] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+            def _answer(self) -> None:
+                parts = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                owner._record(
+                    Received(
+                        self.command,
+                        parts.path,
+                        dict(parse_qsl(parts.query)),
+                        {k.lower(): v for k, v in self.headers.items()},
+                        json.loads(raw) if raw else None,
+                    )
+                )
+                answer = owner._next(self.command, parts.path)
+                if answer.hang:
+                    owner._stop.wait(answer.hang)
+                payload = answer.payload()
+                self.send_response(answer.status)
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                if answer.truncate:
+                    self.send_header("Content-Length", str(len(payload) + 100))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    self.close_connection = True
+                    return
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = _answer
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/api"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    def add(self, method: str, path: str, *answers: Scripted) -> None:
+        with self._lock:
+            self.script[(method, "/api" + path)].extend(answers)
+
+    def _next(self, method: str, path: str) -> Scripted:
+        with self._lock:
+            queue = self.script.get((method, path))
+            if not queue:
+                return Scripted(404, {"success": False, "error": f"unscripted {method} {path}"})
+            return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    def _record(self, received: Received) -> None:
+        with self._lock:
+            self.received.append(received)
+
+    def calls(self, method: str | None = None, path: str | None = None) -> list[Received]:
+        with self._lock:
+            return [
+                r
+                for r in self.received
+                if (method is None or r.method == method)
+                and (path is None or r.path == "/api" + path)
+            ]
+
+    def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (connection refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
