@@ -154,9 +154,7 @@ def _wait_for_database(start: Callable[[], T], check: Callable[[], None]) -> T:
     given_up = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: given_up.set()) for sig in STOP_SIGNALS}
     try:
-        return Patience(check, backoff_max_seconds=5.0).call(
-            "starting the daemon", start, given_up
-        )
+        return Patience(check, backoff_max_seconds=5.0).call("starting the daemon", start, given_up)
     except GaveUp:
         raise SystemExit(0) from None
     finally:
@@ -461,7 +459,10 @@ def _add_worker(commands: Subparsers) -> None:
         "--type", action="append", required=True, help="task type to run it on (repeatable)"
     )
     worker.add_argument(
-        "--concurrency", type=int, default=1, help="tasks run at once (threads, or processes)"
+        "--concurrency",
+        type=int,
+        default=1,
+        help="tasks run at once (threads, processes, or coroutines for async def handlers)",
     )
     worker.add_argument("--max-tasks", type=int, default=None, help="stop after this many")
     worker.add_argument(

@@ -22,12 +22,16 @@ class SchemaError(DatabaseError):
 class TaskNotHeldError(BridgeError):
     """The caller no longer holds the task: its lock expired and it was re-queued, or it ended.
 
-    Nothing was changed. ``current_status`` is the task's status now, if it still exists.
+    Nothing was changed. ``current_status`` is the task's status now, if it still exists;
+    ``task_id`` the local id (a batch call returns one error per refused task).
     """
 
-    def __init__(self, message: str, current_status: str | None = None) -> None:
+    def __init__(
+        self, message: str, current_status: str | None = None, task_id: int | None = None
+    ) -> None:
         super().__init__(message)
         self.current_status = current_status
+        self.task_id = task_id
 
 
 class ValidationError(BridgeError, ValueError):

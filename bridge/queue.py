@@ -63,6 +63,20 @@ def encoded(value: Any, what: str) -> Any:
         raise ValidationError(str(exc)) from None
 
 
+def as_result(value: Any) -> Any:
+    """What a handler returned, as a task's result: ``None`` is ``{}``, a value that is
+    not a mapping is ``{"result": value}``."""
+    if value is None:
+        return {}
+    return value if isinstance(value, Mapping) else {"result": value}
+
+
+def encoded_result(value: Any) -> dict[str, Any]:
+    """A handler's return value encoded as a result, or ``ValidationError`` naming the key
+    path that cannot be stored."""
+    return _encoded_object(as_result(value), "results")
+
+
 def _encoded_object(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     encoded_value = encoded(value or {}, what)
     if not isinstance(encoded_value, dict):

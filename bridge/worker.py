@@ -36,7 +36,7 @@ from .logs import task_fields
 from .models import LocalTask
 from .patience import GaveUp, Patience, SchemaGone
 from .pool import HandlerError, PoolOptions, ProcessRunner, ResultRefused
-from .queue import LocalQueue
+from .queue import LocalQueue, as_result
 from .retry import Retry, RetryPolicy
 from .runner import Ran, ThreadRunner
 
@@ -120,6 +120,13 @@ def _wants_context(handler: Handler) -> bool:
     return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in positional)
 
 
+def is_async_handler(handler: Handler) -> bool:
+    """``async def`` (a function, a partial of one, or an object whose ``__call__`` is)."""
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - the method itself is inspected
+    )
+
+
 def describe_error(error: BaseException) -> str:
     """The failed task's reason: the exception's type and text, and what it did not do."""
     if isinstance(error, HandlerError | ResultRefused):
@@ -130,12 +137,6 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, KeyboardInterrupt):
         return f"{text} (raised by the handler; only its task ended)"
     return text
-
-
-def _as_result(value: Any) -> Any:
-    if value is None:
-        return {}
-    return value if isinstance(value, Mapping) else {"result": value}
 
 
 class _Heartbeats:
@@ -257,6 +258,15 @@ class Worker:
             raise BridgeError(f"concurrency must be >= 1, got {concurrency}")
         if pool not in POOLS:
             raise BridgeError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        self._is_async = {name: is_async_handler(h) for name, h in handlers.items()}
+        # One async handler puts the worker on an event loop (bridge.async_worker).
+        self.is_async = any(self._is_async.values())
+        if self.is_async and pool == "process":
+            names = ", ".join(sorted(n for n, a in self._is_async.items() if a))
+            raise BridgeError(
+                f"async handlers ({names}) run on the worker's event loop: --pool process "
+                "is for blocking handlers"
+            )
         self.pool = pool
         self.pool_options = pool_options or PoolOptions()
         self.queue = queue
@@ -374,7 +384,7 @@ class Worker:
     def _complete(
         self, task: LocalTask, value: Any, types: Sequence[str], started: float
     ) -> LocalTask | None:
-        result = _as_result(value)
+        result = as_result(value)
         more = not self._stop.is_set() and not self._last_one()
         try:
             if more:
@@ -438,19 +448,27 @@ class Worker:
         """The task's end from its handler's outcome; the next task when one came with it."""
         if ran.kind == "ok":
             return self._complete(task, ran.value, types, started)
+        self.settle_failure(task, ran, limit, started)
+        return None
+
+    def settle_failure(
+        self, task: LocalTask, ran: Ran, limit: float | None, started: float
+    ) -> None:
+        """The task's end when its handler raised or ran past its time limit."""
         if ran.kind == "timeout":
             self._fail(
                 task,
-                f"timed out after {limit:.1f} s (time limit; {self._timeout_note()})",
+                f"timed out after {limit:.1f} s (time limit; {self._timeout_note(task.type)})",
                 started,
                 "timed_out",
             )
-            return None
+            return
         assert ran.error is not None
         self._failed(task, ran.error, started)
-        return None
 
-    def _timeout_note(self) -> str:
+    def _timeout_note(self, task_type: str) -> str:
+        if self._is_async.get(task_type):
+            return "the handler's coroutine was cancelled"
         if self.pool == "process":
             return "the handler's process was killed and replaced"
         return "in thread mode the handler's thread cannot be stopped; its result is discarded"
@@ -551,7 +569,8 @@ class Worker:
         limit = "lease less margin" if default.time_limit is None else f"{default.time_limit:g} s"
         return (
             f"types {', '.join(sorted(self.handlers))}; concurrency {self.concurrency}; "
-            f"pool {self.pool}; time limit {limit}; retries: {default.retry.attempts} attempt(s); "
+            f"pool {'asyncio (one event loop)' if self.is_async else self.pool}; "
+            f"time limit {limit}; retries: {default.retry.attempts} attempt(s); "
             f"database {display_url(normalise_url(self.queue.config.db_url))}"
         )
 
@@ -564,10 +583,19 @@ class Worker:
         """
         self._max_tasks = max_tasks
         logger.info("worker started: %s", self.describe())
-        threads = [
-            threading.Thread(target=self._loop, args=(i,), daemon=True, name=f"bridge-worker-{i}")
-            for i in range(self.concurrency)
-        ]
+        if self.is_async:
+            from .async_worker import AsyncEngine
+
+            threads = [
+                threading.Thread(target=AsyncEngine(self).run, daemon=True, name="bridge-asyncio")
+            ]
+        else:
+            threads = [
+                threading.Thread(
+                    target=self._loop, args=(i,), daemon=True, name=f"bridge-worker-{i}"
+                )
+                for i in range(self.concurrency)
+            ]
         for thread in threads:
             thread.start()
         self._wait(threads, until=None)

@@ -225,7 +225,9 @@ class TaskQueries:
     def _refuse(self, conn: Any, task: LocalTask, action: str) -> TaskNotHeldError:
         current = self._task(conn, task.id)
         if current is None:
-            return TaskNotHeldError(f"cannot {action} task {task.id}: it no longer exists")
+            return TaskNotHeldError(
+                f"cannot {action} task {task.id}: it no longer exists", task_id=task.id
+            )
         if current.status == "running":
             why = f"it is now held by {current.locked_by} (attempt {current.attempts})"
         else:
@@ -234,6 +236,7 @@ class TaskQueries:
             f"cannot {action} task {task.id}: {task.locked_by} (attempt {task.attempts}) "
             f"no longer holds it; {why}. Nothing was changed.",
             current.status,
+            task.id,
         )
 
     def _update_held(

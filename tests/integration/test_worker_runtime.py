@@ -23,6 +23,8 @@ from .helpers import ROOT, wait_until
 pytestmark = pytest.mark.integration
 HANDLERS = "tests.integration.worker_handlers"
 FINISHED = ("done", "failed")
+# Each handler as a function and as a coroutine (the worker's event loop): same promises.
+FLAVOURS = pytest.mark.parametrize("flavour", ["", "_async"], ids=["sync", "async"])
 
 
 class WorkerProcess:
@@ -94,7 +96,10 @@ def wait_finished(db: str, ids: list[int], worker: WorkerProcess) -> dict[int, t
     return states
 
 
-def test_poison_results_and_exits_end_their_task_only(db: str, tmp_path: Path, workers):
+@FLAVOURS
+def test_poison_results_and_exits_end_their_task_only(
+    db: str, tmp_path: Path, workers, flavour: str
+):
     poison = {
         "set": "result refused: results.items[3].seen_at: set is not JSON",
         "nan": "result refused: results.result: nan is not JSON",
@@ -112,7 +117,7 @@ def test_poison_results_and_exits_end_their_task_only(db: str, tmp_path: Path, w
         db,
         tmp_path,
         "--handler",
-        f"{HANDLERS}:mixed",
+        f"{HANDLERS}:mixed{flavour}",
         "--type",
         "mixed",
         "--concurrency",
@@ -134,11 +139,15 @@ def test_poison_results_and_exits_end_their_task_only(db: str, tmp_path: Path, w
         "pair": [1, 2],
     }
     assert worker.stop() == 0
+    assert ("pool asyncio (one event loop)" in worker.text()) == (flavour == "_async")
     assert "worker stopped: 20 done, 12 failed" in worker.text()
     assert "task 1 (mixed) failed: result refused" in worker.text()
 
 
-def test_a_hung_handler_times_out_and_the_worker_moves_on(db: str, tmp_path: Path, workers):
+@FLAVOURS
+def test_a_hung_handler_times_out_and_the_worker_moves_on(
+    db: str, tmp_path: Path, workers, flavour: str
+):
     with LocalQueue(db) as queue:
         hung = queue.enqueue("mixed", {"kind": "hang", "n": 0})
         after = [queue.enqueue("mixed", {"kind": "good", "n": n}) for n in range(3)]
@@ -147,7 +156,7 @@ def test_a_hung_handler_times_out_and_the_worker_moves_on(db: str, tmp_path: Pat
         db,
         tmp_path,
         "--handler",
-        f"{HANDLERS}:mixed",
+        f"{HANDLERS}:mixed{flavour}",
         "--type",
         "mixed",
         "--time-limit",
@@ -161,7 +170,10 @@ def test_a_hung_handler_times_out_and_the_worker_moves_on(db: str, tmp_path: Pat
     assert worker.stop() == 0
 
 
-def test_sigterm_hands_a_long_task_back_for_another_worker(db: str, tmp_path: Path, workers):
+@FLAVOURS
+def test_sigterm_hands_a_long_task_back_for_another_worker(
+    db: str, tmp_path: Path, workers, flavour: str
+):
     gate = tmp_path / "gate"
     with LocalQueue(db) as queue:
         task = queue.enqueue("gated", {"n": 1, "gate": str(gate)})
@@ -170,7 +182,7 @@ def test_sigterm_hands_a_long_task_back_for_another_worker(db: str, tmp_path: Pa
         db,
         tmp_path,
         "--handler",
-        f"{HANDLERS}:gated",
+        f"{HANDLERS}:gated{flavour}",
         "--type",
         "gated",
         "--grace",
@@ -184,12 +196,15 @@ def test_sigterm_hands_a_long_task_back_for_another_worker(db: str, tmp_path: Pa
     assert "handed back" in (handed.error or "")
     assert "1 handed back" in first.text()
     gate.touch()
-    second = start(workers, db, tmp_path, "--handler", f"{HANDLERS}:gated", "--type", "gated")
+    second = start(
+        workers, db, tmp_path, "--handler", f"{HANDLERS}:gated{flavour}", "--type", "gated"
+    )
     assert wait_finished(db, [task.id], second)[task.id][0] == "done"
     assert second.stop() == 0
 
 
-def test_a_second_signal_exits_at_once(db: str, tmp_path: Path, workers):
+@FLAVOURS
+def test_a_second_signal_exits_at_once(db: str, tmp_path: Path, workers, flavour: str):
     with LocalQueue(db) as queue:
         task = queue.enqueue("gated", {"n": 1, "gate": str(tmp_path / "never")})
     worker = start(
@@ -197,7 +212,7 @@ def test_a_second_signal_exits_at_once(db: str, tmp_path: Path, workers):
         db,
         tmp_path,
         "--handler",
-        f"{HANDLERS}:gated",
+        f"{HANDLERS}:gated{flavour}",
         "--type",
         "gated",
         "--grace",

@@ -3,6 +3,7 @@ tests.integration.worker_handlers:NAME``): what users' code really does."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import decimal
 import os
@@ -67,3 +68,26 @@ _LEAK: list[bytearray] = []
 def with_progress(params: dict[str, Any], context: Any) -> dict[str, Any]:
     context.progress(40, "on the way")
     return {"pid": os.getpid()}
+
+
+# -- the same, as coroutines (an async handler puts the worker on its event loop) -------
+async def mixed_async(params: dict[str, Any]) -> Any:
+    """``mixed``, awaiting between: "hang" waits on the loop (cancellable by the time
+    limit); the rest returns or raises as ``mixed`` does."""
+    await asyncio.sleep(0)
+    if params["kind"] == "hang":
+        await asyncio.Event().wait()
+    return mixed(params)
+
+
+async def gated_async(params: dict[str, Any]) -> dict[str, Any]:
+    """``gated`` without blocking the loop."""
+    gate = Path(params["gate"])
+    while not gate.exists():
+        await asyncio.sleep(0.02)
+    return {"n": params["n"], "text": "r" * params.get("size", 10)}
+
+
+async def with_progress_async(params: dict[str, Any], context: Any) -> dict[str, Any]:
+    await context.progress(40, "on the way")
+    return {"pid": os.getpid(), "thread": threading.get_ident()}

@@ -1,0 +1,306 @@
+"""The worker's event loop: up to ``concurrency`` async handlers at once in one thread.
+
+A worker with an ``async def`` handler runs this engine instead of one thread
+per slot. Handlers are coroutines on one loop; the local queue's calls (taking
+tasks, storing results, failures, progress) run on a small thread pool, never
+on the loop, so a slow disk does not stall every handler. Results are stored in
+batches: each trip to the database stores every result finished since the
+last one and takes as many new tasks as there is room for, in one transaction
+(``complete_many_and_dequeue``): one commit for many tasks at high concurrency.
+
+Every promise of the thread worker holds, through the worker's own methods:
+heartbeats keep the locks, a time limit cancels the coroutine (the task fails
+"timed out"), anything the handler raises (``SystemExit`` included) ends only
+its task, retries follow the type's policy, a result that cannot be encoded
+fails its task, database trouble is waited out (``Patience``), and on stop the
+running handlers get the grace, after which their tasks are handed back.
+A blocking handler of the same worker runs on a thread of its own pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import TaskNotHeldError, ValidationError
+from .logs import task_fields
+from .models import LocalTask
+from .patience import GaveUp, SchemaGone
+from .queue import LocalQueue, encoded_result
+from .runner import Ran, run_call
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+logger = logging.getLogger("bridge.worker")
+
+_T = TypeVar("_T")
+
+# Threads for the queue's calls: one takes and stores batches, the others record
+# failures and progress meanwhile (SQLite serialises the writes anyway).
+QUEUE_THREADS = 4
+MIN_POLL_SECONDS = 0.01
+WAIT_SLICE_SECONDS = 0.2  # a loop with every slot busy still looks at stop() this often
+
+
+@dataclass
+class AsyncTaskContext:
+    """What an async handler may use besides its params: ``await context.progress(...)``."""
+
+    task: LocalTask
+    queue: LocalQueue
+    _offload: Callable[..., Coroutine[Any, Any, Any]] = field(repr=False)
+
+    async def progress(self, percent: int, message: str | None = None) -> None:
+        """Record progress (renews the lock), off the event loop."""
+        await self._offload(self.queue.progress, self.task, percent, message)
+
+
+@dataclass
+class _Finished:
+    task: LocalTask
+    result: dict[str, Any]
+    started: float
+
+
+class AsyncEngine:
+    """Runs one ``Worker``'s handlers on an event loop in the calling thread."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.types = sorted(worker.handlers)
+        self._finished: list[_Finished] = []
+        self._running: set[asyncio.Task[None]] = set()
+        self._next_key = 0
+        self._queue_pool: ThreadPoolExecutor | None = None
+        self._handler_pool: ThreadPoolExecutor | None = None
+        self._wake: asyncio.Event | None = None
+
+    def run(self) -> None:
+        """The thread's target: the loop until the worker stops."""
+        worker = self.worker
+        try:
+            asyncio.run(self._main())
+        except GaveUp:
+            return
+        except SchemaGone as exc:
+            worker._fatal(str(exc))
+        except Exception:  # a bug of ours, not a handler's: say so and stop taking tasks
+            logger.exception("the worker's event loop failed; stopping")
+            worker.stop()
+
+    # -- the loop ---------------------------------------------------------------------------
+    async def _main(self) -> None:
+        worker = self.worker
+        self._wake = asyncio.Event()
+        self._queue_pool = ThreadPoolExecutor(QUEUE_THREADS, thread_name_prefix="bridge-queue")
+        idle = MIN_POLL_SECONDS
+        try:
+            while not worker._abandon.is_set():
+                stopping = worker._stop.is_set()
+                if stopping and not self._running and not self._finished:
+                    return
+                room = 0 if stopping else self._room()
+                taken = await self._trip(room) if self._finished or room else 0
+                if self._finished:
+                    continue  # more finished during the trip: store them now
+                if taken:
+                    idle = MIN_POLL_SECONDS
+                if room > taken:
+                    # The queue ran dry: look again soon after work, backing off to
+                    # poll_seconds while it stays empty; a finished handler wakes us.
+                    await self._sleep_or_wake(idle)
+                    idle = min(worker.poll_seconds, idle * 2)
+                else:
+                    await self._sleep_or_wake(WAIT_SLICE_SECONDS)
+        finally:
+            for running in self._running:
+                running.cancel()  # past the grace: the worker hands their tasks back
+            if self._running:
+                await asyncio.wait(self._running, timeout=1.0)
+            self._queue_pool.shutdown(wait=False, cancel_futures=True)
+            if self._handler_pool is not None:
+                self._handler_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _room(self) -> int:
+        """How many more tasks to take: the free slots, and no more than ``max_tasks`` allows."""
+        worker = self.worker
+        room = worker.concurrency - len(self._running)  # finished ones are stored on this trip
+        if worker._max_tasks is not None:
+            in_hand = len(self._running) + len(self._finished)
+            room = min(room, worker._max_tasks - worker.counters.handled - in_hand)
+        return max(0, room)
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        assert self._wake is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    async def _offload(self, call: Callable[..., _T], *args: Any) -> _T:
+        """Run a blocking queue call on the queue's threads, off the loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._queue_pool, call, *args)
+
+    # -- one trip to the database ---------------------------------------------------------
+    async def _trip(self, room: int) -> int:
+        """Store every finished result and take up to ``room`` tasks, in one transaction;
+        returns how many were taken."""
+        worker = self.worker
+        batch, self._finished = self._finished, []
+        queue = worker.queue
+        try:
+            refused, taken = await self._offload(
+                worker.patience.call,
+                f"storing {len(batch)} result(s) and taking up to {room} task(s)",
+                lambda: queue.complete_many_and_dequeue(
+                    [(item.task, item.result) for item in batch], room, self.types
+                ),
+                worker._abandon,
+            )
+        except GaveUp as exc:
+            for item in batch:
+                self._release(item.task)
+                worker._count("unstored")
+            if batch:
+                logger.error(
+                    "%d result(s) not stored: %s; their locks run out and they run again",
+                    len(batch),
+                    exc,
+                )
+            raise
+        self._count_stored(batch, refused)
+        for task in taken:
+            self._start(task)
+        return len(taken)
+
+    def _count_stored(self, batch: list[_Finished], refused: list[TaskNotHeldError]) -> None:
+        worker = self.worker
+        lost = {error.task_id for error in refused}
+        for item in batch:
+            self._release(item.task)
+            if item.task.id in lost:
+                worker._count("not_recorded")
+                logger.warning(
+                    "result of task %d not recorded: its lock was lost",
+                    item.task.id,
+                    extra=task_fields(item.task.id, item.task.remote_id, item.task.type),
+                )
+                continue
+            worker._count("done")
+            worker._log(item.task, "done", item.started)
+
+    def _release(self, task: LocalTask) -> None:
+        self.worker._heartbeats.release(task)
+
+    # -- one task ---------------------------------------------------------------------------
+    def _start(self, task: LocalTask) -> None:
+        key = self._next_key = self._next_key + 1
+        self.worker._heartbeats.hold(task)
+        self.worker._running[key] = task
+        running = asyncio.ensure_future(self._work(key, task))
+        self._running.add(running)
+        running.add_done_callback(self._running.discard)
+
+    async def _work(self, key: int, task: LocalTask) -> None:
+        worker = self.worker
+        started = worker.clock()
+        limit = worker.time_limit(task)
+        stored_later = False
+        try:
+            ran = await self._call(task, limit)
+            if worker._running.pop(key, None) is None:
+                return  # handed back by the stopping worker meanwhile
+            if ran.kind == "ok":
+                stored_later = await self._finish(task, ran.value, started)
+            else:
+                await self._offload(worker.settle_failure, task, ran, limit, started)
+        except asyncio.CancelledError:
+            raise  # past the grace: the task stays in worker._running to be handed back
+        except TaskNotHeldError as exc:
+            worker._count("not_recorded")
+            logger.warning(
+                "result of task %d not recorded: %s",
+                task.id,
+                exc,
+                extra=task_fields(task.id, task.remote_id, task.type),
+            )
+        except GaveUp as exc:
+            worker._count("unstored")
+            logger.error(
+                "task %d: %s; its lock runs out and it runs again",
+                task.id,
+                exc,
+                extra=task_fields(task.id, task.remote_id, task.type),
+            )
+        except SchemaGone as exc:
+            worker._fatal(str(exc))
+        finally:
+            if not stored_later:
+                self._release(task)
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _finish(self, task: LocalTask, value: Any, started: float) -> bool:
+        """Queue the result for the next trip; a result that cannot be encoded fails its
+        task here instead of spoiling the batch. True when it was queued."""
+        try:
+            result = encoded_result(value)
+        except ValidationError as exc:
+            await self._offload(self.worker._fail, task, f"result refused: {exc}", started)
+            return False
+        self._finished.append(_Finished(task, result, started))
+        return True
+
+    async def _call(self, task: LocalTask, limit: float | None) -> Ran:
+        """The handler's outcome, or "timeout" once ``limit`` passes (the coroutine is
+        cancelled; a blocking handler's thread is left to finish, its result discarded)."""
+        worker = self.worker
+        handler = worker.handlers[task.type]
+        wants_context = worker._wants_context[task.type]
+        if worker._is_async[task.type]:
+            args: tuple[Any, ...] = (task.params,)
+            if wants_context:
+                args += (AsyncTaskContext(task, worker.queue, self._offload),)
+            call = asyncio.ensure_future(_guarded(handler(*args)))
+        else:
+            call = asyncio.ensure_future(self._in_thread(handler, task, wants_context))
+        try:
+            done, _ = await asyncio.wait({call}, timeout=limit)
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        if not done:
+            call.cancel()
+            return Ran("timeout")
+        return call.result()
+
+    async def _in_thread(self, handler: Callable[..., Any], task: LocalTask, context: bool) -> Ran:
+        from .worker import TaskContext
+
+        if self._handler_pool is None:
+            self._handler_pool = ThreadPoolExecutor(
+                self.worker.concurrency, thread_name_prefix="bridge-handler"
+            )
+        args: tuple[Any, ...] = (task.params,)
+        if context:
+            args += (TaskContext(task, self.worker.queue),)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._handler_pool, run_call, lambda: handler(*args))
+
+
+async def _guarded(coroutine: Coroutine[Any, Any, Any]) -> Ran:
+    """The handler's own outcome. ``SystemExit`` and ``KeyboardInterrupt`` raised by the
+    handler are caught here, inside the coroutine: asyncio would otherwise re-raise them
+    out of the loop and end every handler with it."""
+    try:
+        return Ran("ok", await coroutine)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        return Ran("error", error=exc)
