@@ -3,10 +3,11 @@
 A worker with an ``async def`` handler runs this engine instead of one thread
 per slot. Handlers are coroutines on one loop; the local queue's calls (taking
 tasks, storing results, failures, progress) run on a small thread pool, never
-on the loop, so a slow disk does not stall every handler. Results are stored in
-batches: each trip to the database stores every result finished since the
-last one and takes as many new tasks as there is room for, in one transaction
-(``complete_many_and_dequeue``): one commit for many tasks at high concurrency.
+on the loop, so a slow disk does not stall every handler. Each trip to the
+database first takes as many tasks as there are free slots (not synced, like
+every take) and starts them, then stores every result finished since the last
+trip in one transaction (``complete_many``): one commit for many results, and
+no slot waits for the disk.
 
 Every promise of the thread worker holds, through the worker's own methods:
 heartbeats keep the locks, a time limit cancels the coroutine (the task fails
@@ -20,7 +21,6 @@ A blocking handler of the same worker runs on a thread of its own pool.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -76,10 +76,12 @@ class AsyncEngine:
         self.types = sorted(worker.handlers)
         self._finished: list[_Finished] = []
         self._running: set[asyncio.Task[None]] = set()
+        self._busy = 0  # handlers not yet ended (a finished Task leaves _running a bit later)
         self._next_key = 0
         self._queue_pool: ThreadPoolExecutor | None = None
         self._handler_pool: ThreadPoolExecutor | None = None
-        self._wake: asyncio.Event | None = None
+        self._waiter: asyncio.Future[None] | None = None  # the loop's wait, cut short by _wake_up
+        self._woken = False  # a handler ended while the loop was not waiting
 
     def run(self) -> None:
         """The thread's target: the loop until the worker stops."""
@@ -97,13 +99,12 @@ class AsyncEngine:
     # -- the loop ---------------------------------------------------------------------------
     async def _main(self) -> None:
         worker = self.worker
-        self._wake = asyncio.Event()
         self._queue_pool = ThreadPoolExecutor(QUEUE_THREADS, thread_name_prefix="bridge-queue")
         idle = MIN_POLL_SECONDS
         try:
             while not worker._abandon.is_set():
                 stopping = worker._stop.is_set()
-                if stopping and not self._running and not self._finished:
+                if stopping and not self._busy and not self._finished:
                     return
                 room = 0 if stopping else self._room()
                 taken = await self._trip(room) if self._finished or room else 0
@@ -111,7 +112,8 @@ class AsyncEngine:
                     continue  # more finished during the trip: store them now
                 if taken:
                     idle = MIN_POLL_SECONDS
-                if room > taken:
+                    continue  # slots may have freed meanwhile
+                if room:
                     # The queue ran dry: look again soon after work, backing off to
                     # poll_seconds while it stays empty; a finished handler wakes us.
                     await self._sleep_or_wake(idle)
@@ -130,17 +132,32 @@ class AsyncEngine:
     def _room(self) -> int:
         """How many more tasks to take: the free slots, and no more than ``max_tasks`` allows."""
         worker = self.worker
-        room = worker.concurrency - len(self._running)  # finished ones are stored on this trip
+        room = worker.concurrency - self._busy  # finished ones are stored on this trip
         if worker._max_tasks is not None:
-            in_hand = len(self._running) + len(self._finished)
+            in_hand = self._busy + len(self._finished)
             room = min(room, worker._max_tasks - worker.counters.handled - in_hand)
         return max(0, room)
 
     async def _sleep_or_wake(self, seconds: float) -> None:
-        assert self._wake is not None
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        self._wake.clear()
+        """Wait ``seconds``, or less when a handler ends (``_wake_up``)."""
+        loop = asyncio.get_running_loop()
+        if self._woken:
+            self._woken = False
+            return
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(seconds, _settle, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+            self._woken = False
+
+    def _wake_up(self) -> None:
+        if self._waiter is not None:
+            _settle(self._waiter)
+        else:
+            self._woken = True
 
     async def _offload(self, call: Callable[..., _T], *args: Any) -> _T:
         """Run a blocking queue call on the queue's threads, off the loop."""
@@ -149,35 +166,49 @@ class AsyncEngine:
 
     # -- one trip to the database ---------------------------------------------------------
     async def _trip(self, room: int) -> int:
-        """Store every finished result and take up to ``room`` tasks, in one transaction;
-        returns how many were taken."""
+        """Take up to ``room`` tasks and start them, then store every finished result (one
+        transaction for all of them); returns how many were taken.
+
+        Taking first lets the free slots work while the results' commit waits for the
+        disk: taking a task is not synced (docs/OPERATIONS.md), storing results is.
+        """
         worker = self.worker
-        batch, self._finished = self._finished, []
         queue = worker.queue
-        try:
-            refused, taken = await self._offload(
+        taken: list[LocalTask] = []
+        if room:
+            taken = await self._offload(
                 worker.patience.call,
-                f"storing {len(batch)} result(s) and taking up to {room} task(s)",
-                lambda: queue.complete_many_and_dequeue(
-                    [(item.task, item.result) for item in batch], room, self.types
-                ),
+                f"taking up to {room} task(s)",
+                lambda: queue.dequeue_many(room, self.types),
+                worker._stop,
+            )
+            for task in taken:
+                self._start(task)
+        batch, self._finished = self._finished, []
+        if batch:
+            await self._store(batch)
+        return len(taken)
+
+    async def _store(self, batch: list[_Finished]) -> None:
+        worker = self.worker
+        try:
+            refused = await self._offload(
+                worker.patience.call,
+                f"storing {len(batch)} result(s)",
+                lambda: worker.queue.complete_many([(item.task, item.result) for item in batch]),
                 worker._abandon,
             )
         except GaveUp as exc:
             for item in batch:
                 self._release(item.task)
                 worker._count("unstored")
-            if batch:
-                logger.error(
-                    "%d result(s) not stored: %s; their locks run out and they run again",
-                    len(batch),
-                    exc,
-                )
+            logger.error(
+                "%d result(s) not stored: %s; their locks run out and they run again",
+                len(batch),
+                exc,
+            )
             raise
         self._count_stored(batch, refused)
-        for task in taken:
-            self._start(task)
-        return len(taken)
 
     def _count_stored(self, batch: list[_Finished], refused: list[TaskNotHeldError]) -> None:
         worker = self.worker
@@ -203,6 +234,7 @@ class AsyncEngine:
         key = self._next_key = self._next_key + 1
         self.worker._heartbeats.hold(task)
         self.worker._running[key] = task
+        self._busy += 1
         running = asyncio.ensure_future(self._work(key, task))
         self._running.add(running)
         running.add_done_callback(self._running.discard)
@@ -241,10 +273,10 @@ class AsyncEngine:
         except SchemaGone as exc:
             worker._fatal(str(exc))
         finally:
+            self._busy -= 1
             if not stored_later:
                 self._release(task)
-            if self._wake is not None:
-                self._wake.set()
+            self._wake_up()
 
     async def _finish(self, task: LocalTask, value: Any, started: float) -> bool:
         """Queue the result for the next trip; a result that cannot be encoded fails its
@@ -267,18 +299,16 @@ class AsyncEngine:
             args: tuple[Any, ...] = (task.params,)
             if wants_context:
                 args += (AsyncTaskContext(task, worker.queue, self._offload),)
-            call = asyncio.ensure_future(_guarded(handler(*args)))
+            call = _guarded(handler(*args))
         else:
-            call = asyncio.ensure_future(self._in_thread(handler, task, wants_context))
+            call = self._in_thread(handler, task, wants_context)
+        if limit is None:
+            return await call
         try:
-            done, _ = await asyncio.wait({call}, timeout=limit)
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
-        if not done:
-            call.cancel()
+            # _guarded and _in_thread raise nothing but cancellation: a timeout is ours.
+            return await asyncio.wait_for(call, limit)
+        except asyncio.TimeoutError:
             return Ran("timeout")
-        return call.result()
 
     async def _in_thread(self, handler: Callable[..., Any], task: LocalTask, context: bool) -> Ran:
         from .worker import TaskContext
@@ -292,6 +322,11 @@ class AsyncEngine:
             args += (TaskContext(task, self.worker.queue),)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._handler_pool, run_call, lambda: handler(*args))
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def _guarded(coroutine: Coroutine[Any, Any, Any]) -> Ran:
