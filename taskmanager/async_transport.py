@@ -16,6 +16,9 @@ import os
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+from urllib.parse import urlsplit
+
+import requests
 
 from .config import TaskManagerConfig
 from .exceptions import TaskManagerConfigError
@@ -61,6 +64,9 @@ class AsyncTransport:
             total=None, sock_connect=config.connect_timeout, sock_read=config.timeout
         )
         self._ssl = _ssl_setting(config)
+        # The environment's proxy for api_url, read once like the blocking client's:
+        # aiohttp's trust_env would scan the environment on every request.
+        self._proxy = _env_proxy(config.api_url)
         if not config.verify_tls:
             logger.warning("TLS certificate verification is OFF for %s", config.api_url)
 
@@ -90,9 +96,7 @@ class AsyncTransport:
     def _session(self) -> aiohttp.ClientSession:
         if self.session is None or self.session.closed:
             self.session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=POOL_SIZE, ssl=self._ssl),
-                # Proxies from the environment, like the blocking client's.
-                trust_env=True,
+                connector=aiohttp.TCPConnector(limit=POOL_SIZE, ssl=self._ssl)
             )
             self._owns_session = True
         return self.session
@@ -109,6 +113,7 @@ class AsyncTransport:
                 headers=dict(send.headers),
                 timeout=self._timeout,
                 allow_redirects=False,
+                proxy=self._proxy,
             ) as response:
                 text = await response.text(errors="replace")
                 return Answer(response.status, decode_body(text), text, response.headers)
@@ -125,6 +130,12 @@ def _failure_kind(exc: BaseException) -> FailureKind:
     if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
         return "connection"
     return "request"
+
+
+def _env_proxy(api_url: str) -> str | None:
+    """The proxy ``requests`` would use for ``api_url`` (``HTTPS_PROXY``, ``NO_PROXY``...)."""
+    proxies = requests.utils.get_environ_proxies(api_url)
+    return proxies.get(urlsplit(api_url).scheme) or proxies.get("all")
 
 
 def _ssl_setting(config: TaskManagerConfig) -> ssl.SSLContext | bool:
