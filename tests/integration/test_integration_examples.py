@@ -55,6 +55,17 @@ def test_direct_pattern(server):
     assert [server.admin.get_task(i).result for i in server.seed_ids] == [{"ideas_found": 1}] * 3
 
 
+def test_async_example(server, tmp_path):
+    done = example("integration_async.py", str(tmp_path / "async.db"), env=api_env(server))
+    assert done.returncode == 0, done.stderr
+    assert "handled 3 task(s) on one event loop; reported 3 with the async client" in done.stdout
+    rows = [server.admin.get_task(i) for i in server.seed_ids]
+    assert all(row.status == "completed" for row in rows)
+    assert [row.result for row in rows] == [
+        {"ideas_found": len(f"https://y/@c{i}") % 5} for i in range(3)
+    ]
+
+
 def test_hybrid_pattern(server, tmp_path):
     done = example("integration_hybrid.py", str(tmp_path / "hybrid.db"), env=api_env(server))
     assert done.returncode == 0, done.stderr
