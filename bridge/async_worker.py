@@ -4,10 +4,9 @@ A worker with an ``async def`` handler runs this engine instead of one thread
 per slot. Handlers are coroutines on one loop; the local queue's calls (taking
 tasks, storing results, failures, progress) run on a small thread pool, never
 on the loop, so a slow disk does not stall every handler. Each trip to the
-database first takes as many tasks as there are free slots (not synced, like
-every take) and starts them, then stores every result finished since the last
-trip in one transaction (``complete_many``): one commit for many results, and
-no slot waits for the disk.
+database stores every result finished since the last trip and takes as many
+new tasks as there are free slots, in one transaction
+(``complete_many_and_dequeue``): one commit for many tasks at high concurrency.
 
 Every promise of the thread worker holds, through the worker's own methods:
 heartbeats keep the locks, a time limit cancels the coroutine (the task fails
@@ -166,49 +165,48 @@ class AsyncEngine:
 
     # -- one trip to the database ---------------------------------------------------------
     async def _trip(self, room: int) -> int:
-        """Take up to ``room`` tasks and start them, then store every finished result (one
-        transaction for all of them); returns how many were taken.
+        """Store every finished result and take up to ``room`` tasks, in one transaction
+        (one commit), and start them; returns how many were taken.
 
-        Taking first lets the free slots work while the results' commit waits for the
-        disk: taking a task is not synced (docs/OPERATIONS.md), storing results is.
+        While the database is in trouble the results are what must not be lost: the
+        trip is retried until the grace is over (a take alone, until the stop).
         """
         worker = self.worker
         queue = worker.queue
-        taken: list[LocalTask] = []
-        if room:
-            taken = await self._offload(
+        batch, self._finished = self._finished, []
+        if not batch:
+            taken: list[LocalTask] = await self._offload(
                 worker.patience.call,
                 f"taking up to {room} task(s)",
                 lambda: queue.dequeue_many(room, self.types),
                 worker._stop,
             )
-            for task in taken:
-                self._start(task)
-        batch, self._finished = self._finished, []
-        if batch:
-            await self._store(batch)
+        else:
+            finished = [(item.task, item.result) for item in batch]
+            try:
+                refused, taken = await self._offload(
+                    worker.patience.call,
+                    f"storing {len(batch)} result(s)",
+                    lambda: queue.complete_many_and_dequeue(finished, room, self.types),
+                    worker._abandon,
+                )
+            except GaveUp as exc:
+                self._unstored(batch, exc)
+                raise
+            self._count_stored(batch, refused)
+        for task in taken:
+            self._start(task)
         return len(taken)
 
-    async def _store(self, batch: list[_Finished]) -> None:
-        worker = self.worker
-        try:
-            refused = await self._offload(
-                worker.patience.call,
-                f"storing {len(batch)} result(s)",
-                lambda: worker.queue.complete_many([(item.task, item.result) for item in batch]),
-                worker._abandon,
-            )
-        except GaveUp as exc:
-            for item in batch:
-                self._release(item.task)
-                worker._count("unstored")
-            logger.error(
-                "%d result(s) not stored: %s; their locks run out and they run again",
-                len(batch),
-                exc,
-            )
-            raise
-        self._count_stored(batch, refused)
+    def _unstored(self, batch: list[_Finished], exc: GaveUp) -> None:
+        for item in batch:
+            self._release(item.task)
+            self.worker._count("unstored")
+        logger.error(
+            "%d result(s) not stored: %s; their locks run out and they run again",
+            len(batch),
+            exc,
+        )
 
     def _count_stored(self, batch: list[_Finished], refused: list[TaskNotHeldError]) -> None:
         worker = self.worker

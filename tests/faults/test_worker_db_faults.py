@@ -30,11 +30,12 @@ from ..integration.helpers import (
     pg_unreachable_reason,
     wait_until,
 )
-from ..integration.test_worker_runtime import HANDLERS, WorkerProcess, wait_finished
+from ..integration.test_worker_runtime import FLAVOURS, HANDLERS, WorkerProcess, wait_finished
 from .test_storage import _run, fill, mounted_tmpfs, require_chattr, truncate_wal
 
 pytestmark = pytest.mark.integration
-TROUBLE = "database trouble while storing the result of task"
+# "storing the result of task 3" (threads) or "storing 1 result(s)" (async handlers)
+TROUBLE = "database trouble while storing "
 
 
 @pytest.fixture
@@ -45,14 +46,22 @@ def procs() -> Iterator[list[WorkerProcess]]:
         worker.kill()
 
 
-def gated_run(db: str, folder: Path, procs: list[WorkerProcess], size: int = 10, **env: str):
+def gated_run(
+    db: str,
+    folder: Path,
+    procs: list[WorkerProcess],
+    flavour: str,
+    size: int = 10,
+    **env: str,
+):
     """A worker on three gated tasks; returns (worker, gate, task ids) once the first runs."""
     gate = folder / "gate"
     with LocalQueue(db) as queue:
         ids = [
             queue.enqueue("gated", {"n": n, "gate": str(gate), "size": size}).id for n in range(3)
         ]
-    worker = WorkerProcess(db, folder, "--handler", f"{HANDLERS}:gated", "--type", "gated", env=env)
+    handler = f"{HANDLERS}:gated{flavour}"
+    worker = WorkerProcess(db, folder, "--handler", handler, "--type", "gated", env=env)
     procs.append(worker)
     with LocalQueue(db) as queue:
         running = wait_until(lambda: queue.get(ids[0]).status == "running", 60)
@@ -60,10 +69,11 @@ def gated_run(db: str, folder: Path, procs: list[WorkerProcess], size: int = 10,
     return worker, gate, ids
 
 
-def test_a_lock_held_past_the_busy_timeout_is_waited_out(tmp_path: Path, procs):
+@FLAVOURS
+def test_a_lock_held_past_the_busy_timeout_is_waited_out(tmp_path: Path, procs, flavour: str):
     db = str(tmp_path / "q.db")
     upgrade(db)
-    worker, gate, ids = gated_run(db, tmp_path, procs, BRIDGE_BUSY_TIMEOUT_SECONDS="0.5")
+    worker, gate, ids = gated_run(db, tmp_path, procs, flavour, BRIDGE_BUSY_TIMEOUT_SECONDS="0.5")
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another process's long write transaction
     gate.touch()  # the handler returns; its result meets the lock
@@ -84,10 +94,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield folder
 
 
-def test_a_full_disk_is_waited_out_and_the_result_kept(small_disk: Path, tmp_path: Path, procs):
+@FLAVOURS
+def test_a_full_disk_is_waited_out_and_the_result_kept(
+    small_disk: Path, tmp_path: Path, procs, flavour: str
+):
     db = str(small_disk / "q.db")
     upgrade(db)
-    worker, gate, ids = gated_run(db, tmp_path, procs, size=400_000)
+    worker, gate, ids = gated_run(db, tmp_path, procs, flavour, size=400_000)
     truncate_wal(db)
     filler = fill(small_disk)
     gate.touch()
@@ -102,11 +115,12 @@ def test_a_full_disk_is_waited_out_and_the_result_kept(small_disk: Path, tmp_pat
     assert worker.stop() == 0
 
 
-def test_a_read_only_file_is_waited_out(tmp_path: Path, procs):
+@FLAVOURS
+def test_a_read_only_file_is_waited_out(tmp_path: Path, procs, flavour: str):
     require_chattr(tmp_path)
     db = str(tmp_path / "q.db")
     upgrade(db)
-    worker, gate, ids = gated_run(db, tmp_path, procs)
+    worker, gate, ids = gated_run(db, tmp_path, procs, flavour)
     files = [Path(db), Path(f"{db}-wal")]
     try:
         for path in files:
@@ -170,7 +184,8 @@ class Proxy:
             sock.close()
 
 
-def test_an_unreachable_postgresql_is_waited_out(tmp_path: Path, procs):
+@FLAVOURS
+def test_an_unreachable_postgresql_is_waited_out(tmp_path: Path, procs, flavour: str):
     reason = pg_unreachable_reason()
     if reason:
         pytest.skip(reason)
@@ -182,7 +197,7 @@ def test_an_unreachable_postgresql_is_waited_out(tmp_path: Path, procs):
         options = f"?options=-csearch_path%3D{schema}"
         upgrade(pg_base_url() + options)
         through = base.set(port=proxy.port).render_as_string(hide_password=False) + options
-        worker, gate, ids = gated_run(through, tmp_path, procs)
+        worker, gate, ids = gated_run(through, tmp_path, procs, flavour)
         proxy.cut()
         gate.touch()
         worker.wait_for_log(TROUBLE, "the unreachable server")
