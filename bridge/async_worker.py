@@ -20,13 +20,17 @@ A blocking handler of the same worker runs on a thread of its own pool.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
+import threading
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import TaskNotHeldError, ValidationError
+from .errors import BridgeError, TaskNotHeldError, ValidationError
 from .logs import task_fields
 from .models import LocalTask
 from .patience import GaveUp, SchemaGone
@@ -44,6 +48,7 @@ _T = TypeVar("_T")
 # failures and progress meanwhile (SQLite serialises the writes anyway).
 QUEUE_THREADS = 4
 MIN_POLL_SECONDS = 0.01
+STALLED = "handed back: its time limit ran out while the event loop was blocked"
 WAIT_SLICE_SECONDS = 0.2  # a loop with every slot busy still looks at stop() this often
 
 
@@ -74,11 +79,12 @@ class AsyncEngine:
         self.worker = worker
         self.types = sorted(worker.handlers)
         self._finished: list[_Finished] = []
+        self._finished_in_trip: list[_Finished] = []  # the batch of the trip under way
         self._running: set[asyncio.Task[None]] = set()
         self._busy = 0  # handlers not yet ended (a finished Task leaves _running a bit later)
         self._next_key = 0
         self._queue_pool: ThreadPoolExecutor | None = None
-        self._handler_pool: ThreadPoolExecutor | None = None
+        self._stalls = _Stalls()
         self._waiter: asyncio.Future[None] | None = None  # the loop's wait, cut short by _wake_up
         self._woken = False  # a handler ended while the loop was not waiting
 
@@ -97,36 +103,62 @@ class AsyncEngine:
 
     # -- the loop ---------------------------------------------------------------------------
     async def _main(self) -> None:
-        worker = self.worker
         self._queue_pool = ThreadPoolExecutor(QUEUE_THREADS, thread_name_prefix="bridge-queue")
-        idle = MIN_POLL_SECONDS
+        watch = asyncio.ensure_future(self._stalls.watch())
         try:
-            while not worker._abandon.is_set():
-                stopping = worker._stop.is_set()
-                if stopping and not self._busy and not self._finished:
-                    return
-                room = 0 if stopping else self._room()
-                taken = await self._trip(room) if self._finished or room else 0
-                if self._finished:
-                    continue  # more finished during the trip: store them now
-                if taken:
-                    idle = MIN_POLL_SECONDS
-                    continue  # slots may have freed meanwhile
-                if room:
-                    # The queue ran dry: look again soon after work, backing off to
-                    # poll_seconds while it stays empty; a finished handler wakes us.
-                    await self._sleep_or_wake(idle)
-                    idle = min(worker.poll_seconds, idle * 2)
-                else:
-                    await self._sleep_or_wake(WAIT_SLICE_SECONDS)
+            await self._serve()
         finally:
+            watch.cancel()
             for running in self._running:
                 running.cancel()  # past the grace: the worker hands their tasks back
             if self._running:
                 await asyncio.wait(self._running, timeout=1.0)
+            if self._finished:  # finished after the last trip, with the grace over
+                self._unstored(self._finished, "the grace ended before they were stored")
+                self._finished = []
             self._queue_pool.shutdown(wait=False, cancel_futures=True)
-            if self._handler_pool is not None:
-                self._handler_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _serve(self) -> None:
+        worker = self.worker
+        idle = MIN_POLL_SECONDS
+        while not worker._abandon.is_set():
+            stopping = worker._stop.is_set()
+            if stopping and not self._busy and not self._finished:
+                return
+            room = 0 if stopping else self._room()
+            taken = await self._guarded_trip(room) if self._finished or room else 0
+            if self._finished:
+                continue  # more finished during the trip: store them now
+            if taken:
+                idle = MIN_POLL_SECONDS
+                continue  # slots may have freed meanwhile
+            if room:
+                # The queue ran dry: look again soon after work, backing off to
+                # poll_seconds while it stays empty; a finished handler wakes us.
+                await self._sleep_or_wake(idle)
+                idle = min(worker.poll_seconds, idle * 2)
+            else:
+                await self._sleep_or_wake(WAIT_SLICE_SECONDS)
+
+    async def _guarded_trip(self, room: int) -> int:
+        """A trip whose failure ends neither the loop nor the worker: a take given up at
+        the stop takes nothing; a bug of ours is logged and its batch's tasks run again
+        when their locks run out (as a thread worker's slot carries on)."""
+        try:
+            return await self._trip(room)
+        except GaveUp:
+            if self.worker._abandon.is_set():
+                raise  # results given up at the end of the grace: the worker is done
+            return 0
+        except (SchemaGone, asyncio.CancelledError):
+            raise
+        except Exception:
+            logger.exception("storing results or taking tasks failed unexpectedly; carrying on")
+            for item in self._finished_in_trip:
+                self._release(item.task)
+            self._finished_in_trip = []
+            await self._sleep_or_wake(1.0)
+            return 0
 
     def _room(self) -> int:
         """How many more tasks to take: the free slots, and no more than ``max_tasks`` allows."""
@@ -174,6 +206,7 @@ class AsyncEngine:
         worker = self.worker
         queue = worker.queue
         batch, self._finished = self._finished, []
+        self._finished_in_trip = batch
         if not batch:
             taken: list[LocalTask] = await self._offload(
                 worker.patience.call,
@@ -191,21 +224,33 @@ class AsyncEngine:
                     worker._abandon,
                 )
             except GaveUp as exc:
-                self._unstored(batch, exc)
+                self._finished_in_trip = []
+                self._unstored(batch, str(exc))
                 raise
             self._count_stored(batch, refused)
+        self._finished_in_trip = []
+        if worker._abandon.is_set() and taken:  # taken as the grace ended: not started
+            await self._offload(self._hand_back_now, taken)
+            return 0
         for task in taken:
             self._start(task)
         return len(taken)
 
-    def _unstored(self, batch: list[_Finished], exc: GaveUp) -> None:
+    def _hand_back_now(self, tasks: list[LocalTask]) -> None:
+        for task in tasks:
+            try:
+                self.worker.queue.release(task, "handed back: the worker stopped")
+            except BridgeError as exc:
+                logger.warning("task %d could not be handed back (%s)", task.id, exc)
+
+    def _unstored(self, batch: list[_Finished], why: str) -> None:
         for item in batch:
             self._release(item.task)
             self.worker._count("unstored")
         logger.error(
             "%d result(s) not stored: %s; their locks run out and they run again",
             len(batch),
-            exc,
+            why,
         )
 
     def _count_stored(self, batch: list[_Finished], refused: list[TaskNotHeldError]) -> None:
@@ -239,14 +284,20 @@ class AsyncEngine:
 
     async def _work(self, key: int, task: LocalTask) -> None:
         worker = self.worker
-        started = worker.clock()
+        started, began = worker.clock(), time.monotonic()
         limit = worker.time_limit(task)
         stored_later = False
         try:
             ran = await self._call(task, limit)
             if worker._running.pop(key, None) is None:
                 return  # handed back by the stopping worker meanwhile
-            if ran.kind == "ok":
+            if (
+                ran.kind == "timeout"
+                and self._stalls.since(began, time.monotonic())
+                and not (task.error or "").startswith(STALLED)  # once: it may be the blocker
+            ):
+                await self._offload(self._hand_back_stalled, task)
+            elif ran.kind == "ok":
                 stored_later = await self._finish(task, ran.value, started)
             else:
                 await self._offload(worker.settle_failure, task, ran, limit, started)
@@ -270,11 +321,27 @@ class AsyncEngine:
             )
         except SchemaGone as exc:
             worker._fatal(str(exc))
+        except Exception:  # a bug of ours: the task runs again when its lock runs out
+            logger.exception("task %d: unexpected error in the worker; carrying on", task.id)
         finally:
             self._busy -= 1
             if not stored_later:
                 self._release(task)
             self._wake_up()
+
+    def _hand_back_stalled(self, task: LocalTask) -> None:
+        """A time limit that ran out while the loop was blocked (by another handler,
+        or the process stopped) says nothing about this task: it goes back to the
+        queue, unfailed, instead of failing "timed out". Once per task: the handler
+        that blocked the loop may be this one."""
+        self.worker.queue.release(task, STALLED)
+        self.worker._count("handed_back")
+        logger.warning(
+            "task %d (%s) handed back: its time limit ran out while the event loop was blocked",
+            task.id,
+            task.type,
+            extra=task_fields(task.id, task.remote_id, task.type),
+        )
 
     async def _finish(self, task: LocalTask, value: Any, started: float) -> bool:
         """Queue the result for the next trip; a result that cannot be encoded fails its
@@ -297,9 +364,9 @@ class AsyncEngine:
             args: tuple[Any, ...] = (task.params,)
             if wants_context:
                 args += (AsyncTaskContext(task, worker.queue, self._offload),)
-            call = _guarded(handler(*args))
+            call = _guarded(lambda: handler(*args))
         else:
-            call = self._in_thread(handler, task, wants_context)
+            call = _in_thread(handler, task, wants_context, worker.queue)
         if limit is None:
             return await call
         try:
@@ -308,18 +375,67 @@ class AsyncEngine:
         except asyncio.TimeoutError:
             return Ran("timeout")
 
-    async def _in_thread(self, handler: Callable[..., Any], task: LocalTask, context: bool) -> Ran:
-        from .worker import TaskContext
 
-        if self._handler_pool is None:
-            self._handler_pool = ThreadPoolExecutor(
-                self.worker.concurrency, thread_name_prefix="bridge-handler"
-            )
-        args: tuple[Any, ...] = (task.params,)
-        if context:
-            args += (TaskContext(task, self.worker.queue),)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._handler_pool, run_call, lambda: handler(*args))
+class _Stalls:
+    """When the event loop was blocked (a handler that did not await, a stopped
+    process): a time limit that ran out during a stall is not the task's fault."""
+
+    TICK = 0.05
+    STALL = 0.25  # a tick this much late is a stall
+
+    def __init__(self) -> None:
+        self.last_tick = time.monotonic()
+        self.spans: collections.deque[tuple[float, float]] = collections.deque(maxlen=32)
+        self._told = 0.0
+
+    async def watch(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.TICK)
+            self.last_tick = now = time.monotonic()
+            if now - before - self.TICK > self.STALL:
+                self.spans.append((before, now))
+                if now - self._told > 60:  # at most one warning a minute
+                    self._told = now
+                    logger.warning(
+                        "the event loop was blocked for %.1f s: an async handler called "
+                        "something that blocks (time.sleep, a blocking client, heavy CPU); "
+                        "await it, or use asyncio.to_thread",
+                        now - before,
+                    )
+
+    def since(self, started: float, now: float) -> bool:
+        """Whether the loop stalled between ``started`` and ``now`` (monotonic), or is
+        only now coming back from one the watch has not yet seen."""
+        if now - self.last_tick > self.STALL:
+            return True
+        return any(end >= started and begin <= now for begin, end in self.spans)
+
+
+async def _in_thread(
+    handler: Callable[..., Any], task: LocalTask, context: bool, queue: LocalQueue
+) -> Ran:
+    """A blocking handler on a thread of its own: one stuck past its time limit holds
+    only its own thread (as the thread worker's runner does), never another's turn."""
+    from .worker import TaskContext
+
+    args: tuple[Any, ...] = (task.params,)
+    if context:
+        args += (TaskContext(task, queue),)
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[Ran] = loop.create_future()
+
+    def deliver(ran: Ran) -> None:
+        if not outcome.done():
+            outcome.set_result(ran)
+
+    def target() -> None:
+        ran = run_call(lambda: handler(*args))
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: discarded
+            loop.call_soon_threadsafe(deliver, ran)
+
+    threading.Thread(target=target, daemon=True, name=f"bridge-handler-{task.id}").start()
+    return await outcome
 
 
 def _settle(waiter: asyncio.Future[None]) -> None:
@@ -327,13 +443,25 @@ def _settle(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-async def _guarded(coroutine: Coroutine[Any, Any, Any]) -> Ran:
-    """The handler's own outcome. ``SystemExit`` and ``KeyboardInterrupt`` raised by the
-    handler are caught here, inside the coroutine: asyncio would otherwise re-raise them
-    out of the loop and end every handler with it."""
+def _cancelled_by_us() -> bool:
+    """Whether the current task was cancelled from outside (our time limit or the end of
+    the grace) rather than the handler raising ``CancelledError`` of its own (a cancelled
+    child of a ``gather``). Python < 3.11 cannot tell: it is taken as ours."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() > 0
+
+
+async def _guarded(call: Callable[[], Any]) -> Ran:
+    """The handler's own outcome, whatever it raises, calling it included (a wrong
+    signature). ``SystemExit`` and ``KeyboardInterrupt`` raised by the handler are caught
+    here, inside the coroutine: asyncio would otherwise re-raise them out of the loop and
+    end every handler with it."""
     try:
-        return Ran("ok", await coroutine)
-    except asyncio.CancelledError:
-        raise
+        return Ran("ok", await call())
+    except asyncio.CancelledError as exc:
+        if _cancelled_by_us():
+            raise
+        return Ran("error", error=exc)
     except BaseException as exc:
         return Ran("error", error=exc)

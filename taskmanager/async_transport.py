@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+import certifi
 import requests
 
 from .config import TaskManagerConfig
@@ -59,6 +60,7 @@ class AsyncTransport:
         self.config = config
         self.session = session
         self._owns_session = session is None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the session is on
         self.sleep = sleep
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=config.connect_timeout, sock_read=config.timeout
@@ -92,13 +94,30 @@ class AsyncTransport:
                 reply = await self._send(step)
             except Exception as exc:  # handed to the operation, which decides
                 error = exc
+            except BaseException:  # cancelled or interrupted mid-request: the steps
+                steps.close()  # hear of it at the request (counted as unanswered)
+                raise
 
     def _session(self) -> aiohttp.ClientSession:
+        """Our session on the running loop. A session is bound to the loop it was made
+        on: ours is made again on a new loop once the old one closed (``asyncio.run``
+        twice); a live other loop, or a caller's session, is a clear error."""
+        loop = asyncio.get_running_loop()
+        if self.session is not None and not self.session.closed and self._loop is not loop:
+            if not self._owns_session or (self._loop is not None and not self._loop.is_closed()):
+                raise TaskManagerConfigError(
+                    "an AsyncTaskManagerClient serves one event loop at a time: make one "
+                    "client per loop (this one's session belongs to another, running loop)"
+                )
+            self.session = None  # its loop is gone, and its connections with it
         if self.session is None or self.session.closed:
             self.session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=POOL_SIZE, ssl=self._ssl)
             )
             self._owns_session = True
+            self._loop = loop
+        elif self._loop is None:
+            self._loop = loop  # the caller's session, first used here
         return self.session
 
     async def _send(self, send: Send) -> Answer | Outcome:
@@ -114,6 +133,7 @@ class AsyncTransport:
                 timeout=self._timeout,
                 allow_redirects=False,
                 proxy=self._proxy,
+                ssl=self._ssl,  # also on a caller's session: verify_tls=False holds
             ) as response:
                 text = await response.text(errors="replace")
                 return Answer(response.status, decode_body(text), text, response.headers)
@@ -140,13 +160,16 @@ def _env_proxy(api_url: str) -> str | None:
 
 def _ssl_setting(config: TaskManagerConfig) -> ssl.SSLContext | bool:
     """Verification as the blocking client does it: off when configured off, else the
-    CA bundle ``requests`` would use from the environment, else the system's."""
+    CA bundle ``requests`` would use (``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``, a file
+    or a folder, else certifi's), so both clients trust the same authorities."""
     if not config.verify_tls:
         return False
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if not bundle:
-        return True
+    bundle = (
+        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+    )
     try:
+        if os.path.isdir(bundle):
+            return ssl.create_default_context(capath=bundle)
         return ssl.create_default_context(cafile=bundle)
     except (OSError, ssl.SSLError) as exc:
         raise TaskManagerConfigError(f"CA bundle {bundle!r} cannot be read: {exc}") from None

@@ -151,7 +151,11 @@ class Requester:
             if wait > 0:
                 yield Sleep(wait)
             attempt_started = self.clock()
-            reply = yield send
+            try:
+                reply = yield send
+            except BaseException:  # abandoned mid-request (cancelled, interrupted)
+                self._count_unanswered(path)  # the server may have applied it
+                raise
             outcome = self._judge(send, path, reply, nothing_when, attempt_started)
             if outcome.error is None:
                 return outcome.data
@@ -194,9 +198,7 @@ class Requester:
         """What one attempt came to; observed, counted and logged, never raises."""
         if not isinstance(reply, Answer):
             outcome = reply if isinstance(reply, Outcome) else Outcome(label="no reply")
-            if shared_path(path):
-                with self._lock:
-                    self.unanswered[path] += 1
+            self._count_unanswered(path)
             self._observe(send.method, path, outcome.label, started)
             return outcome
         self._observe(send.method, path, str(reply.status), started)
@@ -219,6 +221,11 @@ class Requester:
         elif not outcome.retryable:
             logger.debug("%s %s -> %s (not retried)", send.method, path, reply.status)
         return outcome
+
+    def _count_unanswered(self, path: str) -> None:
+        if shared_path(path):
+            with self._lock:
+                self.unanswered[path] += 1
 
     def _block_path(self, path: str, seconds: float) -> None:
         """A 429 on ``path``: no caller sends on it again before its Retry-After."""

@@ -113,6 +113,9 @@ class Transport:
                 reply = self._send(step)
             except Exception as exc:  # handed to the operation, which decides
                 error = exc
+            except BaseException:  # cancelled or interrupted mid-request: the steps
+                steps.close()  # hear of it at the request (counted as unanswered)
+                raise
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send with retries and return the envelope's ``data`` (see ``Requester.exchange``)."""

@@ -50,9 +50,7 @@ class FaultRule:
 
 
 # Where the real server's transactions contend: claims and completions.
-_DEADLOCK_PRONE = FaultRule(
-    FaultKind.FAIL, 1, "/tasks/*", "POST", 500, error=DEADLOCK_ERROR
-)
+_DEADLOCK_PRONE = FaultRule(FaultKind.FAIL, 1, "/tasks/*", "POST", 500, error=DEADLOCK_ERROR)
 
 
 class FaultPlan:

@@ -8,7 +8,9 @@ too, are in test_worker_runtime.py.)
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -247,3 +249,96 @@ def test_async_handlers_refuse_the_process_pool(local: LocalQueue):
 
     with pytest.raises(BridgeError, match="event loop: --pool process is for blocking"):
         Worker(local, {"t": handler}, pool="process")
+
+
+def test_a_wrong_signature_and_a_handlers_own_cancellation_fail_their_task(local: LocalQueue):
+    async def needs_three(params: dict[str, Any], context: Any, extra: Any) -> None:
+        return None
+
+    async def cancelled_child(params: dict[str, Any]) -> None:
+        child = asyncio.ensure_future(asyncio.sleep(10))
+        child.cancel()
+        await asyncio.gather(child)  # raises the child's CancelledError in the handler
+
+    a = local.enqueue("three", {"x": 1})
+    b = local.enqueue("child", {"x": 1})
+    worker = Worker(local, {"three": needs_three, "child": cancelled_child}, concurrency=2)
+    assert worker.run(max_tasks=2) == 2
+    assert local.get(a.id).status == "failed"
+    assert "TypeError" in (local.get(a.id).error or "")
+    assert (local.get(b.id).status, local.get(b.id).error) == ("failed", "CancelledError: ")
+
+
+def test_a_handler_that_blocks_the_loop_does_not_time_out_the_others(
+    local: LocalQueue, caplog: pytest.LogCaptureFixture
+):
+    async def handler(params: dict[str, Any]) -> dict[str, Any]:
+        if params["kind"] == "blocks":
+            time.sleep(1.0)  # the mistake: a blocking call in a coroutine
+        else:
+            await asyncio.sleep(0.05)
+        return {"kind": params["kind"]}
+
+    blocker = local.enqueue("t", {"kind": "blocks"})
+    others = [local.enqueue("t", {"kind": "awaits"}) for _ in range(3)]
+    policy = TaskPolicy(time_limit=0.5)
+    worker = Worker(local, {"t": handler}, concurrency=4, default_policy=policy)
+    caplog.set_level("WARNING", "bridge.worker")
+    worker.run(max_tasks=4)
+    assert [local.get(t.id).status for t in [blocker, *others]] == ["done"] * 4
+    assert worker.counters.timed_out == 0 and worker.counters.handed_back >= 1
+    assert "the event loop was blocked for" in caplog.text
+
+
+def test_stuck_blocking_handlers_do_not_hold_back_the_rest(local: LocalQueue):
+    release = threading.Event()
+
+    def stuck(params: dict[str, Any]) -> None:
+        release.wait(30)
+
+    async def quick(params: dict[str, Any]) -> dict[str, Any]:
+        return {"n": params["n"]}
+
+    stuck_ids = [local.enqueue("stuck", {"n": n}).id for n in range(2)]
+    quick_ids = [local.enqueue("quick", {"n": n}).id for n in range(3)]
+    policy = TaskPolicy(time_limit=0.3)
+    worker = Worker(local, {"stuck": stuck, "quick": quick}, concurrency=2, default_policy=policy)
+    try:
+        assert worker.run(max_tasks=5) == 5
+    finally:
+        release.set()
+    assert [local.get(i).status for i in quick_ids] == ["done"] * 3
+    assert all((local.get(i).error or "").startswith("timed out after 0.3 s") for i in stuck_ids)
+
+
+def test_a_stop_while_taking_on_a_locked_database_keeps_the_grace(tmp_path):
+    url = str(tmp_path / "locked.db")
+    upgrade(url)
+    config = BridgeConfig.load(env={}, db_url=url, busy_timeout_seconds=0.1)
+    with LocalQueue(config=config) as queue:
+        task = queue.enqueue("t", {"x": 1})
+        started, release = threading.Event(), threading.Event()
+
+        async def handler(params: dict[str, Any]) -> dict[str, Any]:
+            started.set()
+            while not release.is_set():
+                await asyncio.sleep(0.01)
+            return {"finished": True}
+
+        worker = Worker(queue, {"t": handler}, concurrency=2, grace_seconds=30, poll_seconds=0.05)
+        runner = threading.Thread(target=worker.run, daemon=True)
+        runner.start()
+        assert started.wait(30)
+        holder = sqlite3.connect(url, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # the free slot's take meets the lock
+        time.sleep(0.5)
+        worker.stop()  # the take gives up; the running handler keeps its grace
+        time.sleep(0.3)
+        release.set()
+        time.sleep(0.3)
+        holder.execute("COMMIT")  # the result can be stored now
+        holder.close()
+        runner.join(30)
+        assert not runner.is_alive()
+        assert queue.get(task.id).status == "done", worker.counters.line()
+        assert worker.counters.handed_back == 0 and worker.exit_code == 0

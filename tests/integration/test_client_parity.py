@@ -7,8 +7,10 @@ sleep on a fake clock, so nothing here waits for a back-off.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+import ssl
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 from taskmanager import (
     TaskManagerAuthError,
     TaskManagerConfig,
+    TaskManagerConfigError,
     TaskManagerConflictError,
     TaskManagerConnectionError,
     TaskManagerNotFoundError,
@@ -264,3 +267,49 @@ def test_the_key_is_never_logged(server: ScriptedServer, connect, caplog: pytest
         connect().create_task("T", {"a": 1})
     assert caplog.records and KEY not in caplog.text
     assert KEY not in str(raised.value) and KEY not in repr(raised.value)
+
+
+# -- the async client's own edges: cancellation, event loops, CA bundles ---------------
+def test_a_cancelled_request_counts_as_unanswered(server: ScriptedServer):
+    from taskmanager.async_client import AsyncTaskManagerClient
+
+    server.add("POST", "/tasks/claim", Scripted(200, {"success": True, "data": None}, hang=2.0))
+    config = TaskManagerConfig(api_url=server.url, api_key=KEY, worker_id="w")
+
+    async def claim_then_give_up() -> int:
+        async with AsyncTaskManagerClient(config) as client:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.claim_task(task_type_id=1), 0.3)
+            return client.unanswered("/tasks/claim")
+
+    assert asyncio.run(claim_then_give_up()) == 1  # the server may hold a claim for us
+    assert len(server.calls("POST", "/tasks/claim")) == 1
+
+
+def test_one_client_across_two_asyncio_runs(server: ScriptedServer):
+    from taskmanager.async_client import AsyncTaskManagerClient
+
+    row = {"id": 1, "type": "T", "status": "pending"}
+    server.add("GET", "/tasks/1", ok({"items": [row], "count": 1}))
+    client = AsyncTaskManagerClient(TaskManagerConfig(api_url=server.url, api_key=KEY))
+    assert asyncio.run(client.get_task(1)).id == 1
+    assert asyncio.run(client.get_task(1)).id == 1  # a new session on the new loop
+    asyncio.run(client.close())
+
+
+def test_ca_bundle_from_the_environment_as_requests_reads_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+):
+    from taskmanager.async_transport import _ssl_setting
+
+    config = TaskManagerConfig(api_url="https://tm.example.test/api", api_key=KEY)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    default = _ssl_setting(config)
+    assert isinstance(default, ssl.SSLContext) and default.get_ca_certs()  # certifi's
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path))
+    assert isinstance(_ssl_setting(config), ssl.SSLContext)  # a folder works as for requests
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "missing.pem"))
+    with pytest.raises(TaskManagerConfigError, match=r"missing\.pem"):
+        _ssl_setting(config)
+    assert _ssl_setting(TaskManagerConfig(api_url=config.api_url, verify_tls=False)) is False
