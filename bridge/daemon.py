@@ -2,7 +2,8 @@
 
 Each job runs alone (``max_instances=1``) and coalesced; the daemon stops on
 SIGTERM/SIGINT after one last bounded push. Nothing is lost by stopping at any
-point: every result is already in the local database.
+point: every result is already in the local database. On SQLite a worker's commit
+starts a push at once (``storage.changes``) instead of at the next interval.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from .errors import DatabaseError, SchemaError
 from .jobs import Bridge
 from .queue import utcnow
 from .skipped_runs import QuietSkips, SkippedRuns
+from .storage.changes import ChangeWatch
 from .storage.state import LAST_CONTACT_KEY, LAST_TICK_KEY, WORKER_ID_KEY
 from .systemd import Notifier
 
 logger = logging.getLogger("bridge.daemon")
+
+PUSH_GAP_SECONDS = 0.02  # pushes started by a commit: at most one per this, batching the rest
 
 __all__ = ["LAST_CONTACT_KEY", "LAST_TICK_KEY", "WORKER_ID_KEY", "Bridge", "Daemon"]
 
@@ -65,16 +69,28 @@ class Daemon:
             lambda event: self.skipped.skipped(event.job_id), EVENT_JOB_MAX_INSTANCES
         )
         config = bridge.config
-        jobs: list[tuple[str, Callable[[datetime], Any], float]] = [
-            ("pull", bridge.pull_tick, config.poll_min_seconds),
-            ("push", bridge.push_tick, config.push_interval_seconds),
-            ("reap", bridge.reap_tick, config.reap_interval_seconds),
-            ("reconcile", bridge.reconcile_tick, config.reconcile_interval_seconds),
+        # One push at a time, whether the interval or a commit started it; a push that
+        # finds another under way has nothing to add (no skipped-run noise).
+        self._push_lock = threading.Lock()
+        self._push_wanted = threading.Event()
+        self._pusher: threading.Thread | None = None
+        self._changes = ChangeWatch(bridge.store.engine)
+        self._changes.on_change(self._push_wanted.set)
+        self._push = self._guarded("push", bridge.push_tick)
+        jobs: list[tuple[str, Callable[[], None], float]] = [
+            ("pull", self._guarded("pull", bridge.pull_tick), config.poll_min_seconds),
+            ("push", self._push_alone, config.push_interval_seconds),
+            ("reap", self._guarded("reap", bridge.reap_tick), config.reap_interval_seconds),
+            (
+                "reconcile",
+                self._guarded("reconcile", bridge.reconcile_tick),
+                config.reconcile_interval_seconds,
+            ),
         ]
         start = datetime.now(timezone.utc)
-        for name, tick, seconds in jobs:
+        for name, run, seconds in jobs:
             self.scheduler.add_job(
-                self._guarded(name, tick),
+                run,
                 "interval",
                 seconds=seconds,
                 id=name,
@@ -97,6 +113,25 @@ class Daemon:
                 self.notifier.watchdog()
 
         return run
+
+    def _push_alone(self) -> None:
+        if self._push_lock.acquire(blocking=False):
+            try:
+                self._push()
+            finally:
+                self._push_lock.release()
+
+    def _push_on_change(self) -> None:
+        """A commit by another process (a worker's result): push now, not at the next
+        interval; commits within ``PUSH_GAP_SECONDS`` go out together."""
+        while not self._stop.is_set():
+            if not self._push_wanted.wait(0.5):
+                continue
+            self._push_wanted.clear()
+            if self._stop.is_set():
+                return
+            self._push_alone()
+            self._stop.wait(PUSH_GAP_SECONDS)
 
     def _schema_gone(self) -> bool:
         """After a database error: is the schema itself wrong now (dropped, downgraded,
@@ -125,6 +160,12 @@ class Daemon:
         )
         self._check_watchdog()
         self.scheduler.start()
+        if self._changes.available:
+            self._pusher = threading.Thread(
+                target=self._push_on_change, daemon=True, name="bridge-push-on-change"
+            )
+            self._pusher.start()
+            self._changes.start()
         self.notifier.ready()
 
     def _check_watchdog(self) -> None:
@@ -142,6 +183,10 @@ class Daemon:
         """Stop claiming, let running jobs end, then one last push within the time allowed."""
         self.notifier.stopping()
         self.bridge.stop_claiming()
+        self._stop.set()  # also ends the push on change
+        self._changes.close()
+        if self._pusher is not None:
+            self._pusher.join(5.0)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.skipped.flush()

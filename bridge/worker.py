@@ -39,6 +39,7 @@ from .pool import HandlerError, PoolOptions, ProcessRunner, ResultRefused
 from .queue import LocalQueue, as_result
 from .retry import Retry, RetryPolicy
 from .runner import Ran, ThreadRunner
+from .storage.changes import ChangeWatch
 
 logger = logging.getLogger("bridge.worker")
 
@@ -288,6 +289,7 @@ class Worker:
         self._count_lock = threading.Lock()
         self._running: dict[int, LocalTask] = {}  # slot -> task whose handler runs now
         self._heartbeats = _Heartbeats(queue)
+        self.changes = ChangeWatch(queue.store.engine)  # wakes idle slots (SQLite)
         self._signals = 0
         self._max_tasks: int | None = None
 
@@ -309,6 +311,7 @@ class Worker:
     def stop(self) -> None:
         """Take no more tasks; running ones get ``grace_seconds`` (see ``run``)."""
         self._stop.set()
+        self.changes.poke()
 
     def request_stop(self, signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
         """The signal handler: the first signal stops gracefully, a second exits at once."""
@@ -520,11 +523,12 @@ class Worker:
         idle = MIN_POLL_SECONDS
         while not self._stop.is_set():
             if task is None:
+                seen = self.changes.generation
                 task = self._take(locked_by, types)
                 if task is None:
-                    # Soon again just after work (the daemon refills in bursts), backing
-                    # off to poll_seconds when the queue stays empty.
-                    self._stop.wait(idle)
+                    # Again as soon as another process commits (SQLite: the daemon claimed
+                    # something), else soon after work, backing off to poll_seconds.
+                    self.changes.wait(seen, idle)
                     idle = min(self.poll_seconds, idle * 2)
                     continue
                 idle = MIN_POLL_SECONDS
@@ -583,6 +587,7 @@ class Worker:
         """
         self._max_tasks = max_tasks
         logger.info("worker started: %s", self.describe())
+        self.changes.start()
         if self.is_async:
             from .async_worker import AsyncEngine
 
@@ -606,6 +611,7 @@ class Worker:
         for thread in threads:
             thread.join(JOIN_SLICE_SECONDS)  # a slot stuck in a handler is left behind
         self._heartbeats.close()
+        self.changes.close()
         logger.info("worker stopped: %s", self.counters.line())
         return self.counters.handled
 

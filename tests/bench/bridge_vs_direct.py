@@ -15,6 +15,8 @@ Against the emulator with the measured server's costs (``REALISTIC_COSTS``: 3 ms
 request, 4 at a time, 1 deadlock in ~300) unless ``--url``/``--key`` name a server.
 Rounds alternate the order. Prints both times, the ratio (bridge / direct, <= 1.0 is
 the goal), calls per task and latency percentiles per run, then the spread.
+``--trickle 0`` creates every task up front (the throughput case);
+``BENCH_BRIDGE_CONFIG="poll_min_seconds = 0.05; ..."`` adds lines to the bridge's config.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from taskmanager.emulator.app import REALISTIC_COSTS
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+EXTRA_CONFIG = os.environ.get("BENCH_BRIDGE_CONFIG", "").replace(";", "\n") + "\n"
 
 
 @dataclass
@@ -83,12 +86,12 @@ def start_log(path: Path) -> dict[int, float]:
     return starts
 
 
-def run_pattern(pattern: str, target: Target, tasks: int, workers: int) -> Run:
+def run_pattern(pattern: str, target: Target, tasks: int, workers: int, upfront: int) -> Run:
     admin = target.client()
     task_type = f"bench.{pattern}.{uuid.uuid4().hex[:8]}"
     admin.register_task_type(task_type, "1", {"type": "object"})
     created: dict[int, float] = {}
-    for n in range(tasks // 2):
+    for n in range(upfront):
         created[admin.create_task(task_type, {"n": n})] = time.time()
     folder = Path(tempfile.mkdtemp(prefix=f"bench-{pattern}-"))
     starts_file = folder / "starts.log"
@@ -100,7 +103,9 @@ def run_pattern(pattern: str, target: Target, tasks: int, workers: int) -> Run:
     try:
         while not any(True for _ in admin.list_tasks("completed", task_type, max_items=1)):
             time.sleep(0.01)  # processes started: now the run is busy
-        trickle = threading.Thread(target=create_slowly, args=(admin, task_type, tasks, created))
+        trickle = threading.Thread(
+            target=create_slowly, args=(admin, task_type, upfront, tasks, created)
+        )
         trickle.start()
         trickle.join()
         deadline = time.monotonic() + 300
@@ -112,15 +117,15 @@ def run_pattern(pattern: str, target: Target, tasks: int, workers: int) -> Run:
         for process in processes:
             process.wait(30)
     starts = start_log(starts_file)
-    busy = [starts[i] - created[i] for i in list(created)[tasks // 2 :] if i in starts]
+    busy = [starts[i] - created[i] for i in list(created)[upfront:] if i in starts]
     return measure(pattern, target, tasks, busy)
 
 
 def create_slowly(
-    admin: TaskManagerClient, task_type: str, tasks: int, created: dict[int, float]
+    admin: TaskManagerClient, task_type: str, first: int, tasks: int, created: dict[int, float]
 ) -> None:
-    """The second half of the tasks, created at ~100 a second while the first half runs."""
-    for n in range(tasks // 2, tasks):
+    """The tasks not created up front, at ~70 a second while the others run."""
+    for n in range(first, tasks):
         created[admin.create_task(task_type, {"n": n})] = time.time()
         time.sleep(0.01)
 
@@ -143,6 +148,7 @@ def start_processes(
     config = folder / "bridge.toml"
     config.write_text(
         f'db_url = "{db}"\ntypes = ["{task_type}"]\nworkers = {workers}\nprefetch = 50\n'
+        f"{EXTRA_CONFIG}"
         f'[taskmanager]\napi_url = "{target.url}"\nworker_id = "bench-{uuid.uuid4().hex[:6]}"\n'
     )
     base = [sys.executable, "-m", "bridge", "--config", str(config)]
@@ -178,6 +184,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=300)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument(
+        "--trickle",
+        type=float,
+        default=0.5,
+        help="share of the tasks created during the run (0: all exist at the start)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--url", help="a real server instead of the emulator")
     parser.add_argument("--key", help="its API key")
@@ -189,7 +201,8 @@ def main() -> int:
     try:
         for round_number in range(args.rounds):
             order = ("direct", "bridge") if round_number % 2 == 0 else ("bridge", "direct")
-            runs = {p: run_pattern(p, target, args.tasks, args.workers) for p in order}
+            upfront = args.tasks - round(args.tasks * args.trickle)
+            runs = {p: run_pattern(p, target, args.tasks, args.workers, upfront) for p in order}
             ratio = runs["bridge"].seconds / runs["direct"].seconds
             ratios.append(ratio)
             for run in runs.values():

@@ -1,0 +1,107 @@
+"""Noticing another process's commit at once, without polling the queue itself.
+
+A worker with nothing to do and a daemon between pushes would otherwise look
+again only at their next poll (up to ``poll_seconds`` and ``push_interval_seconds``):
+a task the daemon just claimed waits for an idle worker, a result a worker just
+stored waits for the push. On SQLite, ``PRAGMA data_version`` on a connection of
+our own changes whenever another connection commits: reading it takes no lock and
+costs microseconds, so one thread reads it every few milliseconds and wakes whoever
+waits. On PostgreSQL there is no such number (LISTEN/NOTIFY would need a trigger
+on the queue's tables): the watch is off and polling works as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+logger = logging.getLogger("bridge.storage")
+
+WATCH_SECONDS = 0.005
+
+
+class ChangeWatch:
+    """Counts the commits others made (``generation``); wakes waiters when it moves."""
+
+    def __init__(self, engine: Engine, interval: float = WATCH_SECONDS) -> None:
+        self.available = engine.dialect.name == "sqlite"
+        self.interval = interval
+        self.generation = 0
+        self._engine = engine
+        self._changed = threading.Condition()
+        self._listeners: list[Callable[[], None]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._driver: Any = None  # our own connection, read by the watch's thread only
+
+    def start(self) -> ChangeWatch:
+        """Read the current version now (a commit from here on is a change), then watch."""
+        if self.available and self._thread is None:
+            first = self._read()
+            self._thread = threading.Thread(
+                target=self._run, args=(first,), daemon=True, name="bridge-changes"
+            )
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(1.0)
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (from the watch's thread; keep it short) after each change."""
+        self._listeners.append(listener)
+
+    def wait(self, seen: int, timeout: float) -> int:
+        """Until the generation moves past ``seen`` or ``timeout`` passes; the generation
+        now. Without a watch (PostgreSQL) this is a plain wait of ``timeout``."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.generation != seen, timeout)
+            return self.generation
+
+    def _read(self) -> int | None:
+        """This connection's data_version; ``None`` while the database is unreadable."""
+        try:
+            if self._driver is None:
+                self._driver = self._engine.raw_connection()
+            return int(self._driver.cursor().execute("PRAGMA data_version").fetchone()[0])
+        except Exception:  # database trouble: the pollers still cover it; try again
+            logger.debug("change watch: data_version unreadable", exc_info=True)
+            if self._driver is not None:
+                with contextlib.suppress(Exception):
+                    self._driver.invalidate()
+            self._driver = None
+            return None
+
+    def _run(self, last: int | None) -> None:
+        while not self._stop.wait(self.interval):
+            version = self._read()
+            if version is None:
+                self._stop.wait(1.0)
+                continue
+            if last is not None and version != last:
+                self._moved()
+            last = version
+        if self._driver is not None:
+            with contextlib.suppress(Exception):
+                self._driver.close()
+
+    def poke(self) -> None:
+        """Wake every waiter now (a stop), as a change would."""
+        with self._changed:
+            self.generation += 1
+            self._changed.notify_all()
+
+    def _moved(self) -> None:
+        self.poke()
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # a listener's bug must not stop the watch
+                logger.exception("change watch listener failed")

@@ -1,0 +1,96 @@
+"""Another process's commit wakes an idle worker and starts a push (SQLite).
+
+Polling is set slow (5 s) so that only the wake-up can explain a pickup or a
+delivery within the bound; PostgreSQL has no such signal and keeps polling.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from bridge import BridgeConfig, LocalQueue, Worker
+from bridge.daemon import Bridge, Daemon
+from bridge.migrate import upgrade
+from bridge.storage.changes import ChangeWatch
+from taskmanager import TaskManagerClient, TaskManagerConfig
+from taskmanager.emulator import EmulatorServer
+
+from .helpers import wait_until
+
+pytestmark = pytest.mark.integration
+SLOW_POLL = 5.0
+
+
+def test_the_watch_counts_commits_of_other_connections_only(tmp_path):
+    url = str(tmp_path / "w.db")
+    upgrade(url)
+    with LocalQueue(url) as queue:
+        watch = ChangeWatch(queue.store.engine, interval=0.002).start()
+        try:
+            before = watch.generation
+            queue.enqueue("t", {"x": 1})  # this process, another connection: a change
+            assert watch.wait(before, 5.0) > before
+            quiet = watch.generation
+            time.sleep(0.1)
+            assert watch.generation == quiet  # nothing committed: no wake-up
+            # Another process's commit is seen the same way.
+            code = f"from bridge import LocalQueue\nLocalQueue({url!r}).enqueue('t', {{'x': 2}})"
+            subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+            assert watch.wait(quiet, 5.0) > quiet
+        finally:
+            watch.close()
+
+
+def test_an_idle_worker_takes_a_new_task_at_once(tmp_path):
+    url = str(tmp_path / "idle.db")
+    upgrade(url)
+    with LocalQueue(url) as queue:
+        worker = Worker(queue, {"t": lambda params: {"ok": True}}, poll_seconds=SLOW_POLL)
+        runner = threading.Thread(target=worker.run, kwargs={"max_tasks": 1}, daemon=True)
+        runner.start()
+        time.sleep(0.5)  # the slot has found nothing and waits (up to 5 s)
+        with LocalQueue(url) as producer:
+            task = producer.enqueue("t", {"x": 1})
+            enqueued = time.monotonic()
+            assert wait_until(lambda: producer.get(task.id).status == "done", SLOW_POLL - 1)
+        picked_within = time.monotonic() - enqueued
+        runner.join(10)
+    assert picked_within < SLOW_POLL / 2, f"took {picked_within:.2f} s: no wake-up"
+
+
+def test_a_stored_result_is_pushed_without_waiting_for_the_interval(tmp_path):
+    url = str(tmp_path / "push.db")
+    upgrade(url)
+    with EmulatorServer() as server:
+        admin = server.client()
+        admin.register_task_type("t", "1", {"type": "object"})
+        task_id = admin.create_task("t", {"x": 1})
+        config = BridgeConfig.load(
+            env={},
+            db_url=url,
+            types=["t"],
+            push_interval_seconds=SLOW_POLL * 4,
+            reconcile_interval_seconds=600,
+        )
+        client = TaskManagerClient(
+            TaskManagerConfig.from_env({}, api_url=server.url, api_key=server.api_key)
+        )
+        with LocalQueue(url) as queue:
+            daemon = Daemon(Bridge(queue.store, client, config))
+            daemon.start()
+            try:
+                assert wait_until(lambda: queue.status().tasks.get(("t", "queued")) == 1, 10)
+                time.sleep(0.5)  # the first pushes (at start) are behind us
+                with LocalQueue(url) as worker_side:
+                    worker_side.complete(worker_side.dequeue("t"), {"done": True})
+                stored = time.monotonic()
+                assert wait_until(lambda: admin.get_task(task_id).status == "completed", 10)
+                pushed_within = time.monotonic() - stored
+            finally:
+                daemon.stop()
+    assert pushed_within < SLOW_POLL, f"took {pushed_within:.2f} s: no push on change"
