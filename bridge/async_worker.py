@@ -105,6 +105,13 @@ class AsyncEngine:
     async def _main(self) -> None:
         self._queue_pool = ThreadPoolExecutor(QUEUE_THREADS, thread_name_prefix="bridge-queue")
         watch = asyncio.ensure_future(self._stalls.watch())
+        loop = asyncio.get_running_loop()
+
+        def changed() -> None:  # another process committed (SQLite): look now, not later
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(self._wake_up)
+
+        self.worker.changes.on_change(changed)
         try:
             await self._serve()
         finally:

@@ -94,3 +94,24 @@ def test_a_stored_result_is_pushed_without_waiting_for_the_interval(tmp_path):
             finally:
                 daemon.stop()
     assert pushed_within < SLOW_POLL, f"took {pushed_within:.2f} s: no push on change"
+
+
+def test_an_idle_async_worker_takes_a_new_task_at_once(tmp_path):
+    url = str(tmp_path / "idle-async.db")
+    upgrade(url)
+
+    async def handler(params):
+        return {"ok": True}
+
+    with LocalQueue(url) as queue:
+        worker = Worker(queue, {"t": handler}, poll_seconds=SLOW_POLL)
+        runner = threading.Thread(target=worker.run, kwargs={"max_tasks": 1}, daemon=True)
+        runner.start()
+        time.sleep(0.5)  # the loop has found nothing and waits (up to 5 s)
+        with LocalQueue(url) as producer:
+            task = producer.enqueue("t", {"x": 1})
+            enqueued = time.monotonic()
+            assert wait_until(lambda: producer.get(task.id).status == "done", SLOW_POLL - 1)
+        picked_within = time.monotonic() - enqueued
+        runner.join(10)
+    assert picked_within < SLOW_POLL / 2, f"took {picked_within:.2f} s: no wake-up"
