@@ -85,6 +85,7 @@ class AsyncEngine:
         self._next_key = 0
         self._queue_pool: ThreadPoolExecutor | None = None
         self._stalls = _Stalls()
+        self._ours: set[asyncio.Task[Any]] = set()  # tasks we cancelled (limit, grace)
         self._waiter: asyncio.Future[None] | None = None  # the loop's wait, cut short by _wake_up
         self._woken = False  # a handler ended while the loop was not waiting
 
@@ -117,6 +118,7 @@ class AsyncEngine:
         finally:
             watch.cancel()
             for running in self._running:
+                self._ours.add(running)
                 running.cancel()  # past the grace: the worker hands their tasks back
             if self._running:
                 await asyncio.wait(self._running, timeout=1.0)
@@ -331,6 +333,7 @@ class AsyncEngine:
         except Exception:  # a bug of ours: the task runs again when its lock runs out
             logger.exception("task %d: unexpected error in the worker; carrying on", task.id)
         finally:
+            self._ours.discard(asyncio.current_task())
             self._busy -= 1
             if not stored_later:
                 self._release(task)
@@ -371,16 +374,52 @@ class AsyncEngine:
             args: tuple[Any, ...] = (task.params,)
             if wants_context:
                 args += (AsyncTaskContext(task, worker.queue, self._offload),)
-            call = _guarded(lambda: handler(*args))
+            call = self._guarded(lambda: handler(*args))
         else:
             call = _in_thread(handler, task, wants_context, worker.queue)
         if limit is None:
             return await call
+        current = asyncio.current_task()
+        assert current is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            self._ours.add(current)
+            current.cancel()
+
+        timer = asyncio.get_running_loop().call_later(limit, expire)
         try:
-            # _guarded and _in_thread raise nothing but cancellation: a timeout is ours.
-            return await asyncio.wait_for(call, limit)
-        except asyncio.TimeoutError:
+            return await call
+        except asyncio.CancelledError:
+            if not expired or worker._abandon.is_set():
+                raise
+            self._ours.discard(current)
+            uncancel = getattr(current, "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
             return Ran("timeout")
+        finally:
+            timer.cancel()
+
+    async def _guarded(self, call: Callable[[], Any]) -> Ran:
+        """The handler's own outcome, whatever it raises, calling it included (a wrong
+        signature). ``SystemExit`` and ``KeyboardInterrupt`` raised by the handler are
+        caught here, inside the coroutine: asyncio would otherwise re-raise them out of
+        the loop and end every handler with it. A ``CancelledError`` is ours (the time
+        limit, the end of the grace) only when we cancelled this task; else the handler
+        raised it (a cancelled child task) and it ends its task like any error."""
+        try:
+            return Ran("ok", await call())
+        except GeneratorExit:
+            raise
+        except asyncio.CancelledError as exc:
+            if asyncio.current_task() in self._ours:
+                raise
+            return Ran("error", error=exc)
+        except BaseException as exc:
+            return Ran("error", error=exc)
 
 
 class _Stalls:
@@ -448,27 +487,3 @@ async def _in_thread(
 def _settle(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _cancelled_by_us() -> bool:
-    """Whether the current task was cancelled from outside (our time limit or the end of
-    the grace) rather than the handler raising ``CancelledError`` of its own (a cancelled
-    child of a ``gather``). Python < 3.11 cannot tell: it is taken as ours."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return cancelling is None or cancelling() > 0
-
-
-async def _guarded(call: Callable[[], Any]) -> Ran:
-    """The handler's own outcome, whatever it raises, calling it included (a wrong
-    signature). ``SystemExit`` and ``KeyboardInterrupt`` raised by the handler are caught
-    here, inside the coroutine: asyncio would otherwise re-raise them out of the loop and
-    end every handler with it."""
-    try:
-        return Ran("ok", await call())
-    except asyncio.CancelledError as exc:
-        if _cancelled_by_us():
-            raise
-        return Ran("error", error=exc)
-    except BaseException as exc:
-        return Ran("error", error=exc)

@@ -77,7 +77,7 @@ class Daemon:
         self._changes = ChangeWatch(bridge.store.engine)
         self._changes.on_change(self._push_wanted.set)
         self._push = self._guarded("push", bridge.push_tick)
-        jobs: list[tuple[str, Callable[[], None], float]] = [
+        jobs: list[tuple[str, Callable[[], object], float]] = [
             ("pull", self._guarded("pull", bridge.pull_tick), config.poll_min_seconds),
             ("push", self._push_alone, config.push_interval_seconds),
             ("reap", self._guarded("reap", bridge.reap_tick), config.reap_interval_seconds),
@@ -114,12 +114,15 @@ class Daemon:
 
         return run
 
-    def _push_alone(self) -> None:
-        if self._push_lock.acquire(blocking=False):
-            try:
-                self._push()
-            finally:
-                self._push_lock.release()
+    def _push_alone(self) -> bool:
+        """Push unless a push is under way; False when one was (nothing was done)."""
+        if not self._push_lock.acquire(blocking=False):
+            return False
+        try:
+            self._push()
+        finally:
+            self._push_lock.release()
+        return True
 
     def _push_on_change(self) -> None:
         """A commit by another process (a worker's result): push now, not at the next
@@ -130,7 +133,8 @@ class Daemon:
             self._push_wanted.clear()
             if self._stop.is_set():
                 return
-            self._push_alone()
+            if not self._push_alone():  # the interval's push may have looked too early
+                self._push_wanted.set()
             self._stop.wait(PUSH_GAP_SECONDS)
 
     def _schema_gone(self) -> bool:
@@ -186,7 +190,10 @@ class Daemon:
         self._stop.set()  # also ends the push on change
         self._changes.close()
         if self._pusher is not None:
-            self._pusher.join(5.0)
+            # Like the scheduler's running jobs below: a push under way ends first (its
+            # requests are bounded by the client's timeouts), so that the last push never
+            # runs beside it and the bridge is not closed under it.
+            self._pusher.join()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.skipped.flush()

@@ -68,5 +68,3 @@ class PendingWatch:
             self.client.list_tasks(status="pending", task_type=task_type, page_size=1, max_items=1)
         )
         return {task_type: PAGE} if typed else {}
-
-

@@ -366,7 +366,7 @@ class Worker:
             setattr(self.counters, name, getattr(self.counters, name) + 1)
             handled = self.counters.handled
         if self._max_tasks is not None and handled >= self._max_tasks:
-            self._stop.set()
+            self.stop()
         return handled
 
     def _log(
@@ -526,6 +526,8 @@ class Worker:
                 seen = self.changes.generation
                 task = self._take(locked_by, types)
                 if task is None:
+                    if self._stop.is_set():
+                        break
                     # Again as soon as another process commits (SQLite: the daemon claimed
                     # something), else soon after work, backing off to poll_seconds.
                     self.changes.wait(seen, idle)
@@ -563,8 +565,8 @@ class Worker:
             if self.fatal is None:
                 self.fatal = message
                 logger.error("stopping: the queue database changed under the worker: %s", message)
-        self._stop.set()
         self._abandon.set()
+        self.stop()
 
     # -- the whole worker ---------------------------------------------------------------------
     def describe(self) -> str:
@@ -588,6 +590,15 @@ class Worker:
         self._max_tasks = max_tasks
         logger.info("worker started: %s", self.describe())
         self.changes.start()
+        try:
+            self._run_slots()
+        finally:
+            self._heartbeats.close()
+            self.changes.close()
+        logger.info("worker stopped: %s", self.counters.line())
+        return self.counters.handled
+
+    def _run_slots(self) -> None:
         if self.is_async:
             from .async_worker import AsyncEngine
 
@@ -610,10 +621,6 @@ class Worker:
         self._hand_back()
         for thread in threads:
             thread.join(JOIN_SLICE_SECONDS)  # a slot stuck in a handler is left behind
-        self._heartbeats.close()
-        self.changes.close()
-        logger.info("worker stopped: %s", self.counters.line())
-        return self.counters.handled
 
     def _wait(self, threads: list[threading.Thread], until: float | None) -> None:
         """Join in slices (so signal handlers run), logging a summary now and then; ``until``

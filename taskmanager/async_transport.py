@@ -133,7 +133,9 @@ class AsyncTransport:
                 timeout=self._timeout,
                 allow_redirects=False,
                 proxy=self._proxy,
-                ssl=self._ssl,  # also on a caller's session: verify_tls=False holds
+                # verify_tls=False holds on a caller's session too; otherwise the session's
+                # own settings (ours: self._ssl; a caller's: its client certificate, pins)
+                ssl=self._ssl is not False,
             ) as response:
                 text = await response.text(errors="replace")
                 return Answer(response.status, decode_body(text), text, response.headers)

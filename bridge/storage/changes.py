@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,9 @@ from sqlalchemy.engine import Engine
 
 logger = logging.getLogger("bridge.storage")
 
-WATCH_SECONDS = 0.005
+WATCH_SECONDS = 0.005  # while commits come
+QUIET_WATCH_SECONDS = 0.02  # after a quiet second: a quarter of the reads when idle
+QUIET_AFTER_SECONDS = 1.0
 
 
 class ChangeWatch:
@@ -80,26 +83,37 @@ class ChangeWatch:
             return None
 
     def _run(self, last: int | None) -> None:
-        while not self._stop.wait(self.interval):
+        quiet_since = time.monotonic()
+        interval = self.interval
+        while not self._stop.wait(interval):
             version = self._read()
             if version is None:
+                last = None  # a new connection counts from its own number
                 self._stop.wait(1.0)
                 continue
             if last is not None and version != last:
                 self._moved()
+                quiet_since = time.monotonic()
             last = version
+            quiet = time.monotonic() - quiet_since > QUIET_AFTER_SECONDS
+            interval = max(self.interval, QUIET_WATCH_SECONDS) if quiet else self.interval
         if self._driver is not None:
             with contextlib.suppress(Exception):
                 self._driver.close()
 
     def poke(self) -> None:
-        """Wake every waiter now (a stop), as a change would."""
+        """Wake every waiter now (a stop)."""
         with self._changed:
             self.generation += 1
             self._changed.notify_all()
 
     def _moved(self) -> None:
-        self.poke()
+        # One waiter per change: an idle worker's slots would otherwise all try to take
+        # at each commit (a write transaction each). A slot that takes a task commits,
+        # which wakes the next one.
+        with self._changed:
+            self.generation += 1
+            self._changed.notify(1)
         for listener in self._listeners:
             try:
                 listener()

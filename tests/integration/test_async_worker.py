@@ -274,9 +274,10 @@ def test_a_handler_that_blocks_the_loop_does_not_time_out_the_others(
 ):
     async def handler(params: dict[str, Any]) -> dict[str, Any]:
         if params["kind"] == "blocks":
+            await asyncio.sleep(0.1)  # the others are under way, their limits running
             time.sleep(1.0)  # the mistake: a blocking call in a coroutine
         else:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
         return {"kind": params["kind"]}
 
     blocker = local.enqueue("t", {"kind": "blocks"})

@@ -115,3 +115,50 @@ def test_an_idle_async_worker_takes_a_new_task_at_once(tmp_path):
         picked_within = time.monotonic() - enqueued
         runner.join(10)
     assert picked_within < SLOW_POLL / 2, f"took {picked_within:.2f} s: no wake-up"
+
+
+def test_stop_waits_for_a_push_under_way_before_its_last_push(tmp_path):
+    url = str(tmp_path / "stop.db")
+    upgrade(url)
+    with EmulatorServer() as server:
+        admin = server.client()
+        admin.register_task_type("t", "1", {"type": "object"})
+        task_id = admin.create_task("t", {"x": 1})
+        config = BridgeConfig.load(
+            env={},
+            db_url=url,
+            types=["t"],
+            push_interval_seconds=SLOW_POLL * 4,
+            reconcile_interval_seconds=600,
+        )
+        client = TaskManagerClient(
+            TaskManagerConfig.from_env(
+                {}, api_url=server.url, api_key=server.api_key, backoff_base=0.05
+            )
+        )
+        with LocalQueue(url) as queue:
+            daemon = Daemon(Bridge(queue.store, client, config))
+            daemon.start()
+            stopper = threading.Thread(target=daemon.stop)
+            try:
+                assert wait_until(lambda: queue.status().tasks.get(("t", "queued")) == 1, 10)
+                server.faults.hang_next(1, path="/tasks/*/complete")
+                with LocalQueue(url) as worker_side:
+                    worker_side.complete(worker_side.dequeue("t"), {"done": True})
+
+                def sent() -> int:
+                    return sum(1 for r in server.requests if r.path.endswith("/complete"))
+
+                assert wait_until(lambda: sent() == 1, 10)  # the push on change, hanging
+                stopper.start()
+                time.sleep(0.5)
+                before_release = sent()
+                server.faults.release_hangs()
+                stopper.join(30)
+            finally:
+                server.faults.release_hangs()
+                if not stopper.is_alive() and not stopper.ident:
+                    daemon.stop()
+        assert not stopper.is_alive()
+        assert before_release == 1  # no second push beside the one under way
+        assert admin.get_task(task_id).status == "completed"
