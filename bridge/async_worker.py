@@ -20,7 +20,6 @@ A blocking handler of the same worker runs on a thread of its own pool.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import threading
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import BridgeError, TaskNotHeldError, ValidationError
 from .logs import task_fields
+from .loop_stalls import LoopStalls
 from .models import LocalTask
 from .patience import GaveUp, SchemaGone
 from .queue import LocalQueue, encoded_result
@@ -84,7 +84,7 @@ class AsyncEngine:
         self._busy = 0  # handlers not yet ended (a finished Task leaves _running a bit later)
         self._next_key = 0
         self._queue_pool: ThreadPoolExecutor | None = None
-        self._stalls = _Stalls()
+        self._stalls = LoopStalls()
         self._ours: set[asyncio.Task[Any]] = set()  # tasks we cancelled (limit, grace)
         self._waiter: asyncio.Future[None] | None = None  # the loop's wait, cut short by _wake_up
         self._woken = False  # a handler ended while the loop was not waiting
@@ -420,42 +420,6 @@ class AsyncEngine:
             return Ran("error", error=exc)
         except BaseException as exc:
             return Ran("error", error=exc)
-
-
-class _Stalls:
-    """When the event loop was blocked (a handler that did not await, a stopped
-    process): a time limit that ran out during a stall is not the task's fault."""
-
-    TICK = 0.05
-    STALL = 0.25  # a tick this much late is a stall
-
-    def __init__(self) -> None:
-        self.last_tick = time.monotonic()
-        self.spans: collections.deque[tuple[float, float]] = collections.deque(maxlen=32)
-        self._told = 0.0
-
-    async def watch(self) -> None:
-        while True:
-            before = time.monotonic()
-            await asyncio.sleep(self.TICK)
-            self.last_tick = now = time.monotonic()
-            if now - before - self.TICK > self.STALL:
-                self.spans.append((before, now))
-                if now - self._told > 60:  # at most one warning a minute
-                    self._told = now
-                    logger.warning(
-                        "the event loop was blocked for %.1f s: an async handler called "
-                        "something that blocks (time.sleep, a blocking client, heavy CPU); "
-                        "await it, or use asyncio.to_thread",
-                        now - before,
-                    )
-
-    def since(self, started: float, now: float) -> bool:
-        """Whether the loop stalled between ``started`` and ``now`` (monotonic), or is
-        only now coming back from one the watch has not yet seen."""
-        if now - self.last_tick > self.STALL:
-            return True
-        return any(end >= started and begin <= now for begin, end in self.spans)
 
 
 async def _in_thread(
