@@ -95,7 +95,15 @@ def _conflict(entry: OutboxEntry, exc: TaskManagerConflictError) -> Outcome:
     if entry.kind == "progress":
         return Outcome(Verdict.SUPERSEDED, f"task no longer ours to report on: {exc.message}")
     if task is None:  # the read-back failed: cannot tell yet
-        return Outcome(Verdict.RETRY, f"{exc.message}; the task could not be read to verify")
+        reason = f"{exc.message}; the task could not be read to verify"
+        cause = exc.read_error
+        # The server or the network, not this row: no attempt of the row is spent (a
+        # completion that landed must not end dead because an outage hid it).
+        if isinstance(cause, TaskManagerRateLimitError):
+            return Outcome(Verdict.RATE_LIMITED, f"{reason}: {cause}", cause.retry_after)
+        if isinstance(cause, TaskManagerConnectionError):
+            return Outcome(Verdict.OUTAGE, f"{reason}: {cause}")
+        return Outcome(Verdict.RETRY, reason)
     holder = f" by {task.claimed_by}" if task.claimed_by else ""
     return Outcome(
         Verdict.SUPERSEDED,

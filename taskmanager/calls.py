@@ -362,7 +362,8 @@ class Calls:
         """Read the task to tell "our outcome already landed" from "not ours any more"."""
         try:
             task = yield from self.get_task(task_id)
-        except TaskManagerError:
+        except TaskManagerError as exc:
+            conflict.read_error = exc
             return None
         conflict.current_task = task
         with self._lock:

@@ -125,10 +125,12 @@ class TaskManagerConflictError(TaskManagerAPIError):
     400 ``Task is not in claimed state`` (already finished, or reset for retry)
     or 403 ``Task is claimed by another worker`` (our lease ran out and someone
     re-claimed it). ``current_task`` holds the task as the server showed it when
-    the client read it back to settle the conflict, if it did.
+    the client read it back to settle the conflict, if it did; ``read_error`` why
+    that read failed, if it did (an outage then is not the row's fault).
     """
 
     current_task: Any = None
+    read_error: TaskManagerError | None = None
 
 
 class TaskManagerRateLimitError(TaskManagerAPIError):

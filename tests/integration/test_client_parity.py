@@ -237,6 +237,15 @@ def test_completion_of_a_task_someone_else_finished_is_a_conflict(server: Script
     assert raised.value.current_task.claimed_by == "other"
 
 
+def test_a_conflict_whose_read_back_fails_says_why(server: ScriptedServer, connect):
+    server.add("POST", "/tasks/4/complete", err(400, "Task is not in claimed state"))
+    server.add("GET", "/tasks/4", Scripted(200, {"success": True}, hang=5.0))
+    with pytest.raises(TaskManagerConflictError) as raised:
+        connect(timeout=0.3, retry_attempts=0).complete_task(4, {"n": 1})
+    assert raised.value.current_task is None
+    assert isinstance(raised.value.read_error, TaskManagerTimeoutError)
+
+
 def test_list_pages_with_limit_and_offset(server: ScriptedServer, connect):
     rows = [{"id": i, "type": "T", "status": "pending"} for i in range(5)]
     server.add(

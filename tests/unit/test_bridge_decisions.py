@@ -362,9 +362,10 @@ def test_a_row_that_keeps_failing_goes_dead_after_its_attempts(rig: Rig):
 
 
 # -- verdicts: every kind of answer to one row -------------------------------------------------
-def _conflict(current: Task | None) -> TaskManagerConflictError:
+def _conflict(current: Task | None, read_error: Any = None) -> TaskManagerConflictError:
     error = TaskManagerConflictError(403, "Task is claimed by another worker")
     error.current_task = current
+    error.read_error = read_error
     return error
 
 
@@ -374,6 +375,10 @@ def _conflict(current: Task | None) -> TaskManagerConflictError:
         ("complete", None, Verdict.DELIVERED),
         ("complete", _conflict(Task(1, TYPE, "claimed", attempts=2, claimed_by="x")), "superseded"),
         ("complete", _conflict(None), Verdict.RETRY),
+        # The read-back met an outage or a 429: not the row's fault, no attempt spent.
+        ("complete", _conflict(None, TaskManagerConnectionError("refused")), Verdict.OUTAGE),
+        ("complete", _conflict(None, _rate_limited(30.0)), Verdict.RATE_LIMITED),
+        ("complete", _conflict(None, TaskManagerServerError(500, "boom")), Verdict.RETRY),
         ("progress", _conflict(None), Verdict.SUPERSEDED),
         ("complete", TaskManagerNotFoundError(404, "Task not found"), Verdict.DEAD),
         ("complete", TaskManagerValidationError(400, "Validation failed"), Verdict.DEAD),
@@ -395,7 +400,7 @@ def test_each_answer_gets_its_verdict(rig: Rig, kind: str, error: Exception | No
     outcome = deliver(entry, rig.client)  # type: ignore[arg-type]
     expected = Verdict(verdict) if isinstance(verdict, str) else verdict
     assert outcome.verdict is expected
-    if isinstance(error, TaskManagerRateLimitError):
+    if expected is Verdict.RATE_LIMITED:
         assert outcome.retry_after == 30.0
     if expected is Verdict.SUPERSEDED and kind == "complete":
         assert outcome.reason is not None and "claimed by x" in outcome.reason
