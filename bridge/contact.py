@@ -22,6 +22,7 @@ from .storage.state import CONTACT_KEY, LAST_CONTACT_KEY, ThrottledState
 logger = logging.getLogger("bridge.daemon")
 
 ContactState = Literal["unknown", "ok", "outage", "auth_failed"]
+PausedJob = Literal["pull", "push"]  # reconcile lists on the looks' window: "pull"
 # When the last 429's Retry-After ends (ISO time): read by ``status`` and the dashboard.
 RATE_LIMITED_KEY = "rate_limited_until"
 
@@ -60,7 +61,9 @@ class ServerContact:
         self.state = state
         self.key_source = key_source
         self.monotonic = monotonic  # how long a tick has run (a 429 pause counts from the 429)
-        self.paused_until: datetime | None = None
+        # Per job: the server keeps a window per path, and claims (with the looks and
+        # reconcile's lists) never share one with a task's completion or progress path.
+        self.paused_until: dict[PausedJob, datetime] = {}
         self._lock = threading.Lock()
         # A new start knows nothing of the server yet: a previous run's outage is history.
         self.current = Contact("unknown", now)
@@ -106,15 +109,23 @@ class ServerContact:
                 self.key_source,
             )
 
-    def paused(self, now: datetime) -> bool:
-        """True while a 429's Retry-After runs: every job waits."""
-        return self.paused_until is not None and now < self.paused_until
+    def paused(self, now: datetime, job: PausedJob) -> bool:
+        """True while a 429's Retry-After runs for this job ("pull": claims, looks and
+        reconcile; "push": deliveries). A spent claim window does not hold results back."""
+        until = self.paused_until.get(job)
+        return until is not None and now < until
 
-    def pause(self, now: datetime, retry_after: float | None, tick_started: float) -> None:
+    def pause(
+        self, now: datetime, retry_after: float | None, tick_started: float, job: PausedJob
+    ) -> None:
         """Wait Retry-After counted from the 429, not from the tick's start (``now``): a
         tick can spend seconds on the network before its 429."""
         wait = retry_after if retry_after is not None else 60.0
         spent = self.monotonic() - tick_started
-        self.paused_until = now + timedelta(seconds=spent + wait)
-        self.state.write(RATE_LIMITED_KEY, self.paused_until.isoformat(), now, force=True)
-        logger.warning("rate limited (429): every job waits %.0f s", wait)
+        until = now + timedelta(seconds=spent + wait)
+        with self._lock:
+            self.paused_until[job] = until
+            latest = max(self.paused_until.values())
+        self.state.write(RATE_LIMITED_KEY, latest.isoformat(), now, force=True)
+        what = "claims and looks" if job == "pull" else "deliveries"
+        logger.warning("rate limited (429): %s wait %.0f s", what, wait)

@@ -70,7 +70,7 @@ def _contact(view: DashboardView) -> str:
         lines.append(f'<p class="reason">{escape(contact.reason)}</p>')
     if snap.rate_limited_until is not None:
         lines.append(
-            f'<p class="state outage">rate limited (429): every job waits until '
+            f'<p class="state outage">rate limited (429): the refused job waits until '
             f"{escape(ago(snap.rate_limited_until, now))}</p>"
         )
     lines.append(f"<p>last answer from the API: {escape(ago(snap.last_contact, now))}</p>")

@@ -82,7 +82,7 @@ class PullJob(JobState):
         idle claims within their share of the server's claim window.
         """
         tick_started = self.monotonic()
-        if not self._claiming.is_set() or self.server.paused(now):
+        if not self._claiming.is_set() or self.server.paused(now, "pull"):
             return 0
         if self._outbox_too_far_behind(now) or not self._look_for_work(now, tick_started):
             return 0
@@ -125,7 +125,7 @@ class PullJob(JobState):
         try:
             seen = self._watch.look()
         except TaskManagerRateLimitError as exc:
-            self.server.pause(now, exc.retry_after, tick_started)
+            self.server.pause(now, exc.retry_after, tick_started, "pull")
             return False
         except TaskManagerAuthError as exc:
             self.server.refused_key(now, str(exc))
@@ -252,7 +252,7 @@ class PullJob(JobState):
     ) -> bool:
         """Act on a failed claim; True when the other types may still be claimed."""
         if isinstance(error, TaskManagerRateLimitError):
-            self.server.pause(now, error.retry_after, tick_started)
+            self.server.pause(now, error.retry_after, tick_started, "pull")
             return False
         if isinstance(error, TaskManagerAuthError):
             self.server.refused_key(now, str(error))

@@ -51,7 +51,7 @@ class PushJob(JobState):
         """
         tick_started = self.monotonic()
         backing_off = self._next_push is not None and now < self._next_push
-        if self.server.paused(now) or (backing_off and not ignore_backoff):
+        if self.server.paused(now, "push") or (backing_off and not ignore_backoff):
             return 0
         batch = _PushBatch()
         try:
@@ -104,7 +104,7 @@ class PushJob(JobState):
                 self._next_push = now + timedelta(seconds=delay)
             return False
         if outcome.verdict is Verdict.RATE_LIMITED:
-            self.server.pause(now, outcome.retry_after, tick_started)
+            self.server.pause(now, outcome.retry_after, tick_started, "push")
             return False
         self.server.ok(now)
         final, reason = apply_outcome(self.store, entry, outcome, now), outcome.reason

@@ -28,13 +28,13 @@ class ReconcileJob(JobState):
     def reconcile_tick(self, now: datetime) -> int:
         """Import claims of ours that an open intent explains; report the others."""
         tick_started = self.monotonic()
-        if self.server.paused(now):
+        if self.server.paused(now, "pull"):
             return 0
         try:
             with self._claims_lock:  # never while a burst's answers are being recorded
                 imported, foreign = self._import_orphans(now)
         except TaskManagerRateLimitError as exc:
-            self.server.pause(now, exc.retry_after, tick_started)
+            self.server.pause(now, exc.retry_after, tick_started, "pull")
             return 0
         except TaskManagerAuthError as exc:
             self.server.refused_key(now, str(exc))

@@ -56,7 +56,7 @@ def status_lines(doc: dict[str, Any], now: datetime) -> list[str]:
     )
     limited = _moment(doc.get("rate_limited_until"))
     if limited is not None and limited > now:
-        lines.append(f"rate limited (429): every job waits, until {ago(limited, now)}")
+        lines.append(f"rate limited (429): the refused job waits, until {ago(limited, now)}")
     return lines
 
 

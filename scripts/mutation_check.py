@@ -122,10 +122,16 @@ MUTATIONS = [
     Mutation(
         "reconcile ignores the 429 pause",
         "bridge/reconcile.py",
-        "        tick_started = self.monotonic()\n        if self.server.paused(now):\n"
+        "        tick_started = self.monotonic()\n        if self.server.paused(now, \"pull\"):\n"
         "            return 0\n        try:\n            with self._claims_lock:",
         "        tick_started = self.monotonic()\n        try:\n"
         "            with self._claims_lock:",
+    ),
+    Mutation(
+        "a 429 on claims holds the deliveries back too",
+        "bridge/push.py",
+        'if self.server.paused(now, "push") or',
+        'if self.server.paused(now, "push") or self.server.paused(now, "pull") or',
     ),
     Mutation(
         "reconcile imports other workers' claims",

@@ -43,7 +43,7 @@ def test_status_shows_ages_not_timestamps():
     assert "last contact: 12 s ago" in text
     assert "OUTAGE since 4 min 3 s ago (connection refused)" in text
     assert "(oldest waits 1 min 15 s)" in text
-    assert "rate limited (429): every job waits, until in 30 s" in text
+    assert "rate limited (429): the refused job waits, until in 30 s" in text
     assert "+00:00" not in text
 
 
