@@ -24,7 +24,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -58,11 +58,13 @@ class AsyncTaskContext:
 
     task: LocalTask
     queue: LocalQueue
-    _offload: Callable[..., Coroutine[Any, Any, Any]] = field(repr=False)
+    _submit: Callable[..., asyncio.Future[Any]] = field(repr=False)
 
-    async def progress(self, percent: int, message: str | None = None) -> None:
-        """Record progress (renews the lock), off the event loop."""
-        await self._offload(self.queue.progress, self.task, percent, message)
+    def progress(self, percent: int, message: str | None = None) -> asyncio.Future[None]:
+        """Record progress (renews the lock) off the event loop. The write starts when
+        called, so a forgotten ``await`` loses nothing; awaiting waits for it (and raises
+        what it raised, such as a bad percent)."""
+        return self._submit(self.queue.progress, self.task, percent, message)
 
 
 @dataclass
@@ -198,6 +200,10 @@ class AsyncEngine:
             _settle(self._waiter)
         else:
             self._woken = True
+
+    def _submit(self, call: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        """Start a blocking queue call on the queue's threads now; its future."""
+        return asyncio.get_running_loop().run_in_executor(self._queue_pool, call, *args)
 
     async def _offload(self, call: Callable[..., _T], *args: Any) -> _T:
         """Run a blocking queue call on the queue's threads, off the loop."""
@@ -356,10 +362,16 @@ class AsyncEngine:
     async def _finish(self, task: LocalTask, value: Any, started: float) -> bool:
         """Queue the result for the next trip; a result that cannot be encoded fails its
         task here instead of spoiling the batch. True when it was queued."""
+        from .worker import awaitable_refusal
+
+        refused = awaitable_refusal(value)
         try:
-            result = encoded_result(value)
+            if refused is None:
+                result = encoded_result(value)
         except ValidationError as exc:
-            await self._offload(self.worker._fail, task, f"result refused: {exc}", started)
+            refused = f"result refused: {exc}"
+        if refused is not None:
+            await self._offload(self.worker._fail, task, refused, started)
             return False
         self._finished.append(_Finished(task, result, started))
         return True
@@ -373,7 +385,7 @@ class AsyncEngine:
         if worker._is_async[task.type]:
             args: tuple[Any, ...] = (task.params,)
             if wants_context:
-                args += (AsyncTaskContext(task, worker.queue, self._offload),)
+                args += (AsyncTaskContext(task, worker.queue, self._submit),)
             call = self._guarded(lambda: handler(*args))
         else:
             call = _in_thread(handler, task, wants_context, worker.queue)

@@ -128,6 +128,20 @@ def is_async_handler(handler: Handler) -> bool:
     )
 
 
+def awaitable_refusal(value: Any) -> str | None:
+    """Why a handler's return value is refused when it is a coroutine (an ``async def``
+    wrapped in a plain function: the worker cannot tell it is async), else ``None``."""
+    if not inspect.isawaitable(value):
+        return None
+    close = getattr(value, "close", None)
+    if callable(close):
+        close()  # never run: no "was never awaited" warning besides this reason
+    return (
+        "result refused: the handler returned a coroutine; make it async def "
+        "(a decorator keeps it async with functools.wraps and async def itself)"
+    )
+
+
 def describe_error(error: BaseException) -> str:
     """The failed task's reason: the exception's type and text, and what it did not do."""
     if isinstance(error, HandlerError | ResultRefused):
@@ -387,6 +401,10 @@ class Worker:
     def _complete(
         self, task: LocalTask, value: Any, types: Sequence[str], started: float
     ) -> LocalTask | None:
+        refused = awaitable_refusal(value)
+        if refused is not None:
+            self._fail(task, refused, started)
+            return None
         result = as_result(value)
         more = not self._stop.is_set() and not self._last_one()
         try:
@@ -587,6 +605,10 @@ class Worker:
         are handed back to the queue (released, not failed) and ``run`` returns.
         ``exit_code`` then says how it ended.
         """
+        if max_tasks is not None and (isinstance(max_tasks, bool) or max_tasks < 0):
+            raise BridgeError(f"max_tasks must be a whole number >= 0, got {max_tasks!r}")
+        if max_tasks == 0:
+            return 0  # nothing to do: not "forever"
         self._max_tasks = max_tasks
         logger.info("worker started: %s", self.describe())
         self.changes.start()

@@ -3,13 +3,15 @@
     python examples/integration_async.py QUEUE_DB [MAX]
 
 With ``TASKMANAGER_API_URL`` and ``TASKMANAGER_API_KEY`` set (the emulator:
-``taskmanager-emulator``), it claims up to MAX tasks (default 3) of
-``youtube_channel_scrape`` with ``AsyncTaskManagerClient`` into a local queue
-(QUEUE_DB, a SQLite file), runs an ``async def`` handler on them with
-``bridge.Worker`` (all at once, one event loop), and reports each result back
-with the async client. The bridge daemon (``taskmanager-bridge run``) does the
-claiming and reporting for you; this shows both halves in one small program.
-Needs ``pip install "taskmanager-bridge[async]"``.
+``taskmanager-emulator``) and the type registered with some tasks waiting
+(``examples/register_task_type.py``, then ``examples/create_task.py``), it claims
+up to MAX tasks (default 3) of ``youtube_channel_scrape`` with
+``AsyncTaskManagerClient`` into a local queue (QUEUE_DB, a SQLite file), runs an
+``async def`` handler on them with ``bridge.Worker`` (all at once, one event
+loop), and reports each result back with the async client. The bridge daemon
+(``taskmanager-bridge run``) does the claiming and reporting for you; this shows
+both halves in one small program. Needs ``pip install "taskmanager-bridge[async]"``
+(from a clone: ``pip install -e ".[async]"``).
 """
 
 import asyncio
@@ -48,6 +50,9 @@ async def main(db, limit):
     with LocalQueue(db, migrate=True) as queue:
         async with AsyncTaskManagerClient(TaskManagerConfig()) as client:
             local = await claim(client, queue, limit)
+            if not local:
+                print("no task of that type was waiting: nothing to do")
+                return
             handled = await asyncio.to_thread(
                 Worker(queue, {TYPE: scrape}, concurrency=limit, poll_seconds=0.05).run,
                 len(local),

@@ -343,3 +343,45 @@ def test_a_stop_while_taking_on_a_locked_database_keeps_the_grace(tmp_path):
         assert not runner.is_alive()
         assert queue.get(task.id).status == "done", worker.counters.line()
         assert worker.counters.handed_back == 0 and worker.exit_code == 0
+
+
+def test_progress_without_await_is_still_recorded(local: LocalQueue):
+    async def forgetful(params: dict[str, Any], context: AsyncTaskContext) -> dict[str, Any]:
+        context.progress(70, "forgot the await")
+        await asyncio.sleep(0.2)
+        return {}
+
+    task = local.enqueue("t", {"x": 1})
+    Worker(local, {"t": forgetful}).run(max_tasks=1)
+    assert local.get(task.id).progress == 70
+
+
+def test_a_plain_function_returning_a_coroutine_fails_its_task_saying_why(local: LocalQueue):
+    async def real(params: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True}
+
+    def wrapper(params: dict[str, Any]) -> Any:  # a decorator without async def
+        return real(params)
+
+    async def other(params: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True}
+
+    for handlers in ({"t": wrapper}, {"t": wrapper, "u": other}):  # thread, then async worker
+        task = local.enqueue("t", {"x": 1})
+        Worker(local, handlers).run(max_tasks=1)
+        after = local.get(task.id)
+        assert after.status == "failed"
+        assert "the handler returned a coroutine; make it async def" in (after.error or "")
+
+
+def test_max_tasks_zero_returns_at_once_and_negative_is_refused(local: LocalQueue):
+    async def handler(params: dict[str, Any]) -> None:
+        return None
+
+    local.enqueue("t", {"x": 1})
+    assert Worker(local, {"t": handler}).run(max_tasks=0) == 0
+    assert local.status().tasks.get(("t", "queued")) == 1
+    from bridge import BridgeError
+
+    with pytest.raises(BridgeError, match="max_tasks"):
+        Worker(local, {"t": handler}).run(max_tasks=-1)
