@@ -50,6 +50,7 @@ QUEUE_THREADS = 4
 MIN_POLL_SECONDS = 0.01
 STALLED = "handed back: its time limit ran out while the event loop was blocked"
 WAIT_SLICE_SECONDS = 0.2  # a loop with every slot busy still looks at stop() this often
+IGNORED_CANCEL_SECONDS = 1.0  # a handler still running this long after its cancel: said
 
 
 @dataclass
@@ -395,13 +396,29 @@ class AsyncEngine:
         assert current is not None
         expired = False
 
+        loop = asyncio.get_running_loop()
+        returned = False
+
+        def ignored() -> None:
+            if not returned:
+                logger.warning(
+                    "task %d (%s) ignores its cancellation %.0f s past its time limit: it "
+                    "keeps its slot until it returns (a handler must not swallow "
+                    "CancelledError)",
+                    task.id,
+                    task.type,
+                    IGNORED_CANCEL_SECONDS,
+                    extra=task_fields(task.id, task.remote_id, task.type),
+                )
+
         def expire() -> None:
             nonlocal expired
             expired = True
             self._ours.add(current)
             current.cancel()
+            loop.call_later(IGNORED_CANCEL_SECONDS, ignored)
 
-        timer = asyncio.get_running_loop().call_later(limit, expire)
+        timer = loop.call_later(limit, expire)
         try:
             return await call
         except asyncio.CancelledError:
@@ -413,6 +430,7 @@ class AsyncEngine:
                 uncancel()
             return Ran("timeout")
         finally:
+            returned = True
             timer.cancel()
 
     async def _guarded(self, call: Callable[[], Any]) -> Ran:
