@@ -37,6 +37,9 @@ from .patience import GaveUp, SchemaGone
 from .queue import LocalQueue, encoded_result
 from .runner import Ran, run_call
 
+# bridge.worker imports this module only inside Worker.run, so importing it here is no cycle.
+from .worker import TaskContext, awaitable_refusal
+
 if TYPE_CHECKING:
     from .worker import Worker
 
@@ -363,8 +366,6 @@ class AsyncEngine:
     async def _finish(self, task: LocalTask, value: Any, started: float) -> bool:
         """Queue the result for the next trip; a result that cannot be encoded fails its
         task here instead of spoiling the batch. True when it was queued."""
-        from .worker import awaitable_refusal
-
         refused = awaitable_refusal(value)
         try:
             if refused is None:
@@ -457,8 +458,6 @@ async def _in_thread(
 ) -> Ran:
     """A blocking handler on a thread of its own: one stuck past its time limit holds
     only its own thread (as the thread worker's runner does), never another's turn."""
-    from .worker import TaskContext
-
     args: tuple[Any, ...] = (task.params,)
     if context:
         args += (TaskContext(task, queue),)

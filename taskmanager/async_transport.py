@@ -23,7 +23,7 @@ import requests
 
 from .config import TaskManagerConfig
 from .exceptions import TaskManagerConfigError
-from .exchange import Reply, Send, Sleep, Steps
+from .exchange import Drive, Send, Sleep, Steps
 from .no_answer import FailureKind, no_answer
 from .protocol import Answer, Outcome, decode_body
 
@@ -79,24 +79,14 @@ class AsyncTransport:
 
     async def run(self, steps: Steps[_R]) -> _R:
         """Carry out ``steps`` to its end (the asyncio twin of ``Transport.run``)."""
-        reply: Reply = None
-        error: Exception | None = None
-        while True:
-            try:
-                step = steps.throw(error) if error is not None else steps.send(reply)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            reply, error = None, None
+        drive = Drive(steps)
+        while (step := drive.next()) is not None:
             if isinstance(step, Sleep):
                 await self.sleep(step.seconds)
                 continue
-            try:
-                reply = await self._send(step)
-            except Exception as exc:  # handed to the operation, which decides
-                error = exc
-            except BaseException:  # cancelled or interrupted mid-request: the steps
-                steps.close()  # hear of it at the request (counted as unanswered)
-                raise
+            with drive.sending():
+                drive.reply = await self._send(step)
+        return drive.result
 
     def _session(self) -> aiohttp.ClientSession:
         """Our session on the running loop. A session is bound to the loop it was made

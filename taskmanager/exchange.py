@@ -12,14 +12,15 @@ steps, so the two clients cannot drift apart in anything but I/O.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ._version import __version__
 from .config import TaskManagerConfig
@@ -71,6 +72,52 @@ Step = Send | Sleep
 Reply = Answer | Outcome | None
 # A request, or a client operation built of requests: steps out, replies in, a value at the end.
 Steps = Generator[Step, Reply, _R]
+
+
+class Drive(Generic[_R]):
+    """Steps advanced one at a time, for a transport's loop: what both transports do
+    besides the I/O itself, written once.
+
+        drive = Drive(steps)
+        while (step := drive.next()) is not None:
+            if isinstance(step, Sleep): sleep(step.seconds); continue
+            with drive.sending():
+                drive.reply = send(step)
+        return drive.result
+    """
+
+    def __init__(self, steps: Steps[_R]) -> None:
+        self.steps = steps
+        self.reply: Reply = None
+        self._error: Exception | None = None
+        self.result: _R
+
+    def next(self) -> Step | None:
+        """The next step, with the last reply (or error) handed in; ``None`` at the end,
+        the value in ``result``."""
+        try:
+            if self._error is not None:
+                step = self.steps.throw(self._error)
+            else:
+                step = self.steps.send(self.reply)
+        except StopIteration as done:
+            self.result = done.value
+            return None
+        self.reply, self._error = None, None
+        return step
+
+    @contextlib.contextmanager
+    def sending(self) -> Iterator[None]:
+        """Around one send: an unexpected error goes to the operation, which decides (a
+        health check answers False); a cancel or an interrupt mid-request closes the
+        steps at the request (counted as unanswered) and goes on up."""
+        try:
+            yield
+        except Exception as exc:
+            self._error = exc
+        except BaseException:
+            self.steps.close()
+            raise
 
 
 def path_template(path: str) -> str:

@@ -19,7 +19,7 @@ import requests
 from .config import TaskManagerConfig
 from .exchange import (
     USER_AGENT,
-    Reply,
+    Drive,
     Requester,
     RequestObserver,
     Send,
@@ -98,24 +98,14 @@ class Transport:
         An unexpected error while sending is thrown into the steps, where the
         operation may handle it (a health check answers False).
         """
-        reply: Reply = None
-        error: Exception | None = None
-        while True:
-            try:
-                step = steps.throw(error) if error is not None else steps.send(reply)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            reply, error = None, None
+        drive = Drive(steps)
+        while (step := drive.next()) is not None:
             if isinstance(step, Sleep):
                 self.sleep(step.seconds)
                 continue
-            try:
-                reply = self._send(step)
-            except Exception as exc:  # handed to the operation, which decides
-                error = exc
-            except BaseException:  # cancelled or interrupted mid-request: the steps
-                steps.close()  # hear of it at the request (counted as unanswered)
-                raise
+            with drive.sending():
+                drive.reply = self._send(step)
+        return drive.result
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send with retries and return the envelope's ``data`` (see ``Requester.exchange``)."""

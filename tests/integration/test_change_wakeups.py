@@ -46,14 +46,23 @@ def test_the_watch_counts_commits_of_other_connections_only(tmp_path):
             watch.close()
 
 
-def test_an_idle_worker_takes_a_new_task_at_once(tmp_path):
+def _done(params):
+    return {"ok": True}
+
+
+async def _done_async(params):
+    return {"ok": True}
+
+
+@pytest.mark.parametrize("handler", [_done, _done_async], ids=["threads", "async"])
+def test_an_idle_worker_takes_a_new_task_at_once(tmp_path, handler):
     url = str(tmp_path / "idle.db")
     upgrade(url)
     with LocalQueue(url) as queue:
-        worker = Worker(queue, {"t": lambda params: {"ok": True}}, poll_seconds=SLOW_POLL)
+        worker = Worker(queue, {"t": handler}, poll_seconds=SLOW_POLL)
         runner = threading.Thread(target=worker.run, kwargs={"max_tasks": 1}, daemon=True)
         runner.start()
-        time.sleep(0.5)  # the slot has found nothing and waits (up to 5 s)
+        time.sleep(0.5)  # the worker has found nothing and waits (up to 5 s)
         with LocalQueue(url) as producer:
             task = producer.enqueue("t", {"x": 1})
             enqueued = time.monotonic()
@@ -94,27 +103,6 @@ def test_a_stored_result_is_pushed_without_waiting_for_the_interval(tmp_path):
             finally:
                 daemon.stop()
     assert pushed_within < SLOW_POLL, f"took {pushed_within:.2f} s: no push on change"
-
-
-def test_an_idle_async_worker_takes_a_new_task_at_once(tmp_path):
-    url = str(tmp_path / "idle-async.db")
-    upgrade(url)
-
-    async def handler(params):
-        return {"ok": True}
-
-    with LocalQueue(url) as queue:
-        worker = Worker(queue, {"t": handler}, poll_seconds=SLOW_POLL)
-        runner = threading.Thread(target=worker.run, kwargs={"max_tasks": 1}, daemon=True)
-        runner.start()
-        time.sleep(0.5)  # the loop has found nothing and waits (up to 5 s)
-        with LocalQueue(url) as producer:
-            task = producer.enqueue("t", {"x": 1})
-            enqueued = time.monotonic()
-            assert wait_until(lambda: producer.get(task.id).status == "done", SLOW_POLL - 1)
-        picked_within = time.monotonic() - enqueued
-        runner.join(10)
-    assert picked_within < SLOW_POLL / 2, f"took {picked_within:.2f} s: no wake-up"
 
 
 def test_stop_waits_for_a_push_under_way_before_its_last_push(tmp_path):
