@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from .errors import BridgeError, TaskNotHeldError, ValidationError
 from .logs import task_fields
@@ -38,10 +38,7 @@ from .queue import LocalQueue, encoded_result
 from .runner import Ran, run_call
 
 # bridge.worker imports this module only inside Worker.run, so importing it here is no cycle.
-from .worker import TaskContext, awaitable_refusal
-
-if TYPE_CHECKING:
-    from .worker import Worker
+from .worker import TaskContext, Worker, awaitable_refusal
 
 logger = logging.getLogger("bridge.worker")
 
