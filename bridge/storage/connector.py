@@ -157,6 +157,24 @@ class Connector:
         if not durable:
             self._restore_full_sync(driver)
 
+    @contextlib.contextmanager
+    def one_statement(self) -> Iterator[Any]:
+        """One prepared write that is a transaction on its own: on SQLite the driver in
+        autocommit (the statement takes the write lock, commits and syncs by itself,
+        without a ``BEGIN``/``COMMIT`` of ours around it: two round trips fewer, for
+        ``enqueue``); elsewhere an ordinary ``hot_write``."""
+        if self.is_postgresql:
+            with self.hot_write() as driver:
+                yield driver
+            return
+        driver = self._holder().driver
+        try:
+            yield driver
+        except self._translated as exc:
+            if driver.in_transaction:  # never left open: the next BEGIN would fail
+                self._roll_back(driver, durable=True)
+            self._raise_translated(exc)
+
     def _begin_polling(self, driver: Any) -> None:
         patience = int(driver.execute("PRAGMA busy_timeout").fetchone()[0]) / 1000
         deadline = time.monotonic() + patience

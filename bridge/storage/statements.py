@@ -169,6 +169,15 @@ class Statement:
         finally:
             cursor.close()
 
+    def insert(self, conn: Any, values: dict[str, Any]) -> int:
+        """Run an ``INSERT`` of one row; the new row's id (SQLite's ``lastrowid``: no
+        ``RETURNING`` to fetch)."""
+        cursor = driver_of(conn).execute(self.sql, self.parameters(values))
+        try:
+            return int(cursor.lastrowid)
+        finally:
+            cursor.close()
+
     def run_many(self, conn: Any, many: list[dict[str, Any]]) -> int:
         """One statement over many rows (``executemany``); no rows returned."""
         cursor = driver_of(conn).cursor()

@@ -62,6 +62,20 @@ def _new_task(task_id: int, item: NewTask, now: datetime) -> LocalTask:
     )
 
 
+def _enqueue_values(item: NewTask, now: datetime) -> dict[str, Any]:
+    task_type, params, priority, metadata = item
+    return {
+        "v_type": task_type,
+        "v_params": params,
+        "v_priority": priority,
+        "v_status": "queued",
+        "v_attempts": 0,
+        "v_progress": 0,
+        "v_created_at": now,
+        "v_metadata": metadata,
+    }
+
+
 def _insert_in_a_row(statement: Statement, conn: Any, rows: list[dict[str, Any]]) -> list[int]:
     """SQLite: insert ``rows`` with one ``executemany``; their ids, in order.
 
@@ -117,23 +131,16 @@ class TaskQueries:
         now: datetime,
     ) -> LocalTask:
         """A local-only task (no remote id): the specification's hybrid pattern."""
-        return self.enqueue_many([(task_type, params, priority, metadata)], now)[0]
+        item = (task_type, params, priority, metadata)
+        if self.db.is_postgresql:
+            return self.enqueue_many([item], now)[0]
+        with self.db.one_statement() as conn:  # SQLite: the INSERT commits on its own
+            task_id = self.sql.enqueue_rows.insert(conn, _enqueue_values(item, now))
+        return _new_task(task_id, item, now)
 
     def enqueue_many(self, items: Sequence[NewTask], now: datetime) -> list[LocalTask]:
         """Local-only tasks ``(type, params, priority, metadata)``, in ONE transaction."""
-        rows = [
-            {
-                "v_type": task_type,
-                "v_params": params,
-                "v_priority": priority,
-                "v_status": "queued",
-                "v_attempts": 0,
-                "v_progress": 0,
-                "v_created_at": now,
-                "v_metadata": metadata,
-            }
-            for task_type, params, priority, metadata in items
-        ]
+        rows = [_enqueue_values(item, now) for item in items]
         with self.db.hot_write() as conn:
             if len(rows) > 1 and not self.db.is_postgresql:
                 added = _insert_in_a_row(self.sql.enqueue_rows, conn, rows)

@@ -395,7 +395,10 @@ def test_locked_database_is_a_clear_error_and_recovers(tmp_path, clock: Clock):
         task = queue.dequeue()  # the cause is gone: the same queue works again
         assert task is not None and task.params == {"x": 1}
         queue.complete(task, {"ok": True})
-        assert queue.status().tasks == {("a", "done"): 1}
+        assert queue.status().tasks == {("a", "done"): 1}  # the refused enqueue left nothing
+        added = queue.enqueue("a", {"x": 3})  # its connection was not left mid-transaction
+        assert queue.get(added.id).params == {"x": 3}
+        assert queue.status().tasks == {("a", "done"): 1, ("a", "queued"): 1}
 
 
 def test_reaping_takes_the_write_lock_only_when_a_lock_ran_out(tmp_path, clock: Clock):
