@@ -119,6 +119,8 @@ class PullJob(JobState):
         """Refresh the pending counts when a look is due; False when the tick must stop."""
         if not self._watching(now) or (self._next_look is not None and now < self._next_look):
             return True
+        if all(self._known.get(task_type, 0) > 0 for task_type in self.config.types):
+            return True  # every type still has tasks seen pending to claim: nothing to learn
         if window_free_at(self.client.rate_limit_for(LIST_PATH)) > 0:
             return True  # the list's window is spent: look again when it resets
         self._next_look = now + timedelta(seconds=self.config.watch_interval_seconds)

@@ -104,8 +104,14 @@ MUTATIONS = [
     Mutation(
         "no per-task hold-back across pushes",
         "bridge/storage/outbox.py",
-        "                ~earlier_waits,\n",
+        "            ~earlier_waits,\n",
         "",
+    ),
+    Mutation(
+        "a look while tasks seen pending are still to claim",
+        "bridge/pull.py",
+        "        if all(self._known.get(task_type, 0) > 0 for task_type in self.config.types):",
+        "        if False:",
     ),
     Mutation(
         "an outage does not stop the push",

@@ -34,6 +34,31 @@ from .connector import Connector
 from .state import upsert_task_type
 from .statements import Prepared
 
+def _pending_due() -> Any:
+    """``pending_outbox``'s query, built once (building it was most of a push tick's
+    database time): due pending rows, none behind an earlier row of its task that waits."""
+    now = bindparam("p_now", type_=UTCDateTime())
+    earlier = outbox.alias("earlier")
+    earlier_waits = exists().where(
+        earlier.c.task_id.is_not_distinct_from(outbox.c.task_id),  # rows of no task too
+        earlier.c.status == "pending",
+        earlier.c.id < outbox.c.id,
+        earlier.c.next_attempt_at > now,
+    )
+    return (
+        select(outbox)
+        .where(
+            IS_PENDING,
+            or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
+            ~earlier_waits,
+        )
+        .order_by(outbox.c.id)
+        .limit(bindparam("p_limit"))
+    )
+
+
+_PENDING_DUE = _pending_due()
+
 _SETTLE = (
     update(outbox)
     .where(
@@ -153,25 +178,9 @@ class OutboxQueries:
     def pending_outbox(self, now: datetime, limit: int) -> list[OutboxEntry]:
         """Pending rows that are due, oldest first; none of a task whose earlier row
         still waits for its retry time (a task's rows reach the server in order)."""
-        earlier = outbox.alias("earlier")
-        earlier_waits = exists().where(
-            earlier.c.task_id.is_not_distinct_from(outbox.c.task_id),  # rows of no task too
-            earlier.c.status == "pending",
-            earlier.c.id < outbox.c.id,
-            earlier.c.next_attempt_at > now,
-        )
-        statement = (
-            select(outbox)
-            .where(
-                IS_PENDING,
-                or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
-                ~earlier_waits,
-            )
-            .order_by(outbox.c.id)
-            .limit(limit)
-        )
         with self.db.read() as conn:
-            return [OutboxEntry.from_row(row) for row in conn.execute(statement).mappings()]
+            rows = conn.execute(_PENDING_DUE, {"p_now": now, "p_limit": limit}).mappings()
+            return [OutboxEntry.from_row(row) for row in rows]
 
     def outbox_entries(
         self, status: OutboxStatus | None = None, limit: int = 100

@@ -35,6 +35,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
 from ..models import LocalTask
@@ -296,6 +297,29 @@ class Prepared:
         # Only the id comes back: the rest of the new task is what the caller gave.
         self.enqueue = prepare(insert(tasks).values(**task_row).returning(tasks.c.id))
         self.enqueue_rows = prepare(insert(tasks).values(**task_row))  # executemany, SQLite
+        # A claim of a remote task not seen before (the daemon's usual case): the row, or
+        # none when the remote id is known (then the careful path reads and decides).
+        claim_row: dict[str, Any] = {
+            name: p(f"c_{name}")
+            for name in (
+                "remote_id",
+                "type",
+                "params",
+                "priority",
+                "created_at",
+                "remote_attempt",
+                "remote_worker_id",
+                "lease_expires_at",
+            )
+        }
+        claim_row.update(status=constant("queued"), attempts=ZERO, progress=ZERO)
+        upsert = postgresql.insert if self.postgresql else sqlite.insert
+        self.claim_new = prepare(
+            upsert(tasks)
+            .values(**claim_row)
+            .on_conflict_do_nothing(index_elements=[tasks.c.remote_id])
+            .returning(*TASK_COLUMNS)
+        )
         self.task_by_id = prepare(select(*TASK_COLUMNS).where(tasks.c.id == p("p_id")))
 
     def dequeue(self, type_count: int, many: bool = False) -> Statement:

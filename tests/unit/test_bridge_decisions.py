@@ -533,6 +533,27 @@ def test_no_look_is_sent_while_the_list_window_is_spent(rig: Rig):
     assert rig.client.called("list") == []
 
 
+def test_no_look_while_tasks_seen_pending_are_still_to_claim_and_one_once_they_run_out(rig: Rig):
+    rig.client.remote[TYPE] = list(range(1, 11))
+    bridge = rig.make(prefetch=4, workers=4, watch_interval_seconds=0.1)
+    assert bridge.pull_tick(rig.clock.now) == 4  # a look saw 10; room for 4
+    assert len(rig.client.called("list")) == 1
+    for task in iter(lambda: rig.queue.dequeue(TYPE), None):
+        rig.queue.complete(task, {})  # room again
+    rig.clock.advance(0.2)  # a look would be due: the 6 seen are still to claim
+    assert bridge.pull_tick(rig.clock.now) == 4
+    assert len(rig.client.called("list")) == 1
+    for task in iter(lambda: rig.queue.dequeue(TYPE), None):
+        rig.queue.complete(task, {})
+    rig.client.remote[TYPE].append(99)  # created since the look
+    rig.clock.advance(0.2)
+    assert bridge.pull_tick(rig.clock.now) == 2  # the last 2 seen: none left to claim
+    rig.clock.advance(0.2)
+    assert bridge.pull_tick(rig.clock.now) == 1  # so the next tick looks, and finds 99
+    assert len(rig.client.called("list")) == 2
+    assert rig.store.get_task_by_remote_id(99) is not None
+
+
 def test_a_page_full_of_other_types_is_followed_by_a_look_at_ours_by_name(rig: Rig):
     rig.client.remote["someone.else"] = list(range(1000, 1100))  # a full page, none ours
     rig.client.remote[TYPE] = [5]
