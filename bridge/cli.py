@@ -103,21 +103,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         operations = Operations(store, config)
         serving = args.metrics_port is not None
         metrics = daemon_metrics(operations) if serving else NullMetrics()
-        client = TaskManagerClient(config.client_config(), observer=metrics.observe_request)
-        bridge = _wait_for_database(
-            lambda: Bridge(store, client, config, metrics=metrics),
-            lambda: check_schema(store.engine),
+        http = config.http_library()
+        client = TaskManagerClient(
+            config.client_config(), observer=metrics.observe_request, http=http
         )
-        daemon = Daemon(bridge)
-        # Before anything is visible from outside: a SIGTERM sent as soon as the page
-        # answers must stop the daemon cleanly, not kill it.
-        daemon.handle_signals()
-        server = _dashboard(args, operations, metrics, policy) if serving else None
-        try:
-            return daemon.run_forever()
-        finally:
-            if server is not None:
-                server.stop()
+        logging.getLogger("bridge.daemon").info("requests to the server go through %s", http)
+        with contextlib.closing(client):
+            bridge = _wait_for_database(
+                lambda: Bridge(store, client, config, metrics=metrics),
+                lambda: check_schema(store.engine),
+            )
+            daemon = Daemon(bridge)
+            # Before anything is visible from outside: a SIGTERM sent as soon as the page
+            # answers must stop the daemon cleanly, not kill it.
+            daemon.handle_signals()
+            server = _dashboard(args, operations, metrics, policy) if serving else None
+            try:
+                return daemon.run_forever()
+            finally:
+                if server is not None:
+                    server.stop()
 
 
 def _dashboard(

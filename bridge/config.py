@@ -14,6 +14,7 @@ the ``[taskmanager]`` table and the ``TASKMANAGER_*`` variables (see
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.util
 import os
 import sys
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from taskmanager import TaskManagerConfig, TaskManagerConfigError
+from taskmanager.client import HttpLibrary
 from taskmanager.config import SETTING_NAMES, parse_number
 from taskmanager.config import SETTINGS as CLIENT_SETTINGS
 
@@ -38,6 +40,7 @@ else:  # pragma: no cover - Python 3.10
 DEFAULT_CONFIG_FILE = "bridge.toml"
 DEFAULT_DB_URL = "sqlite:///taskmanager-bridge.db"
 WORKER_ID_VARIABLE = "TASKMANAGER_WORKER_ID"
+HTTP_CHOICES = ("auto", "aiohttp", "requests")
 SECRET_KEYS = frozenset({"api_key"})  # [taskmanager] keys never shown by repr()
 MASK = "***"
 
@@ -133,6 +136,11 @@ class BridgeConfig:
     reconcile_interval_seconds: float = _setting(
         300.0, "how often orphan claims (claimed by us, unknown locally) are imported", 1
     )
+    http: str = _setting(
+        "auto",
+        'how the daemon sends its requests: "aiohttp" (about half the CPU per request; '
+        'needs the [async] extra), "requests", or "auto" (aiohttp when installed)',
+    )
     shutdown_push_seconds: float = _setting(10.0, "time given to the last push on shutdown", 0)
     # -- not settings: the client's table as found, where it came from, what it implies --
     taskmanager: dict[str, Any] = field(default_factory=dict)
@@ -185,6 +193,13 @@ class BridgeConfig:
         environment is read here, from that mapping.
         """
         return RawConfig.gather(path, os.environ if env is None else env, overrides).resolve()
+
+    def http_library(self) -> HttpLibrary:
+        """The HTTP library the daemon's client uses: ``http``, with ``auto`` resolved."""
+        if self.http == "auto":
+            installed = all(importlib.util.find_spec(name) for name in ("aiohttp", "certifi"))
+            return "aiohttp" if installed else "requests"
+        return "aiohttp" if self.http == "aiohttp" else "requests"
 
     def client_config(self, env: Mapping[str, str] | None = None) -> TaskManagerConfig:
         """The client's config: ``TASKMANAGER_*`` variables, then the ``[taskmanager]`` table."""
@@ -386,6 +401,10 @@ class RawConfig:
             raise BridgeConfigError(
                 f"poll_max_seconds ({values['poll_max_seconds']}) must be >= "
                 f"poll_min_seconds ({values['poll_min_seconds']})"
+            )
+        if values["http"] not in HTTP_CHOICES:
+            raise BridgeConfigError(
+                f"http must be one of {', '.join(HTTP_CHOICES)}, got {values['http']!r}"
             )
         if values["lease_margin_seconds"] >= values["lease_seconds"]:
             raise BridgeConfigError(

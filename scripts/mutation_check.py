@@ -97,8 +97,7 @@ MUTATIONS = [
     Mutation(
         "no per-task hold-back within a push",
         "bridge/push.py",
-        "            if entry.task_id in batch.held_back:\n"
-        "                return",
+        "            if entry.task_id in batch.held_back:\n                return",
         "            if False:\n                return",
     ),
     Mutation(
@@ -128,7 +127,7 @@ MUTATIONS = [
     Mutation(
         "reconcile ignores the 429 pause",
         "bridge/reconcile.py",
-        "        tick_started = self.monotonic()\n        if self.server.paused(now, \"pull\"):\n"
+        '        tick_started = self.monotonic()\n        if self.server.paused(now, "pull"):\n'
         "            return 0\n        try:\n            with self._claims_lock:",
         "        tick_started = self.monotonic()\n        try:\n"
         "            with self._claims_lock:",

@@ -19,6 +19,8 @@ from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.async_client import AsyncTaskManagerClient
 
 CLIENT_KINDS = ("sync", "async")
+# The blocking client sending through aiohttp on its own loop thread (http="aiohttp").
+LOOP = "loop"
 
 
 class BlockingAsyncClient:
@@ -70,12 +72,14 @@ def make_client(
     sleep: Callable[[float], None] | None = None,
     **options: Any,
 ) -> Any:
-    """A ``TaskManagerClient`` (``"sync"``) or a ``BlockingAsyncClient`` (``"async"``)
-    with the same config and options; ``sleep`` (blocking) is given to the async
-    client as a coroutine that calls it."""
-    if kind == "sync":
+    """A ``TaskManagerClient`` (``"sync"``; ``"loop"``: with ``http="aiohttp"``) or a
+    ``BlockingAsyncClient`` (``"async"``) with the same config and options; ``sleep``
+    (blocking) is given to the async client as a coroutine that calls it."""
+    if kind in ("sync", LOOP):
         if sleep is not None:
             options["sleep"] = sleep
+        if kind == LOOP:
+            options["http"] = "aiohttp"
         return TaskManagerClient(config, **options)
     if sleep is not None:
         blocking_sleep = sleep

@@ -34,6 +34,7 @@ from .connector import Connector
 from .state import upsert_task_type
 from .statements import Prepared
 
+
 def _pending_due() -> Any:
     """``pending_outbox``'s query, built once (building it was most of a push tick's
     database time): due pending rows, none behind an earlier row of its task that waits."""

@@ -1,6 +1,7 @@
 """The server's quirks and failures, absorbed the same by the blocking and the async client.
 
-Every scenario runs with both clients over real HTTP against a scripted
+Every scenario runs with each client (the blocking one on requests and on aiohttp,
+the async one) over real HTTP against a scripted
 loopback server (exact answer shapes, hangs, truncation, redirects); retries
 sleep on a fake clock, so nothing here waits for a back-off.
 """
@@ -11,13 +12,17 @@ import asyncio
 import logging
 import random
 import ssl
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import requests
 
 from taskmanager import (
     TaskManagerAuthError,
+    TaskManagerClient,
     TaskManagerConfig,
     TaskManagerConfigError,
     TaskManagerConflictError,
@@ -28,7 +33,7 @@ from taskmanager import (
     TaskManagerTimeoutError,
 )
 
-from ..both_clients import CLIENT_KINDS, make_client
+from ..both_clients import CLIENT_KINDS, LOOP, make_client
 from ..scripted_server import Scripted, ScriptedServer, closed_port
 
 pytestmark = pytest.mark.integration
@@ -71,7 +76,7 @@ def sleeps() -> Sleeps:
     return Sleeps()
 
 
-@pytest.fixture(params=CLIENT_KINDS)
+@pytest.fixture(params=(*CLIENT_KINDS, LOOP))
 def connect(
     request: pytest.FixtureRequest, server: ScriptedServer, sleeps: Sleeps
 ) -> Iterator[Callable[..., Any]]:
@@ -322,3 +327,39 @@ def test_ca_bundle_from_the_environment_as_requests_reads_it(
     with pytest.raises(TaskManagerConfigError, match=r"missing\.pem"):
         _ssl_setting(config)
     assert _ssl_setting(TaskManagerConfig(api_url=config.api_url, verify_tls=False)) is False
+
+
+# -- the blocking client on aiohttp (http="aiohttp"): its own edges ----------------------------
+def test_a_back_off_on_the_loop_holds_no_other_request(server: ScriptedServer):
+    """The loop thread is shared by every calling thread: one request waiting out a
+    Retry-After (with the real sleep) must not hold another."""
+    row = {"id": "2", "type": "T", "status": "pending"}
+    limited = err(429, "Too Many Requests", **{"Retry-After": "3"})
+    server.add("GET", "/tasks/1", limited, ok({"items": [{**row, "id": "1"}], "count": 1}))
+    server.add("GET", "/tasks/2", ok({"items": [row], "count": 1}))
+    config = TaskManagerConfig(api_url=server.url, api_key=KEY, worker_id="w")
+    with TaskManagerClient(config, http="aiohttp") as client:
+        waiting = threading.Thread(target=client.get_task, args=(1,))
+        waiting.start()
+        while not server.calls("GET", "/tasks/1"):
+            time.sleep(0.01)
+        started = time.monotonic()
+        assert client.get_task(2).id == 2
+        assert time.monotonic() - started < 1.5  # not after the other's 3 s wait
+        assert waiting.is_alive()
+        waiting.join()
+    assert len(server.calls("GET", "/tasks/1")) == 2
+
+
+def test_the_aiohttp_choice_is_checked_and_a_closed_client_says_so(server: ScriptedServer):
+    config = TaskManagerConfig(api_url=server.url, api_key=KEY, worker_id="w")
+    with pytest.raises(TaskManagerConfigError, match='"requests" or "aiohttp"'):
+        TaskManagerClient(config, http="httpx")  # type: ignore[arg-type]
+    with pytest.raises(TaskManagerConfigError, match="session= is for requests"):
+        TaskManagerClient(config, http="aiohttp", session=requests.Session())
+    client = TaskManagerClient(config, http="aiohttp")
+    client.close()
+    client.close()  # twice is fine
+    with pytest.raises(TaskManagerConfigError, match="closed"):
+        client.get_task(1)
+    assert server.calls() == []

@@ -134,11 +134,13 @@ def running_daemon(tmp_path: Path) -> Iterator[Running]:
 
 def _make_state(db: str, config: Path, server: EmulatorServer) -> None:
     with LocalQueue(config=BridgeConfig.load(config)) as queue:
+
         def claimed() -> bool:
             tasks = queue.status().tasks
-            return tasks.get((TYPES[0], "queued"), 0) == PREFETCH and tasks.get(
-                (TYPES[1], "queued"), 0
-            ) == 4  # every reddit task: fewer than the prefetch exist
+            return (
+                tasks.get((TYPES[0], "queued"), 0) == PREFETCH
+                and tasks.get((TYPES[1], "queued"), 0) == 4
+            )  # every reddit task: fewer than the prefetch exist
 
         assert wait_until(claimed, 30), f"the daemon did not claim within 30 s: {queue.status()}"
         for n in range(5):

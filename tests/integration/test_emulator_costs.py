@@ -37,4 +37,3 @@ def test_random_deadlocks_are_rolled_back_and_the_client_sends_again():
             r for r in server.requests if r.path.endswith("/complete") and r.status == 200
         ]
         assert len(completions) == 20  # each applied once
-

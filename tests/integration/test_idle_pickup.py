@@ -26,9 +26,10 @@ def idle_rig(tmp_path) -> Iterator[tuple[EmulatorServer, LocalQueue, Bridge, Clo
     db = str(tmp_path / "q.db")
     upgrade(db)
     clock = Clock()
-    with EmulatorServer(rate_limit=100, rate_window=60) as server, LocalQueue(
-        db, clock=clock
-    ) as queue:
+    with (
+        EmulatorServer(rate_limit=100, rate_window=60) as server,
+        LocalQueue(db, clock=clock) as queue,
+    ):
         admin = server.client()
         for name in TYPES:
             admin.register_task_type(name, "1", {"type": "object"})

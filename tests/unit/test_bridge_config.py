@@ -49,6 +49,8 @@ def test_bridge_config_env_names_the_file(tmp_path):
         ("db_url = [1]", "db_url"),
         ("taskmanager = 3", "[taskmanager] must be a table"),
         ("this is not toml", "not valid TOML"),
+        ("http = 'httpx'", "http must be one of auto, aiohttp, requests, got 'httpx'"),
+        ("http = 2", "http"),
     ],
 )
 def test_bad_file_values_name_the_key(tmp_path, text: str, fragment: str):
@@ -148,3 +150,11 @@ def test_explicit_worker_id_resolved_at_load(tmp_path):
     assert from_env.explicit_worker_id == "from-env"
     assert BridgeConfig.load(env={"TASKMANAGER_WORKER_ID": ""}).explicit_worker_id is None
     assert BridgeConfig(taskmanager={"worker_id": "direct"}).explicit_worker_id == "direct"
+
+
+def test_the_daemons_http_library_auto_forced_and_from_the_environment(tmp_path):
+    pytest.importorskip("aiohttp", reason="the [async] extra is not installed")
+    assert BridgeConfig.load(env={}, db_url="q.db").http_library() == "aiohttp"  # auto
+    forced = BridgeConfig.load(env={"BRIDGE_HTTP": "requests"}, db_url="q.db")
+    assert forced.http_library() == "requests"
+    assert BridgeConfig.load(env={}, db_url="q.db", http="aiohttp").http_library() == "aiohttp"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[2]
 
 WITHOUT_AIOHTTP = """
 import sys
@@ -18,15 +21,28 @@ try:
     taskmanager.AsyncTaskManagerClient
 except ImportError as exc:
     print("ImportError:", exc)
+try:
+    TaskManagerClient(http="aiohttp")
+except taskmanager.TaskManagerConfigError as exc:
+    print("ConfigError:", exc)
+print("daemon http:", bridge.BridgeConfig.load(env={}, db_url="q.db").http_library())
 """
 
 
-def test_the_package_imports_without_aiohttp_and_says_how_to_get_async():
+def test_the_package_imports_without_aiohttp_and_says_how_to_get_async(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-c", WITHOUT_AIOHTTP], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", WITHOUT_AIOHTTP],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stderr
-    assert "pip install 'taskmanager-bridge[async]'" in done.stdout
+    extra = "taskmanager-bridge[async]"
+    assert f"ImportError: the asyncio client needs aiohttp: pip install '{extra}'" in done.stdout
+    assert f'ConfigError: http="aiohttp" needs aiohttp: pip install "{extra}"' in done.stdout
+    assert "daemon http: requests" in done.stdout  # "auto" falls back to requests
 
 
 def test_unknown_attribute_is_still_an_attribute_error():
