@@ -110,6 +110,10 @@ class PullJob(JobState):
             logger.info("claimed %d task(s)", total)
         return total
 
+    def seen_pending(self) -> bool:
+        """Whether the last look saw tasks pending that are not claimed yet."""
+        return any(count > 0 for count in self._known.values())
+
     def _watching(self, now: datetime) -> bool:
         return self.config.watch_interval_seconds > 0 and (
             self._watch_off_until is None or now >= self._watch_off_until

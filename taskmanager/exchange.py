@@ -208,8 +208,9 @@ class Requester:
                 return outcome.data
             if not outcome.retryable:
                 raise outcome.error
+            elapsed = self.clock() - started
             decision = decide_retry(
-                policy, retry_number, self.clock() - started, outcome.retry_after, self.rng
+                policy, retry_number, elapsed, outcome.retry_after, self.rng, outcome.deadlock
             )
             if not decision.retry:
                 if decision.reason == DEADLINE_PASSED:

@@ -35,6 +35,12 @@ RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 # "Transient deadlocks under concurrency"): it was rolled back, so sending the
 # request again is as safe as after a 503.
 TRANSIENT_DEADLOCK_MARKERS = ("SQLSTATE[40001]", "Deadlock found when trying to get lock")
+# A deadlock is two transactions meeting, not an overloaded server: MariaDB rolled one
+# back and says to restart it. The first resend follows after about this long (+-50 %
+# jitter, so that the two do not meet again); a second deadlock backs off as usual.
+# A full first back-off (1 s) stalled whatever waited for the request: the bridge's whole
+# claim burst or push, a direct worker's thread.
+DEADLOCK_RESEND_SECONDS = 0.05
 
 # Longest wait a server may ask for: anything longer is treated as this (a day).
 MAX_RETRY_AFTER_SECONDS = 86_400.0
@@ -67,6 +73,7 @@ class Outcome:
     retryable: bool = False
     retry_after: float | None = None
     label: str = ""
+    deadlock: bool = False  # a transient deadlock: the first resend comes soon
 
 
 @dataclass(frozen=True)
@@ -245,12 +252,13 @@ def interpret(
         raw_text=answer.text[:BODY_SNIPPET_CHARS],
         retry_after=retry_after,
     )
+    deadlock = is_transient_deadlock(answer.status, message)
     return Outcome(
         error=error,
-        retryable=answer.status in RETRYABLE_STATUSES
-        or is_transient_deadlock(answer.status, message),
+        retryable=answer.status in RETRYABLE_STATUSES or deadlock,
         retry_after=error.retry_after if isinstance(error, TaskManagerRateLimitError) else None,
         label=label,
+        deadlock=deadlock,
     )
 
 
@@ -307,20 +315,23 @@ def decide_retry(
     elapsed: float,
     retry_after: float | None,
     rng: random.Random,
+    deadlock: bool = False,
 ) -> RetryDecision:
     """Whether a retryable failure is tried again, and after how long.
 
     ``retry_number`` counts the retries already made, ``elapsed`` the seconds
     since the first attempt started. The server's ``retry_after`` beats the
-    back-off; no wait may end past the deadline.
+    back-off; a first ``deadlock`` is resent after ``DEADLOCK_RESEND_SECONDS``;
+    no wait may end past the deadline.
     """
     if retry_number >= policy.max_retries:
         return RetryDecision(False, reason=ATTEMPTS_EXHAUSTED)
-    delay = (
-        retry_after
-        if retry_after is not None
-        else backoff_delay(retry_number, policy.backoff_base, policy.backoff_max, rng)
-    )
+    if retry_after is not None:
+        delay = retry_after
+    elif deadlock and retry_number == 0:
+        delay = DEADLOCK_RESEND_SECONDS * rng.uniform(0.5, 1.5)
+    else:
+        delay = backoff_delay(retry_number, policy.backoff_base, policy.backoff_max, rng)
     if elapsed + delay > policy.deadline:
         return RetryDecision(False, delay, DEADLINE_PASSED)
     return RetryDecision(True, delay)

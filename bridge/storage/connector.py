@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -18,10 +17,9 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..database import SYNCHRONOUS_FULL, driver_errors, translated_errors
+from ..database import SYNCHRONOUS_FULL, begin_immediate, driver_errors, translated_errors
 
 SYNCHRONOUS_NORMAL = "PRAGMA synchronous = NORMAL"  # taking a task only (hot_write)
-POLL_SECONDS = 0.0002  # hot_write(polling=True): between two tries for SQLite's write lock
 
 
 class _ThreadConnection:
@@ -29,7 +27,12 @@ class _ThreadConnection:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.driver: Any = conn.connection.driver_connection
+        driver: Any = conn.connection.driver_connection
+        self.driver = driver
+        self.patience = 0.0  # SQLite: the busy timeout, for begin_immediate
+        if conn.dialect.name == "sqlite":
+            found = driver.execute("PRAGMA busy_timeout").fetchone()
+            self.patience = int(found[0]) / 1000
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -50,6 +53,12 @@ class Connector:
         self._translated: tuple[type[BaseException], ...] = (SQLAlchemyError, *self._driver_errors)
         self._holders: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._holders_lock = threading.Lock()
+        # SQLite: this process's writers take turns here, so that one of them (not every
+        # thread) polls for the file's write lock, and a thread is woken the moment the
+        # one before it ends instead of at a poll.
+        self._turn: contextlib.AbstractContextManager[Any] = (
+            contextlib.nullcontext() if self.is_postgresql else threading.RLock()
+        )
 
     def close(self) -> None:
         with self._holders_lock:
@@ -83,7 +92,7 @@ class Connector:
         ``durable=False`` (SQLite) commits without waiting for the disk, for a write a
         later durable commit covers (the WAL is written in order); see ``hot_write``.
         """
-        with translated_errors(self.engine):
+        with translated_errors(self.engine), self._turn:
             conn = self.connection()
             relaxed = not durable and not self.is_postgresql
             try:
@@ -118,44 +127,40 @@ class Connector:
         return holder
 
     @contextlib.contextmanager
-    def hot_write(self, *, durable: bool = True, polling: bool = False) -> Iterator[Any]:
+    def hot_write(self, *, durable: bool = True) -> Iterator[Any]:
         """A write transaction for prepared statements only (``Statement.run``); yields
         the DBAPI connection.
 
         On SQLite it is begun and committed on the driver connection: SQLAlchemy sees
         an idle connection throughout. ``durable=False`` commits without the fsync (a
-        process crash cannot undo it; see docs/OPERATIONS.md on taking a task).
-        ``polling=True`` waits for the write lock by trying every ``POLL_SECONDS``
-        (within the busy timeout) instead of SQLite's busy handler, whose sleeps grow
-        to 100 ms: a worker looping back to back frees the lock for well under a
-        millisecond between its transactions, which that handler almost never catches
-        (prune waited seconds per chunk). PostgreSQL takes the ordinary path.
+        process crash cannot undo it; see docs/OPERATIONS.md on taking a task). The
+        write lock is waited for by short polls (``begin_immediate``), one thread of
+        this process at a time. PostgreSQL takes the ordinary path.
         """
         if self.is_postgresql:
             with self.write() as conn:
                 yield conn.connection.driver_connection
             return
-        driver = self._holder().driver
-        try:
-            if not durable:
-                driver.execute(SYNCHRONOUS_NORMAL)
-            if polling:
-                self._begin_polling(driver)
-            else:
-                driver.execute("BEGIN IMMEDIATE")
-        except self._translated as exc:
-            self._drop_driver(driver)
-            self._raise_translated(exc)
-        try:
-            yield driver
-            driver.execute("COMMIT")
-        except BaseException as exc:
-            self._roll_back(driver, durable)
-            if isinstance(exc, self._translated):
+        with self._turn:
+            holder = self._holder()
+            driver = holder.driver
+            try:
+                if not durable:
+                    driver.execute(SYNCHRONOUS_NORMAL)
+                begin_immediate(driver, holder.patience)
+            except self._translated as exc:
+                self._drop_driver(driver)
                 self._raise_translated(exc)
-            raise
-        if not durable:
-            self._restore_full_sync(driver)
+            try:
+                yield driver
+                driver.execute("COMMIT")
+            except BaseException as exc:
+                self._roll_back(driver, durable)
+                if isinstance(exc, self._translated):
+                    self._raise_translated(exc)
+                raise
+            if not durable:
+                self._restore_full_sync(driver)
 
     @contextlib.contextmanager
     def one_statement(self) -> Iterator[Any]:
@@ -167,29 +172,14 @@ class Connector:
             with self.hot_write() as driver:
                 yield driver
             return
-        driver = self._holder().driver
-        try:
-            yield driver
-        except self._translated as exc:
-            if driver.in_transaction:  # never left open: the next BEGIN would fail
-                self._roll_back(driver, durable=True)
-            self._raise_translated(exc)
-
-    def _begin_polling(self, driver: Any) -> None:
-        patience = int(driver.execute("PRAGMA busy_timeout").fetchone()[0]) / 1000
-        deadline = time.monotonic() + patience
-        driver.execute("PRAGMA busy_timeout = 0")
-        try:
-            while True:
-                try:
-                    driver.execute("BEGIN IMMEDIATE")
-                    return
-                except self._driver_errors as exc:
-                    if "locked" not in str(exc) or time.monotonic() > deadline:
-                        raise
-                time.sleep(POLL_SECONDS)
-        finally:
-            driver.execute(f"PRAGMA busy_timeout = {int(patience * 1000)}")
+        with self._turn:
+            driver = self._holder().driver
+            try:
+                yield driver
+            except self._translated as exc:
+                if driver.in_transaction:  # never left open: the next BEGIN would fail
+                    self._roll_back(driver, durable=True)
+                self._raise_translated(exc)
 
     def _raise_translated(self, exc: BaseException) -> None:
         with translated_errors(self.engine):

@@ -3,13 +3,13 @@
 Each chunk is one write transaction over a window of ids (a rowid range on
 SQLite, a primary-key range on PostgreSQL), so the write lock is held for the
 window's rows only; the window grows or shrinks to keep each chunk near
-``CHUNK_SECONDS``. A chunk takes the lock by short polls (``hot_write(polling=
-True)``): a worker looping back to back leaves it free for well under a
-millisecond between transactions. After a chunk the pruner waits twice as long
-as it held the lock, so workers (whose SQLite busy handler sleeps between its
-tries) get their turn. ``ix_outbox_task_id`` (revision 0002) makes the "no
-pending or dead row" check and the foreign key's ``ON DELETE SET NULL`` index
-lookups. The statements run through ``Statement`` (SQLAlchemy's public API).
+``CHUNK_SECONDS``. A chunk takes the lock by short polls, like every write
+(``database.begin_immediate``): a worker looping back to back leaves it free for
+well under a millisecond between transactions. After a chunk the pruner waits
+twice as long as it held the lock, so the workers get their turn.
+``ix_outbox_task_id`` (revision 0002) makes the "no pending or dead row" check
+and the foreign key's ``ON DELETE SET NULL`` index lookups. The statements run
+through ``Statement`` (SQLAlchemy's public API).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class Pruner:
         deleted, low, window = 0, first - 1, FIRST_WINDOW  # ids below the first are gone
         while low < last:
             high = min(low + window, last)
-            with self.db.hot_write(polling=True) as conn:
+            with self.db.hot_write() as conn:
                 started = self.clock()  # the write lock is held from here to the commit
                 values = {"p_low": low, "p_high": high, "p_before": before}
                 deleted += statement.run(conn, values).rowcount

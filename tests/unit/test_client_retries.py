@@ -323,7 +323,18 @@ def test_deadlock_500_retried_then_succeeds_once(
     done = client.complete_task(5, {"ok": True})
     assert (done.id, done.status, done.settled_by_read) == (5, "completed", False)
     assert len(mocked.calls) == 2 and len(fake_time.sleeps) == 1
-    assert 0.8 <= fake_time.sleeps[0] <= 1.2  # the normal back-off, first step
+    assert 0.025 <= fake_time.sleeps[0] <= 0.075  # soon: rolled back, not overloaded
+
+
+def test_a_deadlock_met_again_backs_off_as_usual(
+    mocked: responses.RequestsMock, client: TaskManagerClient, fake_time: FakeTime
+):
+    for _ in range(2):
+        mocked.post(f"{BASE}/tasks/5/complete", status=500, json=DEADLOCK)
+    mocked.post(f"{BASE}/tasks/5/complete", json=COMPLETED)
+    assert client.complete_task(5, {"ok": True}).status == "completed"
+    assert len(fake_time.sleeps) == 2 and fake_time.sleeps[0] < 0.1
+    assert 1.6 <= fake_time.sleeps[1] <= 2.4  # the back-off's second step
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,17 @@ def test_retry_backs_off_exponentially_within_jitter():
         assert nominal * 0.8 <= delay <= nominal * 1.2
 
 
+def test_a_first_deadlock_is_resent_soon_and_a_second_backs_off():
+    body = {"success": False, "error": "SQLSTATE[40001]: Serialization failure: 1213 Deadlock"}
+    outcome = judge(500, body)
+    assert outcome.retryable and outcome.deadlock
+    first = decide_retry(POLICY, 0, 0.0, None, random.Random(1), outcome.deadlock)
+    assert first.retry and 0.025 <= first.delay <= 0.075
+    second = decide_retry(POLICY, 1, 0.1, None, random.Random(1), outcome.deadlock)
+    assert 1.6 <= second.delay <= 2.4  # the back-off's second step: it keeps meeting
+    assert not judge(503, {"success": False, "error": "down"}).deadlock
+
+
 def test_server_wait_beats_backoff():
     decision = decide_retry(POLICY, 0, 0.0, 12.0, random.Random(1))
     assert (decision.retry, decision.delay) == (True, 12.0)
