@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Any
 
 from .database import display_url, normalise_url
-from .errors import BridgeError, TaskNotHeldError, ValidationError
+from .errors import BridgeError, DatabaseError, TaskNotHeldError, ValidationError
 from .logs import task_fields
 from .models import LocalTask
 from .patience import GaveUp, Patience, SchemaGone
@@ -534,6 +534,12 @@ class Worker:
             "taking a task", lambda: self.queue.dequeue(types, locked_by=locked_by), self._stop
         )
 
+    def _may_take(self, types: Sequence[str]) -> bool:
+        try:
+            return self.queue.store.any_queued(types)
+        except DatabaseError:
+            return True  # let the dequeue meet the trouble, with its patience and its words
+
     def _serve(self, slot: int, runner: Runner) -> None:
         locked_by = f"{self.queue.locked_by}-{slot}"
         types = sorted(self.handlers)
@@ -542,7 +548,8 @@ class Worker:
         while not self._stop.is_set():
             if task is None:
                 seen = self.changes.generation
-                task = self._take(locked_by, types)
+                # A look first: most wake-ups are commits that queued nothing.
+                task = self._take(locked_by, types) if self._may_take(types) else None
                 if task is None:
                     if self._stop.is_set():
                         break

@@ -163,6 +163,13 @@ class Connector:
                 self._restore_full_sync(driver)
 
     @contextlib.contextmanager
+    def peek(self) -> Iterator[Any]:
+        """SQLite: this thread's driver connection for one read outside any transaction
+        (a statement in autocommit reads a snapshot and takes no write lock)."""
+        with translated_errors(self.engine):
+            yield self._holder().driver
+
+    @contextlib.contextmanager
     def one_statement(self) -> Iterator[Any]:
         """One prepared write that is a transaction on its own: on SQLite the driver in
         autocommit (the statement takes the write lock, commits and syncs by itself,

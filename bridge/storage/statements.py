@@ -200,6 +200,7 @@ class Prepared:
             tasks.c.lease_expires_at.is_(None), tasks.c.lease_expires_at > p("p_lease_floor")
         )
         self._dequeue: dict[tuple[int, bool], Statement] = {}
+        self._any_queued: dict[int, Statement] = {}
         # The claim token: still running, same holder, same local attempt.
         held = and_(
             tasks.c.id == p("p_id"),
@@ -321,6 +322,22 @@ class Prepared:
             .returning(*TASK_COLUMNS)
         )
         self.task_by_id = prepare(select(*TASK_COLUMNS).where(tasks.c.id == p("p_id")))
+
+    def any_queued(self, type_count: int) -> Statement:
+        """The id of one queued task (of ``type_count`` named types, 0 = any), read from
+        the queued-tasks index; leases and locks are dequeue's to judge."""
+        statement = self._any_queued.get(type_count)
+        if statement is None:
+            conditions = [IS_QUEUED]
+            if type_count:
+                conditions.append(
+                    tasks.c.type.in_([bindparam(f"p_type_{i}") for i in range(type_count)])
+                )
+            query = select(tasks.c.id).where(*conditions).limit(ONE)
+            if not self.postgresql:
+                query = query.offset(ZERO)
+            statement = self._any_queued[type_count] = Statement(query, self.dialect)
+        return statement
 
     def dequeue(self, type_count: int, many: bool = False) -> Statement:
         """Lock the best queued task (of ``type_count`` named types, 0 = any): one

@@ -531,6 +531,17 @@ class TaskQueries:
         )
 
     # -- what the daemon's pull and reap decisions read -----------------------------------
+    def any_queued(self, types: Sequence[str] | None) -> bool:
+        """Whether a task (of these types) may be waiting, read without the write lock:
+        a worker slot woken by another process's commit (most of which queue nothing)
+        asks this before taking the lock to dequeue. PostgreSQL: always True (its
+        dequeue skips locked rows without waiting)."""
+        if self.db.is_postgresql:
+            return True
+        values = {f"p_type_{i}": name for i, name in enumerate(types or ())}
+        with self.db.peek() as driver:
+            return self.sql.any_queued(len(types or ())).run(driver, values).first() is not None
+
     def queued_count(self, task_type: str) -> int:
         """Tasks of a type waiting for a worker (answered from the queued-tasks index)."""
         with self.db.read() as conn:

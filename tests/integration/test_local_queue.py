@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from datetime import timedelta
 
@@ -369,6 +370,26 @@ def test_complete_and_dequeue_is_one_step(migrated_url: str, clock: Clock):
         last = other.complete_and_dequeue(stolen, {"n": 2}, types=["yt.scrape"])
         assert last.remote_id == 3 and other.complete_and_dequeue(last, {"n": 3}) is None
         assert [r.remote_id for r in queue.outbox()] == [1, 2, 3]
+
+
+def test_a_woken_slot_looks_for_queued_work_without_the_write_lock(queue: LocalQueue):
+    store = queue.store
+    if store.is_postgresql:
+        assert store.any_queued(None)  # no look there: dequeue skips locked rows itself
+        return
+    assert not store.any_queued(None)
+    queue.enqueue("a", {"n": 1})
+    assert store.any_queued(None) and store.any_queued(["a", "b"])
+    assert not store.any_queued(["b"])
+    holder = sqlite3.connect(queue.config.db_url.removeprefix("sqlite:///"))
+    holder.execute("BEGIN IMMEDIATE")  # another process writing: the look does not wait
+    try:
+        assert store.any_queued(["a"])
+    finally:
+        holder.rollback()
+        holder.close()
+    assert queue.dequeue() is not None
+    assert not store.any_queued(None)  # running, not queued
 
 
 def test_locked_database_is_a_clear_error_and_recovers(tmp_path, clock: Clock):
