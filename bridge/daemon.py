@@ -77,10 +77,8 @@ class Daemon:
         self._changes = ChangeWatch(bridge.store.engine)
         self._changes.on_change(self._push_wanted.set)
         self._push = self._guarded("push", bridge.push_tick)
-        self._pull_lock = threading.Lock()
-        self._pull = self._guarded("pull", bridge.pull_tick)
         jobs: list[tuple[str, Callable[[], object], float]] = [
-            ("pull", self._pull_alone, config.poll_min_seconds),
+            ("pull", self._guarded("pull", bridge.pull_tick), config.poll_min_seconds),
             ("push", self._push_alone, config.push_interval_seconds),
             ("reap", self._guarded("reap", bridge.reap_tick), config.reap_interval_seconds),
             (
@@ -126,18 +124,9 @@ class Daemon:
             self._push_lock.release()
         return True
 
-    def _pull_alone(self) -> None:
-        """Pull unless a pull is under way (the interval's, or one a commit started)."""
-        if self._pull_lock.acquire(blocking=False):
-            try:
-                self._pull()
-            finally:
-                self._pull_lock.release()
-
     def _push_on_change(self) -> None:
         """A commit by another process (a worker's result): push now, not at the next
-        interval; commits within ``PUSH_GAP_SECONDS`` go out together. A worker's commit
-        may also have made room for tasks already seen pending: claim them now too."""
+        interval; commits within ``PUSH_GAP_SECONDS`` go out together."""
         while not self._stop.is_set():
             if not self._push_wanted.wait(0.5):
                 continue
@@ -146,8 +135,6 @@ class Daemon:
                 return
             if not self._push_alone():  # the interval's push may have looked too early
                 self._push_wanted.set()
-            if self.bridge.seen_pending():
-                self._pull_alone()
             self._stop.wait(PUSH_GAP_SECONDS)
 
     def _schema_gone(self) -> bool:

@@ -48,6 +48,7 @@ class JobState:
     _deliveries: Fanout
     _claiming: threading.Event
     _next_pull: dict[str, datetime]
+    _claims_failed_until: dict[str, datetime]  # a failed claim's back-off, seen tasks or not
     _pull_interval: dict[str, float]
     _next_push: datetime | None
     _push_failures: int

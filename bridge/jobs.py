@@ -71,6 +71,7 @@ class Bridge(PullJob, PushJob, ReconcileJob):
         self._claiming = threading.Event()
         self._claiming.set()
         self._next_pull: dict[str, datetime] = {}
+        self._claims_failed_until: dict[str, datetime] = {}
         self._pull_interval: dict[str, float] = {}
         self._next_push: datetime | None = None
         self._push_failures = 0

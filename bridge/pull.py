@@ -110,10 +110,6 @@ class PullJob(JobState):
             logger.info("claimed %d task(s)", total)
         return total
 
-    def seen_pending(self) -> bool:
-        """Whether the last look saw tasks pending that are not claimed yet."""
-        return any(count > 0 for count in self._known.values())
-
     def _watching(self, now: datetime) -> bool:
         return self.config.watch_interval_seconds > 0 and (
             self._watch_off_until is None or now >= self._watch_off_until
@@ -157,6 +153,9 @@ class PullJob(JobState):
     def _wanted(self, task_type: str, now: datetime) -> int | None:
         """How many claims a type is worth now: what was seen pending, else one blind
         burst when its poll (or probe) is due; ``None``: not now."""
+        failed_until = self._claims_failed_until.get(task_type)
+        if failed_until is not None and now < failed_until:
+            return None  # its last claim failed: not before the back-off, pending or not
         known = self._known.get(task_type, 0)
         if known > 0:
             return known
@@ -166,6 +165,7 @@ class PullJob(JobState):
         return BLIND
 
     def _after_claims(self, task_type: str, claimed: int, limit: int, now: datetime) -> None:
+        self._claims_failed_until.pop(task_type, None)
         known = self._known.get(task_type, 0)
         if known > 0:  # claims of tasks seen pending; an empty answer means none are left
             if limit > 0:
@@ -256,19 +256,24 @@ class PullJob(JobState):
     def _claim_failed(
         self, task_type: str, error: TaskManagerError, now: datetime, tick_started: float
     ) -> bool:
-        """Act on a failed claim; True when the other types may still be claimed."""
+        """Act on a failed claim; True when the other types may still be claimed.
+
+        The type's next claim waits for the back-off (or the pause) even when tasks
+        were seen pending: a claim failing for good must not repeat at every tick."""
         if isinstance(error, TaskManagerRateLimitError):
             self.server.pause(now, error.retry_after, tick_started, "pull")
             return False
         if isinstance(error, TaskManagerAuthError):
             self.server.refused_key(now, str(error))
             self._schedule_pull(task_type, now, found_work=False)  # back off while refused
+            self._claims_failed_until[task_type] = self._next_pull[task_type]
             return False
         if isinstance(error, TaskManagerConnectionError):
             self.server.unreachable(now, str(error))
             return False
         logger.warning("claiming %s failed: %s", task_type, error)
         self._schedule_pull(task_type, now, found_work=False)
+        self._claims_failed_until[task_type] = self._next_pull[task_type]
         return True
 
     def _schedule_pull(self, task_type: str, now: datetime, *, found_work: bool) -> None:

@@ -554,6 +554,24 @@ def test_no_look_while_tasks_seen_pending_are_still_to_claim_and_one_once_they_r
     assert rig.store.get_task_by_remote_id(99) is not None
 
 
+def test_claims_failing_on_tasks_seen_pending_back_off_instead_of_repeating(rig: Rig):
+    rig.client.remote[TYPE] = [1, 2, 3]
+    rig.client.errors["claim"] = [TaskManagerServerError(500, "boom") for _ in range(50)]
+    bridge = rig.make(watch_interval_seconds=0.1, poll_min_seconds=0.1)
+    for _ in range(20):  # two seconds of ticks
+        bridge.pull_tick(rig.clock.now)
+        rig.clock.advance(0.1)
+    # Not one claim a tick on the 3 seen: the failure's back-off paces the type.
+    assert len(rig.client.called("claim")) <= 6, rig.client.called("claim")
+    rig.client.errors["claim"] = []
+    for _ in range(100):
+        if rig.store.get_task_by_remote_id(3) is not None:
+            break
+        bridge.pull_tick(rig.clock.now)
+        rig.clock.advance(0.1)
+    assert rig.store.get_task_by_remote_id(3) is not None  # and it recovers
+
+
 def test_a_page_full_of_other_types_is_followed_by_a_look_at_ours_by_name(rig: Rig):
     rig.client.remote["someone.else"] = list(range(1000, 1100))  # a full page, none ours
     rig.client.remote[TYPE] = [5]
