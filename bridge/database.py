@@ -29,12 +29,15 @@ DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
 POOL_OVERFLOW = 64  # beyond the pool's 5: one connection per thread using the queue
 SYNCHRONOUS_FULL = "PRAGMA synchronous = FULL"  # a commit waits for the disk
 POLL_SECONDS = 0.0002  # first wait between two tries for SQLite's write lock, doubling
-POLL_MAX_SECONDS = 0.002  # to this (begin_immediate)
+POLL_MAX_SECONDS = 0.002  # to this (begin_immediate),
+LONG_WAIT_AFTER_SECONDS = 0.1  # and after this long waiting (a backup, a shell's lock)
+LONG_WAIT_POLL_SECONDS = 0.02  # to this
 
 
-def begin_immediate(driver: Any, patience: float) -> None:
+def begin_immediate(driver: Any, patience: float, busy_timeout: float | None = None) -> None:
     """``BEGIN IMMEDIATE`` on a sqlite3 connection, waiting up to ``patience`` seconds for
-    the write lock by trying again after ``POLL_SECONDS``, doubling to ``POLL_MAX_SECONDS``.
+    the write lock by trying again after ``POLL_SECONDS``, doubling to ``POLL_MAX_SECONDS``;
+    the connection's own busy timeout (``busy_timeout``, default ``patience``) is set back.
 
     Why not SQLite's busy handler: its sleeps grow to 100 ms, while the queue's writers
     (a worker's slots, the daemon) hold the lock for about a millisecond at a time, so a
@@ -46,7 +49,7 @@ def begin_immediate(driver: Any, patience: float) -> None:
     """
     driver.execute("PRAGMA busy_timeout = 0")
     try:
-        deadline: float | None = None
+        started: float | None = None
         pause = POLL_SECONDS
         while True:
             try:
@@ -56,14 +59,16 @@ def begin_immediate(driver: Any, patience: float) -> None:
                 if "locked" not in str(exc):
                     raise
                 now = time.monotonic()
-                if deadline is None:
-                    deadline = now + patience
-                elif now > deadline:
+                if started is None:
+                    started = now
+                elif now - started > patience:
                     raise
             time.sleep(pause)
-            pause = min(POLL_MAX_SECONDS, pause * 2)
+            long_wait = time.monotonic() - started > LONG_WAIT_AFTER_SECONDS
+            pause = min(LONG_WAIT_POLL_SECONDS if long_wait else POLL_MAX_SECONDS, pause * 2)
     finally:
-        driver.execute(f"PRAGMA busy_timeout = {int(patience * 1000)}")
+        restored = patience if busy_timeout is None else busy_timeout
+        driver.execute(f"PRAGMA busy_timeout = {round(restored * 1000)}")
 
 
 def normalise_url(url: str) -> str:

@@ -8,7 +8,9 @@ recovers from a driver failure is decided here, once for both databases.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -56,9 +58,7 @@ class Connector:
         # SQLite: this process's writers take turns here, so that one of them (not every
         # thread) polls for the file's write lock, and a thread is woken the moment the
         # one before it ends instead of at a poll.
-        self._turn: contextlib.AbstractContextManager[Any] = (
-            contextlib.nullcontext() if self.is_postgresql else threading.RLock()
-        )
+        self._turn: threading.RLock | None = None if self.is_postgresql else threading.RLock()
 
     def close(self) -> None:
         with self._holders_lock:
@@ -92,7 +92,7 @@ class Connector:
         ``durable=False`` (SQLite) commits without waiting for the disk, for a write a
         later durable commit covers (the WAL is written in order); see ``hot_write``.
         """
-        with translated_errors(self.engine), self._turn:
+        with translated_errors(self.engine), self._my_turn(self._holder().patience):
             conn = self.connection()
             relaxed = not durable and not self.is_postgresql
             try:
@@ -141,16 +141,18 @@ class Connector:
             with self.write() as conn:
                 yield conn.connection.driver_connection
             return
-        with self._turn:
-            holder = self._holder()
-            driver = holder.driver
+        holder = self._holder()
+        driver = holder.driver
+        with self._my_turn(holder.patience) as patience:
             try:
                 if not durable:
                     driver.execute(SYNCHRONOUS_NORMAL)
-                begin_immediate(driver, holder.patience)
-            except self._translated as exc:
+                begin_immediate(driver, patience, holder.patience)
+            except BaseException as exc:  # an interrupt too: never reuse it half begun
                 self._drop_driver(driver)
-                self._raise_translated(exc)
+                if isinstance(exc, self._translated):
+                    self._raise_translated(exc)
+                raise
             try:
                 yield driver
                 driver.execute("COMMIT")
@@ -179,14 +181,36 @@ class Connector:
             with self.hot_write() as driver:
                 yield driver
             return
-        with self._turn:
-            driver = self._holder().driver
+        holder = self._holder()
+        with self._my_turn(holder.patience):
+            driver = holder.driver
             try:
                 yield driver
             except self._translated as exc:
                 if driver.in_transaction:  # never left open: the next BEGIN would fail
                     self._roll_back(driver, durable=True)
                 self._raise_translated(exc)
+
+    @contextlib.contextmanager
+    def _my_turn(self, patience: float) -> Iterator[float]:
+        """This process's turn to write (SQLite), waited for within ``patience``; yields
+        what is left of it for the file's lock, so that a writer fails after the busy
+        timeout however many of this process's threads were ahead of it."""
+        if self._turn is None:
+            yield patience
+            return
+        started = time.monotonic()
+        if not self._turn.acquire(timeout=patience):
+            self._raise_translated(
+                sqlite3.OperationalError(
+                    "database is locked (this process's other writers waited for it "
+                    "past the busy timeout)"
+                )
+            )
+        try:
+            yield max(0.0, patience - (time.monotonic() - started))
+        finally:
+            self._turn.release()
 
     def _raise_translated(self, exc: BaseException) -> None:
         with translated_errors(self.engine):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import time
 from datetime import timedelta
 
 import pytest
@@ -370,6 +371,41 @@ def test_complete_and_dequeue_is_one_step(migrated_url: str, clock: Clock):
         last = other.complete_and_dequeue(stolen, {"n": 2}, types=["yt.scrape"])
         assert last.remote_id == 3 and other.complete_and_dequeue(last, {"n": 3}) is None
         assert [r.remote_id for r in queue.outbox()] == [1, 2, 3]
+
+
+def test_threads_waiting_for_the_lock_each_give_up_after_the_busy_timeout(tmp_path, clock: Clock):
+    """The process's writers take turns for SQLite's lock: the turn is part of the busy
+    timeout, so five threads behind another process's lock all fail after about 0.5 s
+    (not 0.5, 1.0, ... 2.5 s), and the busy timeout is back on the connection after."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bridge import BridgeConfig
+    from bridge.migrate import upgrade
+
+    path = tmp_path / "turns.db"
+    upgrade(str(path))
+    config = BridgeConfig.load(env={}, db_url=str(path), busy_timeout_seconds=0.5)
+    with LocalQueue(config=config, clock=clock) as queue:
+        queue.enqueue("a", {"n": 1})
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+
+        def refused_after() -> float:
+            started = time.monotonic()
+            with pytest.raises(DatabaseError, match="locked"):
+                queue.dequeue()
+            return time.monotonic() - started
+
+        try:
+            with ThreadPoolExecutor(5) as pool:
+                waits = list(pool.map(lambda _: refused_after(), range(5)))
+        finally:
+            holder.rollback()
+            holder.close()
+        assert max(waits) < 1.25, waits  # stacked turns would take 2.5 s for the last
+        assert queue.dequeue() is not None  # and the connections work again
+        driver = queue.store.db.connection().connection.driver_connection
+        assert driver.execute("PRAGMA busy_timeout").fetchone()[0] == 500
 
 
 def test_a_woken_slot_looks_for_queued_work_without_the_write_lock(queue: LocalQueue):
