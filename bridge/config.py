@@ -14,7 +14,6 @@ the ``[taskmanager]`` table and the ``TASKMANAGER_*`` variables (see
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.util
 import os
 import sys
 from collections.abc import Mapping
@@ -197,8 +196,12 @@ class BridgeConfig:
     def http_library(self) -> HttpLibrary:
         """The HTTP library the daemon's client uses: ``http``, with ``auto`` resolved."""
         if self.http == "auto":
-            installed = all(importlib.util.find_spec(name) for name in ("aiohttp", "certifi"))
-            return "aiohttp" if installed else "requests"
+            try:  # an install that fails to import (a broken wheel) falls back too
+                import aiohttp  # noqa: F401
+                import certifi  # noqa: F401
+            except ImportError:
+                return "requests"
+            return "aiohttp"
         return "aiohttp" if self.http == "aiohttp" else "requests"
 
     def client_config(self, env: Mapping[str, str] | None = None) -> TaskManagerConfig:

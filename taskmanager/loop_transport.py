@@ -16,16 +16,20 @@ from the loop, as the tests' fake clocks expect.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from .config import TaskManagerConfig
-from .exceptions import TaskManagerConfigError
+from .exceptions import TaskManagerConfigError, TaskManagerConnectionError
 from .exchange import Steps
 
 _R = TypeVar("_R")
+
+logger = logging.getLogger("taskmanager.client")
 
 CLOSE_SECONDS = 5.0  # closing waits this long for the session's connections to close
 
@@ -43,31 +47,57 @@ class LoopTransport:
         self._transport = AsyncTransport(config, sleep=_on_the_loop(sleep))
         self._loop = asyncio.new_event_loop()
         self._lock = threading.Lock()
+        self._closing = False
         self._thread = threading.Thread(
             target=self._loop.run_forever, daemon=True, name="taskmanager-http"
         )
         self._thread.start()
 
     def run(self, steps: Steps[_R]) -> _R:
-        """Carry out ``steps`` on the loop and wait for the result (or its exception)."""
-        if self._loop.is_closed():
-            steps.close()
-            raise TaskManagerConfigError("the client is closed")
-        return asyncio.run_coroutine_threadsafe(self._transport.run(steps), self._loop).result()
+        """Carry out ``steps`` on the loop and wait for the result (or its exception).
+
+        A request still in flight when the client is closed ends with
+        ``TaskManagerConnectionError`` (counted as unanswered: the server may have
+        applied it), never with a caller waiting for good."""
+        with self._lock:
+            if self._closing:
+                steps.close()
+                raise TaskManagerConfigError("the client is closed")
+            future = asyncio.run_coroutine_threadsafe(self._transport.run(steps), self._loop)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise TaskManagerConnectionError(
+                "the client was closed before the server answered (it may have applied the request)"
+            ) from None
 
     def close(self) -> None:
-        """Close the session, then stop and close the loop (idempotent)."""
+        """Cancel what is in flight, close the session, stop and close the loop
+        (idempotent; a caller still waiting gets ``TaskManagerConnectionError``)."""
         with self._lock:
-            if self._loop.is_closed():
+            if self._closing:
                 return
-            closing = asyncio.run_coroutine_threadsafe(self._transport.close(), self._loop)
-            try:
-                closing.result(CLOSE_SECONDS)
-            finally:
-                self._loop.call_soon_threadsafe(self._loop.stop)
-                self._thread.join(CLOSE_SECONDS)
-                if not self._thread.is_alive():
-                    self._loop.close()
+            self._closing = True
+        shutdown = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        try:
+            shutdown.result(CLOSE_SECONDS)
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+            logger.warning(
+                "closing the client: its requests did not end within %g s", CLOSE_SECONDS
+            )
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(CLOSE_SECONDS)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+    async def _shutdown(self) -> None:
+        current = asyncio.current_task()
+        in_flight = [task for task in asyncio.all_tasks() if task is not current]
+        for task in in_flight:
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        await self._transport.close()
 
 
 def _on_the_loop(sleep: Callable[[float], None]) -> Callable[[float], Awaitable[None]]:

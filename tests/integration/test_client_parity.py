@@ -363,3 +363,31 @@ def test_the_aiohttp_choice_is_checked_and_a_closed_client_says_so(server: Scrip
     with pytest.raises(TaskManagerConfigError, match="closed"):
         client.get_task(1)
     assert server.calls() == []
+
+
+def test_closing_the_aiohttp_client_ends_a_request_in_flight(server: ScriptedServer):
+    """A caller waiting on a hung server when the client is closed gets an error at
+    once, counted as unanswered (the server may have applied it), never a hang."""
+    server.add("POST", "/tasks/claim", Scripted(200, {"success": True, "data": {}}, hang=30.0))
+    config = TaskManagerConfig(api_url=server.url, api_key=KEY, worker_id="w", timeout=60)
+    client = TaskManagerClient(config, http="aiohttp")
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            client.claim_task(task_type_id=3)
+        except BaseException as exc:  # what the caller got, whatever it is
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=call)
+    waiting.start()
+    while not server.calls("POST", "/tasks/claim"):
+        time.sleep(0.01)
+    started = time.monotonic()
+    client.close()
+    waiting.join(10)
+    assert not waiting.is_alive()
+    assert time.monotonic() - started < 5
+    assert isinstance(outcome[0], TaskManagerConnectionError), outcome
+    assert "closed before the server answered" in str(outcome[0])
+    assert client.unanswered("/tasks/claim") == 1  # a claim that may be an orphan
