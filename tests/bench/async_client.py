@@ -7,7 +7,9 @@ a request, 4 served at once, deadlock 500s now and then, which both clients
 retry), N creates, then N claim+complete pairs, with C callers at once:
 
 * async: one ``AsyncTaskManagerClient``, C coroutines on one event loop;
-* threads: one ``TaskManagerClient`` shared by C threads.
+* threads: one ``TaskManagerClient`` shared by C threads;
+* loop: the same, built with ``http="aiohttp"`` (its requests carried out by aiohttp
+  on an event loop of its own thread: the bridge daemon's default with the extra).
 
 Both open their connections and look up the type id before the clock starts.
 Rounds alternate which goes first. Prints each round, then per operation the
@@ -46,8 +48,11 @@ def _share(n: int, callers: int) -> list[int]:
     return [n // callers + (1 if i < n % callers else 0) for i in range(callers)]
 
 
-def threads_round(server: EmulatorServer, n: int, callers: int, base: int) -> dict[str, Any]:
-    client: TaskManagerClient = server.client(worker_id="bench-threads")
+def threads_round(
+    server: EmulatorServer, n: int, callers: int, base: int, http: str = "requests"
+) -> dict[str, Any]:
+    config = server.client_config(worker_id="bench-threads")
+    client = TaskManagerClient(config, http=http)  # type: ignore[arg-type]
 
     def in_threads(work: Callable[[int, int], None]) -> None:
         offsets = [base + sum(_share(n, callers)[:i]) for i in range(callers)]
@@ -128,15 +133,20 @@ def main() -> None:
     parser.add_argument("--no-costs", action="store_true", help="an emulator without costs")
     args = parser.parse_args()
     costs: dict[str, Any] = {} if args.no_costs else dict(REALISTIC_COSTS)
-    runs: dict[str, list[dict[str, Any]]] = {"async": [], "threads": []}
+    runs: dict[str, list[dict[str, Any]]] = {"async": [], "threads": [], "loop": []}
+    rounds: dict[str, Callable[..., dict[str, Any]]] = {
+        "async": async_round,
+        "threads": threads_round,
+        "loop": lambda *a: threads_round(*a, http="aiohttp"),
+    }
     with EmulatorServer(**costs) as server:
         server.client().register_task_type(TYPE, "1", {"type": "object"})
         for round_ in range(args.rounds):
-            order = ("async", "threads") if round_ % 2 == 0 else ("threads", "async")
+            kinds = list(runs)
+            order = kinds[round_ % 3 :] + kinds[: round_ % 3]  # each goes first in turn
             for who in order:
-                base = (round_ * 2 + (who == "threads")) * args.n
-                run = async_round if who == "async" else threads_round
-                runs[who].append(run(server, args.n, args.concurrency, base))
+                base = (round_ * 3 + kinds.index(who)) * args.n
+                runs[who].append(rounds[who](server, args.n, args.concurrency, base))
             print(
                 f"round {round_ + 1}: "
                 + "  ".join(
@@ -156,11 +166,16 @@ def main() -> None:
         ratio = [x / y for x, y in zip(a, t, strict=True)]
         cpu_a = [r[op][1] for r in runs["async"]]
         cpu_t = [r[op][1] for r in runs["threads"]]
+        lo = [r[op][0] for r in runs["loop"]]
+        cpu_lo = [r[op][1] for r in runs["loop"]]
+        loop_ratio = [x / y for x, y in zip(lo, t, strict=True)]
         print(
             f"  {op:15s} async {spread(a)} s ({args.n / statistics.median(a):.0f}/s) | "
             f"threads {spread(t)} s ({args.n / statistics.median(t):.0f}/s) | "
             f"async/threads time {spread(ratio)} | CPU s async {spread(cpu_a)} "
-            f"threads {spread(cpu_t)}"
+            f"threads {spread(cpu_t)}\n"
+            f"  {'':15s} loop (threads, http=aiohttp) {spread(lo)} s | loop/threads time "
+            f"{spread(loop_ratio)} | CPU s loop {spread(cpu_lo)}"
         )
 
 

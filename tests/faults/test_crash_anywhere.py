@@ -262,6 +262,10 @@ def test_poison_tasks_and_a_locked_database_among_kills(tmp_path):
             for _ in range(6):
                 time.sleep(rng.uniform(0.1, 0.4))
                 fleet.kill_and_restart(rng.choice(["daemon", "worker-1", "worker-2"]))
+            # Work for both workers (local-only tasks, never sent), then the lock: an idle
+            # worker looks for queued work without the write lock and would never meet it.
+            with LocalQueue(db) as local:
+                local.enqueue_many((TYPE, {"n": 1000 + i}) for i in range(4))
             holder = sqlite3.connect(db, isolation_level=None, timeout=30)
             holder.execute("BEGIN IMMEDIATE")
             logs = [tmp_path / f"{name}.log" for name in ("worker-1", "worker-2")]
