@@ -137,7 +137,7 @@ class BridgeConfig:
     )
     http: str = _setting(
         "auto",
-        'how the daemon sends its requests: "aiohttp" (about half the CPU per request; '
+        'how the daemon sends its requests: "aiohttp" (less CPU per request than requests; '
         'needs the [async] extra), "requests", or "auto" (aiohttp when installed)',
     )
     shutdown_push_seconds: float = _setting(10.0, "time given to the last push on shutdown", 0)

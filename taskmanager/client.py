@@ -35,7 +35,7 @@ class TaskManagerClient:
     after every HTTP attempt with (method, path template, status, seconds): the
     bridge's request-latency metric hangs on it. ``http="aiohttp"`` sends through
     aiohttp on an event loop of the client's own thread (the ``[async]`` extra): the
-    same methods, answers and errors, about half the CPU per request
+    same methods, answers and errors, with less CPU per request
     (``taskmanager.loop_transport``).
     """
 

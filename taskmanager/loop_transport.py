@@ -3,9 +3,9 @@
 ``TaskManagerClient(config, http="aiohttp")`` keeps every method blocking and
 thread-safe, but sends through this transport: the calling thread hands the
 request's steps to one loop thread and waits for the result. Why: aiohttp spends
-about half the CPU of requests per request, the hop between threads included
-(measured from four threads against the emulator: ~0.7 vs ~1.4 ms a request;
-docs/BENCHMARKS.md). The bridge's daemon shares its machine's cores with the
+less CPU per request than requests, the hop between threads included (four threads
+against the emulator, ``tests/bench/async_client.py``: 0.68-0.74x the CPU of the
+whole process, the emulator's share included; docs/BENCHMARKS.md). The bridge's daemon shares its machine's cores with the
 workers, so what its requests do not spend, the workers get.
 
 Retry back-off sleeps on the loop (``asyncio.sleep``): one request waiting out a
