@@ -5,8 +5,9 @@ thread-safe, but sends through this transport: the calling thread hands the
 request's steps to one loop thread and waits for the result. Why: aiohttp spends
 less CPU per request than requests, the hop between threads included (four threads
 against the emulator, ``tests/bench/async_client.py``: 0.68-0.74x the CPU of the
-whole process, the emulator's share included; docs/BENCHMARKS.md). The bridge's daemon shares its machine's cores with the
-workers, so what its requests do not spend, the workers get.
+whole process, the emulator's share included; docs/BENCHMARKS.md). The bridge's
+daemon shares its machine's cores with the workers, so what its requests do not
+spend, the workers get.
 
 Retry back-off sleeps on the loop (``asyncio.sleep``): one request waiting out a
 ``Retry-After`` holds no other. A blocking ``sleep`` given for tests is called
