@@ -5,9 +5,10 @@
 
 Direct: W threads in one process, each looping ``claim_task`` then ``complete_task``
 (pattern 1). Bridge: ``taskmanager-bridge run`` (workers = W) and ``taskmanager-bridge
-worker --concurrency W``, a handler that returns at once. Both are separate processes;
-each run's time is the server's: from the first claim's arrival to the last
-completion's answer, so process start-up counts for neither. Half the tasks exist
+worker --concurrency W``, a handler that returns at once; the daemon starts once the
+worker is ready. Both are separate processes; each run's time is the server's: from
+the first claim's arrival to the last completion's answer, so process start-up counts
+for neither. Half the tasks exist
 at the start, the other half are created during the run at a steady rate, to measure
 create-to-start while busy.
 
@@ -160,12 +161,24 @@ def start_processes(
     )
     base = [sys.executable, "-m", "bridge", "--config", str(config)]
     worker = [*base, "worker", "--handler", "tests.bench.noop:handle", "--type", task_type]
-    return [
-        subprocess.Popen([*base, "run"], env=env, stdout=log, stderr=log, cwd=ROOT),
-        subprocess.Popen(
-            [*worker, "--concurrency", str(workers)], env=env, stdout=log, stderr=log, cwd=ROOT
-        ),
-    ]
+    # The worker first, and the daemon once the worker is ready: the clock starts at the
+    # first claim, and a worker still importing would count its start-up as the bridge's
+    # (the direct pattern's threads are all running when its first claim goes out).
+    worker_log_path = folder / "worker.log"
+    worker_log = worker_log_path.open("wb")
+    started = subprocess.Popen(
+        [*worker, "--concurrency", str(workers)],
+        env=env,
+        stdout=worker_log,
+        stderr=worker_log,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 60
+    while b"worker started" not in worker_log_path.read_bytes():
+        if time.monotonic() > deadline or started.poll() is not None:
+            raise RuntimeError(f"the worker did not start: {worker_log_path.read_text()}")
+        time.sleep(0.01)
+    return [subprocess.Popen([*base, "run"], env=env, stdout=log, stderr=log, cwd=ROOT), started]
 
 
 def measure(pattern: str, target: Target, tasks: int, busy_starts: list[float]) -> Run:
