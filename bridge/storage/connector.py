@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..database import SYNCHRONOUS_FULL, begin_immediate, driver_errors, translated_errors
+from ..database import SYNCHRONOUS_FULL, begin_polling, driver_errors, translated_errors
 
 SYNCHRONOUS_NORMAL = "PRAGMA synchronous = NORMAL"  # taking a task only (hot_write)
 
@@ -32,12 +32,28 @@ class _ThreadConnection:
         driver: Any = conn.connection.driver_connection
         self.driver = driver
         self.patience = 0.0  # SQLite: the busy timeout, for begin_immediate
+        # SQLite: the busy timeout is 0 now (set by hot_write, kept between its
+        # transactions; statements inside one never wait for a lock). Anything that
+        # wants SQLite's own wait sets it back first (``waiting``).
+        self.polling = False
         if conn.dialect.name == "sqlite":
             found = driver.execute("PRAGMA busy_timeout").fetchone()
             self.patience = int(found[0]) / 1000
 
+    def to_polling(self) -> None:
+        if not self.polling:
+            self.driver.execute("PRAGMA busy_timeout = 0")
+            self.polling = True
+
+    def waiting(self) -> None:
+        """The configured busy timeout back (before anything but ``hot_write``)."""
+        if self.polling:
+            self.driver.execute(f"PRAGMA busy_timeout = {round(self.patience * 1000)}")
+            self.polling = False
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
+            self.waiting()  # back to the pool as it came
             self.conn.close()
 
     def __del__(self) -> None:
@@ -92,22 +108,25 @@ class Connector:
         ``durable=False`` (SQLite) commits without waiting for the disk, for a write a
         later durable commit covers (the WAL is written in order); see ``hot_write``.
         """
-        with translated_errors(self.engine), self._my_turn(self._holder().patience):
-            conn = self.connection()
-            relaxed = not durable and not self.is_postgresql
-            try:
-                if relaxed:
-                    conn.connection.driver_connection.execute("PRAGMA synchronous = NORMAL")  # type: ignore[union-attr]
+        with translated_errors(self.engine):
+            holder = self._holder()
+            with self._my_turn(holder.patience):
+                conn = holder.conn
+                relaxed = not durable and not self.is_postgresql
                 try:
-                    with conn.begin():
-                        yield conn
-                finally:
+                    holder.waiting()  # SQLAlchemy's begin polls and sets the timeout back
                     if relaxed:
-                        conn.connection.driver_connection.execute(SYNCHRONOUS_FULL)  # type: ignore[union-attr]
-            except self._driver_errors:
-                # A failure below SQLAlchemy leaves it unaware of the connection's state.
-                self.drop(conn)
-                raise
+                        conn.connection.driver_connection.execute("PRAGMA synchronous = NORMAL")  # type: ignore[union-attr]
+                    try:
+                        with conn.begin():
+                            yield conn
+                    finally:
+                        if relaxed:
+                            conn.connection.driver_connection.execute(SYNCHRONOUS_FULL)  # type: ignore[union-attr]
+                except self._driver_errors:
+                    # A failure below SQLAlchemy leaves it unaware of the connection's state.
+                    self.drop(conn)
+                    raise
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -147,7 +166,8 @@ class Connector:
             try:
                 if not durable:
                     driver.execute(SYNCHRONOUS_NORMAL)
-                begin_immediate(driver, patience, holder.patience)
+                holder.to_polling()
+                begin_polling(driver, patience)
             except BaseException as exc:  # an interrupt too: never reuse it half begun
                 self._drop_driver(driver)
                 if isinstance(exc, self._translated):
@@ -185,6 +205,7 @@ class Connector:
         with self._my_turn(holder.patience):
             driver = holder.driver
             try:
+                holder.waiting()  # the statement waits for the lock with SQLite's handler
                 yield driver
             except self._translated as exc:
                 if driver.in_transaction:  # never left open: the next BEGIN would fail
