@@ -129,6 +129,12 @@ def _sqlite_engine(url: URL, busy_timeout: float) -> Engine:
         finally:
             cursor.close()
 
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # A thread's hot connection keeps its busy timeout at 0 between transactions
+        # (storage.connector): whoever takes it from the pool next gets the real one.
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         readonly = connection.get_execution_options().get("readonly", False)

@@ -34,7 +34,8 @@ class _ThreadConnection:
         self.patience = 0.0  # SQLite: the busy timeout, for begin_immediate
         # SQLite: the busy timeout is 0 now (set by hot_write, kept between its
         # transactions; statements inside one never wait for a lock). Anything that
-        # wants SQLite's own wait sets it back first (``waiting``).
+        # wants SQLite's own wait sets it back first (``waiting``); a connection taken
+        # from the pool gets it back at checkout (database.py).
         self.polling = False
         if conn.dialect.name == "sqlite":
             found = driver.execute("PRAGMA busy_timeout").fetchone()
@@ -52,8 +53,9 @@ class _ThreadConnection:
             self.polling = False
 
     def close(self) -> None:
+        # No SQL here (this runs from __del__ too, on any thread, maybe after the driver
+        # connection went back to the pool): the pool's checkout sets the busy timeout.
         with contextlib.suppress(Exception):
-            self.waiting()  # back to the pool as it came
             self.conn.close()
 
     def __del__(self) -> None:
