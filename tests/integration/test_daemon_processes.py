@@ -101,6 +101,9 @@ def test_sigterm_stops_claiming_pushes_and_exits_zero(setup):
     daemon = cli(config, "run", server=server)
     with LocalQueue(config=BridgeConfig.load(config)) as queue:
         assert wait_until(lambda: queue.status().tasks.get((TYPE, "queued"), 0) == 3, 20)
+        # Its claim burst over too (the intent closed): stopped inside that write, it would
+        # hold SQLite's lock, and the completions below would wait for it in vain.
+        assert wait_until(lambda: queue.store.claim_intents() == [], 20)
         daemon.send_signal(signal.SIGSTOP)  # completions are queued while it cannot push
         for _ in ids:
             queue.complete(queue.dequeue(), {"ok": True})
