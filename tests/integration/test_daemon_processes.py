@@ -240,6 +240,7 @@ def test_second_signal_exits_at_once_and_loses_nothing(setup):
     daemon = cli(config, "run", server=server)
     with LocalQueue(config=BridgeConfig.load(config)) as queue:
         assert wait_until(lambda: queue.status().tasks.get((TYPE, "queued"), 0) == 1, 20)
+        assert wait_until(lambda: queue.store.claim_intents() == [], 20)  # burst over
         daemon.send_signal(signal.SIGSTOP)
         queue.complete(queue.dequeue(), {"kept": True})
         daemon.send_signal(signal.SIGTERM)  # two different signals stay pending together
