@@ -180,6 +180,10 @@ class Connector:
                 driver.execute("COMMIT")
             except BaseException as exc:
                 self._roll_back(driver, durable)
+                if isinstance(exc, self._driver_errors):
+                    # Never reuse a connection a driver error came from: one opened while
+                    # the file was read-only stays read-only after the file is writable.
+                    self._drop_driver(driver)
                 if isinstance(exc, self._translated):
                     self._raise_translated(exc)
                 raise
@@ -212,6 +216,8 @@ class Connector:
             except self._translated as exc:
                 if driver.in_transaction:  # never left open: the next BEGIN would fail
                     self._roll_back(driver, durable=True)
+                if isinstance(exc, self._driver_errors):
+                    self._drop_driver(driver)  # as in hot_write
                 self._raise_translated(exc)
 
     @contextlib.contextmanager
