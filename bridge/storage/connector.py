@@ -180,10 +180,7 @@ class Connector:
                 driver.execute("COMMIT")
             except BaseException as exc:
                 self._roll_back(driver, durable)
-                if isinstance(exc, self._driver_errors):
-                    # Never reuse a connection a driver error came from: one opened while
-                    # the file was read-only stays read-only after the file is writable.
-                    self._drop_driver(driver)
+                self._forget_if_read_only(driver, exc)
                 if isinstance(exc, self._translated):
                     self._raise_translated(exc)
                 raise
@@ -216,8 +213,7 @@ class Connector:
             except self._translated as exc:
                 if driver.in_transaction:  # never left open: the next BEGIN would fail
                     self._roll_back(driver, durable=True)
-                if isinstance(exc, self._driver_errors):
-                    self._drop_driver(driver)  # as in hot_write
+                self._forget_if_read_only(driver, exc)
                 self._raise_translated(exc)
 
     @contextlib.contextmanager
@@ -240,6 +236,16 @@ class Connector:
             yield max(0.0, patience - (time.monotonic() - started))
         finally:
             self._turn.release()
+
+    def _forget_if_read_only(self, driver: Any, exc: BaseException) -> None:
+        """A connection SQLite opened while the file was read-only stays read-only after
+        the file is writable again: drop it, and the pool's idle ones (opened in the same
+        period, maybe), so that the next try opens a fresh one. (The async worker's store
+        retried on such a connection for good.)"""
+        if isinstance(exc, self._driver_errors) and "readonly database" in str(exc):
+            self._drop_driver(driver)
+            with contextlib.suppress(Exception):
+                self.engine.pool.dispose()
 
     def _raise_translated(self, exc: BaseException) -> None:
         with translated_errors(self.engine):
