@@ -95,16 +95,24 @@ def test_sigkill_restart_resumes_outbox_and_reconciles_orphans(setup):
         assert queue.status().outbox.get("pending", 0) == 0
 
 
+def stop_outside_a_write(daemon: subprocess.Popen[bytes], queue: LocalQueue) -> None:
+    """SIGSTOP the daemon while it holds no write transaction: stopped inside one it would
+    keep SQLite's lock (or PostgreSQL's row locks), and the test's own writes would wait
+    for it in vain. The test takes the write lock itself first, so the daemon is between
+    writes (or waiting for the lock) when it stops."""
+    status = Path(f"/proc/{daemon.pid}/status")
+    with queue.store.db.write():
+        daemon.send_signal(signal.SIGSTOP)
+        assert wait_until(lambda: "\tT (stopped)" in status.read_text(), 10)
+
+
 def test_sigterm_stops_claiming_pushes_and_exits_zero(setup):
     server, client, config, _ = setup
     ids = [client.create_task(TYPE, {"n": i}) for i in range(3)]
     daemon = cli(config, "run", server=server)
     with LocalQueue(config=BridgeConfig.load(config)) as queue:
         assert wait_until(lambda: queue.status().tasks.get((TYPE, "queued"), 0) == 3, 20)
-        # Its claim burst over too (the intent closed): stopped inside that write, it would
-        # hold SQLite's lock, and the completions below would wait for it in vain.
-        assert wait_until(lambda: queue.store.claim_intents() == [], 20)
-        daemon.send_signal(signal.SIGSTOP)  # completions are queued while it cannot push
+        stop_outside_a_write(daemon, queue)  # completions are queued while it cannot push
         for _ in ids:
             queue.complete(queue.dequeue(), {"ok": True})
         daemon.send_signal(signal.SIGTERM)
@@ -240,8 +248,7 @@ def test_second_signal_exits_at_once_and_loses_nothing(setup):
     daemon = cli(config, "run", server=server)
     with LocalQueue(config=BridgeConfig.load(config)) as queue:
         assert wait_until(lambda: queue.status().tasks.get((TYPE, "queued"), 0) == 1, 20)
-        assert wait_until(lambda: queue.store.claim_intents() == [], 20)  # burst over
-        daemon.send_signal(signal.SIGSTOP)
+        stop_outside_a_write(daemon, queue)
         queue.complete(queue.dequeue(), {"kept": True})
         daemon.send_signal(signal.SIGTERM)  # two different signals stay pending together
         daemon.send_signal(signal.SIGINT)
