@@ -1,7 +1,7 @@
 """Crash anywhere: SIGKILL the daemon and the workers at random moments, restart them,
 and check that nothing is lost, nothing is wrong, and no task ran twice at once.
 
-Seeded (CRASH_SEED, default 1234); CRASH_KILLS (default 50) kills per run, more
+Seeded (CRASH_SEED, default 1234); CRASH_KILLS (default 30) kills per run, more
 for a soak: ``python3 -m pytest tests/faults --soak -s`` (200 kills, 600 tasks), or
 any size: CRASH_KILLS=500 CRASH_TASKS=1000 python3 -m pytest tests/faults -k crash
 Kill points are hit here at random: between a remote claim and its local insert
@@ -36,8 +36,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 TYPE = "crash.work"
 SEED = int(os.environ.get("CRASH_SEED", "1234"))
-KILLS = int(os.environ.get("CRASH_KILLS", "50"))
-TASKS = int(os.environ.get("CRASH_TASKS", "240"))
+KILLS = int(os.environ.get("CRASH_KILLS", "30"))
+TASKS = int(os.environ.get("CRASH_TASKS", "180"))
 
 
 class Fleet:

@@ -33,7 +33,7 @@ def run_worker(url: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
-@pytest.mark.parametrize(("processes", "count"), [(4, 2000), (8, 10_000)])
+@pytest.mark.parametrize(("processes", "count"), [(4, 2000), (8, 4000)])
 def test_processes_each_task_handed_out_exactly_once(migrated_url: str, processes: int, count: int):
     seed_remote_tasks(migrated_url, count)
     workers = [run_worker(migrated_url, "drain") for _ in range(processes)]
