@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import requests
 
 from .config import TaskManagerConfig
+from .exceptions import TaskManagerConfigError
 from .exchange import (
     USER_AGENT,
     Drive,
@@ -67,6 +68,7 @@ class Transport:
             self.session.verify = False
             logger.warning("TLS certificate verification is OFF for %s", config.api_url)
         self.sleep = sleep
+        self._closed = False
 
     @staticmethod
     def _own_session(config: TaskManagerConfig) -> requests.Session:
@@ -90,6 +92,9 @@ class Transport:
         return session
 
     def close(self) -> None:
+        """Close the session; later calls are refused (requests would quietly open new
+        connections, and a client on aiohttp cannot: both say the same)."""
+        self._closed = True
         self.session.close()
 
     def run(self, steps: Steps[_R]) -> _R:
@@ -98,6 +103,9 @@ class Transport:
         An unexpected error while sending is thrown into the steps, where the
         operation may handle it (a health check answers False).
         """
+        if self._closed:
+            steps.close()
+            raise TaskManagerConfigError("the client is closed")
         drive = Drive(steps)
         while (step := drive.next()) is not None:
             if isinstance(step, Sleep):
