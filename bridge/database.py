@@ -143,7 +143,10 @@ def _sqlite_engine(url: URL, busy_timeout: float) -> Engine:
         if readonly:
             driver.execute("BEGIN")
         else:
-            begin_immediate(driver, busy_timeout)
+            # ``patience``: what this process's turn to write left of the busy timeout
+            # (storage.connector), so that a writer never waits longer than it in all.
+            patience = connection.get_execution_options().get("patience", busy_timeout)
+            begin_immediate(driver, patience, busy_timeout)
 
     return engine
 

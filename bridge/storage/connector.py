@@ -32,25 +32,32 @@ class _ThreadConnection:
         driver: Any = conn.connection.driver_connection
         self.driver = driver
         self.patience = 0.0  # SQLite: the busy timeout, for begin_immediate
-        # SQLite: the busy timeout is 0 now (set by hot_write, kept between its
-        # transactions; statements inside one never wait for a lock). Anything that
-        # wants SQLite's own wait sets it back first (``waiting``); a connection taken
-        # from the pool gets it back at checkout (database.py).
-        self.polling = False
+        # SQLite: the busy timeout set on the connection now, in ms. The hot path keeps it
+        # at 0 between its transactions (statements inside one never wait for a lock);
+        # anything that waits with SQLite's own handler sets what it may wait first
+        # (``waiting``); a connection taken from the pool gets the configured one back at
+        # checkout (database.py).
+        self.timeout_ms = 0
         if conn.dialect.name == "sqlite":
             found = driver.execute("PRAGMA busy_timeout").fetchone()
-            self.patience = int(found[0]) / 1000
+            self.timeout_ms = int(found[0])
+            self.patience = self.timeout_ms / 1000
 
     def to_polling(self) -> None:
-        if not self.polling:
-            self.driver.execute("PRAGMA busy_timeout = 0")
-            self.polling = True
+        self._set_timeout(0)
 
-    def waiting(self) -> None:
-        """The configured busy timeout back (before anything but ``hot_write``)."""
-        if self.polling:
-            self.driver.execute(f"PRAGMA busy_timeout = {round(self.patience * 1000)}")
-            self.polling = False
+    def waiting(self, left: float | None = None) -> None:
+        """SQLite's own wait for the lock, for at most ``left`` seconds (what the turn
+        left of the busy timeout; default: all of it)."""
+        full = round(self.patience * 1000)
+        wanted = full if left is None else min(full, round(left * 1000))
+        # Within a millisecond of the whole: the whole (no PRAGMA per uncontended call).
+        self._set_timeout(full if wanted >= full - 1 else wanted)
+
+    def _set_timeout(self, ms: int) -> None:
+        if self.timeout_ms != ms:
+            self.driver.execute(f"PRAGMA busy_timeout = {ms}")
+            self.timeout_ms = ms
 
     def close(self) -> None:
         # No SQL here (this runs from __del__ too, on any thread, maybe after the driver
@@ -112,15 +119,17 @@ class Connector:
         """
         with translated_errors(self.engine):
             holder = self._holder()
-            with self._my_turn(holder.patience):
+            with self._my_turn(holder.patience) as left:
                 conn = holder.conn
                 relaxed = not durable and not self.is_postgresql
                 try:
-                    holder.waiting()  # SQLAlchemy's begin polls and sets the timeout back
+                    # SQLAlchemy's begin (database.py) polls for what the turn left of the
+                    # busy timeout, then sets the whole back on the connection.
+                    holder.waiting()
                     if relaxed:
                         conn.connection.driver_connection.execute("PRAGMA synchronous = NORMAL")  # type: ignore[union-attr]
                     try:
-                        with conn.begin():
+                        with conn.execution_options(patience=left).begin():
                             yield conn
                     finally:
                         if relaxed:
@@ -205,10 +214,10 @@ class Connector:
                 yield driver
             return
         holder = self._holder()
-        with self._my_turn(holder.patience):
+        with self._my_turn(holder.patience) as left:
             driver = holder.driver
             try:
-                holder.waiting()  # the statement waits for the lock with SQLite's handler
+                holder.waiting(left)  # the statement waits for the lock with SQLite's handler
                 yield driver
             except self._translated as exc:
                 if driver.in_transaction:  # never left open: the next BEGIN would fail
