@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from bridge import BridgeConfig, LocalQueue
-from bridge.cli import parse_age
+from bridge.commands import parse_age
 from bridge.daemon import Bridge
 from bridge.errors import BridgeError
 from bridge.metrics import Metrics
