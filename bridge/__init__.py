@@ -12,10 +12,11 @@ from .errors import (
     TaskNotHeldError,
     ValidationError,
 )
+from .handlers import TaskContext, TaskPolicy
 from .models import LocalTask, OutboxEntry, QueueCounts
 from .queue import LocalQueue
 from .retry import Retry, RetryPolicy
-from .worker import TaskContext, TaskPolicy, Worker
+from .worker import Worker
 
 __all__ = [
     "BridgeConfig",

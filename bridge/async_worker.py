@@ -30,15 +30,16 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .errors import BridgeError, TaskNotHeldError, ValidationError
+
+# bridge.worker imports this module only inside Worker.run, so importing it here is no cycle.
+from .handlers import TaskContext, awaitable_refusal
 from .logs import task_fields
 from .loop_stalls import LoopStalls
 from .models import LocalTask
 from .patience import GaveUp, SchemaGone
 from .queue import LocalQueue, encoded_result
 from .runner import Ran, run_call
-
-# bridge.worker imports this module only inside Worker.run, so importing it here is no cycle.
-from .worker import TaskContext, Worker, awaitable_refusal
+from .worker import Worker
 
 logger = logging.getLogger("bridge.worker")
 

@@ -31,10 +31,10 @@ from typing import Any
 from taskmanager.encoding import EncodingError, to_json
 
 from .errors import BridgeError
+from .handlers import Handler
 from .models import LocalTask
 from .runner import Ran
 
-Handler = Callable[..., Any]
 Progress = Callable[[int, "str | None"], None]
 PR_SET_PDEATHSIG = 1
 

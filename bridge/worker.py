@@ -15,23 +15,28 @@ Exit codes and their meaning: ``WorkerExit`` and docs/OPERATIONS.md.
 from __future__ import annotations
 
 import enum
-import importlib
-import inspect
 import logging
 import os
 import random
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 from .database import display_url, normalise_url
 from .errors import BridgeError, DatabaseError, TaskNotHeldError, ValidationError
+from .handlers import (
+    Handler,
+    TaskContext,
+    TaskPolicy,
+    awaitable_refusal,
+    is_async_handler,
+    wants_context,
+)
+from .heartbeats import Heartbeats
 from .logs import task_fields
 from .models import LocalTask
 from .patience import GaveUp, Patience, SchemaGone
@@ -43,7 +48,6 @@ from .storage.changes import ChangeWatch
 
 logger = logging.getLogger("bridge.worker")
 
-Handler = Callable[..., Any]
 Runner = ThreadRunner | ProcessRunner
 POOLS = ("thread", "process")
 MIN_POLL_SECONDS = 0.01
@@ -61,87 +65,6 @@ class WorkerExit(enum.IntEnum):
     UNSTORED = 3  # stopped while the database refused finished results (their tasks run again)
 
 
-def load_handler(spec: str, app_dir: str | os.PathLike[str] | None = None) -> Handler:
-    """``package.module:function`` -> the function (for the CLI's ``--handler``).
-
-    The module is looked for in ``app_dir`` (default: the current folder) first, as
-    ``python -m`` and celery's ``--workdir`` do.
-    """
-    folder = str(Path(app_dir if app_dir is not None else os.getcwd()).resolve())
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise BridgeError(f"--handler must look like package.module:function, got {spec!r}")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise BridgeError(
-            f"cannot import handler module {module_name!r} (looked in {folder} and sys.path): {exc}"
-        ) from None
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise BridgeError(f"handler {spec!r}: {module_name} has no attribute {attribute!r}")
-        target = getattr(target, part)
-    if not callable(target):
-        raise BridgeError(f"handler {spec!r} is not callable")
-    return target  # type: ignore[no-any-return]
-
-
-@dataclass
-class TaskContext:
-    """What a handler may use besides its params."""
-
-    task: LocalTask
-    queue: LocalQueue
-
-    def progress(self, percent: int, message: str | None = None) -> None:
-        self.queue.progress(self.task, percent, message)
-
-
-@dataclass(frozen=True)
-class TaskPolicy:
-    """Per task type: a time limit (seconds; ``None``: what is left of the remote lease
-    less ``lease_margin_seconds``, none for a local-only task) and a retry policy."""
-
-    time_limit: float | None = None
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-
-
-def _wants_context(handler: Handler) -> bool:
-    try:
-        parameters = inspect.signature(handler).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    positional = [
-        p
-        for p in parameters
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
-    ]
-    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in positional)
-
-
-def is_async_handler(handler: Handler) -> bool:
-    """``async def`` (a function, a partial of one, or an object whose ``__call__`` is)."""
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None)  # noqa: B004 - the method itself is inspected
-    )
-
-
-def awaitable_refusal(value: Any) -> str | None:
-    """Why a handler's return value is refused when it is a coroutine (an ``async def``
-    wrapped in a plain function: the worker cannot tell it is async), else ``None``."""
-    if not inspect.isawaitable(value):
-        return None
-    close = getattr(value, "close", None)
-    if callable(close):
-        close()  # never run: no "was never awaited" warning besides this reason
-    return (
-        "result refused: the handler returned a coroutine; make it async def "
-        "(a decorator keeps it async with functools.wraps and async def itself)"
-    )
-
-
 def describe_error(error: BaseException) -> str:
     """The failed task's reason: the exception's type and text, and what it did not do."""
     if isinstance(error, HandlerError | ResultRefused):
@@ -152,69 +75,6 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, KeyboardInterrupt):
         return f"{text} (raised by the handler; only its task ended)"
     return text
-
-
-class _Heartbeats:
-    """One thread renews the lock of every task the worker holds, every third of the lock
-    time: a thread started per task cost a quarter of a short task's time."""
-
-    def __init__(self, queue: LocalQueue) -> None:
-        self.queue = queue
-        self.interval = max(0.05, queue.config.lock_seconds / 3)
-        self._held: dict[int, LocalTask] = {}
-        self._told: set[int] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def hold(self, task: LocalTask) -> None:
-        with self._lock:
-            self._held[task.id] = task
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, daemon=True, name="bridge-heartbeats"
-                )
-                self._thread.start()
-
-    def release(self, task: LocalTask) -> None:
-        """A renewal racing the task's end changes nothing (claim token)."""
-        with self._lock:
-            if self._held.get(task.id) is task:
-                del self._held[task.id]
-            self._told.discard(task.id)
-
-    def close(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            with self._lock:
-                held = list(self._held.values())
-            for task in held:
-                try:
-                    self._renew(task)
-                except Exception:  # this thread keeps every lock alive: it must not die
-                    logger.exception("heartbeat of task %d failed; trying again", task.id)
-
-    def _renew(self, task: LocalTask) -> None:
-        try:
-            self.queue.heartbeat(task)
-        except TaskNotHeldError as exc:
-            with self._lock:
-                still_held = self._held.pop(task.id, None) is task
-            if still_held:  # not a task that ended meanwhile: its lock really went
-                logger.warning(
-                    "task %d lost its lock while running: %s",
-                    task.id,
-                    exc,
-                    extra=task_fields(task.id, task.remote_id, task.type),
-                )
-        except BridgeError as exc:
-            with self._lock:
-                first = task.id in self._held and task.id not in self._told
-                self._told.add(task.id)
-            if first:  # once per task: the worker's Patience logs the cause itself
-                logger.warning("heartbeat of task %d failed (will retry): %s", task.id, exc)
 
 
 @dataclass
@@ -286,7 +146,7 @@ class Worker:
         self.pool_options = pool_options or PoolOptions()
         self.queue = queue
         self.handlers = dict(handlers)
-        self._wants_context = {name: _wants_context(h) for name, h in self.handlers.items()}
+        self._wants_context = {name: wants_context(h) for name, h in self.handlers.items()}
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
         self.policies = dict(policies or {})
@@ -302,7 +162,7 @@ class Worker:
         self._abandon = threading.Event()  # the grace is over: stop waiting for anything
         self._count_lock = threading.Lock()
         self._running: dict[int, LocalTask] = {}  # slot -> task whose handler runs now
-        self._heartbeats = _Heartbeats(queue)
+        self._heartbeats = Heartbeats(queue)
         self.changes = ChangeWatch(queue.store.engine)  # wakes idle slots (SQLite)
         self._signals = 0
         self._max_tasks: int | None = None

@@ -9,8 +9,9 @@ from datetime import timedelta
 import pytest
 
 from bridge import BridgeConfig, BridgeError, LocalQueue
+from bridge.handlers import load_handler
 from bridge.migrate import upgrade
-from bridge.worker import Worker, load_handler
+from bridge.worker import Worker
 
 from .conftest import Clock
 from .helpers import wait_until

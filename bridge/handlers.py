@@ -1,0 +1,105 @@
+"""What a handler is: how the CLI finds one, what it is given, how it is called.
+
+A handler is ``handler(params) -> result`` or ``handler(params, context)`` (``context``:
+a ``TaskContext``), a plain function or an ``async def``; ``TaskPolicy`` is what the
+worker applies to every task of a type.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BridgeError
+from .models import LocalTask
+from .queue import LocalQueue
+from .retry import RetryPolicy
+
+Handler = Callable[..., Any]
+
+
+def load_handler(spec: str, app_dir: str | os.PathLike[str] | None = None) -> Handler:
+    """``package.module:function`` -> the function (for the CLI's ``--handler``).
+
+    The module is looked for in ``app_dir`` (default: the current folder) first, as
+    ``python -m`` and celery's ``--workdir`` do.
+    """
+    folder = str(Path(app_dir if app_dir is not None else os.getcwd()).resolve())
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise BridgeError(f"--handler must look like package.module:function, got {spec!r}")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BridgeError(
+            f"cannot import handler module {module_name!r} (looked in {folder} and sys.path): {exc}"
+        ) from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise BridgeError(f"handler {spec!r}: {module_name} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise BridgeError(f"handler {spec!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+@dataclass
+class TaskContext:
+    """What a handler may use besides its params."""
+
+    task: LocalTask
+    queue: LocalQueue
+
+    def progress(self, percent: int, message: str | None = None) -> None:
+        self.queue.progress(self.task, percent, message)
+
+
+@dataclass(frozen=True)
+class TaskPolicy:
+    """Per task type: a time limit (seconds; ``None``: what is left of the remote lease
+    less ``lease_margin_seconds``, none for a local-only task) and a retry policy."""
+
+    time_limit: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+def wants_context(handler: Handler) -> bool:
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in parameters
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in positional)
+
+
+def is_async_handler(handler: Handler) -> bool:
+    """``async def`` (a function, a partial of one, or an object whose ``__call__`` is)."""
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - the method itself is inspected
+    )
+
+
+def awaitable_refusal(value: Any) -> str | None:
+    """Why a handler's return value is refused when it is a coroutine (an ``async def``
+    wrapped in a plain function: the worker cannot tell it is async), else ``None``."""
+    if not inspect.isawaitable(value):
+        return None
+    close = getattr(value, "close", None)
+    if callable(close):
+        close()  # never run: no "was never awaited" warning besides this reason
+    return (
+        "result refused: the handler returned a coroutine; make it async def "
+        "(a decorator keeps it async with functools.wraps and async def itself)"
+    )
