@@ -9,21 +9,26 @@ rejects ``1.0`` (JSON Schema draft 7 accepts it).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
-
-import jsonschema
-import jsonschema.validators
 
 from .encoding import EncodingError, to_json
 from .exceptions import TaskManagerValidationError
 
-_integer_checker = jsonschema.Draft7Validator.TYPE_CHECKER.redefine(
-    "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
-)
-ServerCompatibleValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
-    jsonschema.Draft7Validator, type_checker=_integer_checker
-)
+
+@functools.cache
+def server_compatible_validator() -> Any:
+    """Draft 7 with the server's ``integer``. Imported on first use: jsonschema is a tenth
+    of a second of every process's start, and a worker or ``status`` never needs it."""
+    import jsonschema.validators
+
+    integer = jsonschema.Draft7Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    return jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+        jsonschema.Draft7Validator, type_checker=integer
+    )
 
 
 def _local_error(message: str, details: list[str] | None = None) -> TaskManagerValidationError:
@@ -59,8 +64,10 @@ def check_schema(schema: Any) -> dict[str, Any]:
         raise _local_error(f"param_schema must be a JSON object, got {type(schema).__name__}")
     if "type" not in schema:
         raise _local_error("param_schema needs a top-level 'type' (the server rejects it without)")
+    import jsonschema
+
     try:
-        ServerCompatibleValidator.check_schema(schema)
+        server_compatible_validator().check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise _local_error(f"param_schema is not valid JSON Schema: {exc.message}") from None
     return dict(schema)
@@ -68,7 +75,7 @@ def check_schema(schema: Any) -> dict[str, Any]:
 
 def compile_schema(schema: Mapping[str, Any]) -> Any:
     """A reusable validator for a schema (compiling costs more than validating)."""
-    return ServerCompatibleValidator(schema)
+    return server_compatible_validator()(schema)
 
 
 def validate_params(validator: Any, task_type: str, params: Mapping[str, Any]) -> None:
