@@ -28,6 +28,7 @@ FIX_COMMAND = "taskmanager-bridge db upgrade"
 DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
 POOL_OVERFLOW = 64  # beyond the pool's 5: one connection per thread using the queue
 SYNCHRONOUS_FULL = "PRAGMA synchronous = FULL"  # a commit waits for the disk
+PATIENCE_KEY = "bridge.patience"  # Connection.info: the next begin's wait for the lock
 POLL_SECONDS = 0.0002  # first wait between two tries for SQLite's write lock, doubling
 POLL_MAX_SECONDS = 0.002  # to this (begin_immediate),
 LONG_WAIT_AFTER_SECONDS = 0.1  # and after this long waiting (a backup, a shell's lock)
@@ -52,7 +53,7 @@ def begin_immediate(driver: Any, patience: float, busy_timeout: float | None = N
         begin_polling(driver, patience)
     finally:
         restored = patience if busy_timeout is None else busy_timeout
-        driver.execute(f"PRAGMA busy_timeout = {round(restored * 1000)}")
+        driver.execute(f"PRAGMA busy_timeout = {int(restored * 1000)}")
 
 
 def begin_polling(driver: Any, patience: float) -> None:
@@ -143,9 +144,9 @@ def _sqlite_engine(url: URL, busy_timeout: float) -> Engine:
         if readonly:
             driver.execute("BEGIN")
         else:
-            # ``patience``: what this process's turn to write left of the busy timeout
-            # (storage.connector), so that a writer never waits longer than it in all.
-            patience = connection.get_execution_options().get("patience", busy_timeout)
+            # What this process's turn to write left of the busy timeout (storage.connector),
+            # so that a writer never waits longer than it in all; for this begin only.
+            patience = connection.info.pop(PATIENCE_KEY, busy_timeout)
             begin_immediate(driver, patience, busy_timeout)
 
     return engine

@@ -34,6 +34,7 @@ from .handlers import (
     TaskPolicy,
     awaitable_refusal,
     is_async_handler,
+    load_handler,
     wants_context,
 )
 from .heartbeats import Heartbeats
@@ -53,7 +54,15 @@ POOLS = ("thread", "process")
 MIN_POLL_SECONDS = 0.01
 JOIN_SLICE_SECONDS = 0.2  # the main thread wakes this often, so signal handlers run
 
-__all__ = ["Retry", "RetryPolicy", "TaskContext", "TaskPolicy", "Worker", "WorkerExit"]
+__all__ = [
+    "Retry",
+    "RetryPolicy",
+    "TaskContext",
+    "TaskPolicy",
+    "Worker",
+    "WorkerExit",
+    "load_handler",
+]
 
 
 class WorkerExit(enum.IntEnum):

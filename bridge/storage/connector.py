@@ -19,7 +19,13 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..database import SYNCHRONOUS_FULL, begin_polling, driver_errors, translated_errors
+from ..database import (
+    PATIENCE_KEY,
+    SYNCHRONOUS_FULL,
+    begin_polling,
+    driver_errors,
+    translated_errors,
+)
 
 SYNCHRONOUS_NORMAL = "PRAGMA synchronous = NORMAL"  # taking a task only (hot_write)
 
@@ -124,14 +130,18 @@ class Connector:
                 relaxed = not durable and not self.is_postgresql
                 try:
                     # SQLAlchemy's begin (database.py) polls for what the turn left of the
-                    # busy timeout, then sets the whole back on the connection.
-                    holder.waiting()
+                    # busy timeout (read once from the connection's info), then sets the
+                    # whole back on the connection.
+                    if not self.is_postgresql:
+                        conn.info[PATIENCE_KEY] = left
                     if relaxed:
                         conn.connection.driver_connection.execute("PRAGMA synchronous = NORMAL")  # type: ignore[union-attr]
                     try:
-                        with conn.execution_options(patience=left).begin():
+                        with conn.begin():
                             yield conn
                     finally:
+                        if not self.is_postgresql:  # begin set the whole back
+                            holder.timeout_ms = round(holder.patience * 1000)
                         if relaxed:
                             conn.connection.driver_connection.execute(SYNCHRONOUS_FULL)  # type: ignore[union-attr]
                 except self._driver_errors:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import threading
 import time
 from datetime import timedelta
 
@@ -421,6 +422,40 @@ def test_threads_waiting_for_the_lock_each_give_up_after_the_busy_timeout(
         # with SQLite's own handler (an enqueue's INSERT) has the configured one back.
         queue.enqueue("a", {"n": 2})
         driver = queue.store.db.connection().connection.driver_connection
+        assert driver.execute("PRAGMA busy_timeout").fetchone()[0] == 500
+
+
+def test_a_wait_shortened_by_the_turn_does_not_stick_to_the_connection(tmp_path):
+    """An enqueue that waited for this process's turn may wait only what is left for
+    SQLite's lock; the next one, uncontended, has the whole busy timeout again."""
+    from bridge import BridgeConfig
+    from bridge.migrate import upgrade
+
+    path = tmp_path / "left.db"
+    upgrade(str(path))
+    config = BridgeConfig.load(env={}, db_url=str(path), busy_timeout_seconds=0.5)
+    with LocalQueue(config=config) as queue:
+        queue.enqueue("a", {"n": 0})
+        driver = queue.store.db.connection().connection.driver_connection
+        turn = queue.store.db._turn
+        assert turn is not None
+        holding = threading.Event()
+
+        def hold_the_turn() -> None:
+            with turn:
+                holding.set()
+                time.sleep(0.2)
+
+        other = threading.Thread(target=hold_the_turn)
+        other.start()
+        holding.wait()
+        queue.enqueue("a", {"n": 1})  # waited ~0.2 s for the turn
+        other.join()
+        assert driver.execute("PRAGMA busy_timeout").fetchone()[0] <= 310
+        queue.enqueue("a", {"n": 2})
+        assert driver.execute("PRAGMA busy_timeout").fetchone()[0] == 500
+        with queue.store.db.write():  # a SQLAlchemy transaction sets the whole back too
+            pass
         assert driver.execute("PRAGMA busy_timeout").fetchone()[0] == 500
 
 
