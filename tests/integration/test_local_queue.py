@@ -8,6 +8,8 @@ import stat
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -374,6 +376,16 @@ def test_complete_and_dequeue_is_one_step(migrated_url: str, clock: Clock):
         assert [r.remote_id for r in queue.outbox()] == [1, 2, 3]
 
 
+def sqlite_queue_file(tmp_path: Path, name: str, busy_timeout: float) -> tuple[Path, Any]:
+    """A migrated SQLite queue file and a config that waits ``busy_timeout`` for its lock."""
+    from bridge import BridgeConfig
+    from bridge.migrate import upgrade
+
+    path = tmp_path / f"{name}.db"
+    upgrade(str(path))
+    return path, BridgeConfig.load(env={}, db_url=str(path), busy_timeout_seconds=busy_timeout)
+
+
 @pytest.mark.parametrize("write", ["dequeue", "enqueue", "set_state"])
 def test_threads_waiting_for_the_lock_each_give_up_after_the_busy_timeout(
     tmp_path, clock: Clock, write: str
@@ -385,12 +397,7 @@ def test_threads_waiting_for_the_lock_each_give_up_after_the_busy_timeout(
     SQLite's own handler (enqueue), a SQLAlchemy transaction (set_state)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from bridge import BridgeConfig
-    from bridge.migrate import upgrade
-
-    path = tmp_path / "turns.db"
-    upgrade(str(path))
-    config = BridgeConfig.load(env={}, db_url=str(path), busy_timeout_seconds=0.5)
+    path, config = sqlite_queue_file(tmp_path, "turns", busy_timeout=0.5)
     with LocalQueue(config=config, clock=clock) as queue:
         queue.enqueue("a", {"n": 1})
         holder = sqlite3.connect(path, isolation_level=None)
@@ -428,12 +435,8 @@ def test_threads_waiting_for_the_lock_each_give_up_after_the_busy_timeout(
 def test_a_wait_shortened_by_the_turn_does_not_stick_to_the_connection(tmp_path):
     """An enqueue that waited for this process's turn may wait only what is left for
     SQLite's lock; the next one, uncontended, has the whole busy timeout again."""
-    from bridge import BridgeConfig
-    from bridge.migrate import upgrade
 
-    path = tmp_path / "left.db"
-    upgrade(str(path))
-    config = BridgeConfig.load(env={}, db_url=str(path), busy_timeout_seconds=0.5)
+    _, config = sqlite_queue_file(tmp_path, "left", busy_timeout=0.5)
     with LocalQueue(config=config) as queue:
         queue.enqueue("a", {"n": 0})
         driver = queue.store.db.connection().connection.driver_connection
@@ -482,12 +485,9 @@ def test_a_woken_slot_looks_for_queued_work_without_the_write_lock(queue: LocalQ
 def test_locked_database_is_a_clear_error_and_recovers(tmp_path, clock: Clock):
     import sqlite3
 
-    from bridge import BridgeConfig, DatabaseError
-    from bridge.migrate import upgrade
+    from bridge import DatabaseError
 
-    path = tmp_path / "locked.db"
-    upgrade(str(path))
-    config = BridgeConfig.load(env={}, db_url=str(path), busy_timeout_seconds=0.2)
+    path, config = sqlite_queue_file(tmp_path, "locked", busy_timeout=0.2)
     with LocalQueue(config=config, clock=clock) as queue:
         queue.enqueue("a", {"x": 1})
         holder = sqlite3.connect(path, isolation_level=None)
@@ -514,12 +514,9 @@ def test_reaping_takes_the_write_lock_only_when_a_lock_ran_out(tmp_path, clock: 
     the lock it still answers, and it waits for the lock only to change something."""
     import sqlite3
 
-    from bridge import BridgeConfig, DatabaseError
-    from bridge.migrate import upgrade
+    from bridge import DatabaseError
 
-    path = tmp_path / "reap.db"
-    upgrade(str(path))
-    config = BridgeConfig.load(env={}, db_url=str(path), busy_timeout_seconds=0.2)
+    path, config = sqlite_queue_file(tmp_path, "reap", busy_timeout=0.2)
     with LocalQueue(config=config, clock=clock) as queue:
         queue.enqueue("a", {"x": 1})
         task = queue.dequeue()
