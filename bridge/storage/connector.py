@@ -37,7 +37,7 @@ class _ThreadConnection:
         self.conn = conn
         driver: Any = conn.connection.driver_connection
         self.driver = driver
-        self.patience = 0.0  # SQLite: the busy timeout, for begin_immediate
+        self.full_ms = 0  # SQLite: the configured busy timeout (read from the connection)
         # SQLite: the busy timeout set on the connection now, in ms. The hot path keeps it
         # at 0 between its transactions (statements inside one never wait for a lock);
         # anything that waits with SQLite's own handler sets what it may wait first
@@ -46,8 +46,12 @@ class _ThreadConnection:
         self.timeout_ms = 0
         if conn.dialect.name == "sqlite":
             found = driver.execute("PRAGMA busy_timeout").fetchone()
-            self.timeout_ms = int(found[0])
-            self.patience = self.timeout_ms / 1000
+            self.full_ms = self.timeout_ms = int(found[0])
+
+    @property
+    def patience(self) -> float:
+        """The busy timeout in seconds, for begin_immediate and the turn."""
+        return self.full_ms / 1000
 
     def to_polling(self) -> None:
         self._set_timeout(0)
@@ -55,7 +59,7 @@ class _ThreadConnection:
     def waiting(self, left: float | None = None) -> None:
         """SQLite's own wait for the lock, for at most ``left`` seconds (what the turn
         left of the busy timeout; default: all of it)."""
-        full = round(self.patience * 1000)
+        full = self.full_ms
         wanted = full if left is None else min(full, round(left * 1000))
         # Within a millisecond of the whole: the whole (no PRAGMA per uncontended call).
         self._set_timeout(full if wanted >= full - 1 else wanted)
@@ -141,7 +145,7 @@ class Connector:
                             yield conn
                     finally:
                         if not self.is_postgresql:  # begin set the whole back
-                            holder.timeout_ms = round(holder.patience * 1000)
+                            holder.timeout_ms = holder.full_ms
                         if relaxed:
                             conn.connection.driver_connection.execute(SYNCHRONOUS_FULL)  # type: ignore[union-attr]
                 except self._driver_errors:
