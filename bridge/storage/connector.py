@@ -56,11 +56,11 @@ class _ThreadConnection:
     def to_polling(self) -> None:
         self._set_timeout(0)
 
-    def waiting(self, left: float | None = None) -> None:
+    def waiting(self, left: float) -> None:
         """SQLite's own wait for the lock, for at most ``left`` seconds (what the turn
-        left of the busy timeout; default: all of it)."""
+        left of the busy timeout)."""
         full = self.full_ms
-        wanted = full if left is None else min(full, round(left * 1000))
+        wanted = min(full, round(left * 1000))
         # Within a millisecond of the whole: the whole (no PRAGMA per uncontended call).
         self._set_timeout(full if wanted >= full - 1 else wanted)
 
