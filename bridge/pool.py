@@ -11,6 +11,14 @@ The child encodes the result itself (``taskmanager.encoding``), so values that
 cannot cross a pipe are refused like any other non-JSON value, and it dies with
 the worker (``PR_SET_PDEATHSIG``), never outliving it. Children are started with
 ``spawn``: the worker's own threads make ``fork`` unsafe.
+
+Every message names the task it belongs to (a number per task sent) and the process
+that sent it, and the slot takes only the answer of its handler process for the task
+in hand: a handler that forks, where the forked copy returns too, cannot answer for
+its task or any later one (the copy exits without a word), and nothing left in the
+pipe is taken for another task's result. An exception is sent pickled inside a
+message the worker can always read; one whose class the worker cannot import fails
+its task with the exception's type and text instead.
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ class HandlerProcessDied(BridgeError):
 
 
 class HandlerError(Exception):
-    """A handler's exception that could not be sent back as itself (not picklable)."""
+    """A handler's exception that could not reach the worker as itself (it cannot be
+    pickled, or its class cannot be imported in the worker): its type and text."""
 
 
 class ResultRefused(BridgeError):
@@ -58,13 +67,15 @@ class PoolOptions:
 
 
 class _ChildContext:
-    """``context`` for a handler in a child: progress goes to the worker over the pipe."""
+    """``context`` for a handler in a child: progress goes to the worker over the pipe
+    (from the handler's process only: a forked copy's reports are dropped here)."""
 
-    def __init__(self, task: LocalTask, conn: Connection) -> None:
-        self.task, self._conn = task, conn
+    def __init__(self, task: LocalTask, conn: Connection, token: int, owner: int) -> None:
+        self.task, self._conn, self._token, self._owner = task, conn, token, owner
 
     def progress(self, percent: int, message: str | None = None) -> None:
-        self._conn.send(("progress", percent, message))
+        if os.getpid() == self._owner:
+            self._conn.send((self._token, self._owner, "progress", percent, message))
 
 
 def _die_with_parent() -> None:
@@ -72,22 +83,22 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _sendable(error: BaseException) -> BaseException:
+def _pickled(error: BaseException) -> bytes | None:
+    """The exception as bytes for the worker to unpickle, or None when it cannot be
+    pickled (its text still travels)."""
     try:
-        pickle.loads(pickle.dumps(error))
+        return pickle.dumps(error)
     except Exception:
-        return HandlerError(f"{type(error).__name__}: {error}")
-    return error
+        return None
 
 
-def _answer(handler: Handler, wants_context: bool, task: LocalTask, conn: Connection) -> Any:
+def _answer(handler: Handler, wants_context: bool, task: LocalTask, context: Any) -> Any:
+    """The handler's outcome as a message body: only builtins, so the worker can always
+    read the message itself."""
     try:
-        if wants_context:
-            value = handler(task.params, _ChildContext(task, conn))
-        else:
-            value = handler(task.params)
+        value = handler(task.params, context) if wants_context else handler(task.params)
     except BaseException as exc:  # the task's outcome, as in a thread (see runner.run_call)
-        return ("error", _sendable(exc))
+        return ("error", _pickled(exc), f"{type(exc).__name__}: {exc}")
     if value is None:
         value = {}
     elif not isinstance(value, Mapping):
@@ -102,14 +113,41 @@ def child_main(conn: Connection, handlers: Mapping[str, tuple[Handler, bool]]) -
     """The handler process: run each task it is sent, answer, until the pipe closes."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker, which decides
-    conn.send(("ready",))  # started and imported: time limits count from here
+    owner = os.getpid()
+    conn.send((0, owner, "ready"))  # started and imported: time limits count from here
     while True:
         try:
-            task: LocalTask = conn.recv()
+            token, task = conn.recv()
         except (EOFError, OSError):
             return
         handler, wants_context = handlers[task.type]
-        conn.send(_answer(handler, wants_context, task, conn))
+        context = _ChildContext(task, conn, token, owner)
+        body = _answer(handler, wants_context, task, context)
+        if os.getpid() != owner:
+            os._exit(0)  # a copy the handler forked, back here: it may not answer or take
+        conn.send((token, owner, *body))
+
+
+def _outcome(body: tuple[Any, ...]) -> Ran:
+    """A handler process's answer as the slot's ``Ran``."""
+    if body[0] == "ok":
+        return Ran("ok", body[1])
+    if body[0] == "refused":
+        return Ran("error", error=ResultRefused(f"result refused: {body[1]}"))
+    pickled, text = body[1], body[2]
+    if pickled is None:
+        return Ran("error", error=HandlerError(text))
+    try:
+        error = pickle.loads(pickled)
+    except Exception as exc:  # its class is importable in the handler's process only
+        return Ran(
+            "error",
+            error=HandlerError(
+                f"{text} (the exception could not be read by the worker: "
+                f"{type(exc).__name__}: {exc})"
+            ),
+        )
+    return Ran("error", error=error)
 
 
 def _rss_mb(pid: int) -> float:
@@ -139,6 +177,7 @@ class ProcessRunner:
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
         self._tasks = 0
+        self._sent = 0  # tasks sent to any handler process: each answer names its own
         self.replaced = 0
 
     def _start(self) -> tuple[BaseProcess, Connection]:
@@ -175,7 +214,9 @@ class ProcessRunner:
             process, conn = self._start()
         except HandlerProcessDied as exc:
             return Ran("error", error=exc)
-        conn.send(task)
+        self._sent += 1
+        token = self._sent
+        conn.send((token, task))
         deadline = None if limit is None else time.monotonic() + limit
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -188,16 +229,18 @@ class ProcessRunner:
                 died = HandlerProcessDied(f"the handler process died ({_death(process)})")
                 self._replace()
                 return Ran("error", error=died)
-            if message[0] != "progress":
+            except Exception as exc:  # not one of our messages: the pipe cannot be trusted
+                self._replace()
+                unreadable = HandlerError(f"the handler's answer could not be read ({exc!r})")
+                return Ran("error", error=unreadable)
+            if message[:2] != (token, process.pid):
+                continue  # an earlier task's, or a forked copy's: not this task's answer
+            if message[2] != "progress":
                 break
             with contextlib.suppress(BridgeError):
-                progress(message[1], message[2])
+                progress(message[3], message[4])
         self._after_task(process)
-        if message[0] == "ok":
-            return Ran("ok", message[1])
-        if message[0] == "refused":
-            return Ran("error", error=ResultRefused(f"result refused: {message[1]}"))
-        return Ran("error", error=message[1])
+        return _outcome(message[2:])
 
     def _after_task(self, process: BaseProcess) -> None:
         self._tasks += 1
