@@ -1,9 +1,12 @@
 """The worker's event loop: up to ``concurrency`` async handlers at once in one thread.
 
 A worker with an ``async def`` handler runs this engine instead of one thread
-per slot. Handlers are coroutines on one loop; the local queue's calls (taking
-tasks, storing results, failures, progress) run on a small thread pool, never
-on the loop, so a slow disk does not stall every handler. Each trip to the
+per slot. Handlers are coroutines on one loop of their own, in a thread of its
+own (``bridge.handler_loop``: nothing a handler does to that loop reaches the
+engine or another handler's task); the engine's loop takes tasks, stores results
+and keeps the time limits. The local queue's calls (taking tasks, storing results,
+failures, progress) run on a small thread pool, never on a loop, so a slow disk
+does not stall every handler. Each trip to the
 database stores every result finished since the last trip and takes as many
 new tasks as there are free slots, in one transaction
 (``complete_many_and_dequeue``): one commit for many tasks at high concurrency.
@@ -14,7 +17,9 @@ heartbeats keep the locks, a time limit cancels the coroutine (the task fails
 its task, retries follow the type's policy, a result that cannot be encoded
 fails its task, database trouble is waited out (``Patience``), and on stop the
 running handlers get the grace, after which their tasks are handed back.
-A blocking handler of the same worker runs on a thread of its own pool.
+A blocking handler of the same worker runs on a thread of its own; its time limit
+is kept by the engine's loop, which no handler blocks, so it never runs out early and
+its task is never handed back while the thread still runs.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,9 +36,9 @@ from typing import Any, TypeVar
 from .errors import BridgeError, TaskNotHeldError, ValidationError
 
 # bridge.worker imports this module only inside Worker.run, so importing it here is no cycle.
+from .handler_loop import HandlerLoop, HandlerRun
 from .handlers import TaskContext, awaitable_refusal
 from .logs import task_fields
-from .loop_stalls import LoopStalls
 from .models import LocalTask
 from .patience import GaveUp, SchemaGone
 from .queue import LocalQueue, encoded_result
@@ -51,7 +55,6 @@ QUEUE_THREADS = 4
 MIN_POLL_SECONDS = 0.01
 STALLED = "handed back: its time limit ran out while the event loop was blocked"
 WAIT_SLICE_SECONDS = 0.2  # a loop with every slot busy still looks at stop() this often
-IGNORED_CANCEL_SECONDS = 1.0  # a handler still running this long after its cancel: said
 
 
 @dataclass
@@ -85,31 +88,41 @@ class AsyncEngine:
         self._finished: list[_Finished] = []
         self._finished_in_trip: list[_Finished] = []  # the batch of the trip under way
         self._running: set[asyncio.Task[None]] = set()
+        self._runs: set[HandlerRun] = set()  # coroutine handlers under way
         self._busy = 0  # handlers not yet ended (a finished Task leaves _running a bit later)
         self._next_key = 0
         self._queue_pool: ThreadPoolExecutor | None = None
-        self._stalls = LoopStalls()
-        self._ours: set[asyncio.Task[Any]] = set()  # tasks we cancelled (limit, grace)
+        self._handlers = HandlerLoop(on_broken=self._broken)
         self._waiter: asyncio.Future[None] | None = None  # the loop's wait, cut short by _wake_up
         self._woken = False  # a handler ended while the loop was not waiting
 
     def run(self) -> None:
         """The thread's target: the loop until the worker stops."""
         worker = self.worker
+        self._handlers.start()
         try:
             asyncio.run(self._main())
         except GaveUp:
             return
         except SchemaGone as exc:
-            worker._fatal(str(exc))
+            worker._fatal(f"the queue database changed under the worker: {exc}")
         except Exception:  # a bug of ours, not a handler's: say so and stop taking tasks
             logger.exception("the worker's event loop failed; stopping")
             worker.stop()
+        finally:
+            self._handlers.close()
+
+    def _broken(self, why: str) -> None:
+        """The handlers' loop cannot run any more (from its thread): the worker stops with
+        a non-zero exit code; the tasks it holds go back to the queue."""
+        self.worker._fatal(
+            f"{why}; results finished are stored, running tasks go back to the queue",
+            store_finished=True,
+        )
 
     # -- the loop ---------------------------------------------------------------------------
     async def _main(self) -> None:
         self._queue_pool = ThreadPoolExecutor(QUEUE_THREADS, thread_name_prefix="bridge-queue")
-        watch = asyncio.ensure_future(self._stalls.watch())
         loop = asyncio.get_running_loop()
 
         def changed() -> None:  # another process committed (SQLite): look now, not later
@@ -120,10 +133,10 @@ class AsyncEngine:
         try:
             await self._serve()
         finally:
-            watch.cancel()
+            for run in self._runs:
+                self._handlers.cancel(run)  # past the grace: the worker hands them back
             for running in self._running:
-                self._ours.add(running)
-                running.cancel()  # past the grace: the worker hands their tasks back
+                running.cancel()
             if self._running:
                 await asyncio.wait(self._running, timeout=1.0)
             if self._finished:  # finished after the last trip, with the grace over
@@ -301,16 +314,16 @@ class AsyncEngine:
 
     async def _work(self, key: int, task: LocalTask) -> None:
         worker = self.worker
-        started, began = worker.clock(), time.monotonic()
+        started = worker.clock()
         limit = worker.time_limit(task)
         stored_later = False
         try:
-            ran = await self._call(task, limit)
+            ran, stalled = await self._call(task, limit)
             if worker._running.pop(key, None) is None:
                 return  # handed back by the stopping worker meanwhile
             if (
                 ran.kind == "timeout"
-                and self._stalls.since(began, time.monotonic())
+                and stalled
                 and not (task.error or "").startswith(STALLED)  # once: it may be the blocker
             ):
                 await self._offload(self._hand_back_stalled, task)
@@ -319,7 +332,7 @@ class AsyncEngine:
             else:
                 await self._offload(worker.settle_failure, task, ran, limit, started)
         except asyncio.CancelledError:
-            raise  # past the grace: the task stays in worker._running to be handed back
+            raise  # past the grace, or a broken loop: the task stays in worker._running
         except TaskNotHeldError as exc:
             worker._count("not_recorded")
             logger.warning(
@@ -337,11 +350,10 @@ class AsyncEngine:
                 extra=task_fields(task.id, task.remote_id, task.type),
             )
         except SchemaGone as exc:
-            worker._fatal(str(exc))
+            worker._fatal(f"the queue database changed under the worker: {exc}")
         except Exception:  # a bug of ours: the task runs again when its lock runs out
             logger.exception("task %d: unexpected error in the worker; carrying on", task.id)
         finally:
-            self._ours.discard(asyncio.current_task())
             self._busy -= 1
             if not stored_later:
                 self._release(task)
@@ -376,89 +388,39 @@ class AsyncEngine:
         self._finished.append(_Finished(task, result, started))
         return True
 
-    async def _call(self, task: LocalTask, limit: float | None) -> Ran:
-        """The handler's outcome, or "timeout" once ``limit`` passes (the coroutine is
-        cancelled; a blocking handler's thread is left to finish, its result discarded)."""
+    async def _call(self, task: LocalTask, limit: float | None) -> tuple[Ran, bool]:
+        """The handler's outcome, or "timeout" once ``limit`` passes, and whether the
+        handlers' loop was blocked when it did (a coroutine is cancelled; a blocking
+        handler's thread is left to finish, its result discarded)."""
         worker = self.worker
         handler = worker.handlers[task.type]
-        wants_context = worker._wants_context[task.type]
-        if worker._is_async[task.type]:
-            args: tuple[Any, ...] = (task.params,)
-            if wants_context:
-                args += (AsyncTaskContext(task, worker.queue, self._submit),)
-            call = self._guarded(lambda: handler(*args))
-        else:
-            call = _in_thread(handler, task, wants_context, worker.queue)
-        if limit is None:
-            return await call
-        current = asyncio.current_task()
-        assert current is not None
-        expired = False
-
-        loop = asyncio.get_running_loop()
-        returned = False
-
-        def ignored() -> None:
-            if not returned:
-                logger.warning(
-                    "task %d (%s) ignores its cancellation %.0f s past its time limit: it "
-                    "keeps its slot until it returns (a handler must not swallow "
-                    "CancelledError)",
-                    task.id,
-                    task.type,
-                    IGNORED_CANCEL_SECONDS,
-                    extra=task_fields(task.id, task.remote_id, task.type),
-                )
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            self._ours.add(current)
-            current.cancel()
-            loop.call_later(IGNORED_CANCEL_SECONDS, ignored)
-
-        timer = loop.call_later(limit, expire)
+        args: tuple[Any, ...] = (task.params,)
+        if not worker._is_async[task.type]:
+            if worker._wants_context[task.type]:
+                args += (TaskContext(task, worker.queue),)
+            call = _in_thread(lambda: handler(*args), task.id)
+            if limit is None:
+                return await call, False
+            try:  # on this loop, which no handler blocks: the limit is the thread's own
+                return await asyncio.wait_for(call, limit), False
+            except asyncio.TimeoutError:
+                return Ran("timeout"), False
+        if worker._wants_context[task.type]:
+            args += (AsyncTaskContext(task, worker.queue, self._submit),)
+        run = HandlerRun(task, lambda: handler(*args), limit)
+        self._runs.add(run)
         try:
-            return await call
-        except asyncio.CancelledError:
-            if not expired or worker._abandon.is_set():
-                raise
-            self._ours.discard(current)
-            uncancel = getattr(current, "uncancel", None)  # Python 3.11+
-            if uncancel is not None:
-                uncancel()
-            return Ran("timeout")
+            finished = await asyncio.wrap_future(self._handlers.submit(run))
         finally:
-            returned = True
-            timer.cancel()
-
-    async def _guarded(self, call: Callable[[], Any]) -> Ran:
-        """The handler's own outcome, whatever it raises, calling it included (a wrong
-        signature). ``SystemExit`` and ``KeyboardInterrupt`` raised by the handler are
-        caught here, inside the coroutine: asyncio would otherwise re-raise them out of
-        the loop and end every handler with it. A ``CancelledError`` is ours (the time
-        limit, the end of the grace) only when we cancelled this task; else the handler
-        raised it (a cancelled child task) and it ends its task like any error."""
-        try:
-            return Ran("ok", await call())
-        except GeneratorExit:
-            raise
-        except asyncio.CancelledError as exc:
-            if asyncio.current_task() in self._ours:
-                raise
-            return Ran("error", error=exc)
-        except BaseException as exc:
-            return Ran("error", error=exc)
+            self._runs.discard(run)
+        if finished.ran is None:  # cancelled by the worker: the grace is over
+            raise asyncio.CancelledError
+        return finished.ran, finished.stalled
 
 
-async def _in_thread(
-    handler: Callable[..., Any], task: LocalTask, context: bool, queue: LocalQueue
-) -> Ran:
+async def _in_thread(call: Callable[[], Any], task_id: int) -> Ran:
     """A blocking handler on a thread of its own: one stuck past its time limit holds
     only its own thread (as the thread worker's runner does), never another's turn."""
-    args: tuple[Any, ...] = (task.params,)
-    if context:
-        args += (TaskContext(task, queue),)
     loop = asyncio.get_running_loop()
     outcome: asyncio.Future[Ran] = loop.create_future()
 
@@ -467,11 +429,11 @@ async def _in_thread(
             outcome.set_result(ran)
 
     def target() -> None:
-        ran = run_call(lambda: handler(*args))
+        ran = run_call(call)
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: discarded
             loop.call_soon_threadsafe(deliver, ran)
 
-    threading.Thread(target=target, daemon=True, name=f"bridge-handler-{task.id}").start()
+    threading.Thread(target=target, daemon=True, name=f"bridge-handler-{task_id}").start()
     return await outcome
 
 

@@ -30,21 +30,26 @@ class LoopStalls:
         self.spans: collections.deque[tuple[float, float]] = collections.deque(maxlen=32)
         self._told = 0.0
 
-    async def watch(self) -> None:
-        while True:
-            before = time.monotonic()
-            await asyncio.sleep(self.TICK)
-            self.last_tick = now = time.monotonic()
-            if now - before - self.TICK > self.STALL:
-                self.spans.append((before, now))
-                if now - self._told > 60:  # at most one warning a minute
-                    self._told = now
-                    logger.warning(
-                        "the event loop was blocked for %.1f s: an async handler called "
-                        "something that blocks (time.sleep, a blocking client, heavy CPU); "
-                        "await it, or use asyncio.to_thread",
-                        now - before,
-                    )
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Watch ``loop`` (call on it): a callback every ``TICK``, not a task, so that a
+        handler cancelling every task of the loop cannot end the watch."""
+        self.last_tick = time.monotonic()
+        loop.call_later(self.TICK, self.tick, loop)
+
+    def tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = time.monotonic()
+        before, self.last_tick = self.last_tick, now
+        if now - before - self.TICK > self.STALL:
+            self.spans.append((before, now))
+            if now - self._told > 60:  # at most one warning a minute
+                self._told = now
+                logger.warning(
+                    "the event loop was blocked for %.1f s: an async handler called "
+                    "something that blocks (time.sleep, a blocking client, heavy CPU); "
+                    "await it, or use asyncio.to_thread",
+                    now - before,
+                )
+        loop.call_later(self.TICK, self.tick, loop)
 
     def since(self, started: float, now: float) -> bool:
         """Whether the loop stalled between ``started`` and ``now`` (monotonic), or is

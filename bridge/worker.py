@@ -439,7 +439,7 @@ class Worker:
                 except GaveUp:
                     return
                 except SchemaGone as exc:
-                    self._fatal(str(exc))
+                    self._fatal(f"the queue database changed under the worker: {exc}")
                     return
                 except Exception:
                     # A bug of ours, not the handler's: say so loudly, keep the thread.
@@ -454,12 +454,16 @@ class Worker:
         handlers = {name: (h, self._wants_context[name]) for name, h in self.handlers.items()}
         return ProcessRunner(f"bridge-handler-{slot}", handlers, self.pool_options)
 
-    def _fatal(self, message: str) -> None:
+    def _fatal(self, message: str, *, store_finished: bool = False) -> None:
+        """Stop for what the worker cannot outlive, with ``WorkerExit.FATAL``. By default
+        at once (the schema changed under it); ``store_finished``: results already
+        finished are stored first (the queue is fine, the worker is not)."""
         with self._count_lock:
             if self.fatal is None:
                 self.fatal = message
-                logger.error("stopping: the queue database changed under the worker: %s", message)
-        self._abandon.set()
+                logger.error("stopping: %s", message)
+        if not store_finished:
+            self._abandon.set()
         self.stop()
 
     # -- the whole worker ---------------------------------------------------------------------
