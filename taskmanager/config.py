@@ -18,11 +18,12 @@ import math
 import os
 import socket
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from .exceptions import TaskManagerConfigError
+from .redact import mask_url
 
 DEFAULT_API_URL = "https://api.prismq.nomoos.cz/api"
 ENV_PREFIX = "TASKMANAGER_"
@@ -229,15 +230,16 @@ def check_url(api_url: str, *, allow_insecure_http: bool) -> None:
     Plain http to another host would send the API key in clear.
     """
     parts = urlsplit(api_url)
+    shown = mask_url(api_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise TaskManagerConfigError(
-            f"api_url must be an http(s) URL such as {DEFAULT_API_URL}, got {api_url!r}"
+            f"api_url must be an http(s) URL such as {DEFAULT_API_URL}, got {shown!r}"
         )
     if parts.scheme == "http" and not is_loopback_host(parts.hostname) and not allow_insecure_http:
         raise TaskManagerConfigError(
-            f"api_url {api_url!r} is plain http to a non-loopback host: the API key "
-            "would travel in clear. Use https, or set allow_insecure_http=True "
-            "(TASKMANAGER_ALLOW_INSECURE_HTTP=1) if you accept that."
+            f"api_url {shown!r} is plain http to a non-loopback host: the API key "
+            "(and any password in the URL) would travel in clear. Use https, or set "
+            "allow_insecure_http=True (TASKMANAGER_ALLOW_INSECURE_HTTP=1) if you accept that."
         )
 
 
@@ -309,6 +311,16 @@ class TaskManagerConfig:
         """
         check_known(overrides)
         return cls(env=env, **overrides)
+
+    def __repr__(self) -> str:
+        """Every field but the API key, and ``api_url`` without its password: a config
+        ends up in logs and tracebacks."""
+        shown = (
+            f"{f.name}={mask_url(self.api_url) if f.name == 'api_url' else getattr(self, f.name)!r}"
+            for f in fields(self)
+            if f.repr
+        )
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     @property
     def timeouts(self) -> tuple[float, float]:
