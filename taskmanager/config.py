@@ -227,10 +227,23 @@ def check_known(names: Iterable[str]) -> None:
 def check_url(api_url: str, *, allow_insecure_http: bool) -> None:
     """An http(s) URL, and https unless the host is loopback or plain http was accepted.
 
-    Plain http to another host would send the API key in clear.
+    Plain http to another host would send the API key in clear. The host checked must
+    be the host contacted: a backslash ends the host for requests but not for
+    ``urlsplit`` (``http://evil\\@127.0.0.1`` goes to ``evil``), so it is refused with
+    whitespace and control characters (no URL holds them raw), and a port or
+    bracket ``urlsplit`` cannot read is refused here, not in a request's error.
     """
-    parts = urlsplit(api_url)
     shown = mask_url(api_url)
+    if any(char == "\\" or char.isspace() or not char.isprintable() for char in api_url):
+        raise TaskManagerConfigError(
+            f"api_url {shown!r} holds a backslash, whitespace or a control character: "
+            "HTTP libraries disagree on where such a URL's host ends (percent-encode it)"
+        )
+    try:
+        parts = urlsplit(api_url)
+        parts.port  # noqa: B018 (reading it checks it: a number within 0-65535)
+    except ValueError as exc:
+        raise TaskManagerConfigError(f"api_url {shown!r} is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise TaskManagerConfigError(
             f"api_url must be an http(s) URL such as {DEFAULT_API_URL}, got {shown!r}"

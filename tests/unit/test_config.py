@@ -104,6 +104,23 @@ def test_plain_http_to_loopback_allowed(url: str):
     assert TaskManagerConfig.from_env({}, api_url=url).api_url == url
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        # requests ends the host at the backslash (evil.example) where urlsplit reads
+        # 127.0.0.1: the key would go in clear to another host than the one checked.
+        "http://evil.example\\@127.0.0.1/api",
+        "http://user:pw@127.0.0.1:99999/api",  # requests' error quotes the URL whole
+        "http://user:pw@127.0.0.1:port/api",
+        "http://[::1/api",
+    ],
+)
+def test_an_api_url_the_http_libraries_would_read_otherwise_is_refused(url: str):
+    with pytest.raises(TaskManagerConfigError, match="api_url") as refused:
+        TaskManagerConfig.from_env({}, api_url=url)
+    assert ":pw@" not in str(refused.value)
+
+
 PASSWORD = "S3cretApiPw"
 
 
