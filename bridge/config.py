@@ -21,13 +21,11 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar, get_origin, get_type_hints
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
 from taskmanager import TaskManagerConfig, TaskManagerConfigError
 from taskmanager.client import HttpLibrary
 from taskmanager.config import SETTING_NAMES, parse_number
 from taskmanager.config import SETTINGS as CLIENT_SETTINGS
+from taskmanager.redact import MASK, mask_url
 
 from .errors import BridgeConfigError
 
@@ -41,7 +39,6 @@ DEFAULT_DB_URL = "sqlite:///taskmanager-bridge.db"
 WORKER_ID_VARIABLE = "TASKMANAGER_WORKER_ID"
 HTTP_CHOICES = ("auto", "aiohttp", "requests")
 SECRET_KEYS = frozenset({"api_key"})  # [taskmanager] keys never shown by repr()
-MASK = "***"
 
 _T = TypeVar("_T")
 
@@ -161,17 +158,18 @@ class BridgeConfig:
             object.__setattr__(self, "explicit_worker_id", str(self.taskmanager["worker_id"]))
 
     def __repr__(self) -> str:
-        """Every field, but never the API key, nor a password inside ``db_url``.
+        """Every field, but never the API key, nor a password inside ``db_url`` or
+        ``api_url``.
 
-        Configs end up in logs and tracebacks; the key is a credential.
+        Configs end up in logs and tracebacks; the key and passwords are credentials.
         """
         shown: list[str] = []
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "taskmanager":
-                value = {k: MASK if k in SECRET_KEYS and v else v for k, v in value.items()}
+                value = {k: _shown(k, v) for k, v in value.items()}
             elif f.name == "db_url":
-                value = _hide_password(value)
+                value = mask_url(value)
             shown.append(f"{f.name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
 
@@ -223,15 +221,11 @@ class BridgeConfig:
             raise BridgeConfigError(f"[taskmanager] / TASKMANAGER_*: {exc}") from None
 
 
-def _hide_password(url: str) -> str:
-    """``url`` with its password replaced (a plain file path is returned unchanged)."""
-    if "://" not in url:
-        return url
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return url if "@" not in url else "<unparseable database URL>"
-    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
+def _shown(name: str, value: Any) -> Any:
+    """A ``[taskmanager]`` value as repr() may show it: the key masked, a URL's password too."""
+    if name in SECRET_KEYS and value:
+        return MASK
+    return mask_url(value) if name == "api_url" and isinstance(value, str) else value
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
+from taskmanager.redact import mask_url
+
 from .errors import BridgeConfigError, DatabaseError, SchemaError
 from .revisions import known_revisions
 
@@ -92,9 +94,10 @@ def normalise_url(url: str) -> str:
 
 
 def display_url(url: str | URL) -> str:
-    """The URL with any password hidden, for messages and logs."""
+    """The URL as SQLAlchemy writes it, its password masked by ``mask_url`` (the one
+    masking, shared with api_url), for messages and logs."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return mask_url(make_url(url).render_as_string(hide_password=False))
     except ArgumentError:
         return "<unparseable database URL>"
 
@@ -157,7 +160,7 @@ def open_engine(url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT_SECONDS)
     try:
         parsed = make_url(normalise_url(url))
     except ArgumentError as exc:
-        raise BridgeConfigError(f"db_url {url!r} is not a database URL: {exc}") from None
+        raise BridgeConfigError(f"db_url {mask_url(url)!r} is not a database URL: {exc}") from None
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, busy_timeout)
     if parsed.get_backend_name() == "postgresql":

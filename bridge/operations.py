@@ -6,6 +6,7 @@ registration. The CLI, the metrics collector and the dashboard all go through
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from taskmanager import TaskManagerClient
+from taskmanager.redact import mask_url
 from taskmanager.validation import check_schema
 
 from .config import BridgeConfig
@@ -158,12 +160,16 @@ def sqlite_file_missing(db_url: str) -> Path | None:
 
 def upgrade_command(config_path: str | None, db_url: str | None) -> str:
     """``taskmanager-bridge db upgrade`` with the options that chose this database, so
-    that the hint upgrades the database the failed command used."""
+    that the hint upgrades the database the failed command used.
+
+    The hint is printed: a password in ``db_url`` is shown as ``***`` (the operator
+    puts it back), and each value is quoted for the shell when it needs it.
+    """
     options = ""
     if config_path:
-        options += f" --config {config_path}"
+        options += f" --config {shlex.quote(config_path)}"
     if db_url:
-        options += f" --db-url {db_url}"
+        options += f" --db-url {shlex.quote(mask_url(db_url))}"
     return FIX_COMMAND.replace(" db upgrade", f"{options} db upgrade")
 
 

@@ -23,6 +23,7 @@ from .config import TaskManagerConfig
 from .exchange import RequestObserver
 from .models import ClaimedTask, CompletionResult, CreatedTask, Task, TaskType
 from .protocol import RateLimitInfo
+from .redact import mask_url
 
 if TYPE_CHECKING:  # aiohttp itself is imported (with a hint when missing) by async_transport
     import aiohttp
@@ -68,9 +69,8 @@ class AsyncTaskManagerClient:
         await self.close()
 
     def __repr__(self) -> str:
-        return (
-            f"AsyncTaskManagerClient(api_url={self.config.api_url!r}, worker_id={self.worker_id!r})"
-        )
+        shown = mask_url(self.config.api_url)
+        return f"AsyncTaskManagerClient(api_url={shown!r}, worker_id={self.worker_id!r})"
 
     @property
     def worker_id(self) -> str:

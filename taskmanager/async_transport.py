@@ -26,6 +26,7 @@ from .exceptions import TaskManagerConfigError
 from .exchange import Drive, Send, Sleep, Steps
 from .no_answer import FailureKind, no_answer
 from .protocol import Answer, Outcome, decode_body
+from .redact import mask_url
 
 try:
     import aiohttp
@@ -70,7 +71,7 @@ class AsyncTransport:
         # aiohttp's trust_env would scan the environment on every request.
         self._proxy = _env_proxy(config.api_url)
         if not config.verify_tls:
-            logger.warning("TLS certificate verification is OFF for %s", config.api_url)
+            logger.warning("TLS certificate verification is OFF for %s", mask_url(config.api_url))
 
     async def close(self) -> None:
         if self._owns_session and self.session is not None:

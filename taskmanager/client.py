@@ -22,6 +22,7 @@ from .exceptions import TaskManagerConfigError
 from .loop_transport import LoopTransport
 from .models import ClaimedTask, CompletionResult, CreatedTask, Task, TaskType
 from .protocol import RateLimitInfo
+from .redact import mask_url
 from .transport import RequestObserver, Transport
 
 HttpLibrary = Literal["requests", "aiohttp"]
@@ -80,7 +81,8 @@ class TaskManagerClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"TaskManagerClient(api_url={self.config.api_url!r}, worker_id={self.worker_id!r})"
+        shown = mask_url(self.config.api_url)
+        return f"TaskManagerClient(api_url={shown!r}, worker_id={self.worker_id!r})"
 
     @property
     def worker_id(self) -> str:

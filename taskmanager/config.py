@@ -18,11 +18,12 @@ import math
 import os
 import socket
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from .exceptions import TaskManagerConfigError
+from .redact import mask_url
 
 DEFAULT_API_URL = "https://api.prismq.nomoos.cz/api"
 ENV_PREFIX = "TASKMANAGER_"
@@ -226,18 +227,32 @@ def check_known(names: Iterable[str]) -> None:
 def check_url(api_url: str, *, allow_insecure_http: bool) -> None:
     """An http(s) URL, and https unless the host is loopback or plain http was accepted.
 
-    Plain http to another host would send the API key in clear.
+    Plain http to another host would send the API key in clear. The host checked must
+    be the host contacted: a backslash ends the host for requests but not for
+    ``urlsplit`` (``http://evil\\@127.0.0.1`` goes to ``evil``), so it is refused with
+    whitespace and control characters (no URL holds them raw), and a port or
+    bracket ``urlsplit`` cannot read is refused here, not in a request's error.
     """
-    parts = urlsplit(api_url)
+    shown = mask_url(api_url)
+    if any(char == "\\" or char.isspace() or not char.isprintable() for char in api_url):
+        raise TaskManagerConfigError(
+            f"api_url {shown!r} holds a backslash, whitespace or a control character: "
+            "HTTP libraries disagree on where such a URL's host ends (percent-encode it)"
+        )
+    try:
+        parts = urlsplit(api_url)
+        parts.port  # noqa: B018 (reading it checks it: a number within 0-65535)
+    except ValueError as exc:
+        raise TaskManagerConfigError(f"api_url {shown!r} is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise TaskManagerConfigError(
-            f"api_url must be an http(s) URL such as {DEFAULT_API_URL}, got {api_url!r}"
+            f"api_url must be an http(s) URL such as {DEFAULT_API_URL}, got {shown!r}"
         )
     if parts.scheme == "http" and not is_loopback_host(parts.hostname) and not allow_insecure_http:
         raise TaskManagerConfigError(
-            f"api_url {api_url!r} is plain http to a non-loopback host: the API key "
-            "would travel in clear. Use https, or set allow_insecure_http=True "
-            "(TASKMANAGER_ALLOW_INSECURE_HTTP=1) if you accept that."
+            f"api_url {shown!r} is plain http to a non-loopback host: the API key "
+            "(and any password in the URL) would travel in clear. Use https, or set "
+            "allow_insecure_http=True (TASKMANAGER_ALLOW_INSECURE_HTTP=1) if you accept that."
         )
 
 
@@ -309,6 +324,16 @@ class TaskManagerConfig:
         """
         check_known(overrides)
         return cls(env=env, **overrides)
+
+    def __repr__(self) -> str:
+        """Every field but the API key, and ``api_url`` without its password: a config
+        ends up in logs and tracebacks."""
+        shown = (
+            f"{f.name}={mask_url(self.api_url) if f.name == 'api_url' else getattr(self, f.name)!r}"
+            for f in fields(self)
+            if f.repr
+        )
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     @property
     def timeouts(self) -> tuple[float, float]:

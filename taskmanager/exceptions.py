@@ -4,12 +4,16 @@ Every error a caller can see is a ``TaskManagerError``. Errors that come from an
 HTTP answer carry their evidence (method, URL, status, parsed body, first bytes
 of the raw text) so a log line or a dead outbox row explains itself. The status
 -> class mapping lives in one table, ``TaskManagerAPIError.from_response``.
+The URL an error keeps is masked (``mask_url``): its text is stored and shown
+everywhere, and ``api_url`` may hold a proxy's password.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from .redact import mask_url
 
 # How much of a non-JSON body an error keeps: enough to recognise an HTML error
 # page or a truncated envelope, small enough for one log line.
@@ -45,7 +49,7 @@ class TaskManagerAPIError(TaskManagerError):
         self.message = message
         self.response_data = dict(response_data) if response_data is not None else None
         self.method = method
-        self.url = url
+        self.url = mask_url(url) if url is not None else None
         self.raw_text = raw_text
         super().__init__(self._render())
 
@@ -174,8 +178,11 @@ class TaskManagerConnectionError(TaskManagerError):
 
     def __init__(self, message: str, *, method: str | None = None, url: str | None = None) -> None:
         self.method = method
-        self.url = url
-        super().__init__(f"{message} on {method} {url}" if method and url else message)
+        self.url = mask_url(url) if url is not None else None
+        if url is not None and self.url is not None:
+            # The HTTP library's own text may quote the URL whole ("Failed to parse: ...").
+            message = message.replace(url, self.url)
+        super().__init__(f"{message} on {method} {self.url}" if method and self.url else message)
 
 
 class TaskManagerTimeoutError(TaskManagerConnectionError):

@@ -38,6 +38,7 @@ from .protocol import (
     decode_body,
     parse_retry_after,
 )
+from .redact import mask_url
 
 _R = TypeVar("_R")
 
@@ -66,7 +67,7 @@ class Transport:
         self.session = session if session is not None else self._own_session(config)
         if not config.verify_tls:
             self.session.verify = False
-            logger.warning("TLS certificate verification is OFF for %s", config.api_url)
+            logger.warning("TLS certificate verification is OFF for %s", mask_url(config.api_url))
         self.sleep = sleep
         self._closed = False
 

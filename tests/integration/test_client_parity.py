@@ -9,6 +9,7 @@ sleep on a fake clock, so nothing here waits for a back-off.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import random
 import ssl
@@ -30,6 +31,7 @@ from taskmanager import (
     TaskManagerNotFoundError,
     TaskManagerProtocolError,
     TaskManagerRateLimitError,
+    TaskManagerServerError,
     TaskManagerTimeoutError,
 )
 
@@ -281,6 +283,31 @@ def test_the_key_is_never_logged(server: ScriptedServer, connect, caplog: pytest
         connect().create_task("T", {"a": 1})
     assert caplog.records and KEY not in caplog.text
     assert KEY not in str(raised.value) and KEY not in repr(raised.value)
+
+
+def test_a_password_in_api_url_goes_as_basic_auth_and_is_never_shown(
+    server: ScriptedServer, connect, caplog: pytest.LogCaptureFixture
+):
+    """``http://user:pw@host/api`` (a proxy's login): sent as HTTP Basic auth, as
+    requests and aiohttp do, but every error, log line and repr shows ``user:***@``."""
+    password = "S3cretApiPw"
+    server.add("GET", "/tasks/1", err(500, "Internal failure"))
+    caplog.set_level(logging.DEBUG)
+    client = connect(api_url=server.url.replace("http://", f"http://user:{password}@", 1))
+    with pytest.raises(TaskManagerServerError) as failed:
+        client.get_task(1)
+    (sent,) = server.calls("GET", "/tasks/1")
+    assert (
+        sent.headers["authorization"] == "Basic " + base64.b64encode(b"user:S3cretApiPw").decode()
+    )
+    closed = f"http://user:{password}@127.0.0.1:{closed_port()}/api"
+    with pytest.raises(TaskManagerConnectionError) as unanswered:
+        connect(api_url=closed, retry_attempts=0).get_task(1)
+    errors = (failed.value, unanswered.value)
+    shown = [caplog.text, repr(client), *map(str, errors), *map(repr, errors)]
+    shown += [str(error.url) for error in errors]
+    assert [text for text in shown if password in text] == []
+    assert all("http://user:***@127.0.0.1:" in str(error) for error in errors)
 
 
 # -- the async client's own edges: cancellation, event loops, CA bundles ---------------

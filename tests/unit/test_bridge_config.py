@@ -128,17 +128,39 @@ def test_text_stays_valid_from_the_environment(tmp_path):
     assert BridgeConfig.load(path, env={}).lease_seconds == 200.0  # a TOML integer is a number
 
 
-def test_repr_never_shows_the_api_key(tmp_path):
+def test_repr_never_shows_the_api_key_nor_a_password(tmp_path):
     path = tmp_path / "secret.toml"
     path.write_text(
         'db_url = "postgresql://bridge:pg-s3cret@db.local/q"\n'
-        '[taskmanager]\napi_key = "tm-SECRET-key-123"\napi_url = "https://x/api"\n'
+        '[taskmanager]\napi_key = "tm-SECRET-key-123"\napi_url = "https://u:px-s3cret@x/api"\n'
     )
     config = BridgeConfig.load(path, env={})
     assert config.taskmanager["api_key"] == "tm-SECRET-key-123"  # still usable
+    assert config.client_config(env={}).api_url == "https://u:px-s3cret@x/api"
     for text in (repr(config), str(config), f"{config}", repr([config])):
         assert "tm-SECRET-key-123" not in text and "pg-s3cret" not in text
-        assert "https://x/api" in text and "lease_seconds=300.0" in text
+        assert "px-s3cret" not in text and "https://u:***@x/api" in text
+        assert "bridge:***@db.local/q" in text and "lease_seconds=300.0" in text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://bridge:pg-s3cret@db.local/q",
+        "postgresql+psycopg://bridge:p%40ss%2Fw%3Ard@db.local:5433/q?sslmode=require",
+        "postgresql://bridge@db.local/q",
+        "postgresql://bridge:@db.local/q",
+        "sqlite:////var/lib/queue.db",
+    ],
+)
+def test_database_urls_are_shown_as_sqlalchemy_shows_them(url: str):
+    """One masking for every URL (taskmanager's), the same text SQLAlchemy gave before."""
+    from sqlalchemy.engine import make_url
+
+    from bridge.database import display_url
+
+    expected = make_url(url).render_as_string(hide_password=True)
+    assert display_url(url) == display_url(make_url(url)) == expected
 
 
 def test_explicit_worker_id_resolved_at_load(tmp_path):

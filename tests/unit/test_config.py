@@ -104,6 +104,60 @@ def test_plain_http_to_loopback_allowed(url: str):
     assert TaskManagerConfig.from_env({}, api_url=url).api_url == url
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        # requests ends the host at the backslash (evil.example) where urlsplit reads
+        # 127.0.0.1: the key would go in clear to another host than the one checked.
+        "http://evil.example\\@127.0.0.1/api",
+        "http://user:pw@127.0.0.1:99999/api",  # requests' error quotes the URL whole
+        "http://user:pw@127.0.0.1:port/api",
+        "http://[::1/api",
+    ],
+)
+def test_an_api_url_the_http_libraries_would_read_otherwise_is_refused(url: str):
+    with pytest.raises(TaskManagerConfigError, match="api_url") as refused:
+        TaskManagerConfig.from_env({}, api_url=url)
+    assert ":pw@" not in str(refused.value)
+
+
+PASSWORD = "S3cretApiPw"
+
+
+def test_a_password_in_api_url_is_kept_for_the_wire_and_shown_as_stars():
+    from taskmanager import AsyncTaskManagerClient, TaskManagerClient
+
+    url = f"http://user:{PASSWORD}@127.0.0.1:8765/api"
+    config = TaskManagerConfig.from_env({}, api_url=url, api_key="k")
+    assert config.api_url == url  # requests and aiohttp send it as HTTP Basic auth
+    shown = [repr(config), str(config), repr(TaskManagerClient(config))]
+    shown.append(repr(AsyncTaskManagerClient(config)))
+    assert [text for text in shown if PASSWORD in text] == []
+    assert all("http://user:***@127.0.0.1:8765/api" in text for text in shown)
+    with pytest.raises(TaskManagerConfigError, match="in clear") as refused:
+        TaskManagerConfig.from_env({}, api_url=f"http://user:{PASSWORD}@proxy.example/api")
+    assert PASSWORD not in str(refused.value) and "user:***@proxy.example" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:pw@proxy/api", "http://user:***@proxy/api"),
+        ("https://user:p%40ss@[::1]:8443/api?x=1#f", "https://user:***@[::1]:8443/api?x=1#f"),
+        ("https://:pw@host/api", "https://:***@host/api"),
+        ("https://user:@host/api", "https://user:***@host/api"),
+        ("https://user@host/api", "https://user@host/api"),
+        ("https://host/api/a@b", "https://host/api/a@b"),
+        ("/var/lib/queue.db", "/var/lib/queue.db"),
+        ("http://user:***@proxy/api", "http://user:***@proxy/api"),
+    ],
+)
+def test_mask_url_hides_only_the_password(url: str, shown: str):
+    from taskmanager.redact import mask_url
+
+    assert mask_url(url) == shown
+
+
 def test_loopback_detection():
     assert is_loopback_host("LOCALHOST") and is_loopback_host("::1")
     assert not is_loopback_host("10.0.0.1") and not is_loopback_host("evil.localhost.com")

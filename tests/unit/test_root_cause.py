@@ -59,3 +59,14 @@ def test_a_refused_port_says_refused_on_the_wire():
     with TaskManagerClient(config) as client, pytest.raises(TaskManagerConnectionError) as caught:
         client.get_task(1)
     assert "connection refused" in str(caught.value)
+
+
+def test_a_reason_quoting_the_whole_url_shows_it_without_its_password():
+    """An HTTP library's own text may quote the URL ("Failed to parse: <url>")."""
+    from taskmanager.no_answer import no_answer
+
+    url = "http://user:S3cretApiPw@127.0.0.1:99999/api/tasks/1"
+    failure = requests.exceptions.InvalidURL(f"Failed to parse: {url}")
+    error = no_answer("request", failure, "GET", url).error
+    assert error is not None and "S3cretApiPw" not in f"{error} {error!r}"
+    assert str(error).count("http://user:***@127.0.0.1:99999/api/tasks/1") == 2
