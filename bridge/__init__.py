@@ -12,11 +12,9 @@ from .errors import (
     TaskNotHeldError,
     ValidationError,
 )
-from .handlers import TaskContext, TaskPolicy
 from .models import LocalTask, OutboxEntry, QueueCounts
 from .queue import LocalQueue
-from .retry import Retry, RetryPolicy
-from .worker import Worker
+from .worker import Retry, RetryPolicy, TaskContext, TaskPolicy, Worker
 
 __all__ = [
     "BridgeConfig",

@@ -163,11 +163,11 @@ def _wait_for_database(start: Callable[[], T], check: Callable[[], None]) -> T:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Exit codes: ``bridge.worker.WorkerExit`` (0 requested stop, 1 schema changed or a
     second signal, 2 bad arguments or no usable database at start, 3 results unstored)."""
-    from .handlers import TaskPolicy, load_handler
-    from .pool import PoolOptions
     from .queue import LocalQueue
-    from .retry import RetryPolicy
-    from .worker import Worker
+    from .worker.handlers import TaskPolicy, load_handler
+    from .worker.process_pool import PoolOptions
+    from .worker.retry import RetryPolicy
+    from .worker.service import Worker
 
     handler = load_handler(args.handler, args.app_dir)
     config = _config(args)

@@ -159,6 +159,11 @@ class LocalQueue:
             self.clock(),
         )
 
+    def any_queued(self, types: Sequence[str] | None = None) -> bool:
+        """Whether a task of ``types`` may be waiting: a look that takes no write lock
+        (a worker's idle slots look before they try to take)."""
+        return self.store.any_queued(types)
+
     def heartbeat(self, task: LocalTask, lock_seconds: float | None = None) -> datetime:
         """Keep the lock while working; returns the new lock expiry."""
         return self.store.heartbeat(

@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 
 from bridge import BridgeConfig, LocalQueue, Retry, RetryPolicy, TaskPolicy
-from bridge.async_worker import AsyncTaskContext
 from bridge.migrate import upgrade
-from bridge.worker import Worker
+from bridge.worker import AsyncTaskContext, Worker
 
 from .conftest import Clock
 

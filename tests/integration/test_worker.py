@@ -9,9 +9,8 @@ from datetime import timedelta
 import pytest
 
 from bridge import BridgeConfig, BridgeError, LocalQueue
-from bridge.handlers import load_handler
 from bridge.migrate import upgrade
-from bridge.worker import Worker
+from bridge.worker import Worker, load_handler
 
 from .conftest import Clock
 from .helpers import wait_until
@@ -46,7 +45,7 @@ def test_results_and_failures_are_recorded(local: LocalQueue):
     assert [local.get(t.id).result for t in ok] == [{"square": i * i} for i in range(5)]
     failed = local.get(bad.id)
     assert failed.status == "failed" and failed.error == "ValueError: cannot handle 9"
-    assert (worker.completed, worker.failed) == (5, 1)
+    assert (worker.counters.done, worker.counters.failed) == (5, 1)
 
 
 def test_context_progress_and_non_dict_results(local: LocalQueue):

@@ -88,12 +88,12 @@ def test_the_time_limit_defaults_to_the_lease_less_the_margin(queue: LocalQueue,
     remote = queue.store.get_task_by_remote_id(8)
     assert remote is not None
     worker = Worker(queue, {"yt.scrape": flaky(0, Retry())})
-    assert worker.time_limit(remote) == pytest.approx(270)
-    assert worker.time_limit(local) is None
+    assert worker.core.time_limit(remote) == pytest.approx(270)
+    assert worker.core.time_limit(local) is None
     clock.advance(100)
-    assert worker.time_limit(remote) == pytest.approx(170)
+    assert worker.core.time_limit(remote) == pytest.approx(170)
     capped = Worker(queue, {"yt.scrape": flaky(0, Retry())}, default_policy=TaskPolicy(10))
-    assert capped.time_limit(remote) == 10 and capped.time_limit(local) == 10
+    assert capped.core.time_limit(remote) == 10 and capped.core.time_limit(local) == 10
 
 
 def test_backoff_doubles_with_pinned_jitter_and_is_capped():

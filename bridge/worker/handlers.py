@@ -11,17 +11,32 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BridgeError
-from .models import LocalTask
-from .queue import LocalQueue
+from ..errors import BridgeError
+from ..models import LocalTask
+from ..queue import LocalQueue
 from .retry import RetryPolicy
 
 Handler = Callable[..., Any]
+
+
+class Handlers:
+    """A worker's handlers by task type, and how each is called: as a coroutine or not,
+    with a ``context`` or not (decided once, not per task)."""
+
+    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+        self.by_type = dict(handlers)
+        self.types = sorted(self.by_type)
+        self.is_async = {name: is_async_handler(h) for name, h in self.by_type.items()}
+        self.wants_context = {name: wants_context(h) for name, h in self.by_type.items()}
+        self.any_async = any(self.is_async.values())
+
+    def __getitem__(self, task_type: str) -> Handler:
+        return self.by_type[task_type]
 
 
 def load_handler(spec: str, app_dir: str | os.PathLike[str] | None = None) -> Handler:

@@ -33,17 +33,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .errors import BridgeError, TaskNotHeldError, ValidationError
-
-# bridge.worker imports this module only inside Worker.run, so importing it here is no cycle.
+from ..errors import TaskNotHeldError, ValidationError
+from ..logs import task_fields
+from ..models import LocalTask
+from ..patience import GaveUp, SchemaGone
+from ..queue import LocalQueue, encoded_result
+from .core import MIN_POLL_SECONDS, WorkerCore, next_idle_wait
 from .handler_loop import HandlerLoop, HandlerRun
-from .handlers import TaskContext, awaitable_refusal
-from .logs import task_fields
-from .models import LocalTask
-from .patience import GaveUp, SchemaGone
-from .queue import LocalQueue, encoded_result
-from .runner import Ran, run_call
-from .worker import Worker
+from .handlers import Handlers, TaskContext, awaitable_refusal
+from .thread_runner import Ran, run_call
 
 logger = logging.getLogger("bridge.worker")
 
@@ -52,7 +50,6 @@ _T = TypeVar("_T")
 # Threads for the queue's calls: one takes and stores batches, the others record
 # failures and progress meanwhile (SQLite serialises the writes anyway).
 QUEUE_THREADS = 4
-MIN_POLL_SECONDS = 0.01
 STALLED = "handed back: its time limit ran out while the event loop was blocked"
 WAIT_SLICE_SECONDS = 0.2  # a loop with every slot busy still looks at stop() this often
 
@@ -80,11 +77,16 @@ class _Finished:
 
 
 class AsyncEngine:
-    """Runs one ``Worker``'s handlers on an event loop in the calling thread."""
+    """Runs a worker's handlers: coroutines on the handlers' loop, blocking ones on
+    threads of their own, the engine itself on a loop in a thread of its own."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.types = sorted(worker.handlers)
+    def __init__(
+        self, core: WorkerCore, handlers: Handlers, concurrency: int, poll_seconds: float
+    ) -> None:
+        self.core = core
+        self.handlers = handlers
+        self.concurrency = concurrency
+        self.poll_seconds = poll_seconds
         self._finished: list[_Finished] = []
         self._finished_in_trip: list[_Finished] = []  # the batch of the trip under way
         self._running: set[asyncio.Task[None]] = set()
@@ -96,26 +98,29 @@ class AsyncEngine:
         self._waiter: asyncio.Future[None] | None = None  # the loop's wait, cut short by _wake_up
         self._woken = False  # a handler ended while the loop was not waiting
 
+    def threads(self) -> list[threading.Thread]:
+        return [threading.Thread(target=self.run, daemon=True, name="bridge-asyncio")]
+
     def run(self) -> None:
         """The thread's target: the loop until the worker stops."""
-        worker = self.worker
+        core = self.core
         self._handlers.start()
         try:
             asyncio.run(self._main())
         except GaveUp:
             return
         except SchemaGone as exc:
-            worker._fatal(f"the queue database changed under the worker: {exc}")
+            core.stop_fatally(f"the queue database changed under the worker: {exc}")
         except Exception:  # a bug of ours, not a handler's: say so and stop taking tasks
             logger.exception("the worker's event loop failed; stopping")
-            worker.stop()
+            core.stop()
         finally:
             self._handlers.close()
 
     def _broken(self, why: str) -> None:
         """The handlers' loop cannot run any more (from its thread): the worker stops with
         a non-zero exit code; the tasks it holds go back to the queue."""
-        self.worker._fatal(
+        self.core.stop_fatally(
             f"{why}; results finished are stored, running tasks go back to the queue",
             store_finished=True,
         )
@@ -129,7 +134,7 @@ class AsyncEngine:
             with contextlib.suppress(RuntimeError):  # the loop has closed
                 loop.call_soon_threadsafe(self._wake_up)
 
-        self.worker.changes.on_change(changed)
+        self.core.changes.on_change(changed)
         try:
             await self._serve()
         finally:
@@ -145,10 +150,10 @@ class AsyncEngine:
             self._queue_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _serve(self) -> None:
-        worker = self.worker
+        core = self.core
         idle = MIN_POLL_SECONDS
-        while not worker._abandon.is_set():
-            stopping = worker._stop.is_set()
+        while not core.abandoned.is_set():
+            stopping = core.stopping.is_set()
             if stopping and not self._busy and not self._finished:
                 return
             room = 0 if stopping else self._room()
@@ -162,7 +167,7 @@ class AsyncEngine:
                 # The queue ran dry: look again soon after work, backing off to
                 # poll_seconds while it stays empty; a finished handler wakes us.
                 await self._sleep_or_wake(idle)
-                idle = min(worker.poll_seconds, idle * 2)
+                idle = next_idle_wait(idle, self.poll_seconds)
             else:
                 await self._sleep_or_wake(WAIT_SLICE_SECONDS)
 
@@ -173,7 +178,7 @@ class AsyncEngine:
         try:
             return await self._trip(room)
         except GaveUp:
-            if self.worker._abandon.is_set():
+            if self.core.abandoned.is_set():
                 raise  # results given up at the end of the grace: the worker is done
             return 0
         except (SchemaGone, asyncio.CancelledError):
@@ -181,19 +186,16 @@ class AsyncEngine:
         except Exception:
             logger.exception("storing results or taking tasks failed unexpectedly; carrying on")
             for item in self._finished_in_trip:
-                self._release(item.task)
+                self.core.release(item.task)
             self._finished_in_trip = []
             await self._sleep_or_wake(1.0)
             return 0
 
     def _room(self) -> int:
         """How many more tasks to take: the free slots, and no more than ``max_tasks`` allows."""
-        worker = self.worker
-        room = worker.concurrency - self._busy  # finished ones are stored on this trip
-        if worker._max_tasks is not None:
-            in_hand = self._busy + len(self._finished)
-            room = min(room, worker._max_tasks - worker.counters.handled - in_hand)
-        return max(0, room)
+        room = self.concurrency - self._busy  # finished ones are stored on this trip
+        allowed = self.core.room(in_hand=self._busy + len(self._finished))
+        return max(0, room if allowed is None else min(room, allowed))
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         """Wait ``seconds``, or less when a handler ends (``_wake_up``)."""
@@ -233,25 +235,25 @@ class AsyncEngine:
         While the database is in trouble the results are what must not be lost: the
         trip is retried until the grace is over (a take alone, until the stop).
         """
-        worker = self.worker
-        queue = worker.queue
+        core = self.core
+        queue = core.queue
+        types = self.handlers.types
         batch, self._finished = self._finished, []
         self._finished_in_trip = batch
         if not batch:
             taken: list[LocalTask] = await self._offload(
-                worker.patience.call,
+                core.store,
                 f"taking up to {room} task(s)",
-                lambda: queue.dequeue_many(room, self.types),
-                worker._stop,
+                lambda: queue.dequeue_many(room, types),
+                core.stopping,
             )
         else:
             finished = [(item.task, item.result) for item in batch]
             try:
                 refused, taken = await self._offload(
-                    worker.patience.call,
+                    core.store,
                     f"storing {len(batch)} result(s)",
-                    lambda: queue.complete_many_and_dequeue(finished, room, self.types),
-                    worker._abandon,
+                    lambda: queue.complete_many_and_dequeue(finished, room, types),
                 )
             except GaveUp as exc:
                 self._finished_in_trip = []
@@ -259,7 +261,7 @@ class AsyncEngine:
                 raise
             self._count_stored(batch, refused)
         self._finished_in_trip = []
-        if worker._abandon.is_set() and taken:  # taken as the grace ended: not started
+        if core.abandoned.is_set() and taken:  # taken as the grace ended: not started
             await self._offload(self._hand_back_now, taken)
             return 0
         for task in taken:
@@ -268,15 +270,12 @@ class AsyncEngine:
 
     def _hand_back_now(self, tasks: list[LocalTask]) -> None:
         for task in tasks:
-            try:
-                self.worker.queue.release(task, "handed back: the worker stopped")
-            except BridgeError as exc:
-                logger.warning("task %d could not be handed back (%s)", task.id, exc)
+            self.core.hand_back(task, "handed back: the worker stopped")
 
     def _unstored(self, batch: list[_Finished], why: str) -> None:
         for item in batch:
-            self._release(item.task)
-            self.worker._count("unstored")
+            self.core.release(item.task)
+            self.core.count("unstored")
         logger.error(
             "%d result(s) not stored: %s; their locks run out and they run again",
             len(batch),
@@ -284,42 +283,31 @@ class AsyncEngine:
         )
 
     def _count_stored(self, batch: list[_Finished], refused: list[TaskNotHeldError]) -> None:
-        worker = self.worker
-        lost = {error.task_id for error in refused}
+        lost = {error.task_id: error for error in refused}
         for item in batch:
-            self._release(item.task)
+            self.core.release(item.task)
             if item.task.id in lost:
-                worker._count("not_recorded")
-                logger.warning(
-                    "result of task %d not recorded: its lock was lost",
-                    item.task.id,
-                    extra=task_fields(item.task.id, item.task.remote_id, item.task.type),
-                )
-                continue
-            worker._count("done")
-            worker._log(item.task, "done", item.started)
-
-    def _release(self, task: LocalTask) -> None:
-        self.worker._heartbeats.release(task)
+                self.core.not_ended(item.task, lost[item.task.id])
+            else:
+                self.core.stored(item.task, item.started)
 
     # -- one task ---------------------------------------------------------------------------
     def _start(self, task: LocalTask) -> None:
         key = self._next_key = self._next_key + 1
-        self.worker._heartbeats.hold(task)
-        self.worker._running[key] = task
+        self.core.begin(key, task)
         self._busy += 1
         running = asyncio.ensure_future(self._work(key, task))
         self._running.add(running)
         running.add_done_callback(self._running.discard)
 
     async def _work(self, key: int, task: LocalTask) -> None:
-        worker = self.worker
-        started = worker.clock()
-        limit = worker.time_limit(task)
+        core = self.core
+        started = core.clock()
+        limit = core.time_limit(task)
         stored_later = False
         try:
             ran, stalled = await self._call(task, limit)
-            if worker._running.pop(key, None) is None:
+            if not core.end(key):
                 return  # handed back by the stopping worker meanwhile
             if (
                 ran.kind == "timeout"
@@ -330,48 +318,33 @@ class AsyncEngine:
             elif ran.kind == "ok":
                 stored_later = await self._finish(task, ran.value, started)
             else:
-                await self._offload(worker.settle_failure, task, ran, limit, started)
+                await self._offload(core.settle_failure, task, ran, limit, started)
         except asyncio.CancelledError:
-            raise  # past the grace, or a broken loop: the task stays in worker._running
-        except TaskNotHeldError as exc:
-            worker._count("not_recorded")
-            logger.warning(
-                "result of task %d not recorded: %s",
-                task.id,
-                exc,
-                extra=task_fields(task.id, task.remote_id, task.type),
-            )
-        except GaveUp as exc:
-            worker._count("unstored")
-            logger.error(
-                "task %d: %s; its lock runs out and it runs again",
-                task.id,
-                exc,
-                extra=task_fields(task.id, task.remote_id, task.type),
-            )
+            raise  # past the grace, or a broken loop: the task is still core's to hand back
+        except (TaskNotHeldError, GaveUp) as exc:
+            core.not_ended(task, exc)
         except SchemaGone as exc:
-            worker._fatal(f"the queue database changed under the worker: {exc}")
+            core.stop_fatally(f"the queue database changed under the worker: {exc}")
         except Exception:  # a bug of ours: the task runs again when its lock runs out
             logger.exception("task %d: unexpected error in the worker; carrying on", task.id)
         finally:
             self._busy -= 1
             if not stored_later:
-                self._release(task)
+                core.release(task)
             self._wake_up()
 
     def _hand_back_stalled(self, task: LocalTask) -> None:
-        """A time limit that ran out while the loop was blocked (by another handler,
-        or the process stopped) says nothing about this task: it goes back to the
-        queue, unfailed, instead of failing "timed out". Once per task: the handler
+        """A time limit that ran out while the handlers' loop was blocked (by another
+        handler, or the process stopped) says nothing about this task: it goes back to
+        the queue, unfailed, instead of failing "timed out". Once per task: the handler
         that blocked the loop may be this one."""
-        self.worker.queue.release(task, STALLED)
-        self.worker._count("handed_back")
-        logger.warning(
-            "task %d (%s) handed back: its time limit ran out while the event loop was blocked",
-            task.id,
-            task.type,
-            extra=task_fields(task.id, task.remote_id, task.type),
-        )
+        if self.core.hand_back(task, STALLED):
+            logger.warning(
+                "task %d (%s) handed back: its time limit ran out while the event loop was blocked",
+                task.id,
+                task.type,
+                extra=task_fields(task.id, task.remote_id, task.type),
+            )
 
     async def _finish(self, task: LocalTask, value: Any, started: float) -> bool:
         """Queue the result for the next trip; a result that cannot be encoded fails its
@@ -383,7 +356,7 @@ class AsyncEngine:
         except ValidationError as exc:
             refused = f"result refused: {exc}"
         if refused is not None:
-            await self._offload(self.worker._fail, task, refused, started)
+            await self._offload(self.core.fail, task, refused, started)
             return False
         self._finished.append(_Finished(task, result, started))
         return True
@@ -392,12 +365,13 @@ class AsyncEngine:
         """The handler's outcome, or "timeout" once ``limit`` passes, and whether the
         handlers' loop was blocked when it did (a coroutine is cancelled; a blocking
         handler's thread is left to finish, its result discarded)."""
-        worker = self.worker
-        handler = worker.handlers[task.type]
+        queue = self.core.queue
+        handler = self.handlers[task.type]
+        wants_context = self.handlers.wants_context[task.type]
         args: tuple[Any, ...] = (task.params,)
-        if not worker._is_async[task.type]:
-            if worker._wants_context[task.type]:
-                args += (TaskContext(task, worker.queue),)
+        if not self.handlers.is_async[task.type]:
+            if wants_context:
+                args += (TaskContext(task, queue),)
             call = _in_thread(lambda: handler(*args), task.id)
             if limit is None:
                 return await call, False
@@ -405,8 +379,8 @@ class AsyncEngine:
                 return await asyncio.wait_for(call, limit), False
             except asyncio.TimeoutError:
                 return Ran("timeout"), False
-        if worker._wants_context[task.type]:
-            args += (AsyncTaskContext(task, worker.queue, self._submit),)
+        if wants_context:
+            args += (AsyncTaskContext(task, queue, self._submit),)
         run = HandlerRun(task, lambda: handler(*args), limit)
         self._runs.add(run)
         try:

@@ -38,10 +38,10 @@ from typing import Any
 
 from taskmanager.encoding import EncodingError, to_json
 
-from .errors import BridgeError
+from ..errors import BridgeError
+from ..models import LocalTask
 from .handlers import Handler
-from .models import LocalTask
-from .runner import Ran
+from .thread_runner import Ran
 
 Progress = Callable[[int, "str | None"], None]
 PR_SET_PDEATHSIG = 1

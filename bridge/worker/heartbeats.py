@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from .errors import BridgeError, TaskNotHeldError
-from .logs import task_fields
-from .models import LocalTask
-from .queue import LocalQueue
+from ..errors import BridgeError, TaskNotHeldError
+from ..logs import task_fields
+from ..models import LocalTask
+from ..queue import LocalQueue
 
 logger = logging.getLogger("bridge.worker")
 

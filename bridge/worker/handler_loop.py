@@ -28,10 +28,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from .logs import task_fields
+from ..logs import task_fields
+from ..models import LocalTask
 from .loop_stalls import LoopStalls
-from .models import LocalTask
-from .runner import Ran
+from .thread_runner import Ran
 
 logger = logging.getLogger("bridge.worker")
 
