@@ -5,6 +5,7 @@ stranger's connections may take (idle and slow clients, a rebound host name)."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -227,6 +228,35 @@ def test_run_on_a_busy_port_is_one_line(tmp_path: Path, queue: LocalQueue):
         )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"cannot serve the dashboard on 127.0.0.1:{port}" in done.stderr
+
+
+@pytest.mark.parametrize("hard", [100, 4096], ids=["short", "raised"])
+def test_run_checks_its_open_file_limit_at_start(queue: LocalQueue, hard: int):
+    """The check runs before the port is bound (a busy port ends the run right after)."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < hard:
+        pytest.skip(f"the hard open-file limit here is below {hard}")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "TASKMANAGER_API_KEY": "k", "BRIDGE_TYPES": "t.dash"}
+        done = bridge_cli(
+            "--db-url",
+            queue.config.db_url,
+            "run",
+            "--metrics-port",
+            str(port),
+            env=env,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (100, hard)),
+        )
+    assert done.returncode == 2, done.stderr
+    if hard == 100:
+        assert "open-file limit too low" in done.stderr
+        assert "its limit is 100 (hard limit 100)" in done.stderr
+        assert "LimitNOFILE=" in done.stderr and "ulimit -n" in done.stderr
+    else:
+        assert "open-file limit raised from 100 to" in done.stderr
+        assert "too low" not in done.stderr
 
 
 # -- what a stranger's connections may take ----------------------------------------------
