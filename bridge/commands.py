@@ -86,15 +86,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             "types: the daemon needs the task types to claim "
             '(types = ["..."] in the config, or BRIDGE_TYPES=a,b)'
         )
-    from .dashboard_server import TOKEN_VARIABLE, ActionPolicy
+    from .dashboard_server import TOKEN_VARIABLE, ActionPolicy, DashboardLimits
+    from .descriptors import descriptor_need, ensure_descriptors
 
     # Checked before anything is written: a refused setting leaves the database untouched.
     policy = ActionPolicy.decide(
         args.dashboard_actions, os.environ.get(TOKEN_VARIABLE), args.metrics_address
     )
+    serving = args.metrics_port is not None
+    ensure_descriptors(descriptor_need(config, DashboardLimits().connections if serving else 0))
     with contextlib.closing(open_store(config.db_url, config.busy_timeout_seconds)) as store:
         operations = Operations(store, config)
-        serving = args.metrics_port is not None
         metrics = daemon_metrics(operations) if serving else NullMetrics()
         http = config.http_library()
         client = TaskManagerClient(

@@ -1,13 +1,17 @@
 """The daemon's HTTP port over real HTTP: the page, /healthz, /status.json, /metrics with
-and without prometheus-client, and the dead-row actions with their guards."""
+and without prometheus-client, the dead-row actions with their guards, and what a
+stranger's connections may take (idle and slow clients, a rebound host name)."""
 
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +20,7 @@ import pytest
 import requests
 
 from bridge import BridgeConfig, LocalQueue
-from bridge.dashboard_server import ActionPolicy, DashboardApp, DashboardServer
+from bridge.dashboard_server import ActionPolicy, DashboardApp, DashboardLimits, DashboardServer
 from bridge.errors import BridgeConfigError
 from bridge.metrics import Metrics
 from bridge.migrate import upgrade
@@ -48,10 +52,16 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _serve(queue: LocalQueue, policy: ActionPolicy, metrics: bool = False) -> DashboardServer:
+def _serve(
+    queue: LocalQueue,
+    policy: ActionPolicy,
+    metrics: bool = False,
+    limits: DashboardLimits | None = None,
+) -> DashboardServer:
     operations = Operations(queue.store, BridgeConfig.load(env={}, db_url=queue.config.db_url))
     render = Metrics(operations).render if metrics else None
-    server = DashboardServer(DashboardApp(operations, policy, render), "127.0.0.1", 0)
+    app = DashboardApp(operations, policy, render)
+    server = DashboardServer(app, "127.0.0.1", 0, limits=limits or DashboardLimits())
     server.start()
     return server
 
@@ -218,3 +228,146 @@ def test_run_on_a_busy_port_is_one_line(tmp_path: Path, queue: LocalQueue):
         )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"cannot serve the dashboard on 127.0.0.1:{port}" in done.stderr
+
+
+@pytest.mark.parametrize("hard", [100, 4096], ids=["short", "raised"])
+def test_run_checks_its_open_file_limit_at_start(queue: LocalQueue, hard: int):
+    """The check runs before the port is bound (a busy port ends the run right after)."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < hard:
+        pytest.skip(f"the hard open-file limit here is below {hard}")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "TASKMANAGER_API_KEY": "k", "BRIDGE_TYPES": "t.dash"}
+        done = bridge_cli(
+            "--db-url",
+            queue.config.db_url,
+            "run",
+            "--metrics-port",
+            str(port),
+            env=env,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (100, hard)),
+        )
+    assert done.returncode == 2, done.stderr
+    if hard == 100:
+        assert "open-file limit too low" in done.stderr
+        assert "its limit is 100 (hard limit 100)" in done.stderr
+        assert "LimitNOFILE=" in done.stderr and "ulimit -n" in done.stderr
+    else:
+        assert "open-file limit raised from 100 to" in done.stderr
+        assert "too low" not in done.stderr
+
+
+# -- what a stranger's connections may take ----------------------------------------------
+LIMITS = DashboardLimits(connections=8, request_seconds=1.0)
+IDLE = 200  # far more connections than the cap
+
+
+def _server_connections(port: int) -> int:
+    """Descriptors of this process that are connections accepted on ``port`` (their
+    local end is the port; the listening socket is not counted)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (listdir's own descriptor)
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    local = f"0100007F:{port:04X}"  # 127.0.0.1:port as /proc/net/tcp writes it
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(1 for row in rows if row[1] == local and row[3] != "0A" and row[9] in inodes)
+
+
+def _closed_by_peer(client: socket.socket, wait: float) -> bool:
+    """Whether the server closed this connection (EOF or reset) within ``wait`` seconds."""
+    client.settimeout(wait)
+    try:
+        return client.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_idle_connections_take_neither_threads_nor_descriptors_nor_the_probe(
+    queue: LocalQueue,
+):
+    server = _serve(queue, ActionPolicy(enabled=False), limits=LIMITS)
+    threads_before = threading.active_count()
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(IDLE):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        started = time.monotonic()
+        with requests.get(server.url + "status.json", timeout=5) as probe:
+            assert probe.status_code == 200, probe.text
+        assert time.monotonic() - started < 2.0
+        held = _server_connections(server.port)
+        assert 0 < held <= LIMITS.connections, f"the server holds {held} connections"
+        threads = threading.active_count() - threads_before
+        assert threads <= LIMITS.connections, f"{threads} threads for idle connections"
+        time.sleep(LIMITS.request_seconds)
+        still_open = [c for c in idle if not _closed_by_peer(c, LIMITS.request_seconds)]
+        assert still_open == [], f"{len(still_open)} idle connections never closed"
+    finally:
+        for client in idle:
+            client.close()
+        server.stop()
+
+
+def test_a_client_trickling_its_headers_is_dropped(queue: LocalQueue):
+    server = _serve(queue, ActionPolicy(enabled=False), limits=LIMITS)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            started = time.monotonic()
+            dropped_after = None
+            while time.monotonic() - started < LIMITS.request_seconds * 4:
+                try:
+                    slow.sendall(b"X")  # one byte of a header, never its end
+                except OSError:
+                    dropped_after = time.monotonic() - started
+                    break
+                if _closed_by_peer(slow, 0.2):
+                    dropped_after = time.monotonic() - started
+                    break
+            assert dropped_after is not None, "a trickling client kept its connection"
+            assert dropped_after < LIMITS.request_seconds + 1.0
+    finally:
+        server.stop()
+
+
+def test_a_kept_alive_connection_is_closed_once_idle(queue: LocalQueue):
+    server = _serve(queue, ActionPolicy(enabled=False), limits=LIMITS)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+            client.sendall(b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            with client.makefile("rb") as answer:
+                assert answer.readline().startswith(b"HTTP/1.1 200")
+                headers = dict(
+                    line.decode().split(": ", 1) for line in iter(answer.readline, b"\r\n")
+                )
+                answer.read(int(headers["Content-Length"].strip()))
+            assert not _closed_by_peer(client, 0.1), "closed at once: no keep-alive at all"
+            started = time.monotonic()
+            assert _closed_by_peer(client, LIMITS.request_seconds * 3), "kept open while idle"
+            assert time.monotonic() - started < LIMITS.request_seconds + 1.0
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("path", ["", "status.json", "metrics", "healthz"])
+def test_a_rebound_name_reads_nothing_on_loopback(served: tuple[LocalQueue, str], path: str):
+    _, url = served
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    for host in ("attacker.example", f"attacker.example:{port}", f"127.0.0.1.nip.io:{port}"):
+        refused = requests.get(url + path, headers={"Host": host}, timeout=10)
+        assert refused.status_code == 403, (host, refused.status_code)
+        assert refused.text.count("\n") == 1 and "loopback" in refused.text
+        assert "Tasks by type" not in refused.text and "outbox" not in refused.text
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+        answered = requests.get(url + path, headers={"Host": host}, timeout=10)
+        assert answered.status_code in (200, 503), (host, answered.status_code)  # 503: never ran
+        assert "loopback" not in answered.text

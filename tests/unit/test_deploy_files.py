@@ -1,5 +1,6 @@
-"""The files under examples/deploy: the systemd unit's promises, the Grafana dashboard's
-queries and the alert rules name only metrics the daemon exports."""
+"""The files under examples/deploy: the systemd unit's promises (its open-file limit
+covers what the example config needs), the Grafana dashboard's queries and the alert
+rules name only metrics the daemon exports."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 import yaml
 
 from bridge import BridgeConfig, LocalQueue
+from bridge.dashboard_server import DashboardLimits
+from bridge.descriptors import descriptor_need
 from bridge.metrics import Metrics
 from bridge.migrate import upgrade
 from bridge.operations import Operations
@@ -37,6 +40,22 @@ def test_unit_is_notify_with_watchdog_and_hardening():
     # The queue's folder is writable: db_url of the example config lives there.
     config = (DEPLOY / "bridge.toml").read_text()
     assert 'db_url = "/var/lib/taskmanager-bridge/' in config
+
+
+def test_unit_lets_the_example_config_open_what_it_needs():
+    unit = _unit()
+    assert "--metrics-port" in unit["ExecStart"][0]  # the dashboard is on: count its cap
+    config = BridgeConfig.load(DEPLOY / "bridge.toml", env={})
+    need = descriptor_need(config, DashboardLimits().connections)
+    (limit,) = unit["LimitNOFILE"]
+    assert int(limit) >= need.total, f"LimitNOFILE={limit} is below the daemon's need: {need}"
+    lines = (DEPLOY / "taskmanager-bridge.service").read_text().splitlines()
+    above = lines[: next(i for i, line in enumerate(lines) if line.startswith("LimitNOFILE="))]
+    comment = []
+    while above and above[-1].startswith("#"):
+        comment.insert(0, above.pop())
+    why = " ".join(comment)  # the comment right above it says why, and where to read more
+    assert "docs/OPERATIONS.md" in why and "warns" in why
 
 
 def test_unit_does_not_race_schema_upgrades():
