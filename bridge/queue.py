@@ -22,6 +22,7 @@ from taskmanager.encoding import EncodingError, to_json
 from taskmanager.validation import (
     check_params_shape,
     check_schema,
+    check_type_name,
     compile_schema,
     validate_params,
 )
@@ -320,7 +321,11 @@ class LocalQueue:
     def register_task_type(
         self, name: str, version: str, param_schema: Mapping[str, Any]
     ) -> OutboxEntry:
-        """Queue a type registration; its schema validates ``create_remote_task`` at once."""
+        """Queue a type registration; its schema validates ``create_remote_task`` at once.
+
+        A name the server could never look up again (it needs percent-encoding in a URL
+        path) is refused: its tasks could never be claimed."""
+        validated(lambda: check_type_name(name))
         schema = validated(lambda: check_schema(param_schema))
         return self.store.queue_register_type(name, version, schema, self.clock())
 

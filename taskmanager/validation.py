@@ -1,20 +1,53 @@
-"""Client-side checks of params and schemas, before anything is sent.
+"""Client-side checks of params, schemas and type names, before anything is sent.
 
 A request the server would reject costs a round trip when online and, for the
 bridge, an outbox row that can only go ``dead`` when offline. So params are
 checked against the type's JSON Schema here with ``jsonschema``, adjusted to
 the server's own validator where the two disagree: the server's ``integer``
-rejects ``1.0`` (JSON Schema draft 7 accepts it).
+rejects ``1.0`` (JSON Schema draft 7 accepts it). Type names are checked
+for what the server's URL matching can find (``check_type_name``).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 from .encoding import EncodingError, to_json
 from .exceptions import TaskManagerValidationError
+
+# What RFC 3986 lets stand raw in a path segment besides letters and digits ("pchar";
+# quote() keeps letters, digits and "-._~" itself). The server matches /task-types/{name}
+# without percent-decoding, so these must go out as they are.
+PATH_SEGMENT_SAFE = "!$&'()*+,;=:@"
+_RAW_SEGMENT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@]+")
+
+
+def type_name_segment(name: str) -> str:
+    """A type name as the path segment of ``/task-types/{name}``: raw wherever a path
+    allows, percent-encoded only where it must (space, ``/``, ``?``, ``#``, ``%``,
+    non-ASCII), since the server compares the segment without decoding it."""
+    return quote(name, safe=PATH_SEGMENT_SAFE)
+
+
+def check_type_name(name: Any) -> str:
+    """A type name the server can find by name again, else ``TaskManagerValidationError``.
+
+    The server can register any name, but looks one up (``GET /task-types/{name}``, the
+    only way to its id: ``GET /task-types`` is broken there) by the raw path segment: a
+    name that needs percent-encoding is never found, so its tasks could never be claimed.
+    ``.`` and ``..`` are path steps that clients and servers resolve away."""
+    if not isinstance(name, str) or not _RAW_SEGMENT.fullmatch(name) or name in (".", ".."):
+        raise _local_error(
+            f"task type name {name!r} can never be claimed: the server looks a type up by "
+            "its name in the URL path without decoding it, so a name may use only letters, "
+            "digits and -._~!$&'()*+,;=:@ (no spaces, '/', '?', '#', '%' or non-ASCII), "
+            "and cannot be '.' or '..'"
+        )
+    return name
 
 
 @functools.cache

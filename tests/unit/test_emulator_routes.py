@@ -58,3 +58,20 @@ def test_handlers_get_query_and_path_values(app: EmulatorApp):
     assert call(app, "GET", f"/tasks/{task_id}")[1]["data"]["items"][0]["id"] == task_id
     assert call(app, "GET", "/tasks?limit=x")[0] == 400
     assert call(app, "GET", "/tasks?type=T&limit=1")[1]["data"]["count"] == 1
+
+
+def test_a_type_name_is_matched_without_percent_decoding(app: EmulatorApp):
+    register = {"name": "Adv:colon+plus", "version": "1", "param_schema": {"type": "object"}}
+    call(app, "POST", "/task-types/register", register)
+    status, raw = call(app, "GET", "/task-types/Adv:colon+plus")
+    assert status == 200 and raw["data"]["items"][0]["name"] == "Adv:colon+plus"
+    for encoded in ("Adv%3Acolon%2Bplus", "Adv:colon%2Bplus", "Adv%3Acolon+plus"):
+        assert call(app, "GET", f"/task-types/{encoded}") == (
+            200,
+            {
+                "success": True,
+                "message": "Success",
+                "data": {"items": [], "count": 0},
+                "timestamp": 1000,
+            },
+        )
