@@ -35,8 +35,10 @@ from .models import ClaimedTask, CompletionResult, CreatedTask, Task, TaskType, 
 from .validation import (
     check_params_shape,
     check_schema,
+    check_stored_size,
     check_type_name,
     compile_schema,
+    fit_error_text,
     type_name_segment,
     validate_params,
 )
@@ -238,7 +240,9 @@ class Calls:
             checked = self.validate_params(task_type, params)
         else:
             checked = check_params_shape(params)
-        body = {"type": task_type, "params": canonical_params(checked), "priority": priority}
+        sent = canonical_params(checked)
+        check_stored_size(sent, "params", "params_json")
+        body = {"type": task_type, "params": sent, "priority": priority}
         data = yield from self._request("POST", "/tasks", body=body)
         return CreatedTask.from_json(data)
 
@@ -321,9 +325,10 @@ class Calls:
             "success": success,
             "result": dict(result or {}),
         }
+        check_stored_size(body["result"], "result", "result_json")
         error_text: str | None = None
-        if not success:
-            error_text = error or _error_from_result(result)
+        if not success:  # cut to fit, never refused: a failure must reach the server
+            error_text = fit_error_text(error or _error_from_result(result))
             body["error"] = error_text
         try:
             data = yield from self._request("POST", f"/tasks/{int(task_id)}/complete", body=body)
