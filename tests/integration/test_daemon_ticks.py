@@ -281,6 +281,27 @@ def test_rejected_row_goes_dead_and_later_rows_still_go(rig: Rig):
     assert rig.admin.get_task(remote_id).status == "completed"
 
 
+def test_a_row_the_server_could_never_store_goes_dead_at_once_not_retried(rig: Rig):
+    """A completion stored before the bridge checked sizes (or by another writer) is
+    refused by the client before sending: dead at once with the size, never 50 retries
+    while claiming pauses behind it."""
+    rig.create(2)
+    rig.bridge.pull_tick(rig.clock.now)
+    big, small = rig.queue.dequeue(), rig.queue.dequeue()
+    with rig.queue.store.db.hot_write() as conn:  # as an older version stored it
+        payload = {"result": {"videos": "v" * 70_000}}
+        append_for_task(rig.queue.store.sql, conn, "complete", payload, rig.clock.now, big)
+    rig.queue.complete(small, {"ok": True})
+    assert rig.bridge.push_tick(rig.clock.now) == 1
+    dead, delivered = rig.queue.outbox()
+    assert (dead.status, dead.attempts, delivered.status) == ("dead", 1, "delivered")
+    assert "result: 70,013 bytes" in (dead.last_error or "")
+    assert "65,535" in (dead.last_error or "")
+    assert not any(r.path == f"/tasks/{big.remote_id}/complete" for r in rig.server.requests)
+    assert rig.admin.get_task(small.remote_id).status == "completed"
+    assert rig.admin.get_task(big.remote_id).status == "claimed"  # its lease runs out there
+
+
 def test_429_pauses_its_job_until_retry_after_and_only_its_job(rig: Rig):
     [remote_id] = rig.create(1)
     rig.bridge.pull_tick(rig.clock.now)
