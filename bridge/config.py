@@ -21,11 +21,12 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar, get_origin, get_type_hints
 
-from taskmanager import TaskManagerConfig, TaskManagerConfigError
+from taskmanager import TaskManagerConfig, TaskManagerConfigError, TaskManagerValidationError
 from taskmanager.client import HttpLibrary
 from taskmanager.config import SETTING_NAMES, parse_number
 from taskmanager.config import SETTINGS as CLIENT_SETTINGS
 from taskmanager.redact import MASK, mask_url
+from taskmanager.validation import check_type_name
 
 from .errors import BridgeConfigError
 
@@ -403,6 +404,11 @@ class RawConfig:
             raise BridgeConfigError(
                 f"http must be one of {', '.join(HTTP_CHOICES)}, got {values['http']!r}"
             )
+        for name in values["types"]:  # a name the server cannot look up is never claimed
+            try:
+                check_type_name(name)
+            except TaskManagerValidationError as exc:
+                raise BridgeConfigError(f"types: {exc.message}") from None
         if values["lease_margin_seconds"] >= values["lease_seconds"]:
             raise BridgeConfigError(
                 f"lease_margin_seconds ({values['lease_margin_seconds']}) must be smaller "

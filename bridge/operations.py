@@ -17,7 +17,7 @@ from typing import Any
 
 from taskmanager import TaskManagerClient
 from taskmanager.redact import mask_url
-from taskmanager.validation import check_schema
+from taskmanager.validation import check_schema, check_type_name
 
 from .config import BridgeConfig
 from .contact import RATE_LIMITED_KEY, Contact
@@ -339,6 +339,7 @@ class Operations:
         """
         for item in definitions:
             name, version = str(item["name"]), str(item["version"])
+            validated(partial(check_type_name, name))  # never claimable: not even queued
             schema = validated(partial(check_schema, item["param_schema"]))
             entry = self.store.queue_register_type(name, version, schema, now)
             outcome = deliver(entry, client)

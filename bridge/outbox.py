@@ -8,7 +8,9 @@ later attempt (promise 3):
   was lost is recognised by reading the task back: promise 4);
 * superseded: the server's state made it moot (our lease went to another
   worker; a progress report for a task no longer ours), verified by a read;
-* dead: refused for good (400 validation, 404, 413); later rows are not blocked;
+* dead: refused for good (400 validation, 404, 413, the 500 "Data too long" of a value
+  the server cannot store, or refused by the client before sending); later rows are
+  not blocked;
 * retry: a 5xx or an unreadable answer, tried again after a back-off;
 * outage / auth_failed / rate_limited: not this row's fault; the push stops and backs off.
 """
@@ -126,7 +128,9 @@ def deliver(entry: OutboxEntry, client: TaskManagerClient) -> Outcome:
         return Outcome(Verdict.AUTH_FAILED, str(exc))
     except TaskManagerNotFoundError as exc:
         return Outcome(Verdict.DEAD, str(exc))
-    except TaskManagerValidationError as exc:  # 400, 413, and refusals before sending
+    # 400, 413, the 500 "Data too long" (TaskManagerDataTooLongError: the same body fails
+    # the same way, so never retried), and refusals before sending
+    except TaskManagerValidationError as exc:
         new = [d for d in exc.details if d not in str(exc)]
         details = f" ({'; '.join(new)})" if new else ""
         return Outcome(Verdict.DEAD, f"{exc}{details}")

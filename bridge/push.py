@@ -1,4 +1,10 @@
-"""The push job: delivers the outbox, each task's rows in order, tasks side by side."""
+"""The push job: delivers the outbox, each task's rows in order, tasks side by side.
+
+Rows of no task (registrations and creates) are ordered per type name: a type's
+registration goes before the creates behind it; creates need no order among
+themselves (the server deduplicates them), so one waiting for its retry, or one
+refused for good, holds back no other create.
+"""
 
 from __future__ import annotations
 
@@ -26,19 +32,36 @@ class _PushBatch:
     tasks held back, and whether the push must stop."""
 
     verdicts: list[SettledRow] = field(default_factory=list)
-    # Tasks (None: the rows of no task) whose earlier row must go first.
-    held_back: set[int | None] = field(default_factory=set)
+    # Rows left for a later attempt: what must follow them waits too (``must_follow``).
+    retrying: set[int] = field(default_factory=set)
     delivered: int = 0
     stopped: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def _chain_key(entry: OutboxEntry) -> tuple[str, int | str]:
+    """The rows that keep an order among them: a task's, or a type's registration and
+    creates (the row of a task since pruned goes alone, as ``pending_outbox`` sees it)."""
+    if entry.task_id is not None:
+        return ("task", entry.task_id)
+    name = entry.payload.get("name") or entry.payload.get("type")
+    return ("type", str(name)) if name is not None else ("row", entry.id)
+
+
+def must_follow(earlier: OutboxEntry, later: OutboxEntry) -> bool:
+    """Whether ``later`` (of the same chain) may go only once ``earlier`` went: always,
+    except between two creates, which the server deduplicates and which need no order.
+    ``pending_outbox`` applies the same rule to rows waiting for their retry."""
+    return not (earlier.kind == later.kind == "create_task")
+
+
 def _chains(entries: list[OutboxEntry]) -> list[list[OutboxEntry]]:
     """Rows grouped so that each group goes out in order, and groups side by side: one
-    per task, and one for the rows of no task (a type's registration before its tasks)."""
-    chains: dict[int | None, list[OutboxEntry]] = {}
+    per task, and one per type for the rows of no task (a type's registration before its
+    creates), so that one type's troubles never hold up another's creates."""
+    chains: dict[tuple[str, int | str], list[OutboxEntry]] = {}
     for entry in entries:
-        chains.setdefault(entry.task_id, []).append(entry)
+        chains.setdefault(_chain_key(entry), []).append(entry)
     return list(chains.values())
 
 
@@ -71,16 +94,22 @@ class PushJob(JobState):
     def _deliver_chain(
         self, chain: list[OutboxEntry], *, now: datetime, started: float, batch: _PushBatch
     ) -> None:
-        """One task's rows in order (or the rows of no task, in order): a row that must be
-        tried again holds back the rest; an outage or a 429 stops every chain."""
+        """One chain's rows in order: a row that must be tried again holds back what must
+        follow it (``must_follow``: a task's later rows, a type's creates behind its
+        registration), and what is held back holds back its own followers; an outage or
+        a 429 stops every chain."""
+        waiting: list[OutboxEntry] = []
         for entry in chain:
             if batch.stopped.is_set():
                 return
+            if any(must_follow(earlier, entry) for earlier in waiting):
+                waiting.append(entry)
+                continue
             if not self._apply(entry, deliver(entry, self.client), now, started, batch):
                 batch.stopped.set()
                 return
-            if entry.task_id in batch.held_back:
-                return
+            if entry.id in batch.retrying:
+                waiting.append(entry)
 
     def _apply(
         self,
@@ -110,7 +139,9 @@ class PushJob(JobState):
         final, reason = apply_outcome(self.store, entry, outcome, now), outcome.reason
         if final is None:  # RETRY
             final, reason = self._retry_later(entry, outcome, now)
-            batch.held_back.add(entry.task_id)
+            if final is None:
+                with batch.lock:
+                    batch.retrying.add(entry.id)
         if final is not None:
             self._record(entry, final, reason, batch.verdicts)
             if final == "delivered":

@@ -22,7 +22,10 @@ from taskmanager.encoding import EncodingError, to_json
 from taskmanager.validation import (
     check_params_shape,
     check_schema,
+    check_stored_size,
+    check_type_name,
     compile_schema,
+    fit_error_text,
     validate_params,
 )
 
@@ -73,8 +76,19 @@ def as_result(value: Any) -> Any:
 
 def encoded_result(value: Any) -> dict[str, Any]:
     """A handler's return value encoded as a result, or ``ValidationError`` naming the key
-    path that cannot be stored."""
-    return _encoded_object(as_result(value), "results")
+    path that cannot be stored, or its size when the server could not store it."""
+    return _stored_result(as_result(value))
+
+
+def _stored_result(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A result as it is stored here and sent: encoded, and no bigger than the server
+    keeps (65,535 bytes). A bigger one would be refused there with a 500 no resend cures;
+    refused here, the worker fails the task at once, saying why, instead of an outbox row
+    that can never be delivered. The same for every task (local-only ones too): a handler
+    behaves the same whichever task it serves."""
+    result = _encoded_object(value, "results")
+    validated(lambda: check_stored_size(result, "results", "result_json"))
+    return result
 
 
 def _encoded_object(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
@@ -182,8 +196,9 @@ class LocalQueue:
         """Finish the task; durable (and queued for the server) when this returns.
 
         ``result`` goes through the encoder (``encoded``): a value it cannot encode raises
-        ``ValidationError`` naming its key path, and nothing is written."""
-        self.store.complete(task, _encoded_object(result, "results"), self.clock())
+        ``ValidationError`` naming its key path, and nothing is written; so does a result
+        over the server's 65,535 bytes (``_stored_result``)."""
+        self.store.complete(task, _stored_result(result), self.clock())
 
     def complete_and_dequeue(
         self,
@@ -198,7 +213,7 @@ class LocalQueue:
         """
         return self.store.complete_and_dequeue(
             task,
-            _encoded_object(result, "results"),
+            _stored_result(result),
             [types] if isinstance(types, str) else types,
             lock_seconds if lock_seconds is not None else self.config.lock_seconds,
             self.config.lease_margin_seconds,
@@ -216,8 +231,11 @@ class LocalQueue:
         """Report a failure. ``retry=True`` puts the task back in the local queue instead,
         handed out again after ``delay_seconds`` (while its remote lease allows; the worker's
         retry policy never asks for a delay past it); otherwise the failure is queued for
-        the server, which retries it up to its attempt limit."""
+        the server, which retries it up to its attempt limit. An error text longer than the
+        server stores (65,535 bytes) is cut to fit, marked as cut: a failure must always
+        reach the server."""
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        text = fit_error_text(text)
         now = self.clock()
         not_before = now + timedelta(seconds=delay_seconds) if retry and delay_seconds > 0 else None
         self.store.fail(task, text or "failed", retry, now, not_before)
@@ -302,7 +320,7 @@ class LocalQueue:
     def _results(
         finished: Iterable[tuple[LocalTask, Mapping[str, Any] | None]],
     ) -> list[tuple[LocalTask, dict[str, Any]]]:
-        return [(task, _encoded_object(result, "results")) for task, result in finished]
+        return [(task, _stored_result(result)) for task, result in finished]
 
     def get(self, task_id: int) -> LocalTask | None:
         return self.store.get_task(task_id)
@@ -318,6 +336,8 @@ class LocalQueue:
         checked = validated(lambda: check_params_shape(encoded(params, "params")))
         self._validate_against_cache(task_type, checked)
         canonical = canonical_params(checked)
+        # Over the server's 65,535 bytes, the create could never be delivered: refused now.
+        validated(lambda: check_stored_size(canonical, "params", "params_json"))
         return self.store.queue_create_task(
             task_type, canonical, int(priority), dedupe_key(task_type, canonical), self.clock()
         )
@@ -325,7 +345,11 @@ class LocalQueue:
     def register_task_type(
         self, name: str, version: str, param_schema: Mapping[str, Any]
     ) -> OutboxEntry:
-        """Queue a type registration; its schema validates ``create_remote_task`` at once."""
+        """Queue a type registration; its schema validates ``create_remote_task`` at once.
+
+        A name the server could never look up again (it needs percent-encoding in a URL
+        path) is refused: its tasks could never be claimed."""
+        validated(lambda: check_type_name(name))
         schema = validated(lambda: check_schema(param_schema))
         return self.store.queue_register_type(name, version, schema, self.clock())
 

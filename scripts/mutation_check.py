@@ -97,13 +97,31 @@ MUTATIONS = [
     Mutation(
         "no per-task hold-back within a push",
         "bridge/push.py",
-        "            if entry.task_id in batch.held_back:\n                return",
-        "            if False:\n                return",
+        "            if any(must_follow(earlier, entry) for earlier in waiting):\n",
+        "            if False:\n",
     ),
     Mutation(
         "no per-task hold-back across pushes",
         "bridge/storage/outbox.py",
-        "            ~earlier_waits,\n",
+        "            ~task_row_waits,\n",
+        "",
+    ),
+    Mutation(
+        "no per-type hold-back across pushes (a create before its registration)",
+        "bridge/storage/outbox.py",
+        "            ~type_row_waits,\n",
+        "",
+    ),
+    Mutation(
+        "a create waiting for its retry holds back the creates behind it",
+        "bridge/push.py",
+        '    return not (earlier.kind == later.kind == "create_task")\n',
+        "    return True\n",
+    ),
+    Mutation(
+        "a result over the server's size limit is stored",
+        "bridge/queue.py",
+        '    validated(lambda: check_stored_size(result, "results", "result_json"))\n',
         "",
     ),
     Mutation(

@@ -30,6 +30,7 @@ from .redact import mask_url
 
 try:
     import aiohttp
+    from yarl import URL
 except ImportError as missing:  # pragma: no cover - exercised by the packaging test
     raise ImportError(
         "the asyncio client needs aiohttp: pip install 'taskmanager-bridge[async]'"
@@ -70,6 +71,9 @@ class AsyncTransport:
         # The environment's proxy for api_url, read once like the blocking client's:
         # aiohttp's trust_env would scan the environment on every request.
         self._proxy = _env_proxy(config.api_url)
+        # api_url as yarl writes it (IDNA host, escapes), once: the paths added to it are
+        # sent as built (see _wire_url).
+        self._base = str(URL(config.api_url))
         if not config.verify_tls:
             logger.warning("TLS certificate verification is OFF for %s", mask_url(config.api_url))
 
@@ -117,7 +121,7 @@ class AsyncTransport:
         try:
             async with self._session().request(
                 send.method,
-                send.url,
+                self._wire_url(send.url),
                 data=send.body,
                 params=query,
                 headers=dict(send.headers),
@@ -132,6 +136,16 @@ class AsyncTransport:
                 return Answer(response.status, decode_body(text), text, response.headers)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             return no_answer(_failure_kind(exc), exc, send.method, send.url)
+
+    def _wire_url(self, url: str) -> URL:
+        """The URL exactly as built: the path after ``api_url`` is already encoded as the
+        server must see it (a type name raw wherever a path allows). Parsed as usual, yarl
+        would rewrite it (decoding ``%3A`` to ``:``, while it keeps ``%2B``), and the server
+        matches names without decoding."""
+        base = self.config.api_url
+        if not url.startswith(base):
+            return URL(url)
+        return URL(self._base + url[len(base) :], encoded=True)
 
 
 def _failure_kind(exc: BaseException) -> FailureKind:

@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import quote
 
 from .config import TaskManagerConfig
 from .dedupe import canonical_params, dedupe_key, php_json
@@ -33,7 +32,16 @@ from .exceptions import (
 )
 from .exchange import Requester, RequestObserver, Steps
 from .models import ClaimedTask, CompletionResult, CreatedTask, Task, TaskType, as_object
-from .validation import check_params_shape, check_schema, compile_schema, validate_params
+from .validation import (
+    check_params_shape,
+    check_schema,
+    check_stored_size,
+    check_type_name,
+    compile_schema,
+    fit_error_text,
+    type_name_segment,
+    validate_params,
+)
 
 logger = logging.getLogger("taskmanager.client")
 
@@ -164,6 +172,7 @@ class Calls:
     def register_task_type(
         self, name: str, version: str, param_schema: Mapping[str, Any]
     ) -> Steps[TaskType]:
+        check_type_name(name)
         schema = check_schema(param_schema)
         data = yield from self._request(
             "POST",
@@ -176,7 +185,7 @@ class Calls:
         return registered
 
     def get_task_type(self, name: str) -> Steps[TaskType]:
-        data = yield from self._request("GET", f"/task-types/{quote(name, safe='')}")
+        data = yield from self._request("GET", f"/task-types/{type_name_segment(name)}")
         task_type = TaskType.from_json(_single_item(data, f"task type {name!r}"))
         self._remember_type(task_type.name, task_type.id, task_type.param_schema)
         return task_type
@@ -231,7 +240,9 @@ class Calls:
             checked = self.validate_params(task_type, params)
         else:
             checked = check_params_shape(params)
-        body = {"type": task_type, "params": canonical_params(checked), "priority": priority}
+        sent = canonical_params(checked)
+        check_stored_size(sent, "params", "params_json")
+        body = {"type": task_type, "params": sent, "priority": priority}
         data = yield from self._request("POST", "/tasks", body=body)
         return CreatedTask.from_json(data)
 
@@ -314,9 +325,10 @@ class Calls:
             "success": success,
             "result": dict(result or {}),
         }
+        check_stored_size(body["result"], "result", "result_json")
         error_text: str | None = None
-        if not success:
-            error_text = error or _error_from_result(result)
+        if not success:  # cut to fit, never refused: a failure must reach the server
+            error_text = fit_error_text(error or _error_from_result(result))
             body["error"] = error_text
         try:
             data = yield from self._request("POST", f"/tasks/{int(task_id)}/complete", body=body)

@@ -10,10 +10,15 @@ everywhere, and ``api_url`` may hold a proxy's password.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from .redact import mask_url
+
+# The server's words when MariaDB refused a value longer than its column (SQLSTATE 22001,
+# MariaDB error 1406): permanent, the same body fails the same way.
+DATA_TOO_LONG_MARKERS = ("SQLSTATE[22001]", "Data too long for column")
 
 # How much of a non-JSON body an error keeps: enough to recognise an HTML error
 # page or a truncated envelope, small enough for one log line.
@@ -88,6 +93,15 @@ class TaskManagerAPIError(TaskManagerError):
             )
         if "not in claimed state" in lowered or "claimed by another worker" in lowered:
             return TaskManagerConflictError(status_code, message, response_data, **kwargs)
+        if status_code >= 500 and any(marker in message for marker in DATA_TOO_LONG_MARKERS):
+            column = re.search(r"for column '([^']+)'", message)
+            return TaskManagerDataTooLongError(
+                status_code,
+                message,
+                response_data,
+                column=column[1] if column else None,
+                **kwargs,
+            )
         error_class: type[TaskManagerAPIError]
         if status_code in (401, 403):
             error_class = TaskManagerAuthError
@@ -117,6 +131,32 @@ class TaskManagerValidationError(TaskManagerAPIError):
 
 class TaskManagerRequestTooLargeError(TaskManagerValidationError):
     """413: the body is over the server's size limit; smaller is the only fix."""
+
+
+class TaskManagerDataTooLongError(TaskManagerValidationError):
+    """A value bigger than the server can store: refused before sending, or answered by
+    the server with 500 ``SQLSTATE[22001] ... Data too long for column '...'``.
+
+    The server keeps params, a result and a failure's error text in columns of at most
+    65,535 bytes; over that its insert fails, and resending the same body fails the
+    same way. So it is a validation error (never retried), not a server error.
+    ``column`` is the server's column (``params_json``, ``result_json``,
+    ``error_message``) when known; ``size`` and ``limit`` are bytes, when known.
+    """
+
+    def __init__(
+        self,
+        status_code: int | None,
+        message: str,
+        response_data: Mapping[str, Any] | None = None,
+        *,
+        column: str | None = None,
+        size: int | None = None,
+        limit: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.column, self.size, self.limit = column, size, limit
+        super().__init__(status_code, message, response_data, **kwargs)
 
 
 class TaskManagerNotFoundError(TaskManagerAPIError):

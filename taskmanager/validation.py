@@ -1,20 +1,115 @@
-"""Client-side checks of params and schemas, before anything is sent.
+"""Client-side checks of params, schemas, sizes and type names, before anything is sent.
 
 A request the server would reject costs a round trip when online and, for the
 bridge, an outbox row that can only go ``dead`` when offline. So params are
 checked against the type's JSON Schema here with ``jsonschema``, adjusted to
 the server's own validator where the two disagree: the server's ``integer``
-rejects ``1.0`` (JSON Schema draft 7 accepts it).
+rejects ``1.0`` (JSON Schema draft 7 accepts it). The server's storage limits
+are here too: what it stores is measured as it stores it (``stored_size``), and
+type names are checked for what its URL matching can find (``check_type_name``).
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
+from .dedupe import php_json
 from .encoding import EncodingError, to_json
-from .exceptions import TaskManagerValidationError
+from .exceptions import TaskManagerDataTooLongError, TaskManagerValidationError
+
+# The server keeps params, a result and a failure's error text in MariaDB TEXT columns:
+# at most this many bytes each. Over it, its insert fails with a 500 "Data too long"
+# that no resend cures, so a bigger value is refused here instead.
+STORED_MAX_BYTES = 65_535
+
+# How many times longer than json.dumps' compact output php_json can be (3.4, rounded up).
+_PHP_JSON_MAX_GROWTH = 4
+
+# What RFC 3986 lets stand raw in a path segment besides letters and digits ("pchar";
+# quote() keeps letters, digits and "-._~" itself). The server matches /task-types/{name}
+# without percent-decoding, so these must go out as they are.
+PATH_SEGMENT_SAFE = "!$&'()*+,;=:@"
+_RAW_SEGMENT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@]+")
+
+
+def stored_size(value: Any) -> int:
+    """How many bytes the server stores for a JSON value: its compact re-encoding
+    (``php_json``: no spaces, non-ASCII as raw UTF-8, ``/`` unescaped) in UTF-8."""
+    return len(php_json(value).encode("utf-8", "surrogatepass"))
+
+
+def check_stored_size(value: Any, what: str, column: str) -> None:
+    """Refuse a value the server could not store (``TaskManagerDataTooLongError`` naming
+    ``what``, its size and the limit); ``column`` is where the server would put it.
+
+    Called on every completion, so the exact size (``php_json``, pure Python) is measured
+    only when the C encoder's size says it could matter: PHP's encoding is never more
+    than 3.4 times as long (``1e+16`` becomes ``10000000000000000``, U+2028 an escape).
+    What is not JSON at all is left to the encoder, which names the bad value."""
+    try:
+        quick = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        if len(quick.encode("utf-8", "surrogatepass")) * _PHP_JSON_MAX_GROWTH <= STORED_MAX_BYTES:
+            return
+        size = stored_size(value)
+    except (TypeError, ValueError):
+        return
+    if size <= STORED_MAX_BYTES:
+        return
+    raise TaskManagerDataTooLongError(
+        None,
+        f"{what}: {size:,} bytes as the server stores them (compact JSON, UTF-8), over "
+        f"its limit of {STORED_MAX_BYTES:,} bytes per value ({column}): it would answer "
+        "500 'Data too long'. Keep large data elsewhere and pass a reference to it.",
+        column=column,
+        size=size,
+        limit=STORED_MAX_BYTES,
+    )
+
+
+def fit_error_text(text: str) -> str:
+    """A failure's error text cut to what the server stores, with a marker saying so.
+
+    Never refused: a failure must always reach the server, or its task would stay
+    claimed there until its lease ran out. The cut falls between characters."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= STORED_MAX_BYTES:
+        return text
+    marker = (
+        f" [cut: the error text was {len(data):,} bytes; the server stores {STORED_MAX_BYTES:,}]"
+    )
+    room = STORED_MAX_BYTES - len(marker.encode("utf-8"))
+    while room > 0 and data[room] & 0xC0 == 0x80:  # not inside a multi-byte character
+        room -= 1
+    return data[:room].decode("utf-8", "surrogatepass") + marker
+
+
+def type_name_segment(name: str) -> str:
+    """A type name as the path segment of ``/task-types/{name}``: raw wherever a path
+    allows, percent-encoded only where it must (space, ``/``, ``?``, ``#``, ``%``,
+    non-ASCII), since the server compares the segment without decoding it."""
+    return quote(name, safe=PATH_SEGMENT_SAFE)
+
+
+def check_type_name(name: Any) -> str:
+    """A type name the server can find by name again, else ``TaskManagerValidationError``.
+
+    The server can register any name, but looks one up (``GET /task-types/{name}``, the
+    only way to its id: ``GET /task-types`` is broken there) by the raw path segment: a
+    name that needs percent-encoding is never found, so its tasks could never be claimed.
+    ``.`` and ``..`` are path steps that clients and servers resolve away."""
+    if not isinstance(name, str) or not _RAW_SEGMENT.fullmatch(name) or name in (".", ".."):
+        raise _local_error(
+            f"task type name {name!r} can never be claimed: the server looks a type up by "
+            "its name in the URL path without decoding it, so a name may use only letters, "
+            "digits and -._~!$&'()*+,;=:@ (no spaces, '/', '?', '#', '%' or non-ASCII), "
+            "and cannot be '.' or '..'"
+        )
+    return name
 
 
 @functools.cache

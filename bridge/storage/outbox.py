@@ -9,11 +9,14 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     DateTime,
+    and_,
     bindparam,
+    case,
     cast,
     exists,
     func,
     insert,
+    null,
     or_,
     select,
     update,
@@ -35,23 +38,46 @@ from .state import upsert_task_type
 from .statements import Prepared
 
 
+def _type_name(rows: Any) -> Any:
+    """The type a registration or a create is for; NULL for any other row."""
+    return case(
+        (rows.c.kind == "register_type", rows.c.payload["name"].as_string()),
+        (rows.c.kind == "create_task", rows.c.payload["type"].as_string()),
+        else_=null(),
+    )
+
+
 def _pending_due() -> Any:
     """``pending_outbox``'s query, built once (building it was most of a push tick's
-    database time): due pending rows, none behind an earlier row of its task that waits."""
+    database time): due pending rows, none behind an earlier row that waits for its
+    retry and must go first: a task's earlier row; for a registration or a create, an
+    earlier registration or create of the same type, unless both are creates (the server
+    deduplicates creates: they need no order, and one that keeps failing must not hold
+    up the others). The push keeps the same order within a tick (``push.must_follow``)."""
     now = bindparam("p_now", type_=UTCDateTime())
     earlier = outbox.alias("earlier")
-    earlier_waits = exists().where(
-        earlier.c.task_id.is_not_distinct_from(outbox.c.task_id),  # rows of no task too
+    waits = (
         earlier.c.status == "pending",
         earlier.c.id < outbox.c.id,
         earlier.c.next_attempt_at > now,
+    )
+    task_row_waits = exists().where(earlier.c.task_id == outbox.c.task_id, *waits)
+    type_row_waits = and_(
+        outbox.c.task_id.is_(None),
+        exists().where(
+            earlier.c.task_id.is_(None),
+            _type_name(earlier) == _type_name(outbox),
+            or_(earlier.c.kind != "create_task", outbox.c.kind != "create_task"),
+            *waits,
+        ),
     )
     return (
         select(outbox)
         .where(
             IS_PENDING,
             or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
-            ~earlier_waits,
+            ~task_row_waits,
+            ~type_row_waits,
         )
         .order_by(outbox.c.id)
         .limit(bindparam("p_limit"))
@@ -177,8 +203,9 @@ class OutboxQueries:
             return _entry(conn, _append_id(conn, "register_type", payload, now))
 
     def pending_outbox(self, now: datetime, limit: int) -> list[OutboxEntry]:
-        """Pending rows that are due, oldest first; none of a task whose earlier row
-        still waits for its retry time (a task's rows reach the server in order)."""
+        """Pending rows that are due, oldest first; none behind an earlier row that still
+        waits for its retry time and must go first (a task's rows reach the server in
+        order, a type's registration before its creates: see ``_pending_due``)."""
         with self.db.read() as conn:
             rows = conn.execute(_PENDING_DUE, {"p_now": now, "p_limit": limit}).mappings()
             return [OutboxEntry.from_row(row) for row in rows]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from .store import ApiError, EmulatorStore
 
@@ -200,10 +200,12 @@ class EmulatorApp:
             route("GET", r"/health", lambda call: self._health()),
             route("POST", r"/task-types/register", lambda call: self._register_type(call.json())),
             route("GET", r"/task-types", lambda call: self._list_types(call.query)),
+            # The name as it stands in the path, NOT percent-decoded: the server compares
+            # the raw segment, so an encoded name finds nothing (200, empty items).
             route(
                 "GET",
                 r"/task-types/(?P<name>[^/]+)",
-                lambda call: self._get_type(unquote(call.match["name"])),
+                lambda call: self._get_type(call.match["name"]),
             ),
             route("POST", r"/tasks", lambda call: self._create_task(call.json())),
             route("GET", r"/tasks", lambda call: self._list_tasks(call.query)),

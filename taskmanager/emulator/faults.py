@@ -13,6 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .store import data_too_long
+
 # A hung request is released at the latest after this long, so no thread is leaked.
 MAX_HANG_SECONDS = 600.0
 
@@ -106,6 +108,20 @@ class FaultPlan:
         aborts a transaction: 500 ``SQLSTATE[40001] ... Deadlock found ...``, the request
         rolled back (not applied), so a client may safely send it again."""
         self._add(FaultRule(FaultKind.FAIL, count, path, method, 500, error=DEADLOCK_ERROR))
+
+    def data_too_long(
+        self,
+        count: int = 1,
+        *,
+        column: str = "result_json",
+        path: str | None = None,
+        method: str | None = None,
+    ) -> None:
+        """Answer the next ``count`` matching requests as the server does when a value is
+        longer than its column: 500 ``SQLSTATE[22001] ... Data too long for column ...``,
+        nothing applied. The emulator gives this answer by itself over 65,535 bytes; this
+        gives it to smaller values (a deployment with smaller columns)."""
+        self._add(FaultRule(FaultKind.FAIL, count, path, method, 500, error=data_too_long(column)))
 
     def drop_after_commit(
         self, count: int = 1, *, path: str | None = None, method: str | None = None

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..dedupe import php_json
+from ..validation import STORED_MAX_BYTES
 from .validator import validate
 
 SORT_FIELDS = ("created_at", "priority", "id", "attempts")
@@ -61,6 +62,21 @@ class ApiError(Exception):
         self.status = status
         self.error = error
         self.details = details
+
+
+def data_too_long(column: str) -> str:
+    """The server's 500 text when MariaDB refuses a value longer than its TEXT column."""
+    return (
+        "SQLSTATE[22001]: String data, right truncated: 1406 Data too long for column "
+        f"'{column}' at row 1"
+    )
+
+
+def _stored(text: str, column: str) -> str:
+    """``text`` if the server's column can hold it (65,535 bytes of UTF-8), else its 500."""
+    if len(text.encode("utf-8", "surrogatepass")) > STORED_MAX_BYTES:
+        raise ApiError(500, data_too_long(column))
+    return text
 
 
 def server_time(epoch: float | None) -> str | None:
@@ -192,7 +208,7 @@ class EmulatorStore:
             errors = validate(params, json.loads(task_type["param_schema"]))
             if errors:
                 raise ApiError(400, "Parameter validation failed: " + ", ".join(errors))
-            encoded = php_json(params)
+            encoded = _stored(php_json(params), "params_json")
             key = hashlib.sha256((type_name + "\0" + encoded).encode("utf-8")).hexdigest()
             existing = self._one("SELECT id, status FROM tasks WHERE dedupe_key = ?", key)
             if existing is not None:
@@ -312,14 +328,15 @@ class EmulatorStore:
             now = self.clock()
             if body["success"]:
                 result = body.get("result")
+                stored = _stored(php_json(result), "result_json") if result is not None else None
                 self._db.execute(
                     "UPDATE tasks SET status = 'completed', result = ?, completed_at = ? "
                     "WHERE id = ?",
-                    (php_json(result) if result is not None else None, now, task_id),
+                    (stored, now, task_id),
                 )
                 status = "completed"
             else:
-                error = str(body.get("error") or "Task failed")
+                error = _stored(str(body.get("error") or "Task failed"), "error_message")
                 if task["attempts"] < self.max_attempts:
                     self._db.execute(
                         "UPDATE tasks SET status = 'pending', claimed_by = NULL, "

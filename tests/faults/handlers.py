@@ -49,3 +49,15 @@ def compute_or_poison(params: dict[str, Any]) -> Any:
     if poison == "interrupt":
         raise KeyboardInterrupt
     return compute(params)
+
+
+def descriptions(params: dict[str, Any]) -> dict[str, Any]:
+    """A scraper's result: ``count`` video descriptions. 200 of them are about 70 KB, more
+    than the server stores (65,535 bytes); a few are an ordinary result."""
+    text = "A video about the day we tried every recipe in the book, " * 6
+    return {"videos": [{"n": i, "description": text} for i in range(params["count"])]}
+
+
+async def descriptions_async(params: dict[str, Any]) -> dict[str, Any]:
+    """``descriptions`` as a coroutine: the worker runs it on its event loop."""
+    return descriptions(params)

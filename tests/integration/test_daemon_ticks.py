@@ -281,6 +281,84 @@ def test_rejected_row_goes_dead_and_later_rows_still_go(rig: Rig):
     assert rig.admin.get_task(remote_id).status == "completed"
 
 
+def test_a_row_the_server_could_never_store_goes_dead_at_once_not_retried(rig: Rig):
+    """A completion stored before the bridge checked sizes (or by another writer) is
+    refused by the client before sending: dead at once with the size, never 50 retries
+    while claiming pauses behind it."""
+    rig.create(2)
+    rig.bridge.pull_tick(rig.clock.now)
+    big, small = rig.queue.dequeue(), rig.queue.dequeue()
+    with rig.queue.store.db.hot_write() as conn:  # as an older version stored it
+        payload = {"result": {"videos": "v" * 70_000}}
+        append_for_task(rig.queue.store.sql, conn, "complete", payload, rig.clock.now, big)
+    rig.queue.complete(small, {"ok": True})
+    assert rig.bridge.push_tick(rig.clock.now) == 1
+    dead, delivered = rig.queue.outbox()
+    assert (dead.status, dead.attempts, delivered.status) == ("dead", 1, "delivered")
+    assert "result: 70,013 bytes" in (dead.last_error or "")
+    assert "65,535" in (dead.last_error or "")
+    assert not any(r.path == f"/tasks/{big.remote_id}/complete" for r in rig.server.requests)
+    assert rig.admin.get_task(small.remote_id).status == "completed"
+    assert rig.admin.get_task(big.remote_id).status == "claimed"  # its lease runs out there
+
+
+def test_a_create_waiting_for_a_retry_or_refused_for_good_holds_up_no_other_create(rig: Rig):
+    """Creates belong to no task. A create answered with a 500 waits for its retry, and one
+    the server can never store ends dead; neither holds back the creates behind it, of its
+    own type or another (the server deduplicates creates: they need no order)."""
+    bridge = make_bridge(rig.queue, rig.server, rig.clock, connections=1)  # rows in order
+    rig.admin.register_task_type("t.other", "1", {"type": "object"})
+    rig.queue.create_remote_task(TYPE, {"n": 1})
+    rig.queue.create_remote_task("t.other", {"k": 1})
+    rig.queue.create_remote_task(TYPE, {"n": 2})
+    rig.server.faults.fail_next(status=500, path="/tasks", method="POST")  # the first create
+    assert bridge.push_tick(rig.clock.now) == 2
+    waiting, other, same_type = rig.queue.outbox()
+    assert (waiting.status, waiting.attempts, other.status, same_type.status) == (
+        "pending",
+        1,
+        "delivered",
+        "delivered",
+    )
+    # While it waits for its retry, later creates of both types still go at once.
+    rig.queue.create_remote_task(TYPE, {"n": 3})
+    rig.queue.create_remote_task("t.other", {"k": 2})
+    assert bridge.push_tick(rig.clock.now) == 2
+    # The server's "Data too long" is a verdict on that row alone: dead at once.
+    rig.server.faults.data_too_long(column="params_json", path="/tasks", method="POST")
+    rig.queue.create_remote_task(TYPE, {"n": 4})
+    rig.queue.create_remote_task("t.other", {"k": 3})
+    assert bridge.push_tick(rig.clock.now) == 1
+    rows = {json.dumps(row.payload["params"]): row for row in rig.queue.outbox()}
+    refused = rows['{"n": 4}']
+    assert (refused.status, refused.attempts) == ("dead", 1)
+    assert "Data too long for column 'params_json'" in (refused.last_error or "")
+    assert rows['{"k": 3}'].status == "delivered"
+    rig.clock.advance(5)
+    assert bridge.push_tick(rig.clock.now) == 1  # the first create, on its retry
+    assert [row.status for row in rig.queue.outbox(status="pending")] == []
+    assert {t.status for t in rig.admin.list_tasks(task_type=TYPE)} == {"pending"}
+    assert len(list(rig.admin.list_tasks(task_type=TYPE))) == 3
+
+
+def test_a_registration_waiting_for_its_retry_holds_back_only_its_own_types_creates(rig: Rig):
+    rig.queue.register_task_type("t.new", "1", {"type": "object"})
+    rig.queue.create_remote_task("t.new", {"k": 1})  # needs the type on the server first
+    rig.queue.create_remote_task(TYPE, {"n": 1})
+    rig.server.faults.fail_next(status=500, path="/task-types/register")
+    assert rig.bridge.push_tick(rig.clock.now) == 1  # the other type's create
+    register, behind, other = rig.queue.outbox()
+    assert (register.status, register.attempts, behind.attempts) == ("pending", 1, 0)
+    assert other.status == "delivered"
+    rig.queue.create_remote_task(TYPE, {"n": 2})
+    assert rig.bridge.push_tick(rig.clock.now) == 1  # not the create behind the registration
+    assert rig.queue.store.outbox_entry(behind.id).attempts == 0
+    rig.clock.advance(5)
+    assert rig.bridge.push_tick(rig.clock.now) == 2  # the registration, then its create
+    assert [r.status for r in rig.queue.store.outbox_entries()] == ["delivered"] * 4
+    assert [t.type for t in rig.admin.list_tasks(task_type="t.new")] == ["t.new"]
+
+
 def test_429_pauses_its_job_until_retry_after_and_only_its_job(rig: Rig):
     [remote_id] = rig.create(1)
     rig.bridge.pull_tick(rig.clock.now)

@@ -274,6 +274,33 @@ def test_bad_values_refused_and_nothing_changed(queue: LocalQueue):
     assert queue.get(task.id).result == {"x": "ünïcode 🎉", "deep": [[[[{"k": None}]]]]}
 
 
+def test_what_the_server_cannot_store_is_refused_at_once_or_cut_to_fit(
+    queue: LocalQueue, clock: Clock
+):
+    """A result or params over the server's 65,535 bytes would be a 500 "Data too long"
+    that no resend cures: refused here, nothing written. A failure's text is cut instead."""
+    add_remote(queue, clock, 9)
+    task = queue.dequeue()
+    descriptions = {"videos": ["a video description, " * 17] * 200}  # about 72 KB
+    refused = r"^results: 7\d,\d{3} bytes as the server stores them .* 65,535 bytes"
+    with pytest.raises(ValidationError, match=refused):
+        queue.complete(task, descriptions)
+    with pytest.raises(ValidationError, match=refused):
+        queue.complete_and_dequeue(task, descriptions)
+    with pytest.raises(ValidationError, match=refused):
+        queue.complete_many([(task, descriptions)])
+    with pytest.raises(ValidationError, match=r"^params: 70,011 bytes .*\(params_json\)"):
+        queue.create_remote_task("yt.scrape", {"blob": "x" * 70_000})
+    assert queue.get(task.id).status == "running" and queue.outbox() == []
+
+    queue.fail(task, "Traceback " + "x" * 100_000)
+    [row] = queue.outbox()
+    error = row.payload["error"]
+    assert len(error.encode()) <= 65_535 and error.startswith("Traceback xxx")
+    assert error.endswith("[cut: the error text was 100,010 bytes; the server stores 65,535]")
+    assert queue.get(task.id).error == error
+
+
 def test_counts_settle_requeue_and_prune(queue: LocalQueue, clock: Clock):
     for remote_id in (1, 2, 3):
         add_remote(queue, clock, remote_id)

@@ -107,8 +107,8 @@ def test_register_missing_field_answer_is_validation_error(
     mocked: responses.RequestsMock, client: TaskManagerClient
 ):
     mocked.post(f"{BASE}/task-types/register", status=400, json=err("Missing required field: name"))
-    with pytest.raises(TaskManagerValidationError) as info:
-        client.register_task_type("", "1", SCHEMA)
+    with pytest.raises(TaskManagerValidationError) as info:  # "" is refused before sending
+        client.register_task_type("t", "1", SCHEMA)
     assert info.value.status_code == 400
     assert "Missing required field: name" in str(info.value)
     assert str(info.value).endswith(f"on POST {BASE}/task-types/register")

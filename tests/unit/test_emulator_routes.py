@@ -58,3 +58,55 @@ def test_handlers_get_query_and_path_values(app: EmulatorApp):
     assert call(app, "GET", f"/tasks/{task_id}")[1]["data"]["items"][0]["id"] == task_id
     assert call(app, "GET", "/tasks?limit=x")[0] == 400
     assert call(app, "GET", "/tasks?type=T&limit=1")[1]["data"]["count"] == 1
+
+
+def too_long(column: str) -> dict[str, Any]:
+    """The real server's answer when MariaDB refuses a value over its TEXT column's size."""
+    return {
+        "success": False,
+        "error": f"SQLSTATE[22001]: String data, right truncated: 1406 Data too long for "
+        f"column '{column}' at row 1",
+        "timestamp": 1000,
+    }
+
+
+def test_a_type_name_is_matched_without_percent_decoding(app: EmulatorApp):
+    register = {"name": "Adv:colon+plus", "version": "1", "param_schema": {"type": "object"}}
+    call(app, "POST", "/task-types/register", register)
+    status, raw = call(app, "GET", "/task-types/Adv:colon+plus")
+    assert status == 200 and raw["data"]["items"][0]["name"] == "Adv:colon+plus"
+    for encoded in ("Adv%3Acolon%2Bplus", "Adv:colon%2Bplus", "Adv%3Acolon+plus"):
+        assert call(app, "GET", f"/task-types/{encoded}") == (
+            200,
+            {
+                "success": True,
+                "message": "Success",
+                "data": {"items": [], "count": 0},
+                "timestamp": 1000,
+            },
+        )
+
+
+def test_stored_values_over_65535_bytes_are_refused_as_the_server_does(app: EmulatorApp):
+    register = {"name": "T", "version": "1", "param_schema": {"type": "object"}}
+    call(app, "POST", "/task-types/register", register)
+    assert call(app, "POST", "/tasks", {"type": "T", "params": {"s": "p" * 60_000}})[0] == 200
+    refused = call(app, "POST", "/tasks", {"type": "T", "params": {"s": "p" * 70_000}})
+    assert refused == (500, too_long("params_json"))
+    # 12,000 "é" are 24,008 bytes stored: the limit counts UTF-8 bytes, not characters.
+    wide = call(app, "POST", "/tasks", {"type": "T", "params": {"s": "\u00e9" * 33_000}})
+    assert wide == (500, too_long("params_json"))
+
+    _, claimed = call(app, "POST", "/tasks/claim", {"worker_id": "w", "task_type_id": 1})
+    task_id = claimed["data"]["id"]
+    big = {"worker_id": "w", "success": True, "result": {"r": "r" * 70_000}}
+    assert call(app, "POST", f"/tasks/{task_id}/complete", big) == (500, too_long("result_json"))
+    long_error = {"worker_id": "w", "success": False, "error": "e" * 70_000}
+    assert call(app, "POST", f"/tasks/{task_id}/complete", long_error) == (
+        500,
+        too_long("error_message"),
+    )
+    task = call(app, "GET", f"/tasks/{task_id}")[1]["data"]["items"][0]
+    assert task["status"] == "claimed" and task["result"] is None
+    fits = {"worker_id": "w", "success": True, "result": {"r": "r" * 60_000}}
+    assert call(app, "POST", f"/tasks/{task_id}/complete", fits)[0] == 200
