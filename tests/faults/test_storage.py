@@ -56,10 +56,11 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def fill(folder: Path) -> Path:
     """Write until the filesystem refuses: no byte left for anyone."""
     filler = folder / "filler"
-    with filler.open("wb") as out, contextlib.suppress(OSError):
-        while True:
-            out.write(b"\0" * 65536)
-            out.flush()
+    with filler.open("wb", buffering=0) as out:
+        for chunk in (65536, 4096, 512):  # then smaller: what is left is below 512 bytes
+            with contextlib.suppress(OSError):
+                while True:
+                    out.write(b"\0" * chunk)
     return filler
 
 
