@@ -1,5 +1,5 @@
 """``python -m bridge``, the same as the ``taskmanager-bridge`` command."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

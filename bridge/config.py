@@ -13,9 +13,7 @@ the ``[taskmanager]`` table and the ``TASKMANAGER_*`` variables (see
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
@@ -23,23 +21,26 @@ from typing import Any, TypeVar, get_origin, get_type_hints
 
 from taskmanager import TaskManagerConfig, TaskManagerConfigError, TaskManagerValidationError
 from taskmanager.client import HttpLibrary
-from taskmanager.config import SETTING_NAMES, parse_number
+from taskmanager.config import SETTING_NAMES
 from taskmanager.config import SETTINGS as CLIENT_SETTINGS
 from taskmanager.redact import MASK, mask_url
 from taskmanager.validation import check_type_name
 
+from .config_values import (
+    SECRET_KEYS,
+    Setting,
+    TOMLDecodeError,
+    check_toml_type,
+    coerce,
+    parse_toml,
+)
 from .errors import BridgeConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 DEFAULT_CONFIG_FILE = "bridge.toml"
 DEFAULT_DB_URL = "sqlite:///taskmanager-bridge.db"
 WORKER_ID_VARIABLE = "TASKMANAGER_WORKER_ID"
 HTTP_CHOICES = ("auto", "aiohttp", "requests")
-SECRET_KEYS = frozenset({"api_key"})  # [taskmanager] keys never shown by repr()
+MAX_DERIVED_CONNECTIONS = 8  # connections = 0: one per worker, up to this
 
 _T = TypeVar("_T")
 
@@ -192,6 +193,11 @@ class BridgeConfig:
         """
         return RawConfig.gather(path, os.environ if env is None else env, overrides).resolve()
 
+    @property
+    def connections_in_use(self) -> int:
+        """``connections``, or when 0 one per worker up to ``MAX_DERIVED_CONNECTIONS``."""
+        return self.connections or min(self.workers, MAX_DERIVED_CONNECTIONS)
+
     def http_library(self) -> HttpLibrary:
         """The HTTP library the daemon's client uses: ``http``, with ``auto`` resolved."""
         if self.http == "auto":
@@ -229,21 +235,6 @@ def _shown(name: str, value: Any) -> Any:
     return mask_url(value) if name == "api_url" and isinstance(value, str) else value
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One setting as the loader and the docs see it, read off a ``BridgeConfig`` field."""
-
-    name: str
-    kind: type  # int, float, str or list (a list of names)
-    default: Any
-    doc: str
-    minimum: float | None = None
-
-    @property
-    def env(self) -> str:
-        return "BRIDGE_" + self.name.upper()
-
-
 def _declared_settings() -> tuple[Setting, ...]:
     """``SETTINGS``, derived from the fields of ``BridgeConfig`` that carry a doc."""
     hints = get_type_hints(BridgeConfig)
@@ -266,96 +257,6 @@ def _default(f: Field[Any]) -> Any:
 
 SETTINGS: tuple[Setting, ...] = _declared_settings()
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
-
-
-def _coerce(setting: Setting, raw: Any, source: str) -> Any:
-    """An argument's or environment variable's value, parsed (text is allowed here)."""
-    where = f"{setting.name} (from {source})"
-    if setting.kind is list:
-        items = [part.strip() for part in raw.split(",")] if isinstance(raw, str) else raw
-        if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
-            raise BridgeConfigError(f"{where} must be a list of names, got {raw!r}")
-        return [i for i in items if i]
-    if setting.kind is str:
-        if not isinstance(raw, str) or not raw.strip():
-            raise BridgeConfigError(f"{where} must be a non-empty string, got {raw!r}")
-        return raw.strip()
-    try:
-        return parse_number(where, raw, setting.kind, setting.minimum or 0)
-    except TaskManagerConfigError as exc:
-        raise BridgeConfigError(str(exc)) from None
-
-
-def _toml_type(value: object) -> str:
-    """How TOML calls the type of a parsed value, for error messages."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, (_dt.date, _dt.time)):
-        return "a date/time"
-    return type(value).__name__  # pragma: no cover - tomllib makes nothing else
-
-
-def _toml_type_fits(kind: type, value: object) -> bool:
-    """Whether a TOML value has the type a setting of ``kind`` needs.
-
-    Stricter than ``_coerce``: text stands for a number or a list only in an
-    environment variable, where everything is text; in TOML, ``"300"`` for a number
-    is a mistake worth naming (a bool is never a number, though Python says so).
-    """
-    if kind in (int, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is list:
-        return isinstance(value, list)
-    return isinstance(value, kind)
-
-
-_WANTED = {
-    int: "a number",
-    float: "a number",
-    str: "a string",
-    list: "an array of names",
-    bool: "true or false",
-}
-
-
-def _fix_hint(name: str, kind: type, value: object) -> str:
-    """How to write a quoted value the way TOML means it, when that is the likely mistake."""
-    if not isinstance(value, str):
-        return ""
-    text = value.strip()
-    if kind is list:
-        names = ", ".join(f'"{part.strip()}"' for part in text.split(",") if part.strip())
-        return f" (write {name} = [{names}])"
-    if kind is bool and text.lower() in ("true", "false"):
-        return f" (write {name} = {text.lower()} without quotes)"
-    if kind in (int, float):
-        try:
-            float(text)
-        except ValueError:
-            return ""
-        return f" (write {name} = {text} without quotes)"
-    return ""
-
-
-def _check_toml_type(name: str, kind: type, value: object, where: str) -> None:
-    if not _toml_type_fits(kind, value):
-        if name in SECRET_KEYS:  # a key typed wrong is still a key: name its type only
-            got, hint = f"a value that is {_toml_type(value)}", ""
-        else:
-            got, hint = f"{value!r}: {_toml_type(value)}", _fix_hint(name, kind, value)
-        raise BridgeConfigError(
-            f"{name} (from {where}) must be {_WANTED.get(kind, kind.__name__)}, got {got}{hint}"
-        )
 
 
 def _client_field_kinds() -> dict[str, type]:
@@ -431,12 +332,12 @@ class RawConfig:
 
     def _value(self, setting: Setting) -> Any:
         if self.arguments.get(setting.name) is not None:
-            return _coerce(setting, self.arguments[setting.name], "argument")
+            return coerce(setting, self.arguments[setting.name], "argument")
         if self.env.get(setting.env):
-            return _coerce(setting, self.env[setting.env], setting.env)
+            return coerce(setting, self.env[setting.env], setting.env)
         if setting.name in self.file:
             # The type was checked when the file was read; this checks the bounds.
-            return _coerce(setting, self.file[setting.name], str(self.file_path))
+            return coerce(setting, self.file[setting.name], str(self.file_path))
         return list(setting.default) if setting.kind is list else setting.default
 
 
@@ -450,8 +351,8 @@ def _read_file(
             raise BridgeConfigError(f"config file {chosen} does not exist")
         return {}, {}, None
     try:
-        data = tomllib.loads(chosen.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        data = parse_toml(chosen.read_text(encoding="utf-8"))
+    except (TOMLDecodeError, UnicodeDecodeError) as exc:
         raise BridgeConfigError(f"config file {chosen} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise BridgeConfigError(f"config file {chosen} cannot be read: {exc}") from None
@@ -463,18 +364,12 @@ def _read_file(
         known = ", ".join(s.name for s in SETTINGS)
         raise BridgeConfigError(f"{chosen}: unknown key(s) {', '.join(unknown)} (known: {known})")
     for name, value in data.items():
-        _check_toml_type(name, _BY_NAME[name].kind, value, str(chosen))
+        check_toml_type(name, _BY_NAME[name].kind, value, str(chosen))
     client_kinds = _client_field_kinds()
     for name, value in taskmanager.items():
         if name in client_kinds:  # unknown keys are refused by client_config, naming them all
-            _check_toml_type(name, client_kinds[name], value, f"[taskmanager] in {chosen}")
+            check_toml_type(name, client_kinds[name], value, f"[taskmanager] in {chosen}")
     return data, taskmanager, chosen
-
-
-def parse_toml(text: str) -> dict[str, Any]:
-    """TOML text to a dict (``tomllib`` on 3.11+, ``tomli`` before)."""
-    parsed: dict[str, Any] = tomllib.loads(text)
-    return parsed
 
 
 def resolve_db_url(path: str | os.PathLike[str] | None = None) -> str:

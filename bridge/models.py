@@ -1,11 +1,28 @@
-"""What the local queue hands out: plain frozen values, never live ORM rows."""
+"""What the local queue hands out (plain frozen values, never live ORM rows), and the
+names of the states its tasks and outbox rows go through."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
+
+# The states and kinds as types mypy checks; the tuples (for SQL and CLI choices) follow them.
+TaskStatus = Literal["queued", "running", "done", "failed", "expired"]
+FinishedTaskStatus = Literal["done", "failed", "expired"]
+OutboxKind = Literal["complete", "fail", "progress", "create_task", "register_type"]
+# superseded: the server's state made the row moot (alert on it); obsolete: a progress
+# report made moot by its own task's end (routine).
+OutboxStatus = Literal["pending", "delivered", "superseded", "obsolete", "dead"]
+FinalOutboxStatus = Literal["delivered", "superseded", "obsolete", "dead"]
+
+TASK_STATUSES: tuple[TaskStatus, ...] = get_args(TaskStatus)
+FINISHED_TASK_STATUSES: tuple[FinishedTaskStatus, ...] = get_args(FinishedTaskStatus)
+OUTBOX_KINDS: tuple[OutboxKind, ...] = get_args(OutboxKind)
+OUTBOX_STATUSES: tuple[OutboxStatus, ...] = get_args(OutboxStatus)
+FINAL_OUTBOX_STATUSES: tuple[FinalOutboxStatus, ...] = get_args(FinalOutboxStatus)
+SETTLED_OUTBOX_STATUSES = ("delivered", "superseded", "obsolete")  # prunable; dead is kept
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,12 @@ import json
 import os
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
-from types import TracebackType
+from datetime import datetime, timedelta
 from typing import Any
 
-from taskmanager import TaskManagerValidationError, dedupe_key
+from taskmanager import dedupe_key
+from taskmanager.closing import ClosedOnExit
 from taskmanager.dedupe import canonical_params
-from taskmanager.encoding import EncodingError, to_json
 from taskmanager.validation import (
     check_params_shape,
     check_schema,
@@ -31,14 +30,10 @@ from taskmanager.validation import (
 
 from .config import BridgeConfig
 from .errors import TaskNotHeldError, ValidationError
-from .models import LocalTask, OutboxEntry, QueueCounts
-from .schema import OutboxStatus
-from .storage import Store, open_store
-from .storage.tasks import NewTask
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+from .models import LocalTask, OutboxEntry, OutboxStatus, QueueCounts
+from .payloads import encoded, encoded_object, stored_result, validated
+from .storage import NewTask, Store, open_store
+from .times import utcnow
 
 
 def default_lock_owner() -> str:
@@ -46,59 +41,7 @@ def default_lock_owner() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-default_worker_id = default_lock_owner  # the older name
-
-
-def validated(call: Callable[[], Any]) -> Any:
-    """Run a client-side check, re-raising its error as the bridge's ``ValidationError``."""
-    try:
-        return call()
-    except TaskManagerValidationError as exc:
-        raise ValidationError(exc.message) from None
-
-
-def encoded(value: Any, what: str) -> Any:
-    """``value`` through the one encoder (datetimes, Decimals, UUIDs, enums, dataclasses...
-    become JSON); what it cannot encode is a ``ValidationError`` naming the key path."""
-    try:
-        return to_json(value, what)
-    except EncodingError as exc:
-        raise ValidationError(str(exc)) from None
-
-
-def as_result(value: Any) -> Any:
-    """What a handler returned, as a task's result: ``None`` is ``{}``, a value that is
-    not a mapping is ``{"result": value}``."""
-    if value is None:
-        return {}
-    return value if isinstance(value, Mapping) else {"result": value}
-
-
-def encoded_result(value: Any) -> dict[str, Any]:
-    """A handler's return value encoded as a result, or ``ValidationError`` naming the key
-    path that cannot be stored, or its size when the server could not store it."""
-    return _stored_result(as_result(value))
-
-
-def _stored_result(value: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A result as it is stored here and sent: encoded, and no bigger than the server
-    keeps (65,535 bytes). A bigger one would be refused there with a 500 no resend cures;
-    refused here, the worker fails the task at once, saying why, instead of an outbox row
-    that can never be delivered. The same for every task (local-only ones too): a handler
-    behaves the same whichever task it serves."""
-    result = _encoded_object(value, "results")
-    validated(lambda: check_stored_size(result, "results", "result_json"))
-    return result
-
-
-def _encoded_object(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
-    encoded_value = encoded(value or {}, what)
-    if not isinstance(encoded_value, dict):
-        raise ValidationError(f"{what}: a JSON object (dict) is needed, got {type(value).__name__}")
-    return encoded_value
-
-
-class LocalQueue:
+class LocalQueue(ClosedOnExit):
     """The durable local queue (SQLite file by default, PostgreSQL for a fleet).
 
     ``LocalQueue("queue.db")``, ``LocalQueue("postgresql://...")`` or
@@ -115,43 +58,25 @@ class LocalQueue:
         locked_by: str | None = None,
         migrate: bool = False,
         clock: Callable[[], datetime] = utcnow,
-        worker_id: str | None = None,
     ) -> None:
         """``locked_by``: who holds the tasks this queue takes (the ``locked_by`` column;
-        default host-pid); ``worker_id`` is its older name. Not the remote worker id,
-        which is the daemon's."""
+        default host-pid), not the remote worker id, which is the daemon's."""
         if config is None:
             config = BridgeConfig.load(db_url=db_url)
         elif db_url is not None:  # the given config, with this database
             config = dataclasses.replace(config, db_url=db_url)
         self.config = config
         if migrate:
-            from .migrate import upgrade
+            from .storage.migrations import upgrade
 
             upgrade(self.config.db_url)
         self.store: Store = open_store(self.config.db_url, self.config.busy_timeout_seconds)
-        self.locked_by = locked_by or worker_id or default_lock_owner()
+        self.locked_by = locked_by or default_lock_owner()
         self.clock = clock
         self._validators: dict[str, tuple[str, Any]] = {}
 
-    @property
-    def worker_id(self) -> str:
-        """The older name of ``locked_by``."""
-        return self.locked_by
-
     def close(self) -> None:
         self.store.close()
-
-    def __enter__(self) -> LocalQueue:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- the worker's calls ------------------------------------------------------------
     def dequeue(
@@ -159,15 +84,13 @@ class LocalQueue:
         types: Sequence[str] | str | None = None,
         locked_by: str | None = None,
         lock_seconds: float | None = None,
-        *,
-        worker_id: str | None = None,
     ) -> LocalTask | None:
         """The next task (highest priority, then oldest), locked to ``locked_by`` (default:
-        this queue's; ``worker_id`` is its older name), or None."""
+        this queue's), or None."""
         wanted = [types] if isinstance(types, str) else types
         return self.store.dequeue(
             wanted,
-            locked_by or worker_id or self.locked_by,
+            locked_by or self.locked_by,
             lock_seconds if lock_seconds is not None else self.config.lock_seconds,
             self.config.lease_margin_seconds,
             self.clock(),
@@ -195,10 +118,10 @@ class LocalQueue:
     def complete(self, task: LocalTask, result: Mapping[str, Any] | None = None) -> None:
         """Finish the task; durable (and queued for the server) when this returns.
 
-        ``result`` goes through the encoder (``encoded``): a value it cannot encode raises
+        ``result`` goes through the encoder (``payloads.encoded``): a value it cannot encode raises
         ``ValidationError`` naming its key path, and nothing is written; so does a result
-        over the server's 65,535 bytes (``_stored_result``)."""
-        self.store.complete(task, _stored_result(result), self.clock())
+        over the server's 65,535 bytes (``payloads.stored_result``)."""
+        self.store.complete(task, stored_result(result), self.clock())
 
     def complete_and_dequeue(
         self,
@@ -213,7 +136,7 @@ class LocalQueue:
         """
         return self.store.complete_and_dequeue(
             task,
-            _stored_result(result),
+            stored_result(result),
             [types] if isinstance(types, str) else types,
             lock_seconds if lock_seconds is not None else self.config.lock_seconds,
             self.config.lease_margin_seconds,
@@ -253,8 +176,8 @@ class LocalQueue:
         metadata: Mapping[str, Any] | None = None,
     ) -> LocalTask:
         """Add a local-only task (the specification's hybrid pattern; nothing is sent)."""
-        params = _encoded_object(payload, "payload")
-        meta = _encoded_object(metadata, "metadata")
+        params = encoded_object(payload, "payload")
+        meta = encoded_object(metadata, "metadata")
         return self.store.enqueue(task_type, params, int(priority), meta, self.clock())
 
     # -- batches: one transaction (and one commit) for many tasks -----------------------
@@ -266,10 +189,10 @@ class LocalQueue:
     ) -> list[LocalTask]:
         """``enqueue`` for many ``(type, payload)`` in ONE transaction (one commit): all
         are added, or (on any error) none."""
-        meta = _encoded_object(metadata, "metadata")
+        meta = encoded_object(metadata, "metadata")
         batch: list[NewTask] = []
         for task_type, payload in items:
-            batch.append((task_type, _encoded_object(payload, "payload"), int(priority), meta))
+            batch.append((task_type, encoded_object(payload, "payload"), int(priority), meta))
         return self.store.enqueue_many(batch, self.clock()) if batch else []
 
     def dequeue_many(
@@ -282,7 +205,7 @@ class LocalQueue:
         locked (and its lock renewed by ``heartbeat``) on its own."""
         return self.store.dequeue_many(
             [types] if isinstance(types, str) else types,
-            self.worker_id,
+            self.locked_by,
             limit,
             lock_seconds if lock_seconds is not None else self.config.lock_seconds,
             self.config.lease_margin_seconds,
@@ -308,7 +231,7 @@ class LocalQueue:
         worker loop (one commit per batch). Returns (refusals, the next tasks)."""
         return self.store.complete_many_and_dequeue(
             self._results(finished),
-            self.worker_id,
+            self.locked_by,
             limit,
             [types] if isinstance(types, str) else types,
             lock_seconds if lock_seconds is not None else self.config.lock_seconds,
@@ -320,7 +243,7 @@ class LocalQueue:
     def _results(
         finished: Iterable[tuple[LocalTask, Mapping[str, Any] | None]],
     ) -> list[tuple[LocalTask, dict[str, Any]]]:
-        return [(task, _stored_result(result)) for task, result in finished]
+        return [(task, stored_result(result)) for task, result in finished]
 
     def get(self, task_id: int) -> LocalTask | None:
         return self.store.get_task(task_id)

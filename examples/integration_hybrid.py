@@ -10,7 +10,7 @@ queue, but the completion still goes straight to the API: the bridge daemon
 import sys
 
 from bridge import LocalQueue
-from bridge.migrate import upgrade
+from bridge.storage.migrations import upgrade
 from taskmanager import TaskManagerClient
 
 upgrade(sys.argv[1])  # the same as: taskmanager-bridge --db-url QUEUE_DB db upgrade

@@ -6,8 +6,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from bridge.config import resolve_db_url
-from bridge.database import open_engine
-from bridge.schema import Base
+from bridge.storage.engine import open_engine
+from bridge.storage.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -19,17 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from .async_transport import AsyncTransport
 from .calls import Calls, TaskPages
+from .client_base import ClientBase
 from .config import TaskManagerConfig
 from .exchange import RequestObserver
 from .models import ClaimedTask, CompletionResult, CreatedTask, Task, TaskType
-from .protocol import RateLimitInfo
-from .redact import mask_url
 
 if TYPE_CHECKING:  # aiohttp itself is imported (with a hint when missing) by async_transport
     import aiohttp
 
 
-class AsyncTaskManagerClient:
+class AsyncTaskManagerClient(ClientBase):
     """One client per event loop; its coroutines may run concurrently on it.
 
     ``sleep`` (a coroutine function), ``clock`` and ``rng`` drive retries and
@@ -68,24 +67,6 @@ class AsyncTaskManagerClient:
     ) -> None:
         await self.close()
 
-    def __repr__(self) -> str:
-        shown = mask_url(self.config.api_url)
-        return f"AsyncTaskManagerClient(api_url={shown!r}, worker_id={self.worker_id!r})"
-
-    @property
-    def worker_id(self) -> str:
-        return self.config.worker_id
-
-    @property
-    def rate_limit(self) -> RateLimitInfo | None:
-        return self._calls.requester.last_rate_limit
-
-    def rate_limit_for(self, path: str) -> RateLimitInfo | None:
-        return self._calls.requester.rate_limits.get(path)
-
-    def unanswered(self, path: str) -> int:
-        return self._calls.requester.unanswered[path]
-
     # -- the operations (see TaskManagerClient for what each promises) ----------
     async def health_check(self) -> bool:
         return await self._run(self._calls.health_check())
@@ -103,12 +84,6 @@ class AsyncTaskManagerClient:
 
     async def task_type_id(self, name: str) -> int:
         return await self._run(self._calls.task_type_id(name))
-
-    def dedupe_key(self, task_type: str, params: Mapping[str, Any]) -> str:
-        return self._calls.dedupe_key(task_type, params)
-
-    def validate_params(self, task_type: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        return self._calls.validate_params(task_type, params)
 
     async def create_task_detailed(
         self, task_type: str, params: Mapping[str, Any], priority: int = 0

@@ -11,24 +11,23 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
-from types import TracebackType
 from typing import Any, Literal
 
 import requests
 
 from .calls import Calls, TaskPages
+from .client_base import ClientBase
+from .closing import ClosedOnExit
 from .config import TaskManagerConfig
 from .exceptions import TaskManagerConfigError
 from .loop_transport import LoopTransport
 from .models import ClaimedTask, CompletionResult, CreatedTask, Task, TaskType
-from .protocol import RateLimitInfo
-from .redact import mask_url
 from .transport import RequestObserver, Transport
 
 HttpLibrary = Literal["requests", "aiohttp"]
 
 
-class TaskManagerClient:
+class TaskManagerClient(ClientBase, ClosedOnExit):
     """Thread-safe client for one TaskManager API; one keep-alive session per client.
 
     ``sleep``, ``clock`` and ``rng`` drive retries and back-off; ``now`` stamps
@@ -69,41 +68,6 @@ class TaskManagerClient:
     def close(self) -> None:
         self._transport.close()
 
-    def __enter__(self) -> TaskManagerClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        shown = mask_url(self.config.api_url)
-        return f"TaskManagerClient(api_url={shown!r}, worker_id={self.worker_id!r})"
-
-    @property
-    def worker_id(self) -> str:
-        return self.config.worker_id
-
-    @property
-    def rate_limit(self) -> RateLimitInfo | None:
-        """The latest ``X-RateLimit-*`` figures, to slow down before being refused."""
-        return self._calls.requester.last_rate_limit
-
-    def rate_limit_for(self, path: str) -> RateLimitInfo | None:
-        """The ``X-RateLimit-*`` figures of ``path``'s latest answer (``"/tasks/claim"``):
-        the server counts one window per client and path."""
-        return self._calls.requester.rate_limits.get(path)
-
-    def unanswered(self, path: str) -> int:
-        """Attempts on ``path`` (``"/tasks/claim"``) that got no answer so far, retried or
-        not: the server may have applied each. A claim among them may be an orphan held
-        by this worker id (the bridge's reconcile imports such claims)."""
-        return self._calls.requester.unanswered[path]
-
     # -- health ----------------------------------------------------------------
     def health_check(self) -> bool:
         """True when the API and its database answer healthy. Never raises."""
@@ -129,14 +93,6 @@ class TaskManagerClient:
         return self._run(self._calls.task_type_id(name))
 
     # -- tasks -------------------------------------------------------------------
-    def dedupe_key(self, task_type: str, params: Mapping[str, Any]) -> str:
-        """The key the server will store for these params sent through this client."""
-        return self._calls.dedupe_key(task_type, params)
-
-    def validate_params(self, task_type: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Check params locally: non-empty object, and the type's schema if it is known."""
-        return self._calls.validate_params(task_type, params)
-
     def create_task_detailed(
         self, task_type: str, params: Mapping[str, Any], priority: int = 0
     ) -> CreatedTask:

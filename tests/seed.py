@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import func, insert, select
 
 from bridge import LocalQueue
-from bridge.schema import tasks
+from bridge.storage.schema import tasks
 
 
 def seed_claimed_tasks(
@@ -50,7 +50,7 @@ def seed_finished_history(
 ) -> None:
     """``count`` done tasks finished at ``at``, each with its delivered ``complete`` row
     (every ``dead_every``-th row dead instead: its task must survive a prune)."""
-    from bridge.schema import outbox
+    from bridge.storage.schema import outbox
 
     at = at or datetime(2026, 1, 1, tzinfo=timezone.utc)
     with LocalQueue(url) as queue, queue.store.engine.begin() as conn:

@@ -19,64 +19,14 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..database import (
+from .db_errors import driver_errors, translated_errors
+from .sqlite_locking import (
     PATIENCE_KEY,
     SYNCHRONOUS_FULL,
+    SYNCHRONOUS_NORMAL,
+    ThreadConnection,
     begin_polling,
-    driver_errors,
-    translated_errors,
 )
-
-SYNCHRONOUS_NORMAL = "PRAGMA synchronous = NORMAL"  # taking a task only (hot_write)
-
-
-class _ThreadConnection:
-    """One thread's connection; closing it (or losing it with the thread) returns it."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        driver: Any = conn.connection.driver_connection
-        self.driver = driver
-        self.full_ms = 0  # SQLite: the configured busy timeout (read from the connection)
-        # SQLite: the busy timeout set on the connection now, in ms. The hot path keeps it
-        # at 0 between its transactions (statements inside one never wait for a lock);
-        # anything that waits with SQLite's own handler sets what it may wait first
-        # (``waiting``); a connection taken from the pool gets the configured one back at
-        # checkout (database.py).
-        self.timeout_ms = 0
-        if conn.dialect.name == "sqlite":
-            found = driver.execute("PRAGMA busy_timeout").fetchone()
-            self.full_ms = self.timeout_ms = int(found[0])
-
-    @property
-    def patience(self) -> float:
-        """The busy timeout in seconds, for begin_immediate and the turn."""
-        return self.full_ms / 1000
-
-    def to_polling(self) -> None:
-        self._set_timeout(0)
-
-    def waiting(self, left: float) -> None:
-        """SQLite's own wait for the lock, for at most ``left`` seconds (what the turn
-        left of the busy timeout)."""
-        full = self.full_ms
-        wanted = min(full, round(left * 1000))
-        # Within a millisecond of the whole: the whole (no PRAGMA per uncontended call).
-        self._set_timeout(full if wanted >= full - 1 else wanted)
-
-    def _set_timeout(self, ms: int) -> None:
-        if self.timeout_ms != ms:
-            self.driver.execute(f"PRAGMA busy_timeout = {ms}")
-            self.timeout_ms = ms
-
-    def close(self) -> None:
-        # No SQL here (this runs from __del__ too, on any thread, maybe after the driver
-        # connection went back to the pool): the pool's checkout sets the busy timeout.
-        with contextlib.suppress(Exception):
-            self.conn.close()
-
-    def __del__(self) -> None:
-        self.close()
 
 
 class Connector:
@@ -88,7 +38,7 @@ class Connector:
         self._thread_local = threading.local()
         self._driver_errors = driver_errors(engine)
         self._translated: tuple[type[BaseException], ...] = (SQLAlchemyError, *self._driver_errors)
-        self._holders: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
+        self._holders: weakref.WeakSet[ThreadConnection] = weakref.WeakSet()
         self._holders_lock = threading.Lock()
         # SQLite: this process's writers take turns here, so that one of them (not every
         # thread) polls for the file's write lock, and a thread is woken the moment the
@@ -106,9 +56,9 @@ class Connector:
         """This thread's connection, kept for the thread's life (a pool checkout per
         transaction costs more than the worker's statements); it returns to the pool
         when the thread ends, so short-lived threads do not exhaust the pool."""
-        holder: _ThreadConnection | None = getattr(self._thread_local, "holder", None)
+        holder: ThreadConnection | None = getattr(self._thread_local, "holder", None)
         if holder is None or holder.conn.closed or holder.conn.invalidated:
-            holder = _ThreadConnection(self.engine.connect())
+            holder = ThreadConnection(self.engine.connect())
             self._thread_local.holder = holder
             with self._holders_lock:
                 self._holders.add(holder)
@@ -163,8 +113,8 @@ class Connector:
         ):
             yield conn
 
-    def _holder(self) -> _ThreadConnection:
-        holder: _ThreadConnection | None = getattr(self._thread_local, "holder", None)
+    def _holder(self) -> ThreadConnection:
+        holder: ThreadConnection | None = getattr(self._thread_local, "holder", None)
         if holder is None or holder.conn.closed or holder.conn.invalidated:
             self.connection()
             holder = self._thread_local.holder
@@ -275,7 +225,7 @@ class Connector:
             raise exc
 
     def _drop_driver(self, driver: Any) -> None:
-        holder: _ThreadConnection | None = getattr(self._thread_local, "holder", None)
+        holder: ThreadConnection | None = getattr(self._thread_local, "holder", None)
         if holder is not None and holder.driver is driver:
             self.drop(holder.conn)
 

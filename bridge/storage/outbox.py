@@ -22,18 +22,16 @@ from sqlalchemy import (
     update,
 )
 
-from ..models import LocalTask, OutboxEntry
-from ..schema import (
+from ..models import (
     FINAL_OUTBOX_STATUSES,
-    IS_PENDING,
-    IS_PENDING_CREATE,
     FinalOutboxStatus,
+    LocalTask,
+    OutboxEntry,
     OutboxKind,
     OutboxStatus,
-    UTCDateTime,
-    outbox,
 )
 from .connector import Connector
+from .schema import IS_PENDING, IS_PENDING_CREATE, UTCDateTime, outbox
 from .state import upsert_task_type
 from .statements import Prepared
 

@@ -22,8 +22,9 @@ from typing import Any
 from sqlalchemy import Table, and_, bindparam, delete, exists, func, select
 from sqlalchemy.engine import Dialect
 
-from ..schema import FINISHED_TASK_STATUSES, SETTLED_OUTBOX_STATUSES, outbox, tasks
+from ..models import FINISHED_TASK_STATUSES, SETTLED_OUTBOX_STATUSES
 from .connector import Connector
+from .schema import outbox, tasks
 from .statements import Statement, constant
 
 PRUNABLE_OUTBOX_STATUSES = SETTLED_OUTBOX_STATUSES  # dead rows stay for the operator

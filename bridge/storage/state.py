@@ -12,8 +12,8 @@ from sqlalchemy import Connection, Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..models import CachedTaskType
-from ..schema import bridge_state, task_types
 from .connector import Connector
+from .schema import bridge_state, task_types
 
 # The daemon's facts in ``bridge_state``, written by the daemon, read by operators.
 WORKER_ID_KEY = "remote_worker_id"

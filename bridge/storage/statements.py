@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -39,7 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
 from ..models import LocalTask
-from ..schema import IS_PENDING_PROGRESS, IS_QUEUED, UTCDateTime, outbox, tasks
+from .schema import IS_PENDING_PROGRESS, IS_QUEUED, UTCDateTime, outbox, tasks
 
 # In LocalTask's field order, so a returned row builds a task positionally.
 TASK_COLUMNS = [tasks.c[name] for name in LocalTask.__dataclass_fields__]
@@ -380,3 +380,10 @@ class Prepared:
             )
             self._dequeue[(type_count, many)] = statement
         return statement
+
+
+RELEASED = {"locked_by": None, "locked_until": None}  # a task no worker holds
+
+
+def seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)

@@ -8,8 +8,8 @@ from datetime import datetime
 from sqlalchemy import select
 
 from ..models import LocalTask, OutboxEntry
-from ..schema import outbox, tasks
 from .connector import Connector
+from .schema import outbox, tasks
 from .statements import TASK_COLUMNS
 
 

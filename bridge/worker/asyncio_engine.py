@@ -36,8 +36,9 @@ from typing import Any, TypeVar
 from ..errors import TaskNotHeldError, ValidationError
 from ..logs import task_fields
 from ..models import LocalTask
-from ..patience import GaveUp, SchemaGone
-from ..queue import LocalQueue, encoded_result
+from ..payloads import encoded_result
+from ..queue import LocalQueue
+from ..storage import GaveUp, SchemaGone
 from .core import MIN_POLL_SECONDS, WorkerCore, next_idle_wait
 from .handler_loop import HandlerLoop, HandlerRun
 from .handlers import Handlers, TaskContext, awaitable_refusal

@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 from ..errors import BridgeError, TaskNotHeldError, ValidationError
 from ..logs import task_fields
 from ..models import LocalTask
-from ..patience import GaveUp, Patience
-from ..queue import LocalQueue, as_result
-from ..storage.changes import ChangeWatch
+from ..payloads import as_result
+from ..queue import LocalQueue
+from ..storage import ChangeWatch, GaveUp, Patience
 from .handlers import TaskPolicy, awaitable_refusal
 from .heartbeats import Heartbeats
 from .process_pool import HandlerError, ResultRefused

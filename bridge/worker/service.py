@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable, Mapping
 from types import FrameType
 
-from ..database import display_url, normalise_url
 from ..errors import BridgeError
 from ..queue import LocalQueue
+from ..storage import display_url, normalise_url
 from .asyncio_engine import AsyncEngine
 from .core import Counters, WorkerCore, WorkerExit
 from .handlers import Handler, Handlers, TaskPolicy

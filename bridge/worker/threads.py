@@ -14,7 +14,7 @@ import threading
 
 from ..errors import DatabaseError, TaskNotHeldError
 from ..models import LocalTask
-from ..patience import GaveUp, SchemaGone
+from ..storage import GaveUp, SchemaGone
 from .core import MIN_POLL_SECONDS, WorkerCore, next_idle_wait
 from .handlers import Handlers, TaskContext
 from .process_pool import PoolOptions, ProcessRunner

@@ -50,12 +50,12 @@ class _Handler(BaseHTTPRequestHandler):
         # Headers and body are two writes; without this, Nagle + delayed ACK stall
         # every keep-alive answer by ~40 ms.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.emulator._track(self.connection, add=True)
+        self.server.emulator.track_connection(self.connection, add=True)
 
     def finish(self) -> None:
         with contextlib.suppress(OSError):
             super().finish()
-        self.server.emulator._track(self.connection, add=False)
+        self.server.emulator.track_connection(self.connection, add=False)
 
     def do_GET(self) -> None:
         self._serve()
@@ -89,7 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(emulator.faults.latency)
         rule = emulator.faults.take(self.command, path)
         if rule is not None and rule.kind is FaultKind.HANG:
-            emulator._record(self.command, path, "hung", arrived)
+            emulator.record_request(self.command, path, "hung", arrived)
             emulator.faults.wait_released()
             self._abort()
             return
@@ -114,15 +114,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self.client_address[0],
             )
         if rule is not None and rule.kind is FaultKind.DROP_AFTER_COMMIT:
-            emulator._record(self.command, path, "dropped", arrived)
+            emulator.record_request(self.command, path, "dropped", arrived)
             self._abort()
             return
         if rule is not None and rule.kind is FaultKind.HOLD_AFTER_COMMIT:
-            emulator._record(self.command, path, "held", arrived)
+            emulator.record_request(self.command, path, "held", arrived)
             emulator.faults.wait_released()
             self._abort()
             return
-        emulator._record(self.command, path, response.status, arrived)
+        emulator.record_request(self.command, path, response.status, arrived)
         self.send_response(response.status)
         headers = {"Content-Type": "application/json; charset=utf-8", **response.headers}
         for name, value in headers.items():
@@ -280,14 +280,17 @@ class EmulatorServer:
         self._clock_offset += seconds
 
     # -- observation -----------------------------------------------------------------
-    def _track(self, connection: socket.socket, *, add: bool) -> None:
+    def track_connection(self, connection: socket.socket, *, add: bool) -> None:
+        """The HTTP handler's: a connection opened (``add``) or closed (``outage`` cuts
+        the open ones)."""
         with self._lock:
             if add:
                 self._connections.add(connection)
             else:
                 self._connections.discard(connection)
 
-    def _record(self, method: str, path: str, status: int | str, at: float) -> None:
+    def record_request(self, method: str, path: str, status: int | str, at: float) -> None:
+        """The HTTP handler's: one request and what became of it (``requests``)."""
         with self._lock:
             self._records.append(RequestRecord(method, path, status, at, time.monotonic()))
 

@@ -43,7 +43,7 @@ MODES = ("async", "threads", "default", "queue")
 def _run_one(mode: str, n: int, concurrency: int, wait: float) -> dict[str, float]:
     """In the child process: one worker over n tasks; its rate, CPU and peak RSS."""
     from bridge import LocalQueue, Worker
-    from bridge.migrate import upgrade
+    from bridge.storage.migrations import upgrade
 
     async def waits_async(params: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(wait)

@@ -1,4 +1,4 @@
-"""Bridge end to end against the emulator (real HTTP, keep-alive, SQLite queue).
+"""The bridge end to end against the emulator (real HTTP, keep-alive, SQLite queue).
 
     python tests/bench/bridge_e2e.py [--tasks N] [--drain N]
 
@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bridge import BridgeConfig, LocalQueue, Worker
-from bridge.daemon import Bridge
-from bridge.migrate import upgrade
+from bridge.daemon.jobs import DaemonJobs
+from bridge.storage.migrations import upgrade
 from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
 
@@ -31,7 +31,7 @@ from tests.seed import seed_claimed_tasks
 TYPE = "bench.work"
 
 
-def make_bridge(folder: Path, server: EmulatorServer, **settings: object) -> Bridge:
+def make_bridge(folder: Path, server: EmulatorServer, **settings: object) -> DaemonJobs:
     url = str(folder / "queue.db")
     upgrade(url)
     config = BridgeConfig.load(env={}, db_url=url, types=[TYPE], **settings)
@@ -40,10 +40,10 @@ def make_bridge(folder: Path, server: EmulatorServer, **settings: object) -> Bri
             {}, api_url=server.url, api_key=server.api_key, worker_id="bench-bridge"
         )
     )
-    return Bridge(LocalQueue(config=config).store, client, config)
+    return DaemonJobs(LocalQueue(config=config).store, client, config)
 
 
-def run_jobs(bridge: Bridge, stop: threading.Event) -> threading.Thread:
+def run_jobs(bridge: DaemonJobs, stop: threading.Event) -> threading.Thread:
     """pull and push in a loop, as the scheduler would (without its thread pool)."""
 
     def loop() -> None:

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from bridge import BridgeConfig, LocalQueue, Worker
-from bridge.daemon import Bridge, Daemon
-from bridge.migrate import upgrade
+from bridge.daemon.jobs import DaemonJobs
+from bridge.daemon.service import Daemon
+from bridge.storage.migrations import upgrade
 from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
 from taskmanager.emulator.app import REALISTIC_COSTS
@@ -66,7 +67,7 @@ def one_run(minutes: float, types: int, seed: int, gap: float) -> dict[str, Any]
         client = TaskManagerClient(
             TaskManagerConfig.from_env({}, api_url=server.url, api_key=server.api_key)
         )
-        daemon = Daemon(Bridge(LocalQueue(config=config).store, client, config))
+        daemon = Daemon(DaemonJobs(LocalQueue(config=config).store, client, config))
         queue = LocalQueue(config=config)
         worker = Worker(queue, dict.fromkeys(names, handler), concurrency=4)
         worker_thread = threading.Thread(target=worker.run, daemon=True)

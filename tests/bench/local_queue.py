@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import LocalQueue
-from bridge.migrate import upgrade
+from bridge.storage.migrations import upgrade
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for tests.seed
 from tests.seed import seed_claimed_tasks
@@ -163,7 +163,7 @@ def floor_cycle_seeded(url: str, n: int) -> float:
     import json
     import sqlite3
 
-    from bridge.database import open_engine
+    from bridge.storage.engine import open_engine
     from bridge.storage.statements import Prepared
 
     engine = open_engine(url)

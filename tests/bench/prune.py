@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for tests.seed
 
 from bridge import LocalQueue
-from bridge.migrate import upgrade
+from bridge.storage.migrations import upgrade
 from bridge.storage.pruning import Pruner
 from tests.seed import seed_claimed_tasks, seed_finished_history
 

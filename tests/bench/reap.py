@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bridge import BridgeConfig, DatabaseError, LocalQueue
-from bridge.migrate import upgrade
+from bridge.storage.migrations import upgrade
 
 
 def _fill(db: str, finished: int) -> None:

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bridge.migrate import upgrade
+from bridge.storage.migrations import upgrade
 from taskmanager.emulator import EmulatorServer
 
 TYPE = "bench.rss"

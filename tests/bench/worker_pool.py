@@ -22,7 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root
 
 from bridge import LocalQueue, Worker
-from bridge.migrate import upgrade
+from bridge.storage.migrations import upgrade
 
 
 def instant(params: dict[str, Any]) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from bridge import BridgeConfig, LocalQueue, ValidationError
-from bridge.daemon import Bridge
-from bridge.migrate import upgrade
+from bridge.daemon.jobs import DaemonJobs
+from bridge.storage.migrations import upgrade
 from taskmanager.emulator import EmulatorServer
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,7 @@ def test_bad_results_are_refused_or_end_dead_and_the_rest_gets_through(tmp_path)
         admin.register_task_type(TYPE, "1", {"type": "object"})
         ids = [admin.create_task(TYPE, {"n": n}) for n in range(5)]
         config = BridgeConfig.load(env={}, db_url=db, types=[TYPE], prefetch=5)
-        bridge = Bridge(queue.store, server.client(), config)
+        bridge = DaemonJobs(queue.store, server.client(), config)
         assert bridge.pull_tick(queue.clock()) == 5
         deep, huge, unicode, nan, unencodable = (queue.dequeue() for _ in range(5))
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from bridge import BridgeConfig, LocalQueue
-from bridge.migrate import upgrade
+from bridge.storage.migrations import upgrade
 from taskmanager.emulator import EmulatorServer
 
 from ..integration.helpers import wait_until

@@ -23,9 +23,9 @@ import pytest
 import requests
 
 from bridge import BridgeConfig
-from bridge.dashboard_server import DashboardLimits
-from bridge.descriptors import descriptor_need
-from bridge.migrate import upgrade
+from bridge.daemon.descriptors import descriptor_need
+from bridge.ops.dashboard_server import DashboardLimits
+from bridge.storage.migrations import upgrade
 from taskmanager.emulator import EmulatorServer
 
 from ..integration.helpers import free_port, wait_until

@@ -16,8 +16,8 @@ import subprocess
 import pytest
 
 from bridge import BridgeConfig, LocalQueue
-from bridge.daemon import WORKER_ID_KEY
-from bridge.migrate import upgrade
+from bridge.storage import WORKER_ID_KEY
+from bridge.storage.migrations import upgrade
 from taskmanager.emulator import EmulatorServer
 
 from ..integration.helpers import wait_until

@@ -7,10 +7,11 @@ import logging
 import pytest
 
 from bridge import BridgeConfig, LocalQueue
-from bridge.daemon import Bridge, Daemon
-from bridge.metrics import Metrics
-from bridge.migrate import upgrade
-from bridge.operations import Operations
+from bridge.daemon.jobs import DaemonJobs
+from bridge.daemon.service import Daemon
+from bridge.ops.metrics import Metrics
+from bridge.ops.operations import Operations
+from bridge.storage.migrations import upgrade
 from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
 
@@ -45,7 +46,7 @@ def test_hanging_claims_do_not_stop_deliveries(tmp_path, caplog):
             )
         )
         metrics = Metrics(Operations(queue.store, config))
-        daemon = Daemon(Bridge(queue.store, client, config, metrics=metrics))
+        daemon = Daemon(DaemonJobs(queue.store, client, config, metrics=metrics))
         daemon.start()
         try:
             assert wait_until(lambda: queue.status().tasks.get((TYPE, "queued"), 0) == 3, 10)

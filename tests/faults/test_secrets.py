@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bridge.migrate import upgrade
+from bridge.storage.migrations import upgrade
 from taskmanager.emulator import EmulatorServer
 
 from ..integration.helpers import free_port, wait_until

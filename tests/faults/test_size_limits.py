@@ -15,8 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 from bridge import BridgeConfig, LocalQueue, Worker
-from bridge.daemon import Bridge, Daemon
-from bridge.migrate import upgrade
+from bridge.daemon.jobs import DaemonJobs
+from bridge.daemon.service import Daemon
+from bridge.storage.migrations import upgrade
 from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
 
@@ -50,7 +51,7 @@ def running(tmp_path) -> Iterator[tuple[EmulatorServer, LocalQueue, TaskManagerC
                 {}, api_url=server.url, api_key=server.api_key, timeout=2, retry_attempts=0
             )
         )
-        daemon = Daemon(Bridge(queue.store, client, config))
+        daemon = Daemon(DaemonJobs(queue.store, client, config))
         daemon.start()
         try:
             yield server, queue, admin

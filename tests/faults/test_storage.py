@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from bridge import BridgeConfig, DatabaseError, LocalQueue
-from bridge.daemon import Bridge
-from bridge.migrate import upgrade
+from bridge.daemon.jobs import DaemonJobs
+from bridge.storage.migrations import upgrade
 from taskmanager.emulator import EmulatorServer
 
 pytestmark = pytest.mark.integration
@@ -70,9 +70,9 @@ def truncate_wal(db: str) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def bridge_for(queue: LocalQueue, server: EmulatorServer, db: str) -> Bridge:
+def bridge_for(queue: LocalQueue, server: EmulatorServer, db: str) -> DaemonJobs:
     config = BridgeConfig.load(env={}, db_url=db, types=[TYPE], prefetch=5)
-    return Bridge(queue.store, server.client(), config)
+    return DaemonJobs(queue.store, server.client(), config)
 
 
 def test_disk_full_refuses_cleanly_and_recovers_when_space_returns(small_disk: Path):

@@ -26,8 +26,9 @@ from typing import Any
 import pytest
 
 from bridge import BridgeConfig, LocalQueue
-from bridge.daemon import Bridge, Daemon
-from bridge.migrate import upgrade
+from bridge.daemon.jobs import DaemonJobs
+from bridge.daemon.service import Daemon
+from bridge.storage.migrations import upgrade
 from bridge.worker import Worker
 from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
@@ -191,7 +192,7 @@ def test_storms_lose_nothing_and_change_remote_state_once(tmp_path):
                 retry_deadline=3,
             )
         )
-        bridge = Bridge(queue.store, client, config)
+        bridge = DaemonJobs(queue.store, client, config)
         for job in JOBS:
             tick_name = f"{job}_tick"
             setattr(bridge, tick_name, ticks.wrap(job, getattr(bridge, tick_name)))

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from bridge import LocalQueue
-from bridge.migrate import upgrade
+from bridge.storage.migrations import upgrade
 
 from ..integration.helpers import (
     free_port,

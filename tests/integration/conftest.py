@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from bridge import LocalQueue
-from bridge.migrate import upgrade
+from bridge.storage.migrations import upgrade
 
 from .helpers import pg_base_url, pg_execute, pg_unreachable_reason, postgres_decision
 

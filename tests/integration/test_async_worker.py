@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bridge import BridgeConfig, LocalQueue, Retry, RetryPolicy, TaskPolicy
-from bridge.migrate import upgrade
+from bridge.storage.migrations import upgrade
 from bridge.worker import AsyncTaskContext, Worker
 
 from .conftest import Clock

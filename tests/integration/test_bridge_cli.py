@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.migrate import current, head_revision
+from bridge.storage.migrations import current, head_revision
 
 from .helpers import bridge_cli
 

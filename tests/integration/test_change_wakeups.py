@@ -14,9 +14,10 @@ import time
 import pytest
 
 from bridge import BridgeConfig, LocalQueue, Worker
-from bridge.daemon import Bridge, Daemon
-from bridge.migrate import upgrade
+from bridge.daemon.jobs import DaemonJobs
+from bridge.daemon.service import Daemon
 from bridge.storage.changes import ChangeWatch
+from bridge.storage.migrations import upgrade
 from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
 
@@ -90,7 +91,7 @@ def test_a_stored_result_is_pushed_without_waiting_for_the_interval(tmp_path):
             TaskManagerConfig.from_env({}, api_url=server.url, api_key=server.api_key)
         )
         with LocalQueue(url) as queue:
-            daemon = Daemon(Bridge(queue.store, client, config))
+            daemon = Daemon(DaemonJobs(queue.store, client, config))
             daemon.start()
             try:
                 assert wait_until(lambda: queue.status().tasks.get(("t", "queued")) == 1, 10)
@@ -125,7 +126,7 @@ def test_stop_waits_for_a_push_under_way_before_its_last_push(tmp_path):
             )
         )
         with LocalQueue(url) as queue:
-            daemon = Daemon(Bridge(queue.store, client, config))
+            daemon = Daemon(DaemonJobs(queue.store, client, config))
             daemon.start()
             stopper = threading.Thread(target=daemon.stop)
             try:

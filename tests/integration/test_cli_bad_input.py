@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli import build_parser, main
-from bridge.migrate import upgrade
+from bridge.cli.main import build_parser, main
+from bridge.storage.migrations import upgrade
 from taskmanager._version import __version__
 
 from .helpers import bridge_cli

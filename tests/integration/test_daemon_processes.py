@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bridge import BridgeConfig, LocalQueue
-from bridge.daemon import WORKER_ID_KEY
-from bridge.migrate import upgrade
+from bridge.storage import WORKER_ID_KEY
+from bridge.storage.migrations import upgrade
 from taskmanager.emulator import EmulatorServer
 
 from .helpers import wait_until
@@ -124,7 +124,7 @@ def test_sigterm_stops_claiming_pushes_and_exits_zero(setup):
 
 
 def test_schema_dropped_under_the_running_daemon_stops_it_naming_the_fix(setup):
-    from bridge.migrate import downgrade
+    from bridge.storage.migrations import downgrade
 
     server, client, config, db_url = setup
     client.create_task(TYPE, {"n": 1})

@@ -12,8 +12,9 @@ from datetime import timedelta
 import pytest
 
 from bridge import BridgeConfig, LocalQueue
-from bridge.daemon import Bridge, Daemon
-from bridge.operations import Operations
+from bridge.daemon.jobs import DaemonJobs
+from bridge.daemon.service import Daemon
+from bridge.ops.operations import Operations
 from bridge.storage.outbox import append_for_task
 from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
@@ -29,7 +30,7 @@ SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required"
 class Rig:
     server: EmulatorServer
     queue: LocalQueue
-    bridge: Bridge
+    bridge: DaemonJobs
     clock: Clock
     admin: TaskManagerClient  # another client: seeds tasks, inspects the server
 
@@ -42,7 +43,7 @@ class Rig:
 
 def make_bridge(
     queue: LocalQueue, server: EmulatorServer, clock: Clock, retry_attempts: int = 0, **settings
-) -> Bridge:
+) -> DaemonJobs:
     values = {
         "types": [TYPE],
         "prefetch": 5,
@@ -66,7 +67,7 @@ def make_bridge(
         now=clock,
         clock=lambda: clock.now.timestamp(),  # the client's waits (Retry-After) on our time
     )
-    return Bridge(queue.store, client, config)
+    return DaemonJobs(queue.store, client, config)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bridge import BridgeConfig, LocalQueue
-from bridge.migrate import upgrade
+from bridge.storage.migrations import upgrade
 from taskmanager.emulator import EmulatorServer
 
 from .helpers import BROWSERS, browser_decision, free_port, wait_until

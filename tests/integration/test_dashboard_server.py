@@ -20,11 +20,11 @@ import pytest
 import requests
 
 from bridge import BridgeConfig, LocalQueue
-from bridge.dashboard_server import ActionPolicy, DashboardApp, DashboardLimits, DashboardServer
 from bridge.errors import BridgeConfigError
-from bridge.metrics import Metrics
-from bridge.migrate import upgrade
-from bridge.operations import Operations
+from bridge.ops.dashboard_server import ActionPolicy, DashboardApp, DashboardLimits, DashboardServer
+from bridge.ops.metrics import Metrics
+from bridge.ops.operations import Operations
+from bridge.storage.migrations import upgrade
 from taskmanager.emulator import EmulatorServer
 
 from .helpers import bridge_cli, free_port, wait_until

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bridge import BridgeConfig, LocalQueue, TaskPolicy
-from bridge.migrate import upgrade
+from bridge.storage.migrations import upgrade
 from bridge.worker import Worker
 
 from .abusive_handlers import raises_generator_exit, write_plugin

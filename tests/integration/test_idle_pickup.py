@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 
 from bridge import BridgeConfig, LocalQueue
-from bridge.daemon import Bridge
-from bridge.migrate import upgrade
+from bridge.daemon.jobs import DaemonJobs
+from bridge.storage.migrations import upgrade
 from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
 
@@ -22,7 +22,7 @@ TYPES = [f"idle.type{i}" for i in range(10)]
 
 
 @pytest.fixture
-def idle_rig(tmp_path) -> Iterator[tuple[EmulatorServer, LocalQueue, Bridge, Clock]]:
+def idle_rig(tmp_path) -> Iterator[tuple[EmulatorServer, LocalQueue, DaemonJobs, Clock]]:
     db = str(tmp_path / "q.db")
     upgrade(db)
     clock = Clock()
@@ -40,10 +40,10 @@ def idle_rig(tmp_path) -> Iterator[tuple[EmulatorServer, LocalQueue, Bridge, Clo
             ),
             now=clock,
         )
-        yield server, queue, Bridge(queue.store, client, config), clock
+        yield server, queue, DaemonJobs(queue.store, client, config), clock
 
 
-def _tick(server: EmulatorServer, bridge: Bridge, clock: Clock, seconds: float) -> int:
+def _tick(server: EmulatorServer, bridge: DaemonJobs, clock: Clock, seconds: float) -> int:
     clock.advance(seconds)
     server.advance_clock(seconds)
     return bridge.pull_tick(clock.now)

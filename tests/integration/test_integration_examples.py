@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.migrate import upgrade
+from bridge.storage.migrations import upgrade
 from taskmanager.emulator import EmulatorServer
 
 from .helpers import wait_until

@@ -330,7 +330,7 @@ def test_bridge_state_round_trip(queue: LocalQueue, clock: Clock):
 
 
 def test_sqlite_files_are_private(tmp_path):
-    from bridge.migrate import upgrade
+    from bridge.storage.migrations import upgrade
 
     path = tmp_path / "private.db"
     upgrade(str(path))
@@ -344,7 +344,7 @@ def test_sqlite_files_are_private(tmp_path):
 def test_taking_a_task_skips_the_fsync_but_nothing_after_it_does(tmp_path):
     """Only the dequeue commits without waiting for the disk (see Store._hot_write):
     the connection is back to synchronous=FULL after it, even when it fails."""
-    from bridge.migrate import upgrade
+    from bridge.storage.migrations import upgrade
 
     path = str(tmp_path / "q.db")
     upgrade(path)
@@ -406,7 +406,7 @@ def test_complete_and_dequeue_is_one_step(migrated_url: str, clock: Clock):
 def sqlite_queue_file(tmp_path: Path, name: str, busy_timeout: float) -> tuple[Path, Any]:
     """A migrated SQLite queue file and a config that waits ``busy_timeout`` for its lock."""
     from bridge import BridgeConfig
-    from bridge.migrate import upgrade
+    from bridge.storage.migrations import upgrade
 
     path = tmp_path / f"{name}.db"
     upgrade(str(path))
@@ -563,7 +563,7 @@ def test_reaping_takes_the_write_lock_only_when_a_lock_ran_out(tmp_path, clock: 
 
 def test_explicit_url_overrides_only_the_url_of_a_given_config(tmp_path):
     from bridge import BridgeConfig
-    from bridge.migrate import upgrade
+    from bridge.storage.migrations import upgrade
 
     url = str(tmp_path / "override.db")
     upgrade(url)
@@ -622,16 +622,14 @@ def test_short_lived_threads_do_not_exhaust_the_pool(queue: LocalQueue):
     assert queue.status().tasks == {("t", "queued"): 100}
 
 
-def test_the_lock_owner_is_named_locked_by_and_worker_id_still_works(migrated_url: str):
-    with (
-        LocalQueue(migrated_url, locked_by="host-1-42") as named,
-        LocalQueue(migrated_url, worker_id="host-1-43") as older,
-    ):
+def test_the_lock_owner_is_named_locked_by_and_the_older_name_is_gone(migrated_url: str):
+    with LocalQueue(migrated_url, locked_by="host-1-42") as named:
         named.enqueue("a", {"x": 1})
         named.enqueue("a", {"x": 2})
         assert named.dequeue().locked_by == "host-1-42"
-        assert older.locked_by == older.worker_id == "host-1-43"
-        assert older.dequeue(worker_id="slot-7").locked_by == "slot-7"
+        assert named.dequeue(locked_by="slot-7").locked_by == "slot-7"
+        with pytest.raises(TypeError):
+            LocalQueue(migrated_url, worker_id="host-1-43")  # type: ignore[call-arg]
 
 
 # -- batches ---------------------------------------------------------------------------------

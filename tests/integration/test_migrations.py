@@ -8,10 +8,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from bridge import DatabaseError, LocalQueue, SchemaError
-from bridge.database import open_engine
-from bridge.migrate import current, downgrade, head_revision, known_revisions, upgrade
-from bridge.revisions import migrations_dir
-from bridge.schema import Base
+from bridge.storage.engine import open_engine
+from bridge.storage.migrations import current, downgrade, head_revision, known_revisions, upgrade
+from bridge.storage.revisions import migrations_dir
+from bridge.storage.schema import Base
 
 TABLES = {"tasks", "outbox", "task_types", "bridge_state"}
 
@@ -133,7 +133,7 @@ def test_sqlite_hot_statements_use_their_indexes(tmp_path):
 
     from sqlalchemy import or_, select
 
-    from bridge.schema import IS_PENDING, IS_PENDING_CREATE, IS_QUEUED, outbox, tasks
+    from bridge.storage.schema import IS_PENDING, IS_PENDING_CREATE, IS_QUEUED, outbox, tasks
     from bridge.storage.statements import Prepared
 
     path = tmp_path / "plan.db"

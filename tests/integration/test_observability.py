@@ -14,12 +14,12 @@ import pytest
 import requests
 
 from bridge import BridgeConfig, LocalQueue
-from bridge.commands import parse_age
-from bridge.daemon import Bridge
+from bridge.cli.commands import parse_age
+from bridge.daemon.jobs import DaemonJobs
 from bridge.errors import BridgeError
-from bridge.metrics import Metrics
-from bridge.migrate import upgrade
-from bridge.operations import Operations
+from bridge.ops.metrics import Metrics
+from bridge.ops.operations import Operations
+from bridge.storage.migrations import upgrade
 from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
 
@@ -46,7 +46,7 @@ def test_health_reports_daemon_and_outbox(db: str, clock: Clock):
         client = TaskManagerClient(
             TaskManagerConfig.from_env({}, api_url=server.url, api_key=server.api_key), now=clock
         )
-        bridge = Bridge(queue.store, client, config)
+        bridge = DaemonJobs(queue.store, client, config)
         from datetime import datetime, timezone
 
         bridge.reap_tick(datetime.now(timezone.utc))
@@ -172,7 +172,7 @@ def test_metrics_count_and_read_the_database(db: str, clock: Clock):
             now=clock,
             observer=metrics.observe_request,
         )
-        bridge = Bridge(queue.store, client, config, metrics=metrics)
+        bridge = DaemonJobs(queue.store, client, config, metrics=metrics)
         bridge.pull_tick(clock.now)
         queue.complete(queue.dequeue(), {"ok": True})
         bridge.push_tick(clock.now)

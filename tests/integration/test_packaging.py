@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.migrate import head_revision
+from bridge.storage.migrations import head_revision
 
 pytestmark = pytest.mark.acceptance
 ROOT = Path(__file__).resolve().parents[2]

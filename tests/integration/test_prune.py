@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import func, select, update
 
 from bridge import LocalQueue
-from bridge.schema import outbox, tasks
 from bridge.storage.pruning import MAX_WINDOW, MIN_WINDOW, Pruner, _next_window
+from bridge.storage.schema import outbox, tasks
 from tests.seed import seed_claimed_tasks, seed_finished_history
 
 HISTORY = 20_000

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select, update
 
 from bridge import LocalQueue
-from bridge.schema import tasks
+from bridge.storage.schema import tasks
 
 from .conftest import Clock
 
@@ -41,7 +41,7 @@ def test_an_instant_given_in_another_zone_reads_back_as_the_same_utc_instant(
 
 
 def test_sqlite_stores_utc_text_in_sqlalchemys_own_format(tmp_path) -> None:
-    from bridge.migrate import upgrade
+    from bridge.storage.migrations import upgrade
 
     url = str(tmp_path / "q.db")
     upgrade(url)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.migrate import upgrade
-from bridge.systemd import Notifier
+from bridge.daemon.systemd import Notifier
+from bridge.storage.migrations import upgrade
 from taskmanager.emulator import EmulatorServer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import pytest
 
 from bridge import BridgeConfig, BridgeConfigError, LocalQueue, ValidationError
-from bridge.operations import Operations
+from bridge.ops.operations import Operations
 from taskmanager import TaskManagerConfig, TaskManagerNotFoundError
 from taskmanager.emulator import EmulatorServer
 

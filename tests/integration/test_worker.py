@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from bridge import BridgeConfig, BridgeError, LocalQueue
-from bridge.migrate import upgrade
+from bridge.storage.migrations import upgrade
 from bridge.worker import Worker, load_handler
 
 from .conftest import Clock

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bridge import LocalQueue
-from bridge.migrate import upgrade
+from bridge.storage.migrations import upgrade
 
 from .helpers import ROOT, wait_until
 

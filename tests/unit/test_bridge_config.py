@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bridge import BridgeConfig, BridgeConfigError
-from bridge.database import normalise_url
+from bridge.storage.engine import normalise_url
 
 
 def test_defaults_without_file_or_env(tmp_path, monkeypatch):
@@ -157,7 +157,7 @@ def test_database_urls_are_shown_as_sqlalchemy_shows_them(url: str):
     """One masking for every URL (taskmanager's), the same text SQLAlchemy gave before."""
     from sqlalchemy.engine import make_url
 
-    from bridge.database import display_url
+    from bridge.storage.engine import display_url
 
     expected = make_url(url).render_as_string(hide_password=True)
     assert display_url(url) == display_url(make_url(url)) == expected

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from bridge import BridgeConfig, LocalQueue
-from bridge.daemon import Bridge
-from bridge.migrate import upgrade
-from bridge.outbox import Verdict, deliver
+from bridge.daemon.delivery import Verdict, deliver
+from bridge.daemon.jobs import DaemonJobs
 from bridge.storage import Store
+from bridge.storage.migrations import upgrade
 from taskmanager import (
     ClaimedTask,
     CompletionResult,
@@ -150,7 +150,7 @@ class Rig:
     store: Store
     client: FakeClient
     clock: Clock
-    make: Callable[..., Bridge]
+    make: Callable[..., DaemonJobs]
 
     def finished_task(self, seconds: float) -> None:
         """A local task that ran for ``seconds`` (what the duration measure reads)."""
@@ -169,7 +169,7 @@ def rig(template: Path, tmp_path: Path) -> Iterator[Rig]:
     client = FakeClient(clock)
     with LocalQueue(str(db), clock=clock) as queue:
 
-        def make(**settings: Any) -> Bridge:
+        def make(**settings: Any) -> DaemonJobs:
             values = {
                 "types": [TYPE],
                 "prefetch": 5,
@@ -180,7 +180,7 @@ def rig(template: Path, tmp_path: Path) -> Iterator[Rig]:
                 **settings,
             }
             config = BridgeConfig.load(env={}, db_url=str(db), **values)
-            return Bridge(
+            return DaemonJobs(
                 queue.store,
                 client,  # type: ignore[arg-type]
                 config,
@@ -633,7 +633,7 @@ def test_concurrent_claims_stay_within_the_limit_and_start_none_after_an_empty_a
         config = BridgeConfig.load(
             env={}, db_url=str(db), types=[TYPE], prefetch=6, workers=4, watch_interval_seconds=0
         )
-        bridge = Bridge(queue.store, client, config, monotonic=lambda: clock.mono)  # type: ignore[arg-type]
+        bridge = DaemonJobs(queue.store, client, config, monotonic=lambda: clock.mono)  # type: ignore[arg-type]
         client.remote[TYPE] = list(range(1, 20))
         assert bridge.pull_tick(clock.now) == 6  # the limit, claimed 4 at a time
         assert client.most_in_flight == 4

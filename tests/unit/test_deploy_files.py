@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from bridge import BridgeConfig, LocalQueue
-from bridge.dashboard_server import DashboardLimits
-from bridge.descriptors import descriptor_need
-from bridge.metrics import Metrics
-from bridge.migrate import upgrade
-from bridge.operations import Operations
+from bridge.daemon.descriptors import descriptor_need
+from bridge.ops.dashboard_server import DashboardLimits
+from bridge.ops.metrics import Metrics
+from bridge.ops.operations import Operations
+from bridge.storage.migrations import upgrade
 
 DEPLOY = Path(__file__).resolve().parents[2] / "examples" / "deploy"
 

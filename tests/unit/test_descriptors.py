@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge import BridgeConfig
-from bridge.descriptors import descriptor_need
+from bridge.daemon.descriptors import descriptor_need
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ import logging, resource, sys
 logging.basicConfig(stream=sys.stderr, format="%(levelname)s %(message)s")
 logging.getLogger("bridge").setLevel(logging.INFO)
 from bridge import BridgeConfig
-from bridge.descriptors import descriptor_need, ensure_descriptors
+from bridge.daemon.descriptors import descriptor_need, ensure_descriptors
 need = descriptor_need(BridgeConfig.load(env={}, db_url="/nonexistent/q.db"), 16)
 kept = ensure_descriptors(need)
 print(need.total, kept, resource.getrlimit(resource.RLIMIT_NOFILE)[0])

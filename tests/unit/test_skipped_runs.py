@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from bridge.skipped_runs import QuietSkips, SkippedRuns
+from bridge.daemon.skipped_runs import QuietSkips, SkippedRuns
 
 
 def test_skips_are_counted_each_and_summarised_once_a_minute(caplog: pytest.LogCaptureFixture):

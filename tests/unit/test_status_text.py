@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from bridge.ages import ago, rate, span
-from bridge.status_text import progress_lines, status_lines
+from bridge.ops.status_text import progress_lines, status_lines
+from bridge.times import ago, rate, span
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 

@@ -1,0 +1,93 @@
+"""``status`` as text: the ``status --json`` document for a person, and, between two
+refreshes of ``status --watch``, how fast the queue drains and what is left.
+
+Times are ages ("12 s ago"), not ISO stamps: the JSON keeps the exact values.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ..models import TASK_STATUSES
+from ..times import ago, from_iso, rate, span
+
+_CONTACT_WORDS = {"ok": "ok", "outage": "OUTAGE", "auth_failed": "AUTH FAILED"}
+
+
+def contact_line(contact: dict[str, Any], now: datetime) -> str:
+    """``ok since 3 min ago``, ``OUTAGE since 12 s ago (connection refused)``."""
+    state = str(contact["state"])
+    line = _CONTACT_WORDS.get(state, state)
+    since = from_iso(contact["since"])
+    if since is not None and state != "unknown":
+        line += f" since {ago(since, now)}"
+    if contact["reason"] and state != "ok":
+        line += f" ({contact['reason']})"
+    return line
+
+
+def status_lines(doc: dict[str, Any], now: datetime) -> list[str]:
+    """The plain ``status`` output."""
+    worker_id = doc["worker_id"] or "(daemon not run)"
+    lines = [f"queue: {doc['database']}   remote worker id: {worker_id}"]
+    header = "".join(f"{s:>10}" for s in TASK_STATUSES)
+    lines.append(f"  {'type':30}{header}")
+    for task_type, by_status in doc["tasks"].items():
+        lines.append(f"  {task_type:30}" + "".join(f"{by_status[s]:>10}" for s in TASK_STATUSES))
+    if not doc["tasks"]:
+        lines.append("  (no tasks yet)")
+    age = doc["oldest_pending_outbox_age_seconds"]
+    oldest = f" (oldest waits {span(age)})" if age is not None else ""
+    outbox = ", ".join(f"{s} {n}" for s, n in doc["outbox"].items())
+    lines.append(f"outbox: {outbox}{oldest}")
+    for task_type, plan in doc["claim_limits"].items():
+        reason = plan["reason"] or "prefetch room"
+        lines.append(
+            f"claim limit {task_type}: {plan['limit']} ({reason}; {plan['queued']} queued)"
+        )
+    lines.append(
+        f"last contact: {ago(from_iso(doc['last_contact']), now)}   "
+        f"contact: {contact_line(doc['contact'], now)}"
+    )
+    limited = from_iso(doc.get("rate_limited_until"))
+    if limited is not None and limited > now:
+        lines.append(f"rate limited (429): the refused job waits, until {ago(limited, now)}")
+    return lines
+
+
+def _finished(counts: dict[str, int]) -> int:
+    return sum(counts.get(s, 0) for s in ("done", "failed", "expired", "cancelled"))
+
+
+def _left(seconds: float, count: int, per_second: float) -> str:
+    if count == 0:
+        return "nothing left"
+    if per_second <= 0:
+        return f"{count} left"
+    return f"{count} left, ~{span(count / per_second)} to go"
+
+
+def progress_lines(previous: dict[str, Any], current: dict[str, Any], seconds: float) -> list[str]:
+    """Rates between two documents ``seconds`` apart, and what is left at that pace."""
+    if seconds <= 0:
+        return []
+    lines = []
+    for task_type, counts in current["tasks"].items():
+        before = previous["tasks"].get(task_type, {})
+        finished = _finished(counts) - _finished(before)
+        left = counts.get("queued", 0) + counts.get("running", 0)
+        per_second = max(finished, 0) / seconds
+        lines.append(
+            f"  {task_type}: finishing {rate(max(finished, 0), seconds)}; "
+            f"{_left(seconds, left, per_second)} (queued + running)"
+        )
+    delivered = sum(current["outbox"].get(s, 0) for s in ("delivered", "superseded", "dead"))
+    delivered -= sum(previous["outbox"].get(s, 0) for s in ("delivered", "superseded", "dead"))
+    pending = current["outbox"].get("pending", 0)
+    per_second = max(delivered, 0) / seconds
+    lines.append(
+        f"  outbox: settling {rate(max(delivered, 0), seconds)}; "
+        f"{_left(seconds, pending, per_second)} (pending)"
+    )
+    return [f"over the last {span(seconds)}:", *lines]

@@ -1,0 +1,368 @@
+"""The worker's calls on the ``tasks`` table: enqueue, take, heartbeat, progress,
+complete and fail, each one transaction of prepared statements (``statements``) in a
+``hot_write``. A task's change and its outbox row are written in that one
+transaction (promise 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from ..errors import TaskNotHeldError
+from ..models import LocalTask
+from .connector import Connector
+from .outbox import append_for_task
+from .statements import Prepared, Statement, json_text, seconds
+from .task_reads import read_task
+
+# A local-only task to add: (type, params, priority, metadata).
+NewTask = tuple[str, dict[str, Any], int, "dict[str, Any] | None"]
+
+
+def _new_task(task_id: int, item: NewTask, now: datetime) -> LocalTask:
+    """The task just inserted, from what was given (the row holds nothing else)."""
+    task_type, params, priority, metadata = item
+    return LocalTask(
+        id=task_id,
+        type=task_type,
+        params=params,
+        priority=priority,
+        status="queued",
+        attempts=0,
+        locked_by=None,
+        locked_until=None,
+        remote_id=None,
+        remote_attempt=None,
+        remote_worker_id=None,
+        lease_expires_at=None,
+        progress=0,
+        result=None,
+        error=None,
+        metadata=metadata or {},
+        created_at=now.astimezone(timezone.utc),
+        started_at=None,
+        finished_at=None,
+    )
+
+
+def _enqueue_values(item: NewTask, now: datetime) -> dict[str, Any]:
+    task_type, params, priority, metadata = item
+    return {
+        "v_type": task_type,
+        "v_params": params,
+        "v_priority": priority,
+        "v_status": "queued",
+        "v_attempts": 0,
+        "v_progress": 0,
+        "v_created_at": now,
+        "v_metadata": metadata,
+    }
+
+
+def _insert_in_a_row(statement: Statement, conn: Any, rows: list[dict[str, Any]]) -> list[int]:
+    """SQLite: insert ``rows`` with one ``executemany``; their ids, in order.
+
+    Under the write lock each new row's id is the largest so far plus one (SQLite's
+    rowid rule, without AUTOINCREMENT), so the batch's ids are the ``len(rows)``
+    ending at ``last_insert_rowid()``; counted again, in case the rule ever did not
+    hold (only past the largest rowid SQLite can store).
+    """
+    statement.run_many(conn, rows)
+    last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    first = last - len(rows) + 1
+    found = conn.execute("SELECT count(*) FROM tasks WHERE id BETWEEN ? AND ?", (first, last))
+    if found.fetchone()[0] != len(rows):
+        raise RuntimeError(f"enqueue_many: the {len(rows)} new ids are not {first}..{last}")
+    return list(range(first, last + 1))
+
+
+def _token(task: LocalTask) -> dict[str, Any]:
+    """The claim token: only the holder of this attempt may change the running task."""
+    return {"p_id": task.id, "p_holder": task.locked_by, "p_attempts": task.attempts}
+
+
+class WorkerQueries:
+    """The worker's writes of ``tasks`` (and their outbox rows)."""
+
+    db: Connector
+    sql: Prepared
+
+    def enqueue(
+        self,
+        task_type: str,
+        params: dict[str, Any],
+        priority: int,
+        metadata: dict[str, Any] | None,
+        now: datetime,
+    ) -> LocalTask:
+        """A local-only task (no remote id): the specification's hybrid pattern."""
+        item = (task_type, params, priority, metadata)
+        if self.db.is_postgresql:
+            return self.enqueue_many([item], now)[0]
+        with self.db.one_statement() as conn:  # SQLite: the INSERT commits on its own
+            task_id = self.sql.enqueue_rows.insert(conn, _enqueue_values(item, now))
+        return _new_task(task_id, item, now)
+
+    def enqueue_many(self, items: Sequence[NewTask], now: datetime) -> list[LocalTask]:
+        """Local-only tasks ``(type, params, priority, metadata)``, in ONE transaction."""
+        rows = [_enqueue_values(item, now) for item in items]
+        with self.db.hot_write() as conn:
+            if len(rows) > 1 and not self.db.is_postgresql:
+                added = _insert_in_a_row(self.sql.enqueue_rows, conn, rows)
+            else:
+                added = [self.sql.enqueue.run(conn, values).one()[0] for values in rows]
+        return [_new_task(task_id, item, now) for task_id, item in zip(added, items, strict=True)]
+
+    def dequeue(
+        self,
+        types: Sequence[str] | None,
+        locked_by: str,
+        lock_seconds: float,
+        lease_margin_seconds: float,
+        now: datetime,
+    ) -> LocalTask | None:
+        """Lock the best queued task to ``locked_by``: highest priority, then oldest.
+
+        Skips tasks whose remote lease ends within the margin (promise 2).
+        """
+        with self.db.hot_write(durable=False) as conn:
+            return self._dequeue(conn, types, locked_by, lock_seconds, lease_margin_seconds, now)
+
+    def dequeue_many(
+        self,
+        types: Sequence[str] | None,
+        worker_id: str,
+        limit: int,
+        lock_seconds: float,
+        lease_margin_seconds: float,
+        now: datetime,
+    ) -> list[LocalTask]:
+        """Up to ``limit`` of the best queued tasks, locked to ``worker_id`` in one
+        transaction, best first (see ``dequeue``)."""
+        with self.db.hot_write(durable=False) as conn:
+            return self._dequeue_many(
+                conn, types, worker_id, limit, lock_seconds, lease_margin_seconds, now
+            )
+
+    def _take_values(
+        self,
+        types: Sequence[str] | None,
+        locked_by: str,
+        lock_seconds: float,
+        lease_margin_seconds: float,
+        now: datetime,
+    ) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "p_lease_floor": now + seconds(lease_margin_seconds),
+            "p_worker": locked_by,
+            "p_until": now + seconds(lock_seconds),
+            "p_now": now,
+        }
+        for i, name in enumerate(types or ()):
+            values[f"p_type_{i}"] = name
+        return values
+
+    def _dequeue(
+        self,
+        conn: Any,
+        types: Sequence[str] | None,
+        worker_id: str,
+        lock_seconds: float,
+        lease_margin_seconds: float,
+        now: datetime,
+    ) -> LocalTask | None:
+        values = self._take_values(types, worker_id, lock_seconds, lease_margin_seconds, now)
+        row = self.sql.dequeue(len(types or ())).run(conn, values).first()
+        return LocalTask.from_values(row) if row is not None else None
+
+    def _dequeue_many(
+        self,
+        conn: Any,
+        types: Sequence[str] | None,
+        worker_id: str,
+        limit: int,
+        lock_seconds: float,
+        lease_margin_seconds: float,
+        now: datetime,
+    ) -> list[LocalTask]:
+        if limit < 1:
+            return []
+        values = self._take_values(types, worker_id, lock_seconds, lease_margin_seconds, now)
+        values["p_limit"] = limit
+        rows = self.sql.dequeue(len(types or ()), many=True).run(conn, values).rows
+        taken = [LocalTask.from_values(row) for row in rows]
+        taken.sort(key=lambda task: (-task.priority, task.id))  # RETURNING keeps no order
+        return taken
+
+    def _refuse(self, conn: Any, task: LocalTask, action: str) -> TaskNotHeldError:
+        current = read_task(self.sql, conn, task.id)
+        if current is None:
+            return TaskNotHeldError(
+                f"cannot {action} task {task.id}: it no longer exists", task_id=task.id
+            )
+        if current.status == "running":
+            why = f"it is now held by {current.locked_by} (attempt {current.attempts})"
+        else:
+            why = f"it is {current.status} now"
+        return TaskNotHeldError(
+            f"cannot {action} task {task.id}: {task.locked_by} (attempt {task.attempts}) "
+            f"no longer holds it; {why}. Nothing was changed.",
+            current.status,
+            task.id,
+        )
+
+    def _update_held(
+        self, conn: Any, statement: Statement, task: LocalTask, action: str, **values: Any
+    ) -> None:
+        if statement.run(conn, {**_token(task), **values}).rowcount != 1:
+            raise self._refuse(conn, task, action)
+
+    def heartbeat(self, task: LocalTask, lock_seconds: float, now: datetime) -> datetime:
+        until = now + seconds(lock_seconds)
+        with self.db.hot_write() as conn:
+            self._update_held(conn, self.sql.heartbeat, task, "heartbeat", p_until=until)
+        return until
+
+    def record_progress(
+        self,
+        task: LocalTask,
+        percent: int,
+        message: str | None,
+        lock_seconds: float,
+        now: datetime,
+    ) -> None:
+        """Progress also renews the local lock; the newest pending progress row replaces older."""
+        until = now + seconds(lock_seconds)
+        with self.db.hot_write() as conn:
+            self._update_held(
+                conn,
+                self.sql.progress,
+                task,
+                "report progress on",
+                p_progress=percent,
+                p_until=until,
+            )
+            if task.remote_id is None:
+                return
+            payload = {"progress": percent, "message": message}
+            replaced = self.sql.replace_progress.run(
+                conn,
+                {
+                    "p_task_id": task.id,
+                    "p_payload": payload,
+                    "p_now": now,
+                    "p_remote_attempt": task.remote_attempt,
+                    "p_remote_worker": task.remote_worker_id,
+                },
+            ).rowcount
+            if not replaced:
+                append_for_task(self.sql, conn, "progress", payload, now, task)
+
+    def complete(self, task: LocalTask, result: dict[str, Any], now: datetime) -> None:
+        with self.db.hot_write() as conn:
+            self._complete(conn, task, result, now)
+
+    def complete_and_dequeue(
+        self,
+        task: LocalTask,
+        result: dict[str, Any],
+        types: Sequence[str] | None,
+        lock_seconds: float,
+        lease_margin_seconds: float,
+        now: datetime,
+    ) -> LocalTask | None:
+        """Finish ``task`` and take the next one in ONE transaction (one commit per task)."""
+        with self.db.hot_write() as conn:
+            self._complete(conn, task, result, now)
+            return self._dequeue(
+                conn, types, str(task.locked_by), lock_seconds, lease_margin_seconds, now
+            )
+
+    def complete_many(
+        self, finished: Sequence[tuple[LocalTask, dict[str, Any]]], now: datetime
+    ) -> list[TaskNotHeldError]:
+        """Finish many tasks in ONE transaction (one commit); returns the refusals (tasks
+        this worker no longer holds: nothing of theirs changed), the rest are done."""
+        with self.db.hot_write() as conn:
+            return self._finish_many(conn, finished, now)
+
+    def complete_many_and_dequeue(
+        self,
+        finished: Sequence[tuple[LocalTask, dict[str, Any]]],
+        worker_id: str,
+        limit: int,
+        types: Sequence[str] | None,
+        lock_seconds: float,
+        lease_margin_seconds: float,
+        now: datetime,
+    ) -> tuple[list[TaskNotHeldError], list[LocalTask]]:
+        """``complete_many`` then take up to ``limit`` tasks, in ONE transaction."""
+        with self.db.hot_write() as conn:
+            refused = self._finish_many(conn, finished, now)
+            taken = self._dequeue_many(
+                conn, types, worker_id, limit, lock_seconds, lease_margin_seconds, now
+            )
+        return refused, taken
+
+    def _finish_many(
+        self, conn: Any, finished: Sequence[tuple[LocalTask, dict[str, Any]]], now: datetime
+    ) -> list[TaskNotHeldError]:
+        refused = []
+        for task, result in finished:
+            try:
+                self._complete(conn, task, result, now)
+            except TaskNotHeldError as exc:
+                refused.append(exc)
+        return refused
+
+    def fail(
+        self,
+        task: LocalTask,
+        error: str,
+        retry: bool,
+        now: datetime,
+        not_before: datetime | None = None,
+    ) -> None:
+        """Fail the task, or (``retry``) put it back in the queue, handed out again from
+        ``not_before`` on (at once when ``None``)."""
+        with self.db.hot_write() as conn:
+            if retry:
+                self._update_held(
+                    conn,
+                    self.sql.requeue_held,
+                    task,
+                    "retry",
+                    p_error=error,
+                    p_not_before=not_before,
+                )
+            else:
+                self._finish(conn, task, "fail", {"error": error}, now, p_error=error)
+
+    def _complete(self, conn: Any, task: LocalTask, result: dict[str, Any], now: datetime) -> None:
+        """``_finish`` for a result, encoded once for the task row and its outbox row."""
+        text = json_text(result)
+        self._finish(conn, task, "complete", f'{{"result": {text}}}', now, p_result=text)
+
+    def _finish(
+        self,
+        conn: Any,
+        task: LocalTask,
+        kind: Any,
+        payload: dict[str, Any] | str,
+        now: datetime,
+        **values: Any,
+    ) -> None:
+        """The task's end and its outbox row, in the caller's transaction: promise 1."""
+        statement = self.sql.finish_done if kind == "complete" else self.sql.finish_failed
+        progress = statement.run(conn, {**_token(task), "p_now": now, **values}).scalar()
+        if progress is None:
+            raise self._refuse(conn, task, kind)
+        if task.remote_id is None:
+            return
+        if progress:
+            reason = f"task ended locally ({kind}) before this progress was sent"
+            self.sql.obsolete_progress.run(
+                conn, {"p_task_id": task.id, "p_now": now, "p_reason": reason}
+            )
+        append_for_task(self.sql, conn, kind, payload, now, task)
