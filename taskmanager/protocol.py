@@ -31,7 +31,7 @@ from .exceptions import (
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 
-# The server's words when MariaDB aborted the transaction (API_CONTRACT.md,
+# The server's words when MariaDB aborted the transaction (docs/SERVER_BEHAVIOUR.md,
 # "Transient deadlocks under concurrency"): it was rolled back, so sending the
 # request again is as safe as after a 503.
 TRANSIENT_DEADLOCK_MARKERS = ("SQLSTATE[40001]", "Deadlock found when trying to get lock")

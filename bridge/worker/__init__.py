@@ -9,11 +9,13 @@ latter with ``handler_loop``); ``thread_runner`` and ``process_pool`` run one ca
 from .asyncio_engine import AsyncTaskContext
 from .core import WorkerExit
 from .handlers import TaskContext, TaskPolicy, load_handler
+from .process_pool import PoolOptions
 from .retry import Retry, RetryPolicy
 from .service import Worker
 
 __all__ = [
     "AsyncTaskContext",
+    "PoolOptions",
     "Retry",
     "RetryPolicy",
     "TaskContext",

@@ -51,7 +51,7 @@ class EmulatorSettings:
     seed: int = 0  # for the deadlock draws
 
 
-# The reference server (loopback, 4 PHP workers, MariaDB; API_CONTRACT.md): ~2.7 ms a
+# The reference server (loopback, 4 PHP workers, MariaDB; docs/SERVER_BEHAVIOUR.md): ~2.7 ms a
 # request alone, 4-5 ms each with 4 clients at once; about 1 deadlock in 300 completions.
 REALISTIC_COSTS: dict[str, float | int] = {
     "service_seconds": 0.003,

@@ -19,7 +19,7 @@ from .store import data_too_long
 MAX_HANG_SECONDS = 600.0
 
 # What the deployed server answers (500) when MariaDB aborts a transaction under
-# concurrency (API_CONTRACT.md, "Transient deadlocks under concurrency").
+# concurrency (docs/SERVER_BEHAVIOUR.md, "Under load").
 DEADLOCK_ERROR = (
     "SQLSTATE[40001]: Serialization failure: 1213 Deadlock found when trying to get lock; "
     "try restarting transaction"

@@ -1,4 +1,4 @@
-"""Contract: health, auth, routing, task types, creation, dedupe, validation (API_CONTRACT.md)."""
+"""Contract: health, auth, routing, task types, creation, dedupe, validation (docs/SERVER_BEHAVIOUR.md)."""
 
 from __future__ import annotations
 

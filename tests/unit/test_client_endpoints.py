@@ -1,4 +1,4 @@
-"""Every endpoint against the exact bodies measured on the real server (API_CONTRACT.md)."""
+"""Every endpoint against the exact bodies measured on the real server (docs/SERVER_BEHAVIOUR.md)."""
 
 from __future__ import annotations
 

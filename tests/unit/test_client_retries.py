@@ -310,7 +310,7 @@ DEADLOCK_TEXT = (
     "SQLSTATE[40001]: Serialization failure: 1213 Deadlock found when trying to get lock; "
     "try restarting transaction"
 )
-# The exact body the deployed server sends (API_CONTRACT.md, transient deadlocks).
+# The exact body the deployed server sends (docs/SERVER_BEHAVIOUR.md, under load).
 DEADLOCK = {"success": False, "error": DEADLOCK_TEXT, "timestamp": 1795869146}
 COMPLETED = ok({"id": "5", "status": "completed", "message": "Task completed"})
 

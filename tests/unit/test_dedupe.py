@@ -1,4 +1,4 @@
-"""The server's dedupe key: digests measured on the real server (API_CONTRACT.md)."""
+"""The server's dedupe key: digests measured on the real server (docs/SERVER_BEHAVIOUR.md)."""
 
 from __future__ import annotations
 
