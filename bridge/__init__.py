@@ -13,6 +13,7 @@ from .errors import (
     ValidationError,
 )
 from .models import LocalTask, OutboxEntry, QueueCounts
+from .once import forget_once_keys, record_once
 from .queue import LocalQueue
 from .worker import Retry, RetryPolicy, TaskContext, TaskPolicy, Worker
 
@@ -34,4 +35,6 @@ __all__ = [
     "ValidationError",
     "Worker",
     "__version__",
+    "forget_once_keys",
+    "record_once",
 ]

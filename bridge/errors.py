@@ -36,3 +36,13 @@ class TaskNotHeldError(BridgeError):
 
 class ValidationError(BridgeError, ValueError):
     """Params, a result or a schema that cannot be queued (the server would refuse them)."""
+
+
+class WriteFailed(BridgeError):
+    """A handler's write (``context.write_with_result``) raised in the result's
+    transaction: nothing of it, nor the result, was kept. ``error`` is what it raised;
+    the worker ends the task as if the handler had raised it."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error

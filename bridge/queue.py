@@ -32,7 +32,7 @@ from .config import BridgeConfig
 from .errors import TaskNotHeldError, ValidationError
 from .models import LocalTask, OutboxEntry, OutboxStatus, QueueCounts
 from .payloads import encoded, encoded_object, stored_result, validated
-from .storage import NewTask, Store, open_store
+from .storage import NewTask, Store, Write, open_store
 from .times import utcnow
 
 
@@ -74,6 +74,7 @@ class LocalQueue(ClosedOnExit):
         self.locked_by = locked_by or default_lock_owner()
         self.clock = clock
         self._validators: dict[str, tuple[str, Any]] = {}
+        self._queue_id: str | None = None
 
     def close(self) -> None:
         self.store.close()
@@ -115,13 +116,26 @@ class LocalQueue(ClosedOnExit):
             raise ValidationError(f"progress must be an int 0..100, got {percent!r}")
         self.store.record_progress(task, percent, message, self.config.lock_seconds, self.clock())
 
-    def complete(self, task: LocalTask, result: Mapping[str, Any] | None = None) -> None:
+    def complete(
+        self,
+        task: LocalTask,
+        result: Mapping[str, Any] | None = None,
+        *,
+        writes: Sequence[Write] = (),
+    ) -> None:
         """Finish the task; durable (and queued for the server) when this returns.
 
-        ``result`` goes through the encoder (``payloads.encoded``): a value it cannot encode raises
-        ``ValidationError`` naming its key path, and nothing is written; so does a result
-        over the server's 65,535 bytes (``payloads.stored_result``)."""
-        self.store.complete(task, stored_result(result), self.clock())
+        ``result`` goes through the encoder (``payloads.encoded``): a value it cannot
+        encode raises ``ValidationError`` naming its key path, and nothing is written; so
+        does a result over the server's 65,535 bytes (``payloads.stored_result``).
+        ``writes``: the handler's own writes, each ``write(connection)`` run in this same
+        transaction (``TaskContext.write_with_result``); one that raises rolls all back
+        (``WriteFailed``)."""
+        stored = stored_result(result)
+        if writes:
+            self.store.complete_with_writes(task, stored, writes, self.clock())
+        else:
+            self.store.complete(task, stored, self.clock())
 
     def complete_and_dequeue(
         self,
@@ -129,19 +143,35 @@ class LocalQueue(ClosedOnExit):
         result: Mapping[str, Any] | None = None,
         types: Sequence[str] | str | None = None,
         lock_seconds: float | None = None,
+        *,
+        writes: Sequence[Write] = (),
     ) -> LocalTask | None:
         """``complete(task)`` then ``dequeue()`` for the same worker, in one transaction.
 
         Half the commits of the two calls: the worker loop's fast path.
         """
+        wanted = [types] if isinstance(types, str) else types
+        seconds = lock_seconds if lock_seconds is not None else self.config.lock_seconds
+        margin = self.config.lease_margin_seconds
+        if writes:
+            take = (wanted, seconds, margin)
+            return self.store.complete_with_writes(
+                task, stored_result(result), writes, self.clock(), take
+            )
         return self.store.complete_and_dequeue(
-            task,
-            stored_result(result),
-            [types] if isinstance(types, str) else types,
-            lock_seconds if lock_seconds is not None else self.config.lock_seconds,
-            self.config.lease_margin_seconds,
-            self.clock(),
+            task, stored_result(result), wanted, seconds, margin, self.clock()
         )
+
+    def idempotency_key(self, task: LocalTask) -> str:
+        """One text for every run and attempt of ``task``: ``taskmanager-task-<remote id>``
+        for a remote task (ids are the server's), ``local-task-<queue id>-<id>`` for a
+        local-only one (the queue database's own random id, so two queues writing into
+        one database never share a key). For ``record_once``."""
+        if task.remote_id is not None:
+            return f"taskmanager-task-{task.remote_id}"
+        if self._queue_id is None:
+            self._queue_id = self.store.queue_identity(self.clock())
+        return f"local-task-{self._queue_id}-{task.id}"
 
     def fail(
         self,

@@ -38,7 +38,7 @@ from .state import (
     ThrottledState,
 )
 from .statements import Prepared
-from .task_queue import NewTask, WorkerQueries
+from .task_queue import NewTask, WorkerQueries, Write
 from .task_reads import TaskReads
 from .views import ViewQueries
 
@@ -100,6 +100,7 @@ __all__ = [
     "SettledRow",
     "Store",
     "ThrottledState",
+    "Write",
     "check_schema",
     "display_url",
     "normalise_url",

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from .db_errors import driver_errors, translated_errors
 from .sqlite_locking import (
@@ -38,6 +38,12 @@ class Connector:
         self._thread_local = threading.local()
         self._driver_errors = driver_errors(engine)
         self._translated: tuple[type[BaseException], ...] = (SQLAlchemyError, *self._driver_errors)
+        # The database's own trouble (locked, full, gone), as opposed to what a statement
+        # asked for (a constraint, a syntax error): waited out, not blamed on the caller.
+        self.operational_errors: tuple[type[BaseException], ...] = (
+            OperationalError,
+            *driver_errors(engine, "OperationalError"),
+        )
         self._holders: weakref.WeakSet[ThreadConnection] = weakref.WeakSet()
         self._holders_lock = threading.Lock()
         # SQLite: this process's writers take turns here, so that one of them (not every

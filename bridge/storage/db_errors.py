@@ -38,10 +38,11 @@ def describe_failure(exc: BaseException) -> str:
     return text_
 
 
-def driver_errors(engine: Engine) -> tuple[type[BaseException], ...]:
-    """The DBAPI's own error class: raised by statements run on the driver connection."""
+def driver_errors(engine: Engine, name: str = "Error") -> tuple[type[BaseException], ...]:
+    """The DBAPI's own error class ``name`` (``Error``, the base, by default): raised by
+    statements run on the driver connection."""
     dbapi = getattr(engine.dialect, "loaded_dbapi", None) or engine.dialect.dbapi
-    error = getattr(dbapi, "Error", None)
+    error = getattr(dbapi, name, None)
     return (error,) if isinstance(error, type) else ()
 
 

@@ -23,6 +23,7 @@ LAST_TICK_KEY = "last_tick"
 CLAIM_PLAN_KEY = "claim_plan:"  # + task type: the claim limit, its inputs and reason (JSON)
 CLAIM_INTENT_KEY = "claim_intent:"  # + a random id: claims asked for, not yet all recorded
 FOREIGN_CLAIMS_KEY = "foreign_claims"  # claims by our worker id that no intent of ours explains
+QUEUE_ID_KEY = "queue_id"  # this queue database's own random id (local tasks' idempotency keys)
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,18 @@ class StateQueries:
     def delete_state(self, key: str) -> None:
         with self.db.write() as conn:
             conn.execute(delete(bridge_state).where(bridge_state.c.key == key))
+
+    def queue_identity(self, now: datetime) -> str:
+        """This queue database's random id, made on first use and kept for good: what
+        tells its local-only task 5 from another queue's task 5."""
+        with self.db.write() as conn:
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            row = {"key": QUEUE_ID_KEY, "value": uuid.uuid4().hex, "updated_at": now}
+            conn.execute(dialect.insert(bridge_state).values(**row).on_conflict_do_nothing())
+            value = conn.execute(
+                select(bridge_state.c.value).where(bridge_state.c.key == QUEUE_ID_KEY)
+            ).scalar_one()
+        return str(value)
 
     def set_state(self, key: str, value: str, now: datetime) -> None:
         with self.db.write() as conn:

@@ -5,11 +5,13 @@ transaction (promise 1)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from ..errors import TaskNotHeldError
+from sqlalchemy import Connection
+
+from ..errors import TaskNotHeldError, WriteFailed
 from ..models import LocalTask
 from .connector import Connector
 from .outbox import append_for_task
@@ -18,6 +20,10 @@ from .task_reads import read_task
 
 # A local-only task to add: (type, params, priority, metadata).
 NewTask = tuple[str, dict[str, Any], int, "dict[str, Any] | None"]
+# A handler's write in its result's transaction: ``write(connection)``.
+Write = Callable[[Connection], Any]
+# What to take next in a result's transaction: (types, lock seconds, lease margin).
+Take = tuple["Sequence[str] | None", float, float]
 
 
 def _new_task(task_id: int, item: NewTask, now: datetime) -> LocalTask:
@@ -275,6 +281,39 @@ class WorkerQueries:
         """Finish ``task`` and take the next one in ONE transaction (one commit per task)."""
         with self.db.hot_write() as conn:
             self._complete(conn, task, result, now)
+            return self._dequeue(
+                conn, types, str(task.locked_by), lock_seconds, lease_margin_seconds, now
+            )
+
+    def complete_with_writes(
+        self,
+        task: LocalTask,
+        result: dict[str, Any],
+        writes: Sequence[Write],
+        now: datetime,
+        take: Take | None = None,
+    ) -> LocalTask | None:
+        """``complete`` and the handler's own ``writes``, each ``write(connection)`` on the
+        transaction's SQLAlchemy ``Connection``, committed together or not at all; with
+        ``take`` (types, lock seconds, lease margin), the next task in the same transaction.
+
+        The task is checked first (a task no longer held runs no write: ``TaskNotHeldError``).
+        A write that raises rolls everything back and comes out as ``WriteFailed``; only
+        an operational database error (a full disk, a lost connection) comes out as the
+        ``DatabaseError`` it is, for the caller to wait out and try again whole.
+        """
+        with self.db.write() as conn:
+            self._complete(conn, task, result, now)
+            for write in writes:
+                try:
+                    write(conn)
+                except self.db.operational_errors:
+                    raise
+                except Exception as exc:
+                    raise WriteFailed(exc) from exc
+            if take is None:
+                return None
+            types, lock_seconds, lease_margin_seconds = take
             return self._dequeue(
                 conn, types, str(task.locked_by), lock_seconds, lease_margin_seconds, now
             )

@@ -30,7 +30,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import TaskNotHeldError, ValidationError
@@ -41,7 +41,7 @@ from ..queue import LocalQueue
 from ..storage import GaveUp, SchemaGone
 from .core import MIN_POLL_SECONDS, WorkerCore, next_idle_wait
 from .handler_loop import HandlerLoop, HandlerRun
-from .handlers import Handlers, TaskContext, awaitable_refusal
+from .handlers import Handlers, TaskContext, awaitable_refusal, with_writes
 from .thread_runner import Ran, run_call
 
 logger = logging.getLogger("bridge.worker")
@@ -55,15 +55,21 @@ STALLED = "handed back: its time limit ran out while the event loop was blocked"
 WAIT_SLICE_SECONDS = 0.2  # a loop with every slot busy still looks at stop() this often
 
 
-@dataclass
-class AsyncTaskContext:
-    """What an async handler may use besides its params: ``await context.progress(...)``."""
+class AsyncTaskContext(TaskContext):
+    """What an async handler may use besides its params: ``await context.progress(...)``,
+    and ``write_with_result``/``idempotency_key`` as a blocking handler's context (the
+    writes run where the queue's writes run, never on the loop)."""
 
-    task: LocalTask
-    queue: LocalQueue
-    _submit: Callable[..., asyncio.Future[Any]] = field(repr=False)
+    def __init__(
+        self,
+        task: LocalTask,
+        queue: LocalQueue,
+        submit: Callable[..., asyncio.Future[Any]],
+    ) -> None:
+        super().__init__(task, queue)
+        self._submit = submit
 
-    def progress(self, percent: int, message: str | None = None) -> asyncio.Future[None]:
+    def progress(self, percent: int, message: str | None = None) -> asyncio.Future[None]:  # type: ignore[override]
         """Record progress (renews the lock) off the event loop. The write starts when
         called, so a forgotten ``await`` loses nothing; awaiting waits for it (and raises
         what it raised, such as a bad percent)."""
@@ -317,7 +323,7 @@ class AsyncEngine:
             ):
                 await self._offload(self._hand_back_stalled, task)
             elif ran.kind == "ok":
-                stored_later = await self._finish(task, ran.value, started)
+                stored_later = await self._finish(task, ran, started)
             else:
                 await self._offload(core.settle_failure, task, ran, limit, started)
         except asyncio.CancelledError:
@@ -347,9 +353,15 @@ class AsyncEngine:
                 extra=task_fields(task.id, task.remote_id, task.type),
             )
 
-    async def _finish(self, task: LocalTask, value: Any, started: float) -> bool:
+    async def _finish(self, task: LocalTask, ran: Ran, started: float) -> bool:
         """Queue the result for the next trip; a result that cannot be encoded fails its
-        task here instead of spoiling the batch. True when it was queued."""
+        task here instead of spoiling the batch. True when it was queued. A result with
+        the handler's own writes is stored at once, alone, in their transaction (off the
+        loop, as every queue call): a write that raises must not spoil a batch either."""
+        value = ran.value
+        if ran.writes:
+            await self._offload(self.core.complete, task, value, started, None, ran.writes)
+            return False
         refused = awaitable_refusal(value)
         try:
             if refused is None:
@@ -371,17 +383,18 @@ class AsyncEngine:
         wants_context = self.handlers.wants_context[task.type]
         args: tuple[Any, ...] = (task.params,)
         if not self.handlers.is_async[task.type]:
+            context = TaskContext(task, queue)
             if wants_context:
-                args += (TaskContext(task, queue),)
+                args += (context,)
             call = _in_thread(lambda: handler(*args), task.id)
-            if limit is None:
-                return await call, False
             try:  # on this loop, which no handler blocks: the limit is the thread's own
-                return await asyncio.wait_for(call, limit), False
+                ran = await (call if limit is None else asyncio.wait_for(call, limit))
             except asyncio.TimeoutError:
                 return Ran("timeout"), False
+            return with_writes(ran, context), False
+        context = AsyncTaskContext(task, queue, self._submit)
         if wants_context:
-            args += (AsyncTaskContext(task, queue, self._submit),)
+            args += (context,)
         run = HandlerRun(task, lambda: handler(*args), limit)
         self._runs.add(run)
         try:
@@ -390,7 +403,7 @@ class AsyncEngine:
             self._runs.discard(run)
         if finished.ran is None:  # cancelled by the worker: the grace is over
             raise asyncio.CancelledError
-        return finished.ran, finished.stalled
+        return with_writes(finished.ran, context), finished.stalled
 
 
 async def _in_thread(call: Callable[[], Any], task_id: int) -> Ran:

@@ -19,12 +19,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import BridgeError, TaskNotHeldError, ValidationError
+from ..errors import BridgeError, TaskNotHeldError, ValidationError, WriteFailed
 from ..logs import task_fields
 from ..models import LocalTask
 from ..payloads import as_result
 from ..queue import LocalQueue
-from ..storage import ChangeWatch, GaveUp, Patience
+from ..storage import ChangeWatch, GaveUp, Patience, Write
 from .handlers import TaskPolicy, awaitable_refusal
 from .heartbeats import Heartbeats
 from .process_pool import HandlerError, ResultRefused
@@ -232,11 +232,18 @@ class WorkerCore:
         return self.patience.call(what, action, give_up or self.abandoned)
 
     def complete(
-        self, task: LocalTask, value: Any, started: float, next_from: Sequence[str] | None = None
+        self,
+        task: LocalTask,
+        value: Any,
+        started: float,
+        next_from: Sequence[str] | None = None,
+        writes: Sequence[Write] = (),
     ) -> LocalTask | None:
-        """Store the handler's ``value`` as the result; with ``next_from`` (types), the
-        next task for the same slot comes in the same transaction, unless the worker is
-        stopping or ``max_tasks`` is reached. A value that cannot be stored fails the task."""
+        """Store the handler's ``value`` as the result, with its ``writes`` in the same
+        transaction; with ``next_from`` (types), the next task for the same slot comes in
+        that transaction too, unless the worker is stopping or ``max_tasks`` is reached.
+        A value that cannot be stored fails the task; a write that raises ends it as the
+        handler's raise would (its retry policy applies)."""
         refused = awaitable_refusal(value)
         if refused is not None:
             self.fail(task, refused, started)
@@ -244,17 +251,22 @@ class WorkerCore:
         result = as_result(value)
         wanted = next_from is not None and not self.stopping.is_set() and self.room(1) != 0
         what = f"storing the result of task {task.id}"
+        queue = self.queue
         try:
             if wanted:
                 assert next_from is not None
                 next_task = self.store(
-                    what, lambda: self.queue.complete_and_dequeue(task, result, next_from)
+                    what,
+                    lambda: queue.complete_and_dequeue(task, result, next_from, writes=writes),
                 )
             else:
-                self.store(what, lambda: self.queue.complete(task, result))
+                self.store(what, lambda: queue.complete(task, result, writes=writes))
                 next_task = None
         except ValidationError as exc:
             self.fail(task, f"result refused: {exc}", started)
+            return None
+        except WriteFailed as exc:
+            self._raised(task, exc.error, started, "its write_with_result")
             return None
         self.count("done")
         self.log(task, "done", started)
@@ -285,9 +297,13 @@ class WorkerCore:
         assert ran.error is not None
         self._raised(task, ran.error, started)
 
-    def _raised(self, task: LocalTask, error: BaseException, started: float) -> None:
+    def _raised(
+        self, task: LocalTask, error: BaseException, started: float, source: str = ""
+    ) -> None:
         delay = self.policy(task.type).retry.delay(task.attempts, error, self.rng)
         reason = describe_error(error)
+        if source:
+            reason = f"{reason} (raised by {source}; nothing of it was kept)"
         left = self.lease_left(task)
         if delay is not None and (left is None or delay < left):
             self.store(

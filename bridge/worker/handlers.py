@@ -7,6 +7,7 @@ worker applies to every task of a type.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import os
@@ -16,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BridgeError
+from ..errors import BridgeError, ValidationError
 from ..models import LocalTask
 from ..queue import LocalQueue
 from .retry import RetryPolicy
+from .thread_runner import Ran
 
 Handler = Callable[..., Any]
 
@@ -66,15 +68,58 @@ def load_handler(spec: str, app_dir: str | os.PathLike[str] | None = None) -> Ha
     return target  # type: ignore[no-any-return]
 
 
-@dataclass
-class TaskContext:
-    """What a handler may use besides its params."""
+class BoundWrite:
+    """``fn(connection, *args, **kwargs)``: one write registered by a handler, run in its
+    result's transaction. Plain data (the function and its arguments), so that a handler
+    process can send it to the worker."""
 
-    task: LocalTask
-    queue: LocalQueue
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
+        if not callable(fn):
+            raise ValidationError(
+                f"write_with_result needs a function fn(connection, ...), got {fn!r}"
+            )
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+
+    def __call__(self, connection: Any) -> Any:
+        return self.fn(connection, *self.args, **self.kwargs)
+
+
+class TaskContext:
+    """What a handler may use besides its params: progress, and its own database writes
+    made once with its result (``write_with_result``, ``idempotency_key``)."""
+
+    def __init__(self, task: LocalTask, queue: LocalQueue) -> None:
+        self.task = task
+        self.queue = queue
+        self.writes: list[BoundWrite] = []
 
     def progress(self, percent: int, message: str | None = None) -> None:
         self.queue.progress(self.task, percent, message)
+
+    def write_with_result(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Run ``fn(connection, *args, **kwargs)`` inside the transaction that stores this
+        task's result and its outbox row, after the handler returns: the writes and the
+        result are committed together or not at all, so they happen once per task however
+        often processes die. ``connection`` is a SQLAlchemy ``Connection`` to the queue's
+        database; ``fn`` must not commit or roll back. Calls run in the order made. If
+        ``fn`` raises, nothing of it is kept and the task ends as if the handler had
+        raised it (its retry policy applies); if the handler raises or times out, no
+        write runs."""
+        self.writes.append(BoundWrite(fn, args, kwargs))
+
+    @property
+    def idempotency_key(self) -> str:
+        """One text for every run and attempt of this task (``LocalQueue.idempotency_key``):
+        the key for ``bridge.record_once`` in another database."""
+        return self.queue.idempotency_key(self.task)
+
+
+def with_writes(ran: Ran, context: TaskContext) -> Ran:
+    """A handler's outcome with the writes it registered, when it returned (a raise or
+    a time limit drops them)."""
+    if ran.kind != "ok" or not context.writes:
+        return ran
+    return dataclasses.replace(ran, writes=tuple(context.writes))
 
 
 @dataclass(frozen=True)

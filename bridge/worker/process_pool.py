@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import importlib
 import multiprocessing
 import os
 import pickle
@@ -38,9 +40,9 @@ from typing import Any
 
 from taskmanager.encoding import EncodingError, to_json
 
-from ..errors import BridgeError
+from ..errors import BridgeError, ValidationError
 from ..models import LocalTask
-from .handlers import Handler
+from .handlers import BoundWrite, Handler
 from .thread_runner import Ran
 
 Progress = Callable[[int, "str | None"], None]
@@ -68,14 +70,42 @@ class PoolOptions:
 
 class _ChildContext:
     """``context`` for a handler in a child: progress goes to the worker over the pipe
-    (from the handler's process only: a forked copy's reports are dropped here)."""
+    (from the handler's process only: a forked copy's reports are dropped here), and its
+    writes go with its answer, to run in the worker's result transaction."""
 
-    def __init__(self, task: LocalTask, conn: Connection, token: int, owner: int) -> None:
+    def __init__(self, task: LocalTask, conn: Connection, token: int, owner: int, key: str) -> None:
         self.task, self._conn, self._token, self._owner = task, conn, token, owner
+        self.idempotency_key = key
+        self.writes: list[BoundWrite] = []
 
     def progress(self, percent: int, message: str | None = None) -> None:
         if os.getpid() == self._owner:
             self._conn.send((self._token, self._owner, "progress", percent, message))
+
+    def write_with_result(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """As ``TaskContext.write_with_result``, but ``fn`` runs in the worker's process:
+        it must be a module-level function the worker can import, and its arguments
+        picklable (refused here, at once, with the reason)."""
+        write = BoundWrite(fn, args, kwargs)
+        name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+        found: Any = None
+        with contextlib.suppress(Exception):
+            module: Any = importlib.import_module(fn.__module__)
+            found = functools.reduce(getattr, fn.__qualname__.split("."), module)
+        if found is not fn:
+            raise ValidationError(
+                f"write_with_result in a process pool runs fn in the worker's process: it "
+                f"must be a module-level function (def at the top of a module the worker "
+                f"can import), not {name} (a lambda, a nested function or a method)"
+            )
+        try:
+            pickle.dumps(write)
+        except Exception as exc:
+            raise ValidationError(
+                f"write_with_result in a process pool sends the arguments of {name} to the "
+                f"worker's process: they must be picklable ({type(exc).__name__}: {exc})"
+            ) from None
+        self.writes.append(write)
 
 
 def _die_with_parent() -> None:
@@ -92,9 +122,9 @@ def _pickled(error: BaseException) -> bytes | None:
         return None
 
 
-def _answer(handler: Handler, wants_context: bool, task: LocalTask, context: Any) -> Any:
-    """The handler's outcome as a message body: only builtins, so the worker can always
-    read the message itself."""
+def _answer(handler: Handler, wants_context: bool, task: LocalTask, context: _ChildContext) -> Any:
+    """The handler's outcome as a message body: only builtins (a result's JSON, the
+    writes and an exception pickled apart), so the worker can always read the message."""
     try:
         value = handler(task.params, context) if wants_context else handler(task.params)
     except BaseException as exc:  # the task's outcome, as in a thread (see runner.run_call)
@@ -104,9 +134,10 @@ def _answer(handler: Handler, wants_context: bool, task: LocalTask, context: Any
     elif not isinstance(value, Mapping):
         value = {"result": value}
     try:
-        return ("ok", to_json(value, "results"))
+        result = to_json(value, "results")
     except EncodingError as exc:
         return ("refused", str(exc))
+    return ("ok", result, pickle.dumps(context.writes) if context.writes else None)
 
 
 def child_main(conn: Connection, handlers: Mapping[str, tuple[Handler, bool]]) -> None:
@@ -117,11 +148,11 @@ def child_main(conn: Connection, handlers: Mapping[str, tuple[Handler, bool]]) -
     conn.send((0, owner, "ready"))  # started and imported: time limits count from here
     while True:
         try:
-            token, task = conn.recv()
+            token, task, key = conn.recv()
         except (EOFError, OSError):
             return
         handler, wants_context = handlers[task.type]
-        context = _ChildContext(task, conn, token, owner)
+        context = _ChildContext(task, conn, token, owner, key)
         body = _answer(handler, wants_context, task, context)
         if os.getpid() != owner:
             os._exit(0)  # a copy the handler forked, back here: it may not answer or take
@@ -131,7 +162,14 @@ def child_main(conn: Connection, handlers: Mapping[str, tuple[Handler, bool]]) -
 def _outcome(body: tuple[Any, ...]) -> Ran:
     """A handler process's answer as the slot's ``Ran``."""
     if body[0] == "ok":
-        return Ran("ok", body[1])
+        if body[2] is None:
+            return Ran("ok", body[1])
+        try:
+            writes = pickle.loads(body[2])
+        except Exception as exc:  # a function the worker's process cannot import
+            why = f"{type(exc).__name__}: {exc}"
+            return Ran("error", error=HandlerError(f"its writes could not be read: {why}"))
+        return Ran("ok", body[1], writes=tuple(writes))
     if body[0] == "refused":
         return Ran("error", error=ResultRefused(f"result refused: {body[1]}"))
     pickled, text = body[1], body[2]
@@ -209,14 +247,18 @@ class ProcessRunner:
             process.join(5)
         self.replaced += 1
 
-    def run_task(self, task: LocalTask, limit: float | None, progress: Progress) -> Ran:
+    def run_task(
+        self, task: LocalTask, limit: float | None, progress: Progress, key: str = ""
+    ) -> Ran:
+        """Run ``task`` in the slot's handler process (``key``: its idempotency key, for
+        the handler's context)."""
         try:
             process, conn = self._start()
         except HandlerProcessDied as exc:
             return Ran("error", error=exc)
         self._sent += 1
         token = self._sent
-        conn.send((token, task))
+        conn.send((token, task, key))
         deadline = None if limit is None else time.monotonic() + limit
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())

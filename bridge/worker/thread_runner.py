@@ -25,6 +25,8 @@ class Ran:
     kind: RanKind
     value: Any = None
     error: BaseException | None = None
+    # The handler's own writes for its result's transaction (``write_with_result``).
+    writes: tuple[Callable[[Any], Any], ...] = ()
 
 
 def run_call(call: Callable[[], Any]) -> Ran:

@@ -16,7 +16,7 @@ from ..errors import DatabaseError, TaskNotHeldError
 from ..models import LocalTask
 from ..storage import GaveUp, SchemaGone
 from .core import MIN_POLL_SECONDS, WorkerCore, next_idle_wait
-from .handlers import Handlers, TaskContext
+from .handlers import Handlers, TaskContext, with_writes
 from .process_pool import PoolOptions, ProcessRunner
 from .thread_runner import Ran, ThreadRunner
 
@@ -127,7 +127,8 @@ class ThreadEngine:
             if not core.end(slot):
                 return None  # handed back by the stopping worker meanwhile
             if ran.kind == "ok":
-                return core.complete(task, ran.value, started, next_from=self.handlers.types)
+                types = self.handlers.types
+                return core.complete(task, ran.value, started, types, ran.writes)
             core.settle_failure(task, ran, limit, started)
             return None
         except (TaskNotHeldError, GaveUp) as exc:
@@ -140,9 +141,10 @@ class ThreadEngine:
     def _call(self, task: LocalTask, runner: Runner, limit: float | None) -> Ran:
         queue = self.core.queue
         if isinstance(runner, ProcessRunner):
-            return runner.run_task(task, limit, lambda p, m: queue.progress(task, p, m))
+            key = queue.idempotency_key(task) if self.handlers.wants_context[task.type] else ""
+            return runner.run_task(task, limit, lambda p, m: queue.progress(task, p, m), key)
         handler = self.handlers[task.type]
         if self.handlers.wants_context[task.type]:
             context = TaskContext(task, queue)
-            return runner.run(lambda: handler(task.params, context), limit)
+            return with_writes(runner.run(lambda: handler(task.params, context), limit), context)
         return runner.run(lambda: handler(task.params), limit)

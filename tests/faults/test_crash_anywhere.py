@@ -49,6 +49,7 @@ class Fleet:
         env: dict[str, str],
         folder: Path,
         handler: str = "tests.faults.handlers:compute",
+        worker_args: tuple[str, ...] = (),
     ) -> None:
         common = [sys.executable, "-m", "bridge", "--config", str(config)]
         worker = [
@@ -60,6 +61,7 @@ class Fleet:
             TYPE,
             "--concurrency",
             "2",
+            *worker_args,
         ]
         self.commands = {"daemon": [*common, "run"], "worker-1": worker, "worker-2": worker}
         self.env, self.folder = env, folder
