@@ -1,4 +1,5 @@
-"""Contract: health, auth, routing, task types, creation, dedupe, validation (docs/SERVER_BEHAVIOUR.md)."""
+"""Contract: health, auth, routing, task types, creation, dedupe, validation
+(docs/SERVER_BEHAVIOUR.md)."""
 
 from __future__ import annotations
 

@@ -13,9 +13,7 @@ import pytest
 
 REFERENCE = (Path(__file__).resolve().parents[2] / "docs" / "API_REFERENCE.md").read_text()
 FILES = {"bridge.toml"}  # a file name, not a module
-DOTTED = sorted(
-    set(re.findall(r"`((?:bridge|taskmanager)(?:\.[A-Za-z_]\w*)+)", REFERENCE)) - FILES
-)
+DOTTED = sorted(set(re.findall(r"`((?:bridge|taskmanager)(?:\.[A-Za-z_]\w*)+)", REFERENCE)) - FILES)
 
 
 def _heading_names() -> list[tuple[str, str]]:

@@ -1,4 +1,5 @@
-"""Every endpoint against the exact bodies measured on the real server (docs/SERVER_BEHAVIOUR.md)."""
+"""Every endpoint against the exact bodies measured on the real server
+(docs/SERVER_BEHAVIOUR.md)."""
 
 from __future__ import annotations
 
