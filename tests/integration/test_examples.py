@@ -31,3 +31,17 @@ def test_every_example_runs_against_the_emulator():
     assert "nothing to do" in out
     assert "settled by reading it back: True" in out
     assert "retry 1/3" in out
+
+
+def test_the_ideainspiration_example_stores_each_tasks_ideas_once_both_ways(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "ideainspiration_worker.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "queue database: 6 ideas for 2 tasks" in done.stdout, done.stdout
+    assert "prismq_ideas.db: 6 ideas for 2 tasks" in done.stdout, done.stdout
