@@ -21,19 +21,15 @@ from ..logs import setup_logging
 from ..models import OUTBOX_STATUSES
 from ..ops.operations import upgrade_command
 from ..storage import FIX_COMMAND
-from .commands import (
-    cmd_db_current,
-    cmd_db_upgrade,
-    cmd_demo,
+from .db_commands import cmd_db_current, cmd_db_upgrade, cmd_prune
+from .process_commands import cmd_demo, cmd_run, cmd_worker
+from .status_commands import (
     cmd_health,
     cmd_outbox_discard,
     cmd_outbox_list,
     cmd_outbox_retry,
-    cmd_prune,
     cmd_register_types,
-    cmd_run,
     cmd_status,
-    cmd_worker,
 )
 
 Command = Callable[[argparse.Namespace], int]

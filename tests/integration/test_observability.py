@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from bridge import BridgeConfig, LocalQueue
-from bridge.cli.commands import parse_age
+from bridge.cli.common import parse_age
 from bridge.daemon.jobs import DaemonJobs
 from bridge.errors import BridgeError
 from bridge.ops.metrics import Metrics
