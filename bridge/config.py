@@ -68,6 +68,12 @@ class BridgeConfig:
     lock_seconds: float = _setting(
         120.0, "how long a dequeued task stays locked to its worker without a heartbeat", 1
     )
+    worker_beat_seconds: float = _setting(
+        5.0,
+        "how often a worker process records that it is alive (status shows a worker "
+        "silent for 3 beats as lost)",
+        0.1,
+    )
     lease_margin_seconds: float = _setting(
         30.0, "a task is not handed out when its remote lease ends sooner than this", 0
     )

@@ -125,3 +125,38 @@ class QueueCounts:
 
     def tasks_with_status(self, status: str) -> int:
         return sum(n for (_type, s), n in self.tasks.items() if s == status)
+
+
+@dataclass(frozen=True)
+class TaskDetail:
+    """One task as ``tasks show`` and the dashboard's task page show it: the task, the
+    handler's traceback of its last failure, and every outbox row of the task."""
+
+    task: LocalTask
+    error_detail: str | None
+    outbox: list[OutboxEntry]
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker process as it recorded itself (``Worker.run``): ``id`` is its lock owner
+    (host-pid), the prefix of the ``locked_by`` of every task it runs."""
+
+    id: str
+    host: str
+    pid: int
+    types: list[str]
+    concurrency: int
+    pool: str
+    started_at: datetime
+    beat_at: datetime
+    stopped_at: datetime | None
+    done: int
+    failed: int
+
+    def state(self, now: datetime, lost_after: float) -> str:
+        """``stopped``, ``lost`` (no beat for ``lost_after`` seconds: gone without a word,
+        killed or hung) or ``alive``."""
+        if self.stopped_at is not None:
+            return "stopped"
+        return "lost" if (now - self.beat_at).total_seconds() > lost_after else "alive"

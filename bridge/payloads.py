@@ -4,7 +4,10 @@ the key path or the size (before anything is written)."""
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from taskmanager import TaskManagerValidationError
@@ -61,3 +64,32 @@ def encoded_object(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]
     if not isinstance(encoded_value, dict):
         raise ValidationError(f"{what}: a JSON object (dict) is needed, got {type(value).__name__}")
     return encoded_value
+
+
+DETAIL_MAX_CHARS = 16_000  # a failed task's traceback, kept locally
+_DETAIL_HEAD = 2_000
+
+
+_OWN_FILES = str(Path(__file__).resolve().parent)  # bridge/: the worker's frames
+
+
+def traceback_text(error: BaseException) -> str | None:
+    """``error``'s traceback as Python prints it, from the handler's first frame (the
+    worker's own frames above it say nothing about the handler), or None without one."""
+    tb = error.__traceback__
+    if tb is None:
+        return None
+    first: TracebackType | None = tb
+    while first is not None and first.tb_frame.f_code.co_filename.startswith(_OWN_FILES):
+        first = first.tb_next
+    return "".join(traceback.format_exception(type(error), error, first or tb))
+
+
+def bounded_detail(text: str) -> str:
+    """A traceback no longer than ``DETAIL_MAX_CHARS``: its start (where it began) and
+    its end (where it failed), the middle cut with a marker."""
+    if len(text) <= DETAIL_MAX_CHARS:
+        return text
+    cut = len(text) - DETAIL_MAX_CHARS
+    tail = DETAIL_MAX_CHARS - _DETAIL_HEAD
+    return f"{text[:_DETAIL_HEAD]}\n[... {cut} characters cut ...]\n{text[-tail:]}"

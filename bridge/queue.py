@@ -18,6 +18,7 @@ from typing import Any
 from taskmanager import dedupe_key
 from taskmanager.closing import ClosedOnExit
 from taskmanager.dedupe import canonical_params
+from taskmanager.redact import redact_text
 from taskmanager.validation import (
     check_params_shape,
     check_schema,
@@ -30,8 +31,15 @@ from taskmanager.validation import (
 
 from .config import BridgeConfig
 from .errors import TaskNotHeldError, ValidationError
-from .models import LocalTask, OutboxEntry, OutboxStatus, QueueCounts
-from .payloads import encoded, encoded_object, stored_result, validated
+from .models import LocalTask, OutboxEntry, OutboxStatus, QueueCounts, WorkerInfo
+from .payloads import (
+    bounded_detail,
+    encoded,
+    encoded_object,
+    stored_result,
+    traceback_text,
+    validated,
+)
 from .storage import NewTask, Store, Write, open_store
 from .times import utcnow
 
@@ -180,18 +188,34 @@ class LocalQueue(ClosedOnExit):
         retry: bool = False,
         *,
         delay_seconds: float = 0.0,
+        detail: str | None = None,
     ) -> None:
         """Report a failure. ``retry=True`` puts the task back in the local queue instead,
         handed out again after ``delay_seconds`` (while its remote lease allows; the worker's
         retry policy never asks for a delay past it); otherwise the failure is queued for
         the server, which retries it up to its attempt limit. An error text longer than the
         server stores (65,535 bytes) is cut to fit, marked as cut: a failure must always
-        reach the server."""
+        reach the server. ``detail`` (the handler's traceback) is kept locally, bounded and
+        with the secrets the queue knows masked (``error_detail``); an exception given as
+        ``error`` brings its own."""
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         text = fit_error_text(text)
+        if detail is None and isinstance(error, BaseException):
+            detail = traceback_text(error)
+        if detail is not None:
+            detail = bounded_detail(redact_text(detail, self._secrets()))
         now = self.clock()
         not_before = now + timedelta(seconds=delay_seconds) if retry and delay_seconds > 0 else None
-        self.store.fail(task, text or "failed", retry, now, not_before)
+        self.store.fail(task, text or "failed", retry, now, not_before, detail)
+
+    def _secrets(self) -> list[str | None]:
+        """What a traceback must never show: the API key and the dashboard's token, as this
+        process knows them."""
+        return [
+            os.environ.get("TASKMANAGER_API_KEY"),
+            str(self.config.taskmanager.get("api_key") or "") or None,
+            os.environ.get("BRIDGE_DASHBOARD_TOKEN"),
+        ]
 
     def release(self, task: LocalTask, reason: str) -> None:
         """Hand a held task back to the queue, unfailed, for any worker to take at once
@@ -274,6 +298,14 @@ class LocalQueue(ClosedOnExit):
         finished: Iterable[tuple[LocalTask, Mapping[str, Any] | None]],
     ) -> list[tuple[LocalTask, dict[str, Any]]]:
         return [(task, stored_result(result)) for task, result in finished]
+
+    def record_worker(self, info: WorkerInfo) -> None:
+        """Record this worker process (``status``, the dashboard, the metrics show it)."""
+        self.store.register_worker(info)
+
+    def worker_beat(self, done: int, failed: int, *, stopped: bool = False) -> None:
+        """This worker process is alive (or has ``stopped``), with its counts."""
+        self.store.worker_beat(self.locked_by, done, failed, self.clock(), stopped=stopped)
 
     def get(self, task_id: int) -> LocalTask | None:
         return self.store.get_task(task_id)

@@ -10,6 +10,9 @@ server or database is meant.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 MASK = "***"
 
 
@@ -33,3 +36,16 @@ def mask_url(url: str) -> str:
         return url
     user = userinfo.split(":", 1)[0]
     return f"{scheme}://{user}:{MASK}@{host}{rest[end:]}"
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_text(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """``text`` (a traceback, a log) with every URL's password masked and every one of
+    ``secrets`` (an API key, a token) replaced by ``***``."""
+    text = _URL.sub(lambda found: mask_url(found.group(0)), text)
+    for secret in secrets:
+        if secret and len(secret) >= 4:  # shorter "secrets" would mask ordinary words
+            text = text.replace(secret, MASK)
+    return text

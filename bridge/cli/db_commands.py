@@ -45,9 +45,9 @@ def cmd_db_current(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     age = parse_age(args.older_than)
     with Operations.open(load_config(args)) as operations:
-        rows, finished = operations.prune(age, datetime.now(timezone.utc))
+        rows, finished, workers = operations.prune(age, datetime.now(timezone.utc))
     print(
-        f"pruned {rows} settled outbox row(s) and {finished} finished task(s) older than "
-        f"{args.older_than}; nothing pending or dead was touched"
+        f"pruned {rows} settled outbox row(s), {finished} finished task(s) and {workers} "
+        f"silent worker(s) older than {args.older_than}; nothing pending or dead was touched"
     )
     return 0

@@ -18,7 +18,7 @@ from taskmanager._version import __version__
 
 from ..errors import BridgeError, SchemaError
 from ..logs import setup_logging
-from ..models import OUTBOX_STATUSES
+from ..models import OUTBOX_STATUSES, TASK_STATUSES
 from ..ops.operations import upgrade_command
 from ..storage import FIX_COMMAND
 from .db_commands import cmd_db_current, cmd_db_upgrade, cmd_prune
@@ -31,6 +31,7 @@ from .status_commands import (
     cmd_register_types,
     cmd_status,
 )
+from .task_commands import cmd_tasks, cmd_tasks_show
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -221,6 +222,35 @@ def _add_outbox(commands: Subparsers) -> None:
         command.set_defaults(func=func)
 
 
+def _add_tasks(commands: Subparsers) -> None:
+    tasks = commands.add_parser(
+        "tasks",
+        help="list tasks (newest first), or show one: tasks show ID",
+        description="Tasks newest first, filtered; `tasks show ID` (a local id, or "
+        "remote:ID) shows one whole: params, result or error with the handler's traceback, "
+        "attempts, timings, lock, and every outbox row with its verdict.",
+    )
+    tasks.add_argument("--status", choices=TASK_STATUSES, help="only tasks in this status")
+    tasks.add_argument("--type", help="only tasks of this type")
+    tasks.add_argument(
+        "--since", metavar="AGE", help="only tasks created within this age (7d, 12h, 30m, 90s)"
+    )
+    tasks.add_argument(
+        "--search", metavar="TEXT", help="an id, or text in the type, the error or the params"
+    )
+    tasks.add_argument(
+        "--limit", type=_count(minimum=1), default=50, metavar="N", help="most tasks shown"
+    )
+    tasks.add_argument("--json", action="store_true", help="machine-readable")
+    tasks.set_defaults(func=cmd_tasks)
+    show = tasks.add_subparsers(dest="tasks_command", metavar="{show}").add_parser(
+        "show", help="one task whole (ID: a local id, or remote:ID)"
+    )
+    show.add_argument("task", metavar="ID", help="a local task id, or remote:ID")
+    show.add_argument("--json", action="store_true", help="machine-readable")
+    show.set_defaults(func=cmd_tasks_show)
+
+
 def _add_register_types(commands: Subparsers) -> None:
     register = commands.add_parser(
         "register-types", help="register task types from a JSON or TOML file"
@@ -256,6 +286,7 @@ COMMANDS = (
     _add_health,
     _add_prune,
     _add_outbox,
+    _add_tasks,
     _add_register_types,
     _add_demo,
 )

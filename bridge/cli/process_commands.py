@@ -52,12 +52,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         client = TaskManagerClient(
             config.client_config(), observer=metrics.observe_request, http=http
         )
-        logging.getLogger("bridge.daemon").info("requests to the server go through %s", http)
         with contextlib.closing(client):
             jobs = _wait_for_database(
                 lambda: DaemonJobs(store, client, config, metrics=metrics),
                 lambda: check_schema(store.engine),
             )
+            logging.getLogger("bridge.daemon").info("requests to the server go through %s", http)
             daemon = Daemon(jobs)
             # Before anything is visible from outside: a SIGTERM sent as soon as the page
             # answers must stop the daemon cleanly, not kill it.

@@ -26,6 +26,7 @@ from ..logs import task_fields
 from ..storage import WORKER_ID_KEY, Store, ThrottledState
 from ..times import utcnow
 from .metrics_sink import MetricsSink
+from .one_daemon import DaemonRole
 from .parallel_calls import Fanout
 from .pending_probe import PendingWatch
 from .server_contact import ServerContact
@@ -71,24 +72,28 @@ class JobState:
         self._known: dict[str, int] = {}  # pending tasks seen per type, not yet claimed
         self._next_look: datetime | None = None
         self._watch_off_until: datetime | None = None
+        self._workers_pruned: datetime | None = None  # the reap job's last forgetting
+        # The role first: a second daemon on this queue and worker id must change nothing.
+        self.worker_id = self._stable_worker_id()
+        self.role = DaemonRole(store, self.worker_id)
+        self.role.take(utcnow())
         self.state = ThrottledState(store)
         self.server = ServerContact(store, self.state, config.api_key_source, monotonic, utcnow())
-        self.worker_id = self._stable_worker_id()
 
     # -- identity and shared state -----------------------------------------------------
     def _stable_worker_id(self) -> str:
-        """The remote worker id, fixed in the database on first start.
-
-        Stable across restarts so that our claims stay ours and reconcile finds them.
-        """
+        """The remote worker id: the one the operator chose (``TASKMANAGER_WORKER_ID``,
+        ``[taskmanager] worker_id``), else the one this database keeps, else one chosen
+        now and kept. Stable across restarts so that our claims stay ours and reconcile
+        finds them; daemons of one PostgreSQL queue each choose their own."""
         known = self.store.get_state(WORKER_ID_KEY)
-        if known:
-            return known
         chosen = (
             self.config.explicit_worker_id
+            or known
             or f"{socket.gethostname()}-bridge-{uuid.uuid4().hex[:8]}"
         )
-        self.store.set_state(WORKER_ID_KEY, chosen, utcnow())
+        if chosen != known:  # what status shows: the latest daemon's id
+            self.store.set_state(WORKER_ID_KEY, chosen, utcnow())
         return chosen
 
     def close(self) -> None:

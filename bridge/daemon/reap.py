@@ -10,7 +10,7 @@ read by ``health``) and is the systemd watchdog's heartbeat.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ..logs import task_fields
 from ..storage import LAST_TICK_KEY
@@ -20,9 +20,15 @@ from .job_state import JobState
 logger = logging.getLogger("bridge.daemon")
 
 
+WORKERS_KEPT = timedelta(days=1)  # a worker row silent this long is forgotten
+WORKERS_PRUNED_EVERY = timedelta(minutes=10)
+
+
 class ReapJob(JobState):
     def reap_tick(self, now: datetime) -> tuple[int, int, int]:
         """(expired before start, re-queued after a worker vanished, expired while running)."""
+        self.role.renew(now)  # another daemon took over while this one stalled: it stops
+        self._forget_old_workers(now)
         margin = self.config.lease_margin_seconds
         expired = self.store.expire_unstartable(margin, now)
         requeued, lost = self.store.requeue_stale_locks(margin, now)
@@ -46,3 +52,11 @@ class ReapJob(JobState):
                 )
         self.state.write(LAST_TICK_KEY, now.isoformat(), now)
         return expired, requeued, lost
+
+    def _forget_old_workers(self, now: datetime) -> None:
+        """Worker rows whose last beat is a day old (stopped or lost long ago) go, at most
+        every ten minutes."""
+        if self._workers_pruned is not None and now - self._workers_pruned < WORKERS_PRUNED_EVERY:
+            return
+        self._workers_pruned = now
+        self.store.prune_workers(now - WORKERS_KEPT)

@@ -23,6 +23,7 @@ from ..storage import ChangeWatch, check_schema
 from ..times import utcnow
 from .claim_budget import lease_warnings
 from .jobs import DaemonJobs
+from .one_daemon import DaemonAlreadyRunning
 from .skipped_runs import QuietSkips, SkippedRuns
 from .systemd import Notifier
 
@@ -101,6 +102,8 @@ class Daemon:
             except DatabaseError:
                 if not self._schema_gone():
                     logger.exception("%s tick failed; it runs again at its next interval", name)
+            except DaemonAlreadyRunning as exc:
+                self._stop_fatally(f"{exc}; this one stalled past its lease and stops")
             except Exception:
                 logger.exception("%s tick failed; it runs again at its next interval", name)
             if name == self.WATCHDOG_JOB:
@@ -133,6 +136,13 @@ class Daemon:
                 self._push_wanted.set()
             self._stop.wait(PUSH_GAP_SECONDS)
 
+    def _stop_fatally(self, why: str) -> None:
+        """Stop for what the daemon cannot outlive (``run_forever`` then returns 1)."""
+        if self.fatal is None:
+            self.fatal = why
+            logger.error("stopping: %s", why)
+            self._stop.set()
+
     def _schema_gone(self) -> bool:
         """After a database error: is the schema itself wrong now (dropped, downgraded,
         replaced by a newer version's)? Then no tick can succeed: stop, saying which
@@ -141,10 +151,7 @@ class Daemon:
         try:
             check_schema(self.jobs.store.engine)
         except SchemaError as exc:
-            if self.fatal is None:
-                self.fatal = str(exc)
-                logger.error("stopping: the queue database changed under the daemon: %s", exc)
-                self._stop.set()
+            self._stop_fatally(f"the queue database changed under the daemon: {exc}")
             return True
         except DatabaseError:
             return False
@@ -195,8 +202,9 @@ class Daemon:
         self.skipped.flush()
         try:
             if self.fatal is not None:
-                return  # no database to push from
+                return  # no database to push from, or no longer this daemon's to push
             self._last_push()
+            self.jobs.role.release()  # the next daemon may start at once
         finally:
             self.jobs.close()  # after the last push, which still uses the connections
 

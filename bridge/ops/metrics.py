@@ -64,6 +64,23 @@ class _QueueCollector:
         for name in ("unknown", "ok", "outage", "auth_failed"):
             state.add_metric([name], 1.0 if name == current else 0.0)
         yield state
+        by_state = GaugeMetricFamily(
+            "taskmanager_bridge_workers",
+            "Worker processes by state (alive, lost: silent past 3 beats, stopped)",
+            labels=["state"],
+        )
+        states = [worker.state for worker in snapshot.workers]
+        for name in ("alive", "lost", "stopped"):
+            by_state.add_metric([name], states.count(name))
+        yield by_state
+        beats = GaugeMetricFamily(
+            "taskmanager_bridge_worker_last_beat_seconds",
+            "Seconds since each worker process last recorded itself",
+            labels=["worker"],
+        )
+        for worker in snapshot.workers:
+            beats.add_metric([worker.info.id], worker.beat_age_seconds)
+        yield beats
         contact = snapshot.last_contact
         since = (snapshot.now - contact).total_seconds() if contact else -1.0
         yield GaugeMetricFamily(

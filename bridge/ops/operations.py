@@ -9,7 +9,7 @@ import json
 import shlex
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -23,7 +23,15 @@ from ..config import BridgeConfig
 from ..daemon.delivery import Outcome, apply_outcome, deliver
 from ..daemon.server_contact import RATE_LIMITED_KEY, Contact
 from ..errors import BridgeError, SchemaError
-from ..models import OUTBOX_STATUSES, TASK_STATUSES, OutboxEntry, OutboxStatus, QueueCounts
+from ..models import (
+    OUTBOX_STATUSES,
+    TASK_STATUSES,
+    LocalTask,
+    OutboxEntry,
+    OutboxStatus,
+    QueueCounts,
+    TaskDetail,
+)
 from ..payloads import validated
 from ..storage import (
     CLAIM_PLAN_KEY,
@@ -39,6 +47,7 @@ from ..storage import (
     open_store,
 )
 from ..times import from_iso, iso
+from .inspection import TaskRef, WorkerView, worker_views
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class Snapshot:
     claim_plans: dict[str, dict[str, Any]]  # per type: the daemon's last claim limit and why
     foreign_claims: int  # claims by our worker id this bridge did not make (shared id?)
     rate_limited_until: datetime | None = None  # the last 429's Retry-After end, if still ahead
+    workers: list[WorkerView] = field(default_factory=list)  # the worker processes' own rows
 
     @property
     def outage_since(self) -> datetime | None:
@@ -91,6 +101,7 @@ class Snapshot:
             "claim_limits": self.claim_plans,
             "foreign_claims": self.foreign_claims,
             "rate_limited_until": iso(self.rate_limited_until),
+            "workers": [worker.to_json() for worker in self.workers],
         }
 
 
@@ -169,6 +180,7 @@ def upgrade_command(config_path: str | None, db_url: str | None) -> str:
 
 
 THROUGHPUT_ROWS = 100_000  # most finished tasks read for the chart (a dashboard, not a report)
+RUNNING_ROWS = 10_000  # most running tasks read to count each worker's
 
 
 class Operations:
@@ -211,6 +223,7 @@ class Operations:
                 task_type: json.loads(plan)
                 for task_type, plan in sorted(self.store.states_with_prefix(CLAIM_PLAN_KEY).items())
             },
+            workers=self.workers(now),
         )
 
     def health_problems(
@@ -240,6 +253,41 @@ class Operations:
                     f"the daemon last ticked {idle:.0f} s ago (limit {max_tick_age:g} s)"
                 )
         return problems
+
+    # -- tasks and workers, one by one ---------------------------------------------------
+    def tasks(
+        self,
+        *,
+        status: str | None = None,
+        task_type: str | None = None,
+        since: datetime | None = None,
+        search: str | None = None,
+        limit: int = 50,
+    ) -> list[LocalTask]:
+        """Tasks newest first (see ``Store.task_list`` for what ``search`` matches)."""
+        if status is not None and status not in TASK_STATUSES:
+            raise BridgeError(f"status: one of {', '.join(TASK_STATUSES)}, got {status!r}")
+        return self.store.task_list(
+            status=status, task_type=task_type, since=since, search=search, limit=limit
+        )
+
+    def task(self, ref: TaskRef) -> TaskDetail:
+        """One task whole, by local or remote id; ``BridgeError`` naming it when missing."""
+        detail = self.store.task_detail(task_id=ref.task_id, remote_id=ref.remote_id)
+        if detail is None:
+            raise BridgeError(f"no {ref} in {self.database}")
+        return detail
+
+    def workers(self, now: datetime) -> list[WorkerView]:
+        """The worker processes, latest beat first: alive, lost (no beat for a while:
+        killed or hung) or stopped, with the tasks their slots hold."""
+        running = self.store.running_tasks(RUNNING_ROWS)
+        beat = self.config.worker_beat_seconds
+        return worker_views(self.store.worker_list(), running, now, beat)
+
+    def recent_failures(self, limit: int = 10) -> list[LocalTask]:
+        """The newest failed tasks, with the reason each failed."""
+        return self.store.task_list(status="failed", limit=limit)
 
     def outbox(self, status: OutboxStatus | None = None, limit: int = 100) -> list[OutboxEntry]:
         return self.store.outbox_entries(status, limit)
@@ -320,9 +368,11 @@ class Operations:
             self.refuse_unless_dead(row_ids)
         return self.store.discard_outbox(row_ids, now)
 
-    def prune(self, older_than: timedelta, now: datetime) -> tuple[int, int]:
-        """Delete settled rows and finished tasks older than the age; (rows, tasks)."""
-        return self.store.prune(now - older_than)
+    def prune(self, older_than: timedelta, now: datetime) -> tuple[int, int, int]:
+        """Delete settled rows, finished tasks and worker rows silent longer than the age;
+        (rows, tasks, workers)."""
+        rows, finished = self.store.prune(now - older_than)
+        return rows, finished, self.store.prune_workers(now - older_than)
 
     def register_types(
         self, definitions: Sequence[dict[str, Any]], client: TaskManagerClient, now: datetime

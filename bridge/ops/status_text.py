@@ -53,6 +53,23 @@ def status_lines(doc: dict[str, Any], now: datetime) -> list[str]:
     limited = from_iso(doc.get("rate_limited_until"))
     if limited is not None and limited > now:
         lines.append(f"rate limited (429): the refused job waits, until {ago(limited, now)}")
+    lines.extend(worker_lines(doc.get("workers", []), now))
+    return lines
+
+
+def worker_lines(workers: list[dict[str, Any]], now: datetime) -> list[str]:
+    """The worker processes: state, last beat, what they run and have done."""
+    if not workers:
+        return ["workers: none has recorded itself yet (taskmanager-bridge worker ...)"]
+    lines = ["workers:"]
+    for worker in workers:
+        beat = ago(from_iso(worker["last_beat_at"]), now)
+        state = worker["state"].upper() if worker["state"] == "lost" else worker["state"]
+        lines.append(
+            f"  {worker['id']:24} {state:8} beat {beat:14} {worker['pool']:7} "
+            f"x{worker['concurrency']:<4} running {worker['running']:<4} "
+            f"done {worker['done']:<6} failed {worker['failed']:<5} {', '.join(worker['types'])}"
+        )
     return lines
 
 

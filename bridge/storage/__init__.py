@@ -41,6 +41,7 @@ from .statements import Prepared
 from .task_queue import NewTask, WorkerQueries, Write
 from .task_reads import TaskReads
 from .views import ViewQueries
+from .workers import WorkerRegistry
 
 
 class Store(
@@ -51,6 +52,7 @@ class Store(
     StateQueries,
     ViewQueries,
     PruneQueries,
+    WorkerRegistry,
 ):
     """All reads and writes of the local queue, one transaction per method."""
 

@@ -138,6 +138,8 @@ class TaskRow(Base):
     progress: Mapped[int] = mapped_column(Integer, default=0)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    # The handler's traceback of its last failure (bounded, secrets masked): local only.
+    error_detail: Mapped[str | None] = mapped_column(Text)
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -212,11 +214,31 @@ class BridgeStateRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class WorkerRow(Base):
+    """A worker process as it records itself: what it runs, since when, its last beat and
+    counts. One that stops beating without a word is lost (``models.WorkerInfo``)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # its lock owner, host-pid
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    types: Mapped[list[str]] = mapped_column(JSON)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    pool: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    beat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+
+
 # The Core tables, for the store's statements (mypy sees __table__ as a bare FromClause).
 tasks = cast(Table, TaskRow.__table__)
 outbox = cast(Table, OutboxRow.__table__)
 task_types = cast(Table, TaskTypeRow.__table__)
 bridge_state = cast(Table, BridgeStateRow.__table__)
+workers = cast(Table, WorkerRow.__table__)
 
 
 def _constant(value: str) -> Any:

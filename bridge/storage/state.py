@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -154,6 +155,22 @@ class StateQueries:
                 select(bridge_state.c.value).where(bridge_state.c.key == QUEUE_ID_KEY)
             ).scalar_one()
         return str(value)
+
+    def hold_role(
+        self, key: str, holder: str, now: datetime, may_take: Callable[[str], bool]
+    ) -> str:
+        """Who holds the role ``key`` after this call, in one transaction: ``holder`` when
+        nobody did, when it was ``holder`` already, or when ``may_take(current)`` says the
+        current holder is gone; else the current holder, unchanged."""
+        with self.db.write() as conn:
+            current = conn.execute(
+                select(bridge_state.c.value).where(bridge_state.c.key == key)
+            ).scalar()
+            if current is not None and current != holder and not may_take(str(current)):
+                return str(current)
+            row = {"key": key, "value": holder, "updated_at": now}
+            _upsert(conn, bridge_state, "key", row, "value", "updated_at")
+        return holder
 
     def set_state(self, key: str, value: str, now: datetime) -> None:
         with self.db.write() as conn:

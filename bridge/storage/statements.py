@@ -226,6 +226,7 @@ class Prepared:
                 finished_at=p("p_now"),
                 result=p("p_result"),
                 error=null(),
+                error_detail=null(),
                 **released,
             )
             .returning(tasks.c.progress)
@@ -234,7 +235,11 @@ class Prepared:
             update(tasks)
             .where(held)
             .values(
-                status=constant("failed"), finished_at=p("p_now"), error=p("p_error"), **released
+                status=constant("failed"),
+                finished_at=p("p_now"),
+                error=p("p_error"),
+                error_detail=p("p_detail"),
+                **released,
             )
             .returning(tasks.c.progress)
         )
@@ -246,6 +251,7 @@ class Prepared:
             .values(
                 status=constant("queued"),
                 error=p("p_error"),
+                error_detail=p("p_detail"),
                 locked_by=null(),
                 locked_until=p("p_not_before"),
             )

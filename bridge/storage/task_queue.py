@@ -362,9 +362,11 @@ class WorkerQueries:
         retry: bool,
         now: datetime,
         not_before: datetime | None = None,
+        detail: str | None = None,
     ) -> None:
         """Fail the task, or (``retry``) put it back in the queue, handed out again from
-        ``not_before`` on (at once when ``None``)."""
+        ``not_before`` on (at once when ``None``); ``detail`` (a traceback) is kept with
+        it, locally."""
         with self.db.hot_write() as conn:
             if retry:
                 self._update_held(
@@ -373,10 +375,12 @@ class WorkerQueries:
                     task,
                     "retry",
                     p_error=error,
+                    p_detail=detail,
                     p_not_before=not_before,
                 )
             else:
-                self._finish(conn, task, "fail", {"error": error}, now, p_error=error)
+                values = {"p_error": error, "p_detail": detail}
+                self._finish(conn, task, "fail", {"error": error}, now, **values)
 
     def _complete(self, conn: Any, task: LocalTask, result: dict[str, Any], now: datetime) -> None:
         """``_finish`` for a result, encoded once for the task row and its outbox row."""

@@ -1,13 +1,14 @@
-"""Read-only queries for the operator's views (the dashboard): what is running, what
-finished lately, the latest dead rows. Nothing here writes."""
+"""Read-only queries for the operator's views (``tasks``, the dashboard): tasks by
+filter, one task whole, what is running, what finished lately, the latest dead rows.
+Nothing here writes."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, String, cast, or_, select
 
-from ..models import LocalTask, OutboxEntry
+from ..models import LocalTask, OutboxEntry, TaskDetail
 from .connector import Connector
 from .schema import outbox, tasks
 from .statements import TASK_COLUMNS
@@ -50,3 +51,50 @@ class ViewQueries:
                 .limit(limit)
             ).mappings()
             return [OutboxEntry.from_row(row) for row in rows]
+
+    def task_list(
+        self,
+        *,
+        status: str | None = None,
+        task_type: str | None = None,
+        since: datetime | None = None,
+        search: str | None = None,
+        limit: int = 50,
+    ) -> list[LocalTask]:
+        """Tasks newest first, by status, type, creation time and a search that matches a
+        local or remote id exactly, or a substring of the type, the error or the params."""
+        statement = select(*TASK_COLUMNS).order_by(tasks.c.id.desc()).limit(limit)
+        if status:
+            statement = statement.where(tasks.c.status == status)
+        if task_type:
+            statement = statement.where(tasks.c.type == task_type)
+        if since is not None:
+            statement = statement.where(tasks.c.created_at >= since)
+        if search:
+            pattern = f"%{search}%"
+            matches: list[ColumnElement[bool]] = [
+                tasks.c.type.like(pattern),
+                tasks.c.error.like(pattern),
+                cast(tasks.c.params, String).like(pattern),
+            ]
+            if search.isdigit():
+                matches += [tasks.c.id == int(search), tasks.c.remote_id == int(search)]
+            statement = statement.where(or_(*matches))
+        with self.db.read() as conn:
+            return [LocalTask.from_values(row) for row in conn.execute(statement).all()]
+
+    def task_detail(
+        self, *, task_id: int | None = None, remote_id: int | None = None
+    ) -> TaskDetail | None:
+        """One task by its local or its remote id, with its traceback and outbox rows."""
+        key = tasks.c.id == task_id if remote_id is None else tasks.c.remote_id == remote_id
+        with self.db.read() as conn:
+            row = conn.execute(select(*TASK_COLUMNS, tasks.c.error_detail).where(key)).first()
+            if row is None:
+                return None
+            task = LocalTask.from_values(row[:-1])
+            rows = conn.execute(
+                select(outbox).where(outbox.c.task_id == task.id).order_by(outbox.c.id)
+            ).mappings()
+            entries = [OutboxEntry.from_row(entry) for entry in rows]
+        return TaskDetail(task, row[-1], entries)

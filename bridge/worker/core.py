@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from ..errors import BridgeError, TaskNotHeldError, ValidationError, WriteFailed
 from ..logs import task_fields
 from ..models import LocalTask
-from ..payloads import as_result
+from ..payloads import as_result, traceback_text
 from ..queue import LocalQueue
 from ..storage import ChangeWatch, GaveUp, Patience, Write
 from .handlers import TaskPolicy, awaitable_refusal
@@ -277,9 +277,18 @@ class WorkerCore:
         self.count("done")
         self.log(task, "done", started)
 
-    def fail(self, task: LocalTask, reason: str, started: float, counter: str = "failed") -> None:
-        """Fail ``task`` for ``reason``: the failure goes to the server (no local retry)."""
-        self.store(f"failing task {task.id}", lambda: self.queue.fail(task, reason))
+    def fail(
+        self,
+        task: LocalTask,
+        reason: str,
+        started: float,
+        counter: str = "failed",
+        detail: str | None = None,
+    ) -> None:
+        """Fail ``task`` for ``reason`` (``detail``: the traceback, kept locally): the
+        failure goes to the server (no local retry)."""
+        queue = self.queue
+        self.store(f"failing task {task.id}", lambda: queue.fail(task, reason, detail=detail))
         if counter != "failed":
             self.count(counter)
         self.count("failed")
@@ -295,20 +304,27 @@ class WorkerCore:
             self.fail(task, reason, started, "timed_out")
             return
         assert ran.error is not None
-        self._raised(task, ran.error, started)
+        self._raised(task, ran.error, started, detail=ran.detail)
 
     def _raised(
-        self, task: LocalTask, error: BaseException, started: float, source: str = ""
+        self,
+        task: LocalTask,
+        error: BaseException,
+        started: float,
+        source: str = "",
+        detail: str | None = None,
     ) -> None:
         delay = self.policy(task.type).retry.delay(task.attempts, error, self.rng)
         reason = describe_error(error)
         if source:
             reason = f"{reason} (raised by {source}; nothing of it was kept)"
+        detail = detail or traceback_text(error)
         left = self.lease_left(task)
         if delay is not None and (left is None or delay < left):
+            queue = self.queue
             self.store(
                 f"re-queueing task {task.id}",
-                lambda: self.queue.fail(task, reason, retry=True, delay_seconds=delay),
+                lambda: queue.fail(task, reason, retry=True, delay_seconds=delay, detail=detail),
             )
             self.count("retried")
             self.log(task, f"retried in {delay:.1f} s (attempt {task.attempts}): {reason}", started)
@@ -317,7 +333,7 @@ class WorkerCore:
             reason += (
                 f" (a retry in {delay:.1f} s would outlast the remote lease: left to the server)"
             )
-        self.fail(task, reason, started)
+        self.fail(task, reason, started, detail=detail)
 
     def not_ended(self, task: LocalTask, error: TaskNotHeldError | GaveUp) -> None:
         """The task's end could not be stored: its lock went to another run (not

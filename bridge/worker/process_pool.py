@@ -42,6 +42,7 @@ from taskmanager.encoding import EncodingError, to_json
 
 from ..errors import BridgeError, ValidationError
 from ..models import LocalTask
+from ..payloads import traceback_text
 from .handlers import BoundWrite, Handler
 from .thread_runner import Ran
 
@@ -128,7 +129,7 @@ def _answer(handler: Handler, wants_context: bool, task: LocalTask, context: _Ch
     try:
         value = handler(task.params, context) if wants_context else handler(task.params)
     except BaseException as exc:  # the task's outcome, as in a thread (see runner.run_call)
-        return ("error", _pickled(exc), f"{type(exc).__name__}: {exc}")
+        return ("error", _pickled(exc), f"{type(exc).__name__}: {exc}", traceback_text(exc))
     if value is None:
         value = {}
     elif not isinstance(value, Mapping):
@@ -172,20 +173,17 @@ def _outcome(body: tuple[Any, ...]) -> Ran:
         return Ran("ok", body[1], writes=tuple(writes))
     if body[0] == "refused":
         return Ran("error", error=ResultRefused(f"result refused: {body[1]}"))
-    pickled, text = body[1], body[2]
+    pickled, text, detail = body[1], body[2], body[3]
     if pickled is None:
-        return Ran("error", error=HandlerError(text))
+        return Ran("error", error=HandlerError(text), detail=detail)
     try:
         error = pickle.loads(pickled)
     except Exception as exc:  # its class is importable in the handler's process only
-        return Ran(
-            "error",
-            error=HandlerError(
-                f"{text} (the exception could not be read by the worker: "
-                f"{type(exc).__name__}: {exc})"
-            ),
+        unread = HandlerError(
+            f"{text} (the exception could not be read by the worker: {type(exc).__name__}: {exc})"
         )
-    return Ran("error", error=error)
+        return Ran("error", error=unread, detail=detail)
+    return Ran("error", error=error, detail=detail)
 
 
 def _rss_mb(pid: int) -> float:

@@ -31,6 +31,7 @@ from .asyncio_engine import AsyncEngine
 from .core import Counters, WorkerCore, WorkerExit
 from .handlers import Handler, Handlers, TaskPolicy
 from .process_pool import PoolOptions
+from .registry import WorkerRecord
 from .threads import ThreadEngine
 
 logger = logging.getLogger("bridge.worker")
@@ -176,12 +177,21 @@ class Worker:
         core = self.core
         core.max_tasks = max_tasks
         logger.info("worker started: %s", self.describe())
+        record = WorkerRecord(
+            self.queue,
+            self.handlers.types,
+            self.concurrency,
+            "asyncio" if self.is_async else self.pool,
+            lambda: core.counters,
+        )
+        record.start()
         core.changes.start()
         try:
             self._run_engine()
         finally:
             core.heartbeats.close()
             core.changes.close()
+            record.stop()
         logger.info("worker stopped: %s", core.counters.line())
         return core.counters.handled
 

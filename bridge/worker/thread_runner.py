@@ -27,6 +27,8 @@ class Ran:
     error: BaseException | None = None
     # The handler's own writes for its result's transaction (``write_with_result``).
     writes: tuple[Callable[[Any], Any], ...] = ()
+    # The traceback, when ``error`` cannot carry its own (it came from another process).
+    detail: str | None = None
 
 
 def run_call(call: Callable[[], Any]) -> Ran:
