@@ -8,7 +8,9 @@ should not have to subtract clocks to answer it.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+
+from .errors import BridgeError
 
 
 def utcnow() -> datetime:
@@ -61,3 +63,23 @@ def rate(count: float, seconds: float) -> str:
     if per_second >= 1 or per_second == 0:
         return f"{per_second:.1f}/s"
     return f"{per_second * 60:.1f}/min"
+
+
+def parse_age(text: str, option: str = "--older-than") -> timedelta:
+    """``7d``, ``12h``, ``30m``, ``90s`` -> timedelta; anything else is one clear error.
+
+    A unit is required: a bare ``7`` once meant 7 seconds and pruned what the
+    operator meant to keep. No signs, exponents, ``inf`` or ``nan``, nothing zero,
+    nothing over a hundred years (a typo, whatever it meant).
+    """
+    import re
+
+    units, longest = {"d": 86400, "h": 3600, "m": 60, "s": 1}, timedelta(days=36500)
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([dhms])", text.strip())
+    seconds = float(match[1]) * units[match[2]] if match else 0.0
+    if not 0 < seconds <= longest.total_seconds():
+        raise BridgeError(
+            f"{option} must be a positive age with its unit, like 7d, 12h, 30m or 90s "
+            f"(at most {longest.days}d), got {text!r}"
+        )
+    return timedelta(seconds=seconds)

@@ -37,7 +37,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             '(types = ["..."] in the config, or BRIDGE_TYPES=a,b)'
         )
     from ..daemon.descriptors import descriptor_need, ensure_descriptors
-    from ..ops.dashboard_server import TOKEN_VARIABLE, ActionPolicy, DashboardLimits
+    from ..ops.dashboard_app import TOKEN_VARIABLE, ActionPolicy
+    from ..ops.dashboard_server import DashboardLimits
 
     # Checked before anything is written: a refused setting leaves the database untouched.
     policy = ActionPolicy.decide(
@@ -74,7 +75,8 @@ def _dashboard(
     args: argparse.Namespace, operations: Operations, metrics: object, policy: Any
 ) -> Any:
     """Bind the daemon's HTTP port (the dashboard, /healthz and, with the extra, /metrics)."""
-    from ..ops.dashboard_server import DashboardApp, DashboardServer
+    from ..ops.dashboard_app import DashboardApp
+    from ..ops.dashboard_server import DashboardServer
 
     render = metrics.render if isinstance(metrics, Metrics) else None
     server = DashboardServer(

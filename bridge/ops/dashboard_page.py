@@ -19,8 +19,9 @@ from typing import Any
 
 from taskmanager._version import __version__
 
-from ..models import OUTBOX_STATUSES, TASK_STATUSES, OutboxEntry
+from ..models import OUTBOX_STATUSES, TASK_STATUSES, LocalTask, OutboxEntry
 from ..times import ago, rate, span
+from . import task_pages
 from .operations import DashboardView, RunningTask, Throughput
 
 REFRESH_SECONDS = 5
@@ -277,6 +278,8 @@ font-weight:600}.reason{color:#6b3a00;word-break:break-word}.empty,.hint{color:#
 svg.chart rect.done{fill:#3c8d5a}svg.chart rect.failed{fill:#c0392b}
 svg.chart text{font-size:10px;fill:#6b7280}svg.chart line.axis{stroke:#c7ccd6}
 form#act{padding:0 20px 8px;background:#1d2330;color:#c9cfdb}
+header a{color:#fff;text-decoration:none}pre{white-space:pre-wrap;word-break:break-word;
+background:#f6f7f9;padding:6px;margin:0;font-size:12px}
 .note{background:#fff7d6;padding:6px 20px;margin:0}
 """
 
@@ -323,16 +326,52 @@ def render(view: DashboardView, options: PageOptions | None = None) -> str:
         + _throughput(view)
         + _running(view)
         + _dead(view, options)
+        + task_pages.sections(view)
         + "</main></div>"
     )
+    refresh = f'<noscript><meta http-equiv="refresh" content="{REFRESH_SECONDS}"></noscript>'
+    return shell(
+        snap.database, snap.worker_id, f"{_actions_form(options)}{note}{live}", options, refresh
+    ).replace("</body>", f"<script>{_SCRIPT}</script></body>")
+
+
+def shell(
+    database: str,
+    worker_id: str | None,
+    body: str,
+    options: PageOptions,
+    head: str = "",
+    title: str = "taskmanager-bridge",
+) -> str:
+    """A whole page around ``body``: the header naming the queue, the style."""
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        "<title>taskmanager-bridge</title>"
-        f'<noscript><meta http-equiv="refresh" content="{REFRESH_SECONDS}"></noscript>'
+        f"<title>{escape(title)}</title>{head}"
         f"<style>{_STYLE}</style></head><body>"
-        f"<header><h1>taskmanager-bridge {escape(__version__)}</h1>"
-        f"<p>queue {escape(snap.database)}, remote worker id "
-        f"{escape(snap.worker_id or '(daemon not run)')}</p></header>"
-        f"{_actions_form(options)}{note}{live}"
-        f"<script>{_SCRIPT}</script></body></html>"
+        f'<header><h1><a href="/">taskmanager-bridge</a> {escape(__version__)}</h1>'
+        f"<p>queue {escape(database)}, remote worker id "
+        f"{escape(worker_id or '(daemon not run)')}</p></header>"
+        f"{body}</body></html>"
     )
+
+
+def render_tasks(
+    snapshot_database: str,
+    worker_id: str | None,
+    tasks: list[LocalTask],
+    now: datetime,
+    filters: dict[str, str],
+    options: PageOptions,
+) -> str:
+    """``/tasks``: the task list page."""
+    body = "<main>" + task_pages.list_page(tasks, now, filters) + "</main>"
+    return shell(snapshot_database, worker_id, body, options, title="tasks - taskmanager-bridge")
+
+
+def render_task(
+    database: str, worker_id: str | None, doc: dict[str, Any], now: datetime, options: PageOptions
+) -> str:
+    """``/tasks/ID``: one task's page (its dead rows' actions, when they are on)."""
+    main = "<main>" + task_pages.task_page(doc, now, options.actions) + "</main>"
+    title = f"task {doc['id']} - taskmanager-bridge"
+    return shell(database, worker_id, _actions_form(options) + main, options, title=title)

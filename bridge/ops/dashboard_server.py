@@ -32,66 +32,28 @@ dashboard's): a web page elsewhere cannot make the operator's browser act.
 from __future__ import annotations
 
 import contextlib
-import hmac
-import json
 import logging
-import re
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from functools import partial
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from taskmanager.config import is_loopback_host
 
 from ..errors import BridgeConfigError, BridgeError
-from .dashboard_page import PageOptions, render
-from .operations import Operations
+from .dashboard_app import TOKEN_VARIABLE, DashboardApp
 
 logger = logging.getLogger("bridge.dashboard")
 
-TOKEN_VARIABLE = "BRIDGE_DASHBOARD_TOKEN"
-HEALTH_MAX_OUTBOX_AGE = 900.0  # the same limits as `taskmanager-bridge health`
-HEALTH_MAX_TICK_AGE = 60.0
 MAX_FORM_BYTES = 4096
 POLL_SECONDS = 0.5  # the server loop looks at the connections' deadlines at least this often
-# The only notes the page shows (a link cannot make the page say anything else).
-_NOTE = re.compile(r"outbox row \d+: (pending again|discarded)")
-
-
-@dataclass(frozen=True)
-class ActionPolicy:
-    """Whether the page may change dead rows, and the token it then asks for."""
-
-    enabled: bool = False
-    token: str | None = None  # never shown, logged or put on the page
-
-    @classmethod
-    def decide(cls, enabled: bool, token: str | None, address: str) -> ActionPolicy:
-        """The policy for a server on ``address``; refuses actions off loopback without
-        a token (anyone who reaches the port could otherwise change the outbox)."""
-        token = token or None
-        if enabled and token is None and not is_loopback_host(address):
-            raise BridgeConfigError(
-                f"--dashboard-actions on {address}, which is not a loopback address, needs "
-                f"a token: set {TOKEN_VARIABLE} in the daemon's environment"
-            )
-        return cls(enabled, token)
-
-    def allows(self, supplied: str | None) -> bool:
-        if not self.enabled:
-            return False
-        if self.token is None:
-            return True
-        return supplied is not None and hmac.compare_digest(
-            supplied.encode("utf-8"), self.token.encode("utf-8")
-        )
 
 
 @dataclass(frozen=True)
@@ -236,6 +198,10 @@ class _Handler(BaseHTTPRequestHandler):
             "/metrics": app.metrics,
         }
         route = routes.get(url.path)
+        if url.path == "/tasks":
+            route = partial(app.task_list, parse_qs(url.query))
+        elif url.path.startswith("/tasks/"):
+            route = partial(app.task, unquote(url.path[len("/tasks/") :]))
         if route is None:
             self._text(HTTPStatus.NOT_FOUND, f"no page {url.path}: try / or /healthz")
             return
@@ -337,65 +303,6 @@ class DashboardHTTPServer(ThreadingHTTPServer):
             logger.debug("dashboard connection from %s ended: %s", client_address, error)
         else:
             logger.exception("dashboard: error answering %s", client_address)
-
-
-class DashboardApp:
-    """What each URL answers, apart from HTTP."""
-
-    def __init__(
-        self,
-        operations: Operations,
-        policy: ActionPolicy,
-        metrics_text: Callable[[], bytes] | None,
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-    ) -> None:
-        self.operations = operations
-        self.policy = policy
-        self.metrics_text = metrics_text
-        self.clock = clock
-
-    def page(self, note: str) -> tuple[int, bytes, str]:
-        options = PageOptions(
-            actions=self.policy.enabled,
-            token_required=self.policy.token is not None,
-            note=note if _NOTE.fullmatch(note) else "",
-        )
-        html = render(self.operations.dashboard(self.clock()), options)
-        return 200, html.encode("utf-8"), "text/html; charset=utf-8"
-
-    def healthz(self) -> tuple[int, bytes, str]:
-        problems = self.operations.health_problems(
-            self.clock(), HEALTH_MAX_OUTBOX_AGE, HEALTH_MAX_TICK_AGE
-        )
-        text = "unhealthy: " + "; ".join(problems) if problems else "healthy"
-        return (503 if problems else 200), f"{text}\n".encode(), "text/plain; charset=utf-8"
-
-    def status_json(self) -> tuple[int, bytes, str]:
-        doc = self.operations.snapshot(self.clock()).to_json()
-        return 200, json.dumps(doc, indent=2, sort_keys=True).encode(), "application/json"
-
-    def metrics(self) -> tuple[int, bytes, str]:
-        if self.metrics_text is None:
-            body = b"no /metrics here: install prometheus-client (pip install '.[metrics]')\n"
-            return 404, body, "text/plain; charset=utf-8"
-        return 200, self.metrics_text(), "text/plain; version=0.0.4; charset=utf-8"
-
-    def act(self, form: dict[str, list[str]]) -> str:
-        """Retry or discard one dead row; what happened, for the page's note."""
-        for verb, act in (
-            ("retry", self.operations.retry_dead),
-            ("discard", self.operations.discard_dead),
-        ):
-            if verb in form:
-                try:
-                    row_id = int(form[verb][0])
-                except ValueError:
-                    raise BridgeError(f"{verb}: not a row id: {form[verb][0]!r}") from None
-                act([row_id], self.clock())
-                logger.warning("dashboard: outbox row %d %s by the operator", row_id, verb)
-                done = "pending again" if verb == "retry" else "discarded"
-                return f"outbox row {row_id}: {done}"
-        raise BridgeError("the form names no action (retry=ID or discard=ID)")
 
 
 class DashboardServer:

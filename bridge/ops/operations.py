@@ -128,6 +128,16 @@ class Throughput:
 
 
 @dataclass(frozen=True)
+class TypeThroughput:
+    """One type's tasks finished over the last ``minutes``."""
+
+    task_type: str
+    done: int
+    failed: int  # failed or expired
+    minutes: int
+
+
+@dataclass(frozen=True)
 class DashboardView:
     """Everything the dashboard shows, read at one moment."""
 
@@ -135,6 +145,8 @@ class DashboardView:
     running: list[RunningTask]
     dead: list[OutboxEntry]
     throughput: list[Throughput]
+    failures: list[LocalTask] = field(default_factory=list)
+    by_type: list[TypeThroughput] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -329,6 +341,16 @@ class Operations:
                 counter[minute] += 1
         return [Throughput(start, done[start], failed[start]) for start in starts]
 
+    def throughput_by_type(self, now: datetime, minutes: int = 60) -> list[TypeThroughput]:
+        """Each type's tasks finished over the last ``minutes``, busiest first."""
+        counts: dict[str, list[int]] = {}
+        for task_type, status, count in self.store.finished_by_type(
+            now - timedelta(minutes=minutes)
+        ):
+            counts.setdefault(task_type, [0, 0])[0 if status == "done" else 1] += count
+        found = [TypeThroughput(t, done, failed, minutes) for t, (done, failed) in counts.items()]
+        return sorted(found, key=lambda row: (-(row.done + row.failed), row.task_type))
+
     def dashboard(self, now: datetime) -> DashboardView:
         """What the dashboard page shows."""
         return DashboardView(
@@ -336,6 +358,8 @@ class Operations:
             running=self.running(now),
             dead=self.recent_dead(),
             throughput=self.throughput(now),
+            failures=self.recent_failures(),
+            by_type=self.throughput_by_type(now),
         )
 
     def refuse_unless_dead(self, row_ids: Sequence[int]) -> None:

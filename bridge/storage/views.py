@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, String, cast, or_, select
+from sqlalchemy import ColumnElement, String, cast, func, or_, select
 
 from ..models import LocalTask, OutboxEntry, TaskDetail
 from .connector import Connector
@@ -98,3 +98,13 @@ class ViewQueries:
             ).mappings()
             entries = [OutboxEntry.from_row(entry) for entry in rows]
         return TaskDetail(task, row[-1], entries)
+
+    def finished_by_type(self, since: datetime) -> list[tuple[str, str, int]]:
+        """(type, status, count) of tasks finished at or after ``since``."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(tasks.c.type, tasks.c.status, func.count())
+                .where(tasks.c.finished_at >= since)
+                .group_by(tasks.c.type, tasks.c.status)
+            ).all()
+        return [(str(task_type), str(status), int(count)) for task_type, status, count in rows]

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from bridge import BridgeConfig, LocalQueue
+from bridge.models import WorkerInfo
 from bridge.storage.migrations import upgrade
 from taskmanager.emulator import EmulatorServer
 
@@ -153,6 +154,11 @@ def _make_state(db: str, config: Path, server: EmulatorServer) -> None:
         for task_type in TYPES:  # two tasks left running, with their lease ticking
             assert queue.dequeue([task_type]) is not None
         queue.create_remote_task("not_registered_anywhere", {"x": 1})  # the server: 404, dead
+        now = queue.clock()  # a worker's own record, as `worker` writes it
+        queue.record_worker(
+            WorkerInfo(queue.locked_by, "test-host", os.getpid(), list(TYPES), 2, "thread",
+                       now, now, None, 4, 1)
+        )  # fmt: skip
 
         def settled() -> bool:
             counts = queue.status()
@@ -211,8 +217,14 @@ def test_page_in_chromium_shows_what_status_json_says(running_daemon: Running, t
     )
     # Running tasks with their age and remote lease, the dead row with its reason.
     assert text.count("running for") == 1 and "lease left" in text
-    assert "the channel page answered 404" not in text  # a failure is not an outbox row
     assert "not found" in text.lower(), "the dead row's reason is missing"
+    # The failed task among the recent failures, the worker with its beat, per-type rates.
+    assert "the channel page answered 404" in text
+    workers = doc["workers"]
+    assert isinstance(workers, list) and len(workers) == 1
+    assert page.values[f"workers.{workers[0]['id']}.state"] == workers[0]["state"] == "alive"
+    assert page.values[f"workers.{workers[0]['id']}.done"] == str(workers[0]["done"])
+    assert page.values[f"by_type.{TYPES[0]}.done"] == str(tasks[TYPES[0]]["done"])
     assert running_daemon.server.api_key not in dom
 
     shot = os.environ.get("DASHBOARD_SCREENSHOT")
@@ -226,3 +238,45 @@ def test_page_in_chromium_shows_what_status_json_says(running_daemon: Running, t
             "--hide-scrollbars",
         )
         assert Path(shot).stat().st_size > 10_000
+
+
+def tasks_show(running: Running, ref: str) -> dict[str, object]:
+    done = subprocess.run(
+        [*BRIDGE, "--config", str(running.config), "tasks", "show", ref, "--json"],
+        capture_output=True,
+        text=True,
+        env=running.env,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def test_task_pages_in_chromium_show_what_tasks_show_says(running_daemon: Running, tmp_path: Path):
+    browser = chromium()
+    listing = MetricReader()
+    listing.feed(
+        browse(browser, running_daemon.url + "tasks?status=failed", tmp_path, "--dump-dom")
+    )
+    failed = [key.split(".")[1] for key, value in listing.values.items() if value == "failed"]
+    assert len(failed) == 1, listing.values
+    doc = tasks_show(running_daemon, failed[0])
+    page = MetricReader()
+    dom = browse(browser, f"{running_daemon.url}tasks/{failed[0]}", tmp_path, "--dump-dom")
+    page.feed(dom)
+    text = " ".join(page.text)
+    assert (page.values["task.status"], page.values["task.attempts"]) == (
+        doc["status"],
+        str(doc["attempts"]),
+    )
+    assert doc["error"] == "the channel page answered 404" and str(doc["error"]) in text
+    rows = doc["outbox"]
+    assert isinstance(rows, list) and rows
+    for row in rows:
+        assert page.values[f"outbox_row.{row['id']}.status"] == row["status"]
+    assert running_daemon.server.api_key not in dom
+    search = MetricReader()
+    search.feed(browse(browser, running_daemon.url + "tasks?q=%40c3", tmp_path, "--dump-dom"))
+    assert sum(1 for key in search.values if key.startswith("tasks.")) == 1  # @c3 in its params

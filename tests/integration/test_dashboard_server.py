@@ -21,7 +21,8 @@ import requests
 
 from bridge import BridgeConfig, LocalQueue
 from bridge.errors import BridgeConfigError
-from bridge.ops.dashboard_server import ActionPolicy, DashboardApp, DashboardLimits, DashboardServer
+from bridge.ops.dashboard_app import ActionPolicy, DashboardApp
+from bridge.ops.dashboard_server import DashboardLimits, DashboardServer
 from bridge.ops.metrics import Metrics
 from bridge.ops.operations import Operations
 from bridge.storage.migrations import upgrade
