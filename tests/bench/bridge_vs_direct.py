@@ -4,7 +4,7 @@
                                             [--url URL --key KEY]
 
 Direct: W threads in one process, each looping ``claim_task`` then ``complete_task``
-(pattern 1). DaemonJobs: ``taskmanager-bridge run`` (workers = W) and ``taskmanager-bridge
+(pattern 1). Bridge: ``taskmanager-bridge run`` (workers = W) and ``taskmanager-bridge
 worker --concurrency W``, a handler that returns at once; the daemon starts once the
 worker is ready. Both are separate processes; each run's time is the server's: from
 the first claim's arrival to the last completion's answer, so process start-up counts

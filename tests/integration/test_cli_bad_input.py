@@ -76,7 +76,8 @@ def _cases() -> Iterator[tuple[str, list[str]]]:
                     argv = [*path, *filler, value]
                 yield f"{' '.join(path)} {action.dest}={value}", argv
     for path, parser in COMMANDS:
-        if parser._subparsers is not None:
+        subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if subcommands and subcommands[0].required:  # `tasks` alone lists the tasks
             yield f"{' '.join(path) or '(none)'} without a subcommand", list(path)
 
 
