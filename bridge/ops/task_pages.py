@@ -50,7 +50,7 @@ def search_section() -> str:
         '<section><h2>Find tasks</h2><form method="get" action="/tasks">'
         '<input name="q" placeholder="an id, or text in the type, error or params"> '
         f'<select name="status">{options}</select> '
-        '<input name="type" placeholder="type"> <button>search</button></form>'
+        '<input name="type" placeholder="type"> <input type="submit" value="search"></form>'
         '<p><a href="/tasks">all tasks, newest first</a> · '
         '<a href="/tasks?status=failed">failed</a></p></section>'
     )

@@ -1,22 +1,26 @@
 """The bridge against the specification's direct pattern, on the same server, in one run.
 
-    python tests/bench/bridge_vs_direct.py [--tasks 300] [--workers 4] [--rounds 3]
+    python tests/bench/bridge_vs_direct.py [--tasks 1000] [--workers 4] [--rounds 3]
+                                            [--latency-ms 0,20,50] [--trickle 0]
                                             [--url URL --key KEY]
 
 Direct: W threads in one process, each looping ``claim_task`` then ``complete_task``
-(pattern 1). Bridge: ``taskmanager-bridge run`` (workers = W) and ``taskmanager-bridge
-worker --concurrency W``, a handler that returns at once; the daemon starts once the
-worker is ready. Both are separate processes; each run's time is the server's: from
-the first claim's arrival to the last completion's answer, so process start-up counts
-for neither. Half the tasks exist
-at the start, the other half are created during the run at a steady rate, to measure
-create-to-start while busy.
+(pattern 1). Bridge: ``taskmanager-bridge run`` (workers = W, prefetch 50) and
+``taskmanager-bridge worker --concurrency W``, a handler that returns at once; the daemon
+starts once the worker is ready. Both are separate processes; each run's time is the
+server's: from the first claim's arrival to the last completion's answer, so process
+start-up counts for neither. CPU is each client process's own (user + system, from
+/proc), from the first claim to the last completion, per task: the emulator's share
+is not counted (it runs in this process).
 
 Against the emulator with the measured server's costs (``REALISTIC_COSTS``: 3 ms a
-request, 4 at a time, 1 deadlock in ~300) unless ``--url``/``--key`` name a server.
-Rounds alternate the order. Prints both times, the ratio (bridge / direct, <= 1.0 is
-the goal), calls per task and latency percentiles per run, then the spread.
-``--trickle 0`` creates every task up front (the throughput case);
+request, 4 at a time, 1 deadlock in ~300) and a network delay each way of half the
+round trip (``--latency-ms``: the emulator's ``network_seconds``, which holds no place
+among the server's 4), unless ``--url``/``--key`` name a server. Rounds are interleaved:
+each round runs every latency, the patterns' order alternating. Prints, per latency,
+time and CPU per task of each pattern and process with their spread, calls per task,
+and the ratios (bridge / direct: time <= 0.6 at 20 ms and CPU <= 1.0 are the goals).
+``--trickle 0.5`` creates half the tasks during the run (create-to-start latency);
 ``BENCH_BRIDGE_CONFIG="poll_min_seconds = 0.05; ..."`` adds lines to the bridge's config.
 """
 
@@ -49,9 +53,12 @@ class Run:
     pattern: str
     seconds: float
     calls_per_task: float
-    claim_p95_ms: float
-    call_p95_ms: float
+    cpu_ms: dict[str, float]  # process name -> CPU ms per task, first claim to last completion
     start_p95_ms: float
+
+    @property
+    def cpu_total_ms(self) -> float:
+        return sum(self.cpu_ms.values())
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -59,11 +66,24 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (its threads included), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 class Target:
     """The server under test: the emulator (its request log gives the times) or a URL."""
 
-    def __init__(self, url: str | None, key: str | None) -> None:
-        self.server = None if url else EmulatorServer(**REALISTIC_COSTS).start()  # type: ignore[arg-type]
+    def __init__(self, url: str | None, key: str | None, latency_ms: float) -> None:
+        self.server = (
+            None
+            if url
+            else EmulatorServer(**REALISTIC_COSTS, network_seconds=latency_ms / 2000).start()  # type: ignore[arg-type]
+        )
         self.url = url or self.server.url  # type: ignore[union-attr]
         self.key = key or self.server.api_key  # type: ignore[union-attr]
 
@@ -71,6 +91,11 @@ class Target:
         return TaskManagerClient(
             TaskManagerConfig.from_env({}, api_url=self.url, api_key=self.key, retry_attempts=5)
         )
+
+    def first_claim_seen(self) -> bool:
+        if self.server is None:
+            return True  # a real server: from the processes' start
+        return any(r.path == "/tasks/claim" for r in self.server.requests)
 
     def completed(self, admin: TaskManagerClient, task_type: str) -> int:
         """How many tasks of the type are completed. On the emulator, read from its
@@ -114,24 +139,29 @@ def run_pattern(pattern: str, target: Target, tasks: int, workers: int, upfront:
         target.server.reset_requests()
     processes = start_processes(pattern, target, task_type, workers, folder, env)
     try:
-        while not target.completed(admin, task_type):
-            time.sleep(0.01)  # processes started: now the run is busy
+        while not target.first_claim_seen():
+            time.sleep(0.002)
+        before = {name: cpu_seconds(p.pid) for name, p in processes.items()}
         trickle = threading.Thread(
             target=create_slowly, args=(admin, task_type, upfront, tasks, created)
         )
         trickle.start()
         trickle.join()
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600
         while target.completed(admin, task_type) < len(created) and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.02)
+        cpu = {
+            name: 1000 * (cpu_seconds(p.pid) - before[name]) / tasks
+            for name, p in processes.items()
+        }
     finally:
-        for process in processes:
+        for process in processes.values():
             process.terminate()
-        for process in processes:
+        for process in processes.values():
             process.wait(30)
     starts = start_log(starts_file)
     busy = [starts[i] - created[i] for i in list(created)[upfront:] if i in starts]
-    return measure(pattern, target, tasks, busy)
+    return measure(pattern, target, tasks, busy, cpu)
 
 
 def create_slowly(
@@ -145,12 +175,12 @@ def create_slowly(
 
 def start_processes(
     pattern: str, target: Target, task_type: str, workers: int, folder: Path, env: dict[str, str]
-) -> list[subprocess.Popen[bytes]]:
+) -> dict[str, subprocess.Popen[bytes]]:
     log = (folder / "out.log").open("wb")
     if pattern == "direct":
         script = str(HERE / "direct_worker.py")
         command = [sys.executable, script, target.url, task_type, str(workers)]
-        return [subprocess.Popen(command, env=env, stdout=log, stderr=log)]
+        return {"direct": subprocess.Popen(command, env=env, stdout=log, stderr=log)}
     db = folder / "queue.db"
     upgrade(str(db))
     config = folder / "bridge.toml"
@@ -178,69 +208,86 @@ def start_processes(
         if time.monotonic() > deadline or started.poll() is not None:
             raise RuntimeError(f"the worker did not start: {worker_log_path.read_text()}")
         time.sleep(0.01)
-    return [subprocess.Popen([*base, "run"], env=env, stdout=log, stderr=log, cwd=ROOT), started]
+    daemon = subprocess.Popen([*base, "run"], env=env, stdout=log, stderr=log, cwd=ROOT)
+    return {"daemon": daemon, "worker": started}
 
 
-def measure(pattern: str, target: Target, tasks: int, busy_starts: list[float]) -> Run:
+def measure(
+    pattern: str, target: Target, tasks: int, busy_starts: list[float], cpu: dict[str, float]
+) -> Run:
     server = target.server
     if server is None:  # a real server: only what the client side can see
-        return Run(pattern, float("nan"), float("nan"), float("nan"), float("nan"), 0.0)
+        return Run(pattern, float("nan"), float("nan"), cpu, 0.0)
     records = [r for r in server.requests if r.path != "/health"]
     claims = [r for r in records if r.path == "/tasks/claim"]
     done = [r for r in records if r.path.endswith("/complete") and r.status == 200]
     seconds = max(r.answered for r in done) - min(r.at for r in claims)
     calls = sum(1 for r in records if r.path == "/tasks/claim" or r.path.endswith("/complete"))
-    return Run(
-        pattern,
-        seconds,
-        calls / tasks,
-        1000 * percentile([r.answered - r.at for r in claims], 0.95),
-        1000 * percentile([r.answered - r.at for r in records], 0.95),
-        1000 * percentile(busy_starts, 0.95),
+    return Run(pattern, seconds, calls / tasks, cpu, 1000 * percentile(busy_starts, 0.95))
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    return (
+        f"{statistics.median(values):.{digits}f} "
+        f"[{min(values):.{digits}f}-{max(values):.{digits}f}]"
     )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=300)
+    parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument(
         "--trickle",
         type=float,
-        default=0.5,
+        default=0.0,
         help="share of the tasks created during the run (0: all exist at the start)",
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-ms", default="0,20,50", help="round trips to emulate, ms")
     parser.add_argument("--url", help="a real server instead of the emulator")
     parser.add_argument("--key", help="its API key")
     args = parser.parse_args()
-    target = Target(args.url, args.key)
+    latencies = [0.0] if args.url else [float(v) for v in args.latency_ms.split(",")]
     costs = "server given by URL" if args.url else f"emulator, costs {REALISTIC_COSTS}"
     print(f"{args.tasks} tasks, {args.workers} workers, {costs}")
-    ratios = []
-    try:
-        for round_number in range(args.rounds):
-            order = ("direct", "bridge") if round_number % 2 == 0 else ("bridge", "direct")
-            upfront = args.tasks - round(args.tasks * args.trickle)
-            runs = {p: run_pattern(p, target, args.tasks, args.workers, upfront) for p in order}
-            ratio = runs["bridge"].seconds / runs["direct"].seconds
-            ratios.append(ratio)
-            for run in runs.values():
+    upfront = args.tasks - round(args.tasks * args.trickle)
+    runs: dict[float, list[dict[str, Run]]] = {latency: [] for latency in latencies}
+    for round_number in range(args.rounds):
+        for latency in latencies:
+            target = Target(args.url, args.key, latency)
+            try:
+                order = ("direct", "bridge") if round_number % 2 == 0 else ("bridge", "direct")
+                found = {
+                    p: run_pattern(p, target, args.tasks, args.workers, upfront) for p in order
+                }
+            finally:
+                target.close()
+            runs[latency].append(found)
+            for run in found.values():
+                cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in run.cpu_ms.items())
                 print(
-                    f"  round {round_number + 1} {run.pattern:6} {run.seconds:6.2f} s  "
-                    f"{args.tasks / run.seconds:6.1f} tasks/s  "
-                    f"calls/task {run.calls_per_task:.2f}  "
-                    f"p95 claim {run.claim_p95_ms:.0f} ms, any call {run.call_p95_ms:.0f} ms, "
-                    f"create-to-start while busy {run.start_p95_ms:.0f} ms"
+                    f"  round {round_number + 1} rtt {latency:g} ms {run.pattern:6} "
+                    f"{run.seconds:6.2f} s  calls/task {run.calls_per_task:.2f}  "
+                    f"CPU ms/task {cpu}  create-to-start p95 {run.start_p95_ms:.0f} ms",
+                    flush=True,
                 )
-            print(f"  round {round_number + 1} bridge / direct time: {ratio:.2f}")
-    finally:
-        target.close()
-    spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
-    print(
-        f"bridge / direct time over {len(ratios)} rounds: median "
-        f"{statistics.median(ratios):.2f}, spread {spread} (<= 1.00 is the goal)"
-    )
+    print("\nmedian [spread] over rounds:")
+    for latency, rounds in runs.items():
+        time_ratio = [r["bridge"].seconds / r["direct"].seconds for r in rounds]
+        cpu_ratio = [r["bridge"].cpu_total_ms / r["direct"].cpu_total_ms for r in rounds]
+        print(f"rtt {latency:g} ms:")
+        for pattern in ("direct", "bridge"):
+            seconds = [r[pattern].seconds for r in rounds]
+            print(f"  {pattern:6} time {spread(seconds)} s", end="")
+            for name in rounds[0][pattern].cpu_ms:
+                print(
+                    f"; {name} CPU {spread([r[pattern].cpu_ms[name] for r in rounds])} ms/task",
+                    end="",
+                )
+            calls = [r[pattern].calls_per_task for r in rounds]
+            print(f"; calls/task {spread(calls)}")
+        print(f"  bridge / direct: time {spread(time_ratio)}, CPU {spread(cpu_ratio)}")
     return 0
 
 

@@ -183,9 +183,15 @@ def test_a_second_daemon_on_the_same_queue_and_worker_id_is_refused(db: str, tmp
                 assert queue.store.get_state("contact") == contact_before  # nothing reset
             first.send_signal(signal.SIGKILL)  # gone: its lease is not waited out on this host
             first.communicate(timeout=10)
-            third = cli(config, "run", server=server)
             with LocalQueue(config=BridgeConfig.load(config)) as queue:
-                assert wait_until(lambda: third.poll() is None and _held_by(queue, third.pid), 30)
+                ticked = queue.store.get_state("last_tick")
+                third = cli(config, "run", server=server)
+                # Held, and ticking (so past its start: a SIGTERM now is a clean stop).
+                assert wait_until(
+                    lambda: _held_by(queue, third.pid)
+                    and queue.store.get_state("last_tick") != ticked,
+                    30,
+                )
             third.send_signal(signal.SIGTERM)
             assert third.communicate(timeout=30)[0] is not None and third.returncode == 0
             with LocalQueue(config=BridgeConfig.load(config)) as queue:
