@@ -1,0 +1,87 @@
+"""What a new user and an operator ran into on a fresh install, each as they met it: the
+CLI as a real process, the daemon against the emulator over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import requests
+
+from bridge import BridgeConfig, LocalQueue
+from bridge.daemon.server_contact import Contact
+from bridge.ops.dashboard_server import ActionPolicy, DashboardApp, DashboardServer
+from bridge.ops.operations import Operations
+from bridge.storage import CONTACT_KEY, LAST_CONTACT_KEY, LAST_TICK_KEY, WORKER_ID_KEY
+from bridge.storage.migrations import upgrade
+from taskmanager import TaskManagerClient, TaskManagerConfig, TaskManagerProtocolError
+from taskmanager.emulator import EmulatorServer
+
+from .helpers import bridge_cli, wait_until
+
+pytestmark = pytest.mark.acceptance
+TYPE = "youtube_channel_scrape"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The caller's environment without anything that would choose a database or a key."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "TASKMANAGER_"))}
+    return {**env, **extra}
+
+
+def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("taskmanager-bridge: error:"), done.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    url = str(tmp_path / "q.db")
+    upgrade(url)
+    return url
+
+
+# -- 2. global options after the subcommand ------------------------------------------------
+def test_global_options_are_accepted_after_the_subcommand(tmp_path: Path, db: str):
+    (tmp_path / "handlers.py").write_text("def scrape(params):\n    return {}\n")
+    worker = bridge_cli(
+        "worker", "--handler", "handlers:scrape", "--type", TYPE, "--max-tasks", "0",
+        "--db-url", db, "-v", "--log-format", "json",
+        cwd=tmp_path, env=_env(),
+    )  # fmt: skip
+    assert worker.returncode == 0, worker.stderr
+    status = bridge_cli("status", "--json", "--db-url", db, cwd=tmp_path, env=_env())
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["database"] == f"sqlite:///{db}"
+    nested = bridge_cli("db", "current", "--db-url", db, "-v", cwd=tmp_path, env=_env())
+    assert nested.returncode == 0 and "up to date" in nested.stdout, nested.stderr
+
+
+def test_a_global_option_given_before_and_after_the_subcommand_the_later_wins(
+    tmp_path: Path, db: str
+):
+    elsewhere = str(tmp_path / "elsewhere.db")
+    both = bridge_cli("--db-url", elsewhere, "status", "--json", "--db-url", db, env=_env())
+    assert both.returncode == 0, both.stderr
+    assert json.loads(both.stdout)["database"] == f"sqlite:///{db}"
+    before_only = bridge_cli("--db-url", db, "status", "--json", "-v", env=_env())
+    assert json.loads(before_only.stdout)["database"] == f"sqlite:///{db}"
+    assert not Path(elsewhere).exists()
+    text_then_json = bridge_cli(
+        "--log-format", "text", "--db-url", str(tmp_path / "none.db"), "health",
+        "--log-format", "json", env=_env(),
+    )  # fmt: skip
+    _one_error_line(text_then_json)  # errors stay one plain line, whatever the log format
+
+
