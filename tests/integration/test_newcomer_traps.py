@@ -85,3 +85,26 @@ def test_a_global_option_given_before_and_after_the_subcommand_the_later_wins(
     _one_error_line(text_then_json)  # errors stay one plain line, whatever the log format
 
 
+# -- 3. a handler module that fails on import ------------------------------------------------
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("def scrape(params:\n    return {}\n", r"SyntaxError: .* \(.*broken\.py:1\)"),
+        ("raise RuntimeError('no config for the scraper')\n", r"RuntimeError: no config for"),
+        ("import sys\nsys.exit(3)\n", r"SystemExit: 3"),
+    ],
+    ids=["syntax error", "raises at import", "exits at import"],
+)
+def test_a_handler_module_that_fails_on_import_is_one_line_and_exit_2(
+    tmp_path: Path, db: str, source: str, expected: str
+):
+    (tmp_path / "broken.py").write_text(source)
+    done = bridge_cli(
+        "--db-url", db, "worker", "--handler", "broken:scrape", "--type", TYPE,
+        cwd=tmp_path, env=_env(),
+    )  # fmt: skip
+    line = _one_error_line(done)
+    assert "'broken'" in line and "Traceback" not in done.stderr
+    assert re.search(expected, line), line
+
+
