@@ -358,7 +358,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--log-format",
         choices=("text", "json"),
         default=default("text"),
-        help="log lines on stderr: text or JSON lines" + ("" if top else " (default: text)") + after,
+        help=f"log lines on stderr: text or JSON lines{'' if top else ' (default: text)'}{after}",
     )
 
 
