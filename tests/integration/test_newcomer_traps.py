@@ -108,3 +108,42 @@ def test_a_handler_module_that_fails_on_import_is_one_line_and_exit_2(
     assert re.search(expected, line), line
 
 
+# -- 4. no empty database file from a command that needs a schema ----------------------------
+def test_no_command_but_db_upgrade_creates_the_default_database(tmp_path: Path):
+    types = tmp_path / "types.json"
+    types.write_text(json.dumps([{"name": TYPE, "version": "1", "param_schema": {}}]))
+    (tmp_path / "handlers.py").write_text("def scrape(params):\n    return {}\n")
+    env = _env(
+        TASKMANAGER_API_KEY="dev",
+        BRIDGE_TYPES=TYPE,
+        TASKMANAGER_API_URL="http://127.0.0.1:9/api",
+        TASKMANAGER_RETRY_ATTEMPTS="0",
+    )
+    default = tmp_path / "taskmanager-bridge.db"
+    commands = {
+        "status": ["status"],
+        "health": ["health"],
+        "worker": ["worker", "--handler", "handlers:scrape", "--type", TYPE],
+        "run": ["run"],
+        "outbox list": ["outbox", "list"],
+        "outbox retry": ["outbox", "retry", "--dead"],
+        "outbox discard": ["outbox", "discard", "--dead"],
+        "register-types": ["register-types", str(types)],
+        "prune": ["prune", "--older-than", "7d"],
+        "db current": ["db", "current"],
+    }
+    created = []
+    for name, argv in commands.items():
+        done = bridge_cli(*argv, cwd=tmp_path, env=env)
+        assert done.returncode != 0, f"{name}: {done.stdout}{done.stderr}"
+        assert "Traceback" not in done.stderr, f"{name}: {done.stderr}"
+        if name != "db current":
+            assert "taskmanager-bridge db upgrade" in done.stderr, f"{name}: {done.stderr}"
+        if default.exists():
+            created.append(name)
+            default.unlink()
+    assert not created, f"these created an empty {default.name}: {created}"
+    upgraded = bridge_cli("db", "upgrade", cwd=tmp_path, env=env)
+    assert upgraded.returncode == 0 and default.exists(), upgraded.stderr
+
+
