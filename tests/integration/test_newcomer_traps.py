@@ -147,3 +147,33 @@ def test_no_command_but_db_upgrade_creates_the_default_database(tmp_path: Path):
     assert upgraded.returncode == 0 and default.exists(), upgraded.stderr
 
 
+# -- 5. a worker for a type the daemon does not claim ----------------------------------------
+def _worker_start(tmp_path: Path, db: str, config: str, *types: str) -> str:
+    (tmp_path / "handlers.py").write_text("def scrape(params):\n    return {}\n")
+    (tmp_path / "bridge.toml").write_text(f'db_url = "{db}"\n{config}')
+    argv = ["worker", "--handler", "handlers:scrape", "--max-tasks", "0"]
+    for task_type in types:
+        argv += ["--type", task_type]
+    done = bridge_cli(*argv, cwd=tmp_path, env=_env())
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_a_worker_for_a_type_the_daemon_does_not_claim_warns_with_the_close_name(
+    tmp_path: Path, db: str
+):
+    err = _worker_start(tmp_path, db, f'types = ["{TYPE}"]\n', "youtube_chanel_scrape")
+    (warning,) = [line for line in err.splitlines() if "WARNING" in line]
+    assert "youtube_chanel_scrape" in warning and "not in the config's types" in warning
+    assert f"did you mean {TYPE}?" in warning
+    assert "only if queued locally" in warning
+
+
+def test_no_warning_for_claimed_types_or_without_types(tmp_path: Path, db: str):
+    assert "WARNING" not in _worker_start(tmp_path, db, f'types = ["{TYPE}"]\n', TYPE)
+    assert "WARNING" not in _worker_start(tmp_path, db, "", "local.only")
+    far = _worker_start(tmp_path, db, f'types = ["{TYPE}"]\n', TYPE, "reddit.posts")
+    (warning,) = [line for line in far.splitlines() if "WARNING" in line]
+    assert "reddit.posts" in warning and "did you mean" not in warning
+
+
