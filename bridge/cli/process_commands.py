@@ -38,6 +38,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             "types: the daemon needs the task types to claim "
             '(types = ["..."] in the config, or BRIDGE_TYPES=a,b)'
         )
+    if not config.client_config().api_key:  # every request would be refused, for ever
+        raise BridgeConfigError(
+            "no API key: set TASKMANAGER_API_KEY in the daemon's environment "
+            "(or api_key in [taskmanager] of the config file)"
+        )
     from ..daemon.descriptors import descriptor_need, ensure_descriptors
     from ..ops.dashboard_server import TOKEN_VARIABLE, ActionPolicy, DashboardLimits
 

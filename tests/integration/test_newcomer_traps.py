@@ -177,3 +177,17 @@ def test_no_warning_for_claimed_types_or_without_types(tmp_path: Path, db: str):
     assert "reddit.posts" in warning and "did you mean" not in warning
 
 
+# -- 7. run without an API key ----------------------------------------------------------------
+def test_run_without_an_api_key_refuses_to_start_and_writes_nothing(tmp_path: Path, db: str):
+    (tmp_path / "bridge.toml").write_text(f'db_url = "{db}"\ntypes = ["{TYPE}"]\n')
+    done = bridge_cli("run", cwd=tmp_path, env=_env())
+    line = _one_error_line(done)
+    assert "TASKMANAGER_API_KEY" in line and "api_key" in line and "[taskmanager]" in line
+    with LocalQueue(db) as queue:
+        assert queue.store.get_state(WORKER_ID_KEY) is None, "run wrote to the database"
+        assert queue.store.get_state(CONTACT_KEY) is None
+    missing = tmp_path / "missing.db"
+    again = bridge_cli("--db-url", str(missing), "run", cwd=tmp_path, env=_env(BRIDGE_TYPES=TYPE))
+    assert "TASKMANAGER_API_KEY" in _one_error_line(again) and not missing.exists()
+
+
