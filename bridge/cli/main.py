@@ -185,6 +185,14 @@ def _add_health(commands: Subparsers) -> None:
         metavar="SECONDS",
         help="seconds since the daemon's last tick",
     )
+    health.add_argument(
+        "--require-contact",
+        type=_seconds(minimum=1),
+        default=None,
+        metavar="SECONDS",
+        help="also fail while the server has not answered for this long (never answered "
+        "counts once the daemon has run this long; default: not checked)",
+    )
     health.set_defaults(func=cmd_health)
 
 

@@ -66,7 +66,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     """0 when healthy, 1 otherwise, with the reason: for systemd, Docker, Kubernetes probes."""
     with Operations.open(load_config(args)) as operations:
         problems = operations.health_problems(
-            datetime.now(timezone.utc), args.max_outbox_age, args.max_tick_age
+            datetime.now(timezone.utc), args.max_outbox_age, args.max_tick_age, args.require_contact
         )
     if problems:
         print("unhealthy: " + "; ".join(problems))

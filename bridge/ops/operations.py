@@ -214,11 +214,31 @@ class Operations:
         )
 
     def health_problems(
-        self, now: datetime, max_outbox_age: float, max_tick_age: float
+        self,
+        now: datetime,
+        max_outbox_age: float,
+        max_tick_age: float,
+        require_contact: float | None = None,
     ) -> list[str]:
-        """Why the bridge is unhealthy (an empty list when it is healthy)."""
+        """Why the bridge is unhealthy (an empty list when it is healthy).
+
+        ``require_contact``: also unhealthy while the server has not answered for that
+        many seconds, so that a probe tells "up and serving" from "up and cut off". The
+        silence counts from the last answer, or from the daemon's start when it has had
+        none since (the contact state is reset at each start, and each change of state
+        is a time the server was heard from or given up on).
+        """
         snapshot = self.snapshot(now)
         problems = []
+        contact, heard = snapshot.contact, snapshot.last_contact
+        if require_contact is not None and contact is not None:
+            silent = (now - max(contact.since, heard or contact.since)).total_seconds()
+            if silent > require_contact:
+                last = f"{(now - heard).total_seconds():.0f} s ago" if heard else "never"
+                problems.append(
+                    f"the server has not answered for {silent:.0f} s "
+                    f"(limit {require_contact:g} s; last answer: {last})"
+                )
         age = snapshot.oldest_pending_age
         if age is not None and age > max_outbox_age:
             problems.append(

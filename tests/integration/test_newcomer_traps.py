@@ -191,3 +191,56 @@ def test_run_without_an_api_key_refuses_to_start_and_writes_nothing(tmp_path: Pa
     assert "TASKMANAGER_API_KEY" in _one_error_line(again) and not missing.exists()
 
 
+# -- 8. health that requires contact with the server ----------------------------------------
+def _daemon_state(db: str, started_ago: float, answered_ago: float | None) -> None:
+    """The state rows of a daemon that started ``started_ago`` s ago, ticks now, and last
+    heard from the server ``answered_ago`` s ago (None: never)."""
+    now = datetime.now(timezone.utc)
+    with LocalQueue(db) as queue:
+        store = queue.store
+        state = "unknown" if answered_ago is None else "ok"
+        since = now - timedelta(seconds=started_ago)
+        store.set_state(CONTACT_KEY, Contact(state, since).to_json(), now)
+        store.set_state(LAST_TICK_KEY, now.isoformat(), now)
+        if answered_ago is not None:
+            answered = now - timedelta(seconds=answered_ago)
+            store.set_state(LAST_CONTACT_KEY, answered.isoformat(), now)
+
+
+def test_health_require_contact_fails_while_the_server_has_not_answered(db: str):
+    _daemon_state(db, started_ago=120, answered_ago=None)
+    assert bridge_cli("--db-url", db, "health", env=_env()).returncode == 0  # unchanged default
+    cut_off = bridge_cli("--db-url", db, "health", "--require-contact", "60", env=_env())
+    assert cut_off.returncode == 1, cut_off.stdout + cut_off.stderr
+    said = r"the server has not answered for 1[2-4]\d s \(limit 60 s; last answer: never\)"
+    assert re.search(said, cut_off.stdout), cut_off.stdout
+    young = bridge_cli("--db-url", db, "health", "--require-contact", "300", env=_env())
+    assert young.returncode == 0, young.stdout  # the daemon has not run that long yet
+    _daemon_state(db, started_ago=3600, answered_ago=10)
+    assert bridge_cli("--db-url", db, "health", "--require-contact", "60").returncode == 0
+    _daemon_state(db, started_ago=3600, answered_ago=600)
+    stale = bridge_cli("--db-url", db, "health", "--require-contact", "60", env=_env())
+    assert stale.returncode == 1 and "last answer: 60" in stale.stdout, stale.stdout
+    bad = bridge_cli("--db-url", db, "health", "--require-contact", "soon", env=_env())
+    assert bad.returncode == 2
+
+
+def test_healthz_takes_require_contact_as_a_query_parameter(db: str):
+    _daemon_state(db, started_ago=120, answered_ago=None)
+    with LocalQueue(db) as queue:
+        operations = Operations(queue.store, BridgeConfig.load(env={}, db_url=db))
+        server = DashboardServer(
+            DashboardApp(operations, ActionPolicy(enabled=False), None), "127.0.0.1", 0
+        )
+        server.start()
+        try:
+            plain = requests.get(f"{server.url}healthz", timeout=10)
+            assert (plain.status_code, plain.text) == (200, "healthy\n")
+            strict = requests.get(f"{server.url}healthz?require_contact=60", timeout=10)
+            assert strict.status_code == 503 and "has not answered for 1" in strict.text
+            bad = requests.get(f"{server.url}healthz?require_contact=soon", timeout=10)
+            assert bad.status_code == 400 and "require_contact" in bad.text
+        finally:
+            server.stop()
+
+
