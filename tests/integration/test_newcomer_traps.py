@@ -244,3 +244,21 @@ def test_healthz_takes_require_contact_as_a_query_parameter(db: str):
             server.stop()
 
 
+# -- 9. an api_url without /api --------------------------------------------------------------
+def test_the_emulator_answers_outside_api_with_the_web_servers_html_404():
+    with EmulatorServer() as server:
+        root = server.url.removesuffix("/api")
+        for path in ("/health", "/tasks", "/", "/apiary/health"):
+            answer = requests.get(root + path, timeout=10)
+            assert answer.status_code == 404, path
+            assert answer.headers["Content-Type"].startswith("text/html"), path
+            assert answer.text.lstrip().startswith("<!DOCTYPE html>"), path
+        assert requests.get(server.url + "/health", timeout=10).json()["success"] is True
+        config = TaskManagerConfig.from_env({}, api_url=root, api_key=server.api_key)
+        with TaskManagerClient(config) as client, pytest.raises(TaskManagerProtocolError) as err:
+            client.create_task(TYPE, {"channel_url": "https://youtube.com/@x"})
+    message = str(err.value)
+    assert "HTTP 404" in message and "<!DOCTYPE html>" in message
+    assert "api_url" in message and "/api" in message
+
+
