@@ -28,6 +28,7 @@ from ..times import utcnow
 from .metrics_sink import MetricsSink
 from .parallel_calls import Fanout
 from .pending_probe import PendingWatch
+from .push_summary import PushSummary
 from .server_contact import ServerContact
 
 logger = logging.getLogger("bridge.daemon")
@@ -73,6 +74,9 @@ class JobState:
         self._watch_off_until: datetime | None = None
         self.state = ThrottledState(store)
         self.server = ServerContact(store, self.state, config.api_key_source, monotonic, utcnow())
+        # During an outage its one "outage began" line speaks for every failed request.
+        client.quiet_retries_while(lambda: self.server.in_outage)
+        self.push_summary = PushSummary(monotonic)
         self.worker_id = self._stable_worker_id()
 
     # -- identity and shared state -----------------------------------------------------

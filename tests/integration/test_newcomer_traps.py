@@ -262,3 +262,57 @@ def test_the_emulator_answers_outside_api_with_the_web_servers_html_404():
     assert "api_url" in message and "/api" in message
 
 
+# -- 11. what the daemon says at INFO --------------------------------------------------------
+@pytest.fixture
+def running_daemon(tmp_path: Path, db: str) -> Iterator[tuple[EmulatorServer, Path]]:
+    with EmulatorServer() as server:
+        server.client().register_task_type(TYPE, "1", {"type": "object"})
+        (tmp_path / "bridge.toml").write_text(
+            f'db_url = "{db}"\ntypes = ["{TYPE}"]\npush_backoff_max_seconds = 0.5\n'
+            "poll_max_seconds = 0.5\n"
+            f'[taskmanager]\napi_url = "{server.url}"\ntimeout = 1\nbackoff_max = 0.2\n'
+        )
+        yield server, tmp_path
+
+
+def test_the_daemon_at_info_says_what_matters_once(
+    running_daemon: tuple[EmulatorServer, Path], db: str
+):
+    server, folder = running_daemon
+    log = folder / "daemon.log"
+    with log.open("w") as sink:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "run"],
+            stderr=sink,
+            stdout=subprocess.DEVNULL,
+            cwd=folder,
+            env=_env(TASKMANAGER_API_KEY=server.api_key),
+        )
+    try:
+        assert wait_until(lambda: "bridge started" in log.read_text(), 20)
+        client = server.client()
+        with LocalQueue(db) as queue:
+            for n in range(3):
+                client.create_task(TYPE, {"n": n})
+            assert wait_until(lambda: queue.status().tasks.get((TYPE, "queued"), 0) == 3, 20)
+            while (task := queue.dequeue()) is not None:
+                queue.complete(task, {"ok": True})
+                time.sleep(0.3)  # each result goes out in a push of its own
+            assert wait_until(lambda: queue.status().outbox.get("delivered", 0) == 3, 20)
+        server.go_down()
+        assert wait_until(lambda: "outage began" in log.read_text(), 20)
+        time.sleep(4)  # the claim and watch jobs keep trying meanwhile
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+    text = log.read_text()
+    assert "jobs.scheduler" not in text and "apscheduler" not in text, text
+    assert "delivered 1 outbox row(s)" not in text, text
+    assert "delivered 3 outbox rows in the last" in text, text  # said once, at the stop
+    retries_after_outage = [
+        line
+        for line in text.split("outage began", 1)[1].splitlines()
+        if "taskmanager.client" in line and "; retry " in line
+    ]
+    assert not retries_after_outage, "\n".join(retries_after_outage)
+    assert text.count("outage began") == 1
