@@ -51,7 +51,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             time.sleep(args.interval)
     except KeyboardInterrupt:
-        return 0
+        return 130  # Ctrl-C, the way to stop it: quietly, with the documented code
 
 
 def _print_status(doc: dict[str, Any], as_json: bool) -> int:

@@ -55,6 +55,7 @@ class Snapshot:
     claim_plans: dict[str, dict[str, Any]]  # per type: the daemon's last claim limit and why
     foreign_claims: int  # claims by our worker id this bridge did not make (shared id?)
     rate_limited_until: datetime | None = None  # the last 429's Retry-After end, if still ahead
+    last_prune: datetime | None = None  # when prune last ran: an empty queue may be a pruned one
 
     @property
     def outage_since(self) -> datetime | None:
@@ -91,6 +92,7 @@ class Snapshot:
             "claim_limits": self.claim_plans,
             "foreign_claims": self.foreign_claims,
             "rate_limited_until": iso(self.rate_limited_until),
+            "last_prune": iso(self.last_prune),
         }
 
 
@@ -168,6 +170,7 @@ def upgrade_command(config_path: str | None, db_url: str | None) -> str:
     return FIX_COMMAND.replace(" db upgrade", f"{options} db upgrade")
 
 
+PRUNE_KEY = "last_prune"  # when prune last ran (ISO): status tells pruned from never used
 THROUGHPUT_ROWS = 100_000  # most finished tasks read for the chart (a dashboard, not a report)
 
 
@@ -207,6 +210,7 @@ class Operations:
             last_tick=from_iso(state(LAST_TICK_KEY)),
             foreign_claims=int(state(FOREIGN_CLAIMS_KEY) or 0),
             rate_limited_until=_ahead(from_iso(state(RATE_LIMITED_KEY)), now),
+            last_prune=from_iso(state(PRUNE_KEY)),
             claim_plans={
                 task_type: json.loads(plan)
                 for task_type, plan in sorted(self.store.states_with_prefix(CLAIM_PLAN_KEY).items())
@@ -342,7 +346,9 @@ class Operations:
 
     def prune(self, older_than: timedelta, now: datetime) -> tuple[int, int]:
         """Delete settled rows and finished tasks older than the age; (rows, tasks)."""
-        return self.store.prune(now - older_than)
+        pruned = self.store.prune(now - older_than)
+        self.store.set_state(PRUNE_KEY, now.isoformat(), now)
+        return pruned
 
     def register_types(
         self, definitions: Sequence[dict[str, Any]], client: TaskManagerClient, now: datetime

@@ -316,3 +316,63 @@ def test_the_daemon_at_info_says_what_matters_once(
     ]
     assert not retries_after_outage, "\n".join(retries_after_outage)
     assert text.count("outage began") == 1
+
+
+# -- 12. what status, the dashboard and the metrics say ------------------------------------
+def test_status_after_prune_says_the_history_was_pruned(tmp_path: Path, db: str):
+    fresh = bridge_cli("--db-url", db, "status", env=_env())
+    assert "(no tasks yet)" in fresh.stdout, fresh.stdout
+    old = datetime.now(timezone.utc) - timedelta(days=9)
+    with LocalQueue(db, clock=lambda: old) as queue:
+        queue.enqueue(TYPE, {"n": 1})
+        queue.complete(queue.dequeue(), {"ok": True})
+    pruned = bridge_cli("--db-url", db, "prune", "--older-than", "7d", env=_env())
+    assert "1 finished task(s)" in pruned.stdout, pruned.stdout + pruned.stderr
+    after = bridge_cli("--db-url", db, "status", env=_env())
+    assert "(no tasks yet)" not in after.stdout, after.stdout
+    assert "nothing queued or running; finished tasks pruned" in after.stdout, after.stdout
+    document = json.loads(bridge_cli("--db-url", db, "status", "--json", env=_env()).stdout)
+    assert document["last_prune"] is not None
+
+
+def _with_claim_plan(db: str, contact: Contact) -> Operations:
+    queue = LocalQueue(db)
+    now = datetime.now(timezone.utc)
+    plan = {"limit": 10, "queued": 0, "startable": 54, "duration": 10.0, "measured": False,
+            "reason": "", "at": now.isoformat()}  # fmt: skip
+    queue.store.set_state(f"claim_plan:{TYPE}", json.dumps(plan), now)
+    queue.store.set_state(CONTACT_KEY, contact.to_json(), now)
+    return Operations(queue.store, BridgeConfig.load(env={}, db_url=db, types=[TYPE]))
+
+
+def test_claim_limits_say_claiming_is_stopped_while_the_key_is_refused(db: str):
+    from bridge.ops.dashboard_page import render
+    from bridge.ops.status_text import status_lines
+
+    now = datetime.now(timezone.utc)
+    refused = Contact("auth_failed", now, "authentication failed: API Error 401")
+    operations = _with_claim_plan(db, refused)
+    page = render(operations.dashboard(now))
+    claims = page.split("<h2>Claim limit</h2>", 1)[1].split("</section>", 1)[0]
+    assert "claiming is stopped: the server refuses the API key" in claims, claims
+    assert f'data-metric="claim_limits.{TYPE}.limit" data-value="10">stopped<' in claims
+    text = "\n".join(status_lines(operations.snapshot(now).to_json(), now))
+    assert f"claim limit {TYPE}: stopped (the server refuses the API key" in text, text
+    operations = _with_claim_plan(db, Contact("ok", now))
+    assert 'data-value="10">10<' in render(operations.dashboard(now))
+
+
+def test_metrics_give_every_status_of_every_type_zeros_included(db: str):
+    from bridge.ops.metrics import Metrics
+
+    with LocalQueue(db) as queue:
+        queue.enqueue("local.only", {"n": 1})
+        config = BridgeConfig.load(env={}, db_url=db, types=[TYPE, "reddit.posts"])
+        text = Metrics(Operations(queue.store, config)).render().decode()
+    for task_type in (TYPE, "reddit.posts", "local.only"):
+        for status in ("queued", "running", "done", "failed", "expired"):
+            value = "1.0" if (task_type, status) == ("local.only", "queued") else "0.0"
+            series = f'taskmanager_bridge_tasks{{status="{status}",type="{task_type}"}} {value}'
+            assert series in text, series
+    for status in ("pending", "delivered", "superseded", "obsolete", "dead"):
+        assert f'taskmanager_bridge_outbox_rows{{status="{status}"}} 0.0' in text, status
