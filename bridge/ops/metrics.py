@@ -43,8 +43,8 @@ class _QueueCollector:
         rows = GaugeMetricFamily(
             "taskmanager_bridge_outbox_rows", "Outbox rows by status", labels=["status"]
         )
-        for status in OUTBOX_STATUSES:
-            rows.add_metric([status], counts.outbox.get(status, 0))
+        for row_status in OUTBOX_STATUSES:
+            rows.add_metric([row_status], counts.outbox.get(row_status, 0))
         yield rows
         yield GaugeMetricFamily(
             "taskmanager_bridge_outbox_oldest_pending_seconds",
