@@ -56,11 +56,12 @@ def ago(moment: datetime | None, now: datetime, never: str = "never") -> str:
 
 
 def rate(count: float, seconds: float) -> str:
-    """``3.2/s`` or ``40/min``: whichever reads without a leading 0.0."""
+    """``3.2/s`` from one a second up, else ``40.0/min`` (nothing too: ``0.0/min``), so
+    that a slow queue never reads ``0.0/s``; the one rule of ``status`` and the dashboard."""
     if seconds <= 0:
         return "-"
     per_second = count / seconds
-    if per_second >= 1 or per_second == 0:
+    if per_second >= 1:
         return f"{per_second:.1f}/s"
     return f"{per_second * 60:.1f}/min"
 

@@ -30,7 +30,7 @@ def run_migrations_online() -> None:
         _run(connection)
         return
     url = context.get_x_argument(as_dictionary=True).get("db_url") or resolve_db_url()
-    engine = open_engine(url)
+    engine = open_engine(url, create=True)
     try:
         with engine.connect() as connection:
             _run(connection)

@@ -3,7 +3,7 @@ they saw, and the checks they make before sending (dedupe key, params)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .calls import Calls
@@ -41,6 +41,13 @@ class ClientBase:
         not: the server may have applied each. A claim among them may be an orphan held
         by this worker id (the bridge's reconcile imports such claims)."""
         return self._calls.requester.unanswered[path]
+
+    def quiet_retries_while(self, condition: Callable[[], bool]) -> None:
+        """Log each retry (``POST /tasks -> 503; retry 1/3 ...``) at DEBUG instead of
+        WARNING while ``condition()`` is true: for a caller that reports the trouble in
+        its own words once (the bridge's daemon during an outage: one ``outage began``
+        line, not a warning per retry of every request)."""
+        self._calls.requester.quiet_retries = condition
 
     def dedupe_key(self, task_type: str, params: Mapping[str, Any]) -> str:
         """The key the server will store for these params sent through this client."""

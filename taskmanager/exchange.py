@@ -161,6 +161,8 @@ class Requester:
         # Retry-After of the latest 429 per path, for every caller sharing this client.
         self._blocked_until: dict[str, float] = {}
         self._lock = threading.Lock()
+        # While true, each retry is logged at DEBUG, not WARNING (``quiet_retries_while``).
+        self.quiet_retries: Callable[[], bool] = lambda: False
 
     def headers(self, auth: bool, has_body: bool) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
@@ -212,9 +214,11 @@ class Requester:
             decision = decide_retry(
                 policy, retry_number, elapsed, outcome.retry_after, self.rng, outcome.deadlock
             )
+            level = logging.DEBUG if self.quiet_retries() else logging.WARNING
             if not decision.retry:
                 if decision.reason == DEADLINE_PASSED:
-                    logger.warning(
+                    logger.log(
+                        level,
                         "%s %s -> %s; giving up: a %.1f s wait would pass the %.0f s retry deadline",  # noqa: E501
                         method,
                         path,
@@ -224,7 +228,8 @@ class Requester:
                     )
                 raise outcome.error
             retry_number += 1
-            logger.warning(
+            logger.log(
+                level,
                 "%s %s -> %s; retry %d/%d in %.2f s",
                 method,
                 path,

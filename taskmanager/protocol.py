@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from .config import TaskManagerConfig
 from .exceptions import (
@@ -194,6 +195,15 @@ def is_transient_deadlock(status: int, message: str) -> bool:
     return status == 500 and any(marker in message for marker in TRANSIENT_DEADLOCK_MARKERS)
 
 
+def _missing_api_hint(status: int, url: str) -> str:
+    """A 404 page from a URL without ``/api`` in its path: the web server in front of the
+    API answered, most likely because ``api_url`` lacks its ``/api``."""
+    path = urlsplit(url).path
+    if status != 404 or "/api/" in path or path.endswith("/api"):
+        return ""
+    return "; is api_url missing its /api? (the API answers under /api, this path has none)"
+
+
 def interpret(
     answer: Answer,
     nothing_when: NothingPredicate | None,
@@ -228,7 +238,8 @@ def interpret(
         snippet = answer.text[:BODY_SNIPPET_CHARS] if answer.text else "(empty body)"
         error: TaskManagerAPIError = TaskManagerProtocolError(
             answer.status,
-            f"expected the API's JSON envelope, got HTTP {answer.status} with {snippet!r}",
+            f"expected the API's JSON envelope, got HTTP {answer.status} with {snippet!r}"
+            + _missing_api_hint(answer.status, url),
             body,
             method=method,
             url=url,

@@ -186,6 +186,14 @@ def _add_health(commands: Subparsers) -> None:
         metavar="SECONDS",
         help="seconds since the daemon's last tick",
     )
+    health.add_argument(
+        "--require-contact",
+        type=_seconds(minimum=1),
+        default=None,
+        metavar="SECONDS",
+        help="also fail while the server has not answered for this long (never answered "
+        "counts once the daemon has run this long; default: not checked)",
+    )
     health.set_defaults(func=cmd_health)
 
 
@@ -359,30 +367,61 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
 
 
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """``--config``, ``--db-url``, ``-v``, ``--log-format``: before the subcommand (``top``)
+    with their defaults, and after it with none of their own (``SUPPRESS``), so that a
+    value given after the subcommand wins over one given before, and one given only
+    before is kept."""
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    after = "" if top else "; also before the command"
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default(None),
+        help=f"TOML config (default: $BRIDGE_CONFIG, else ./bridge.toml if it exists){after}",
+    )
+    parser.add_argument(
+        "--db-url",
+        metavar="URL",
+        default=default(None),
+        help="local queue database, a SQLite path or postgresql:// URL (overrides the config)"
+        + after,
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default(False), help="debug logging" + after
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=default("text"),
+        help=f"log lines on stderr: text or JSON lines{'' if top else ' (default: text)'}{after}",
+    )
+
+
+class CommandParser(Parser):
+    """A subcommand's parser: it takes the global options too (``worker ... -v``), as
+    the docs show them after the command. A subcommand's own option of the same name
+    (``conflict_handler="resolve"``) takes its place."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("conflict_handler", "resolve")
+        super().__init__(*args, **kwargs)
+        _add_global_options(self, top=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="taskmanager-bridge",
         description="Local queue and outbox between workers and the TaskManager API.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="TOML config (default: $BRIDGE_CONFIG, else ./bridge.toml if it exists)",
+    _add_global_options(parser, top=True)
+    commands: Subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=CommandParser
     )
-    parser.add_argument(
-        "--db-url",
-        metavar="URL",
-        help="local queue database, a SQLite path or postgresql:// URL (overrides the config)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text",
-        help="log lines on stderr: text or JSON lines",
-    )
-    commands: Subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(commands)
     return parser

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 
 from taskmanager import TaskManagerClient
 
+from ..config import BridgeConfig
 from ..daemon.metrics_sink import MetricsSink
 from ..errors import BridgeConfigError
 from ..ops.metrics import Metrics, daemon_metrics
@@ -35,6 +37,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise BridgeConfigError(
             "types: the daemon needs the task types to claim "
             '(types = ["..."] in the config, or BRIDGE_TYPES=a,b)'
+        )
+    if not config.client_config().api_key:  # every request would be refused, for ever
+        raise BridgeConfigError(
+            "no API key: set TASKMANAGER_API_KEY in the daemon's environment "
+            "(or api_key in [taskmanager] of the config file)"
         )
     from ..daemon.descriptors import descriptor_need, ensure_descriptors
     from ..ops.dashboard_app import TOKEN_VARIABLE, ActionPolicy
@@ -125,6 +132,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     handler = load_handler(args.handler, args.app_dir)
     config = load_config(args)
+    warn_unclaimed_types(config, args.type)
     policy = TaskPolicy(
         time_limit=args.time_limit,
         retry=RetryPolicy(attempts=args.retries + 1, backoff=args.retry_backoff),
@@ -145,6 +153,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if worker.fatal is not None:
         print(f"taskmanager-bridge: error: {worker.fatal}", file=sys.stderr)
     return int(worker.exit_code)
+
+
+def warn_unclaimed_types(config: BridgeConfig, types: list[str]) -> None:
+    """A worker for a type the daemon does not claim waits for ever, silently: say so at
+    start, with the configured name a typo most likely meant. Only when the config lists
+    ``types`` at all (a queue used without a daemon has none)."""
+    unclaimed = [name for name in dict.fromkeys(types) if name not in config.types]
+    if not config.types or not unclaimed:
+        return
+    named = []
+    for name in unclaimed:
+        close = difflib.get_close_matches(name, config.types, n=1)
+        named.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    logging.getLogger("bridge.worker").warning(
+        "type %s not in the config's types (%s), the ones the daemon claims: its tasks "
+        "come only if queued locally (LocalQueue.enqueue)",
+        ", ".join(named),
+        ", ".join(config.types),
+    )
 
 
 # -- demo ------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             time.sleep(args.interval)
     except KeyboardInterrupt:
-        return 0
+        return 130  # Ctrl-C, the way to stop it: quietly, with the documented code
 
 
 def _print_status(doc: dict[str, Any], as_json: bool) -> int:
@@ -66,7 +66,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     """0 when healthy, 1 otherwise, with the reason: for systemd, Docker, Kubernetes probes."""
     with Operations.open(load_config(args)) as operations:
         problems = operations.health_problems(
-            datetime.now(timezone.utc), args.max_outbox_age, args.max_tick_age
+            datetime.now(timezone.utc), args.max_outbox_age, args.max_tick_age, args.require_contact
         )
     if problems:
         print("unhealthy: " + "; ".join(problems))

@@ -29,6 +29,7 @@ from .metrics_sink import MetricsSink
 from .one_daemon import DaemonRole
 from .parallel_calls import Fanout
 from .pending_probe import PendingWatch
+from .push_summary import PushSummary
 from .server_contact import ServerContact
 
 logger = logging.getLogger("bridge.daemon")
@@ -79,6 +80,9 @@ class JobState:
         self.role.take(utcnow())
         self.state = ThrottledState(store)
         self.server = ServerContact(store, self.state, config.api_key_source, monotonic, utcnow())
+        # During an outage its one "outage began" line speaks for every failed request.
+        client.quiet_retries_while(lambda: self.server.in_outage)
+        self.push_summary = PushSummary(monotonic)
 
     # -- identity and shared state -----------------------------------------------------
     def _stable_worker_id(self) -> str:

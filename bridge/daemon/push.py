@@ -86,8 +86,7 @@ class PushJob(JobState):
                     self._next_push = None
         finally:
             self.store.settle_outbox_many(batch.verdicts, now)
-        if batch.delivered:
-            logger.info("delivered %d outbox row(s)", batch.delivered)
+        self.push_summary.pushed(batch.delivered)
         return batch.delivered
 
     def _deliver_chain(

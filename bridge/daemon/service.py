@@ -55,6 +55,7 @@ class Daemon:
         self._signals = 0
         self.fatal: str | None = None  # why the daemon stopped by itself, if it did
         scheduler_log = logging.getLogger("jobs.scheduler")
+        scheduler_log.setLevel(logging.WARNING)  # its INFO is bookkeeping: jobs added, started
         scheduler_log.addFilter(QuietSkips())
         self.scheduler: Any = BackgroundScheduler(
             timezone=timezone.utc,
@@ -216,6 +217,7 @@ class Daemon:
                 break
             if not self.jobs.push_tick(self.clock(), ignore_backoff=True):
                 break
+        self.jobs.push_summary.flush()
         pending, _ = self.jobs.store.outbox_backlog()
         logger.info("bridge stopped; %d outbox row(s) pending (kept for the next start)", pending)
 

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from urllib.parse import parse_qs
 
 from taskmanager.config import is_loopback_host
 
@@ -119,9 +120,19 @@ class DashboardApp:
         html = render_task(snap.database, snap.worker_id, doc, now, self._options(""))
         return 200, html.encode("utf-8"), "text/html; charset=utf-8"
 
-    def healthz(self) -> tuple[int, bytes, str]:
+    def healthz(self, query: str = "") -> tuple[int, bytes, str]:
+        """``health``'s checks; ``?require_contact=SECONDS`` as ``--require-contact``: a
+        probe that must tell "up and serving" from "up and cut off" asks for it."""
+        wanted = parse_qs(query).get("require_contact", [""])[0]
+        try:
+            require = float(wanted) if wanted else None
+        except ValueError:
+            require = 0.0
+        if require is not None and not 1 <= require < float("inf"):
+            text = f"require_contact must be a number of seconds, at least 1, got {wanted!r}\n"
+            return 400, text.encode(), "text/plain; charset=utf-8"
         problems = self.operations.health_problems(
-            self.clock(), HEALTH_MAX_OUTBOX_AGE, HEALTH_MAX_TICK_AGE
+            self.clock(), HEALTH_MAX_OUTBOX_AGE, HEALTH_MAX_TICK_AGE, require
         )
         text = "unhealthy: " + "; ".join(problems) if problems else "healthy"
         return (503 if problems else 200), f"{text}\n".encode(), "text/plain; charset=utf-8"

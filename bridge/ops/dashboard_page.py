@@ -23,6 +23,7 @@ from ..models import OUTBOX_STATUSES, TASK_STATUSES, LocalTask, OutboxEntry
 from ..times import ago, rate, span
 from . import task_pages
 from .operations import DashboardView, RunningTask, Throughput
+from .status_text import claiming_stopped, no_tasks_line
 
 REFRESH_SECONDS = 5
 
@@ -95,17 +96,26 @@ def _tasks(view: DashboardView) -> str:
     )
     return (
         "<section><h2>Tasks by type</h2>"
-        + _table(["type", *TASK_STATUSES], body, "no tasks in the local queue yet", "numbers")
+        + _table(
+            ["type", *TASK_STATUSES],
+            body,
+            no_tasks_line(view.snapshot.last_prune, view.snapshot.now),
+            "numbers",
+        )
         + "</section>"
     )
 
 
 def _claims(view: DashboardView) -> str:
     now = view.snapshot.now
+    contact = view.snapshot.contact
+    stopped = claiming_stopped(contact.state if contact else "unknown")
     body = _rows(
         [
             escape(task_type),
-            _metric(f"claim_limits.{task_type}.limit", plan["limit"]),
+            _metric(
+                f"claim_limits.{task_type}.limit", plan["limit"], "stopped" if stopped else None
+            ),
             escape(
                 plan["reason"]
                 or (f"prefetch full ({plan['queued']} queued)" if plan["limit"] == 0 else "")
@@ -119,8 +129,10 @@ def _claims(view: DashboardView) -> str:
         ]
         for task_type, plan in view.snapshot.claim_plans.items()
     )
+    why = f'<p class="state outage">claiming is stopped: {escape(stopped)}</p>' if stopped else ""
     return (
         "<section><h2>Claim limit</h2>"
+        + (why if body else "")
         + _table(
             ["type", "may claim", "why not more", "task duration", "planned"],
             body,

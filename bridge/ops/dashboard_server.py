@@ -193,7 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.server.app
         routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
             "/": lambda: app.page(parse_qs(url.query).get("note", [""])[0]),
-            "/healthz": app.healthz,
+            "/healthz": lambda: app.healthz(url.query),
             "/status.json": app.status_json,
             "/metrics": app.metrics,
         }

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..daemon.metrics_sink import MetricsSink
 from ..errors import BridgeConfigError
+from ..models import OUTBOX_STATUSES, TASK_STATUSES
 from .operations import Operations
 
 
@@ -32,14 +33,18 @@ class _QueueCollector:
         depth = GaugeMetricFamily(
             "taskmanager_bridge_tasks", "Local tasks by type and status", labels=["type", "status"]
         )
-        for (task_type, status), count in counts.tasks.items():
-            depth.add_metric([task_type, status], count)
+        # Every status of every type, 0 included: a series that is missing when nothing is
+        # queued reads as "no data" in a query or an alert, not as 0.
+        types = sorted(set(self.operations.config.types) | {t for t, _ in counts.tasks})
+        for task_type in types:
+            for status in TASK_STATUSES:
+                depth.add_metric([task_type, status], counts.tasks.get((task_type, status), 0))
         yield depth
         rows = GaugeMetricFamily(
             "taskmanager_bridge_outbox_rows", "Outbox rows by status", labels=["status"]
         )
-        for status, count in counts.outbox.items():
-            rows.add_metric([status], count)
+        for row_status in OUTBOX_STATUSES:
+            rows.add_metric([row_status], counts.outbox.get(row_status, 0))
         yield rows
         yield GaugeMetricFamily(
             "taskmanager_bridge_outbox_oldest_pending_seconds",

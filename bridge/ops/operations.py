@@ -65,6 +65,7 @@ class Snapshot:
     foreign_claims: int  # claims by our worker id this bridge did not make (shared id?)
     rate_limited_until: datetime | None = None  # the last 429's Retry-After end, if still ahead
     workers: list[WorkerView] = field(default_factory=list)  # the worker processes' own rows
+    last_prune: datetime | None = None  # when prune last ran: an empty queue may be a pruned one
 
     @property
     def outage_since(self) -> datetime | None:
@@ -102,6 +103,7 @@ class Snapshot:
             "foreign_claims": self.foreign_claims,
             "rate_limited_until": iso(self.rate_limited_until),
             "workers": [worker.to_json() for worker in self.workers],
+            "last_prune": iso(self.last_prune),
         }
 
 
@@ -191,6 +193,7 @@ def upgrade_command(config_path: str | None, db_url: str | None) -> str:
     return FIX_COMMAND.replace(" db upgrade", f"{options} db upgrade")
 
 
+PRUNE_KEY = "last_prune"  # when prune last ran (ISO): status tells pruned from never used
 THROUGHPUT_ROWS = 100_000  # most finished tasks read for the chart (a dashboard, not a report)
 RUNNING_ROWS = 10_000  # most running tasks read to count each worker's
 
@@ -231,6 +234,7 @@ class Operations:
             last_tick=from_iso(state(LAST_TICK_KEY)),
             foreign_claims=int(state(FOREIGN_CLAIMS_KEY) or 0),
             rate_limited_until=_ahead(from_iso(state(RATE_LIMITED_KEY)), now),
+            last_prune=from_iso(state(PRUNE_KEY)),
             claim_plans={
                 task_type: json.loads(plan)
                 for task_type, plan in sorted(self.store.states_with_prefix(CLAIM_PLAN_KEY).items())
@@ -239,11 +243,31 @@ class Operations:
         )
 
     def health_problems(
-        self, now: datetime, max_outbox_age: float, max_tick_age: float
+        self,
+        now: datetime,
+        max_outbox_age: float,
+        max_tick_age: float,
+        require_contact: float | None = None,
     ) -> list[str]:
-        """Why the bridge is unhealthy (an empty list when it is healthy)."""
+        """Why the bridge is unhealthy (an empty list when it is healthy).
+
+        ``require_contact``: also unhealthy while the server has not answered for that
+        many seconds, so that a probe tells "up and serving" from "up and cut off". The
+        silence counts from the last answer, or from the daemon's start when it has had
+        none since (the contact state is reset at each start, and each change of state
+        is a time the server was heard from or given up on).
+        """
         snapshot = self.snapshot(now)
         problems = []
+        contact, heard = snapshot.contact, snapshot.last_contact
+        if require_contact is not None and contact is not None:
+            silent = (now - max(contact.since, heard or contact.since)).total_seconds()
+            if silent > require_contact:
+                last = f"{(now - heard).total_seconds():.0f} s ago" if heard else "never"
+                problems.append(
+                    f"the server has not answered for {silent:.0f} s "
+                    f"(limit {require_contact:g} s; last answer: {last})"
+                )
         age = snapshot.oldest_pending_age
         if age is not None and age > max_outbox_age:
             problems.append(
@@ -394,9 +418,11 @@ class Operations:
 
     def prune(self, older_than: timedelta, now: datetime) -> tuple[int, int, int]:
         """Delete settled rows, finished tasks and worker rows silent longer than the age;
-        (rows, tasks, workers)."""
+        (rows, tasks, workers). The time it ran is kept: an empty queue may be a pruned one."""
         rows, finished = self.store.prune(now - older_than)
-        return rows, finished, self.store.prune_workers(now - older_than)
+        workers = self.store.prune_workers(now - older_than)
+        self.store.set_state(PRUNE_KEY, now.isoformat(), now)
+        return rows, finished, workers
 
     def register_types(
         self, definitions: Sequence[dict[str, Any]], client: TaskManagerClient, now: datetime

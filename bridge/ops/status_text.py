@@ -27,6 +27,23 @@ def contact_line(contact: dict[str, Any], now: datetime) -> str:
     return line
 
 
+def claiming_stopped(contact_state: str) -> str:
+    """Why no claim goes through whatever the claim limit says (the limit is the daemon's
+    plan, not what the server lets it do), or "" when nothing stops them."""
+    if contact_state == "auth_failed":
+        return "the server refuses the API key"
+    if contact_state == "outage":
+        return "the server does not answer (outage)"
+    return ""
+
+
+def no_tasks_line(last_prune: datetime | None, now: datetime) -> str:
+    """What an empty queue means: never used, or its finished tasks pruned."""
+    if last_prune is None:
+        return "no tasks yet"
+    return f"no tasks: nothing queued or running; finished tasks pruned {ago(last_prune, now)}"
+
+
 def status_lines(doc: dict[str, Any], now: datetime) -> list[str]:
     """The plain ``status`` output."""
     worker_id = doc["worker_id"] or "(daemon not run)"
@@ -36,16 +53,18 @@ def status_lines(doc: dict[str, Any], now: datetime) -> list[str]:
     for task_type, by_status in doc["tasks"].items():
         lines.append(f"  {task_type:30}" + "".join(f"{by_status[s]:>10}" for s in TASK_STATUSES))
     if not doc["tasks"]:
-        lines.append("  (no tasks yet)")
+        lines.append(f"  ({no_tasks_line(from_iso(doc.get('last_prune')), now)})")
     age = doc["oldest_pending_outbox_age_seconds"]
     oldest = f" (oldest waits {span(age)})" if age is not None else ""
     outbox = ", ".join(f"{s} {n}" for s, n in doc["outbox"].items())
     lines.append(f"outbox: {outbox}{oldest}")
+    stopped = claiming_stopped(doc["contact"]["state"])
     for task_type, plan in doc["claim_limits"].items():
         reason = plan["reason"] or "prefetch room"
-        lines.append(
-            f"claim limit {task_type}: {plan['limit']} ({reason}; {plan['queued']} queued)"
-        )
+        queued = f"{plan['queued']} queued"
+        said = f"stopped ({stopped}; planned {plan['limit']}: {reason}; {queued})"
+        shown = said if stopped else f"{plan['limit']} ({reason}; {queued})"
+        lines.append(f"claim limit {task_type}: {shown}")
     lines.append(
         f"last contact: {ago(from_iso(doc['last_contact']), now)}   "
         f"contact: {contact_line(doc['contact'], now)}"

@@ -42,14 +42,18 @@ def display_url(url: str | URL) -> str:
         return "<unparseable database URL>"
 
 
-def open_engine(url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT_SECONDS) -> Engine:
-    """An engine for the queue database (the schema is not checked here)."""
+def open_engine(
+    url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT_SECONDS, create: bool = False
+) -> Engine:
+    """An engine for the queue database (the schema is not checked here). A SQLite file
+    that does not exist is created only with ``create`` (``migrations``, which creates
+    the schema), else refused with ``SchemaError`` naming ``db upgrade``."""
     try:
         parsed = make_url(normalise_url(url))
     except ArgumentError as exc:
         raise BridgeConfigError(f"db_url {mask_url(url)!r} is not a database URL: {exc}") from None
     if parsed.get_backend_name() == "sqlite":
-        return sqlite_engine(parsed, busy_timeout)
+        return sqlite_engine(parsed, busy_timeout, create=create)
     if parsed.get_backend_name() == "postgresql":
         try:
             return create_engine(parsed, pool_pre_ping=True, max_overflow=POOL_OVERFLOW)

@@ -12,7 +12,7 @@ __all__ = ["alembic_config", "current", "downgrade", "head_revision", "known_rev
 
 
 def _run(db_url: str, action: str, revision: str) -> None:
-    engine = open_engine(db_url)
+    engine = open_engine(db_url, create=True)
     try:
         with translated_errors(engine), engine.begin() as connection:
             config = alembic_config()

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import URL, Engine
 
-from ..errors import BridgeConfigError, DatabaseError
+from ..errors import BridgeConfigError, DatabaseError, SchemaError
 
 POOL_OVERFLOW = 64  # beyond the pool's 5: one connection per thread using the queue
 SYNCHRONOUS_FULL = "PRAGMA synchronous = FULL"  # a commit waits for the disk
@@ -84,13 +84,25 @@ def _create_private_file(path: str) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
-def sqlite_engine(url: URL, busy_timeout: float) -> Engine:
+def sqlite_engine(url: URL, busy_timeout: float, *, create: bool = False) -> Engine:
+    """The engine of a queue file. A missing file is created (0600) only when ``create``
+    (the schema's creation): for anything else SQLite would create an empty file on the
+    first connection and the command would then fail for want of a schema, leaving the
+    file behind; it is refused instead, naming the command that creates it."""
     database = url.database or ""
     if database in ("", ":memory:") or database.startswith("file::memory:"):
         raise BridgeConfigError(
             "db_url: an in-memory database cannot hold a durable queue; give a file path"
         )
-    _create_private_file(database)
+    if create:
+        _create_private_file(database)
+    elif not Path(database).exists():
+        from .revisions import FIX_COMMAND  # not at the top: revisions -> engine -> here
+
+        if not Path(database).parent.is_dir():  # a typo in the path, most likely
+            folder = Path(database).parent
+            raise DatabaseError(f"no queue database at {database}: {folder} does not exist")
+        raise SchemaError(f"no queue database at {database}. Create it with: {FIX_COMMAND}")
     # Every thread using the queue keeps one connection (see Store): room for many workers.
     engine = create_engine(url, connect_args={"timeout": busy_timeout}, max_overflow=POOL_OVERFLOW)
 

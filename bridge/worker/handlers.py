@@ -55,9 +55,10 @@ def load_handler(spec: str, app_dir: str | os.PathLike[str] | None = None) -> Ha
         raise BridgeError(f"--handler must look like package.module:function, got {spec!r}")
     try:
         target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (Exception, SystemExit) as exc:  # the module's own code ran: anything may come out
         raise BridgeError(
-            f"cannot import handler module {module_name!r} (looked in {folder} and sys.path): {exc}"
+            f"cannot import handler module {module_name!r} (looked in {folder} and sys.path): "
+            f"{_import_failure(exc)}"
         ) from None
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -66,6 +67,14 @@ def load_handler(spec: str, app_dir: str | os.PathLike[str] | None = None) -> Ha
     if not callable(target):
         raise BridgeError(f"handler {spec!r} is not callable")
     return target  # type: ignore[no-any-return]
+
+
+def _import_failure(exc: BaseException) -> str:
+    """``SyntaxError: '(' was never closed (/app/mod.py:3)``: the type, the text and, for
+    a syntax error, where, so that one line says what to fix."""
+    if isinstance(exc, SyntaxError):
+        return f"{type(exc).__name__}: {exc.msg} ({exc.filename}:{exc.lineno})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class BoundWrite:

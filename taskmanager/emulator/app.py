@@ -121,12 +121,23 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def api_path(raw_path: str) -> str:
-    """The path relative to the API base, trailing slash dropped (the server ignores it)."""
+def api_path(raw_path: str) -> str | None:
+    """The path relative to the API base, trailing slash dropped (the server ignores it);
+    ``None`` outside the base (``/api``), which the API never sees (``WEB_SERVER_404``)."""
     path = urlsplit(raw_path).path
-    if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
-        path = path[len(API_PREFIX) :]
-    return path.rstrip("/") or "/"
+    if not (path == API_PREFIX or path.startswith(API_PREFIX + "/")):
+        return None
+    return path[len(API_PREFIX) :].rstrip("/") or "/"
+
+
+# What the web server in front of the deployed API answers for a path outside /api (an
+# api_url without its /api): its own HTML page, not the API's JSON. Clients must see the
+# same here, or that mistake passes every test run against the emulator.
+WEB_SERVER_404 = (
+    b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body>\n"
+    b"<h1>Not Found</h1>\n<p>The requested URL was not found on this server.</p>\n"
+    b"</body></html>\n"
+)
 
 
 @dataclass(frozen=True)
@@ -252,6 +263,8 @@ class EmulatorApp:
     ) -> Response:
         """One request; ``headers`` keys are lower case."""
         path = api_path(raw_path)
+        if path is None:
+            return Response(404, WEB_SERVER_404, {"Content-Type": "text/html; charset=iso-8859-1"})
         limit_headers: dict[str, str] = {}
         if self._limiter is not None:
             allowed, limit_headers, wait = self._limiter.hit((client_ip, path), self.clock())

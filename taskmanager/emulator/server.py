@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..transport import path_template
 from .app import EmulatorApp, EmulatorSettings, Response, api_path
@@ -84,10 +85,15 @@ class _Handler(BaseHTTPRequestHandler):
         with emulator.serving():
             self._answer(emulator, path, body, arrived)
 
-    def _answer(self, emulator: EmulatorServer, path: str, body: bytes, arrived: float) -> None:
+    def _answer(
+        self, emulator: EmulatorServer, path: str | None, body: bytes, arrived: float
+    ) -> None:
         if emulator.faults.latency:
             time.sleep(emulator.faults.latency)
-        rule = emulator.faults.take(self.command, path)
+        # Outside /api the web server answers (app.WEB_SERVER_404): no fault of the API's.
+        rule = emulator.faults.take(self.command, path) if path is not None else None
+        if path is None:
+            path = urlsplit(self.path).path
         if rule is not None and rule.kind is FaultKind.HANG:
             emulator.record_request(self.command, path, "hung", arrived)
             emulator.faults.wait_released()

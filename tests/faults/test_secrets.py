@@ -158,7 +158,12 @@ def _with_password(url: str) -> tuple[str, str]:
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_db_urls_password_appears_in_no_command_output_nor_hint(db_url: str):
     url, password = _with_password(db_url)
-    env = {**os.environ, "BRIDGE_TYPES": TYPE, "TASKMANAGER_API_URL": "http://127.0.0.1:9/api"}
+    env = {
+        **os.environ,
+        "BRIDGE_TYPES": TYPE,
+        "TASKMANAGER_API_URL": "http://127.0.0.1:9/api",
+        "TASKMANAGER_API_KEY": "not-a-real-key",  # run refuses to start without one
+    }
     base = [sys.executable, "-m", "bridge", "--db-url", url]
 
     def commands(*argvs: list[str]) -> list[bytes]:

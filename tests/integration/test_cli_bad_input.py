@@ -187,7 +187,9 @@ def test_every_option_has_help_and_shows_its_default():
             where = f"{command} {action.option_strings or action.dest}"
             if not action.help and where not in NOT_YET_DOCUMENTED:
                 undocumented.append(where)
-            shows = action.default in (None, False) or f"default: {action.default}" in text
+            # SUPPRESS: a global option after the command, whose default is the one before it.
+            no_default = action.default in (None, False, argparse.SUPPRESS)
+            shows = no_default or f"default: {action.default}" in text
             if not shows and where not in NOT_YET_DOCUMENTED:
                 hidden_default.append(where)
     assert not undocumented, f"options without help: {undocumented}"

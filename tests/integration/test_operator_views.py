@@ -188,8 +188,9 @@ def test_a_second_daemon_on_the_same_queue_and_worker_id_is_refused(db: str, tmp
                 third = cli(config, "run", server=server)
                 # Held, and ticking (so past its start: a SIGTERM now is a clean stop).
                 assert wait_until(
-                    lambda: _held_by(queue, third.pid)
-                    and queue.store.get_state("last_tick") != ticked,
+                    lambda: (
+                        _held_by(queue, third.pid) and queue.store.get_state("last_tick") != ticked
+                    ),
                     30,
                 )
             third.send_signal(signal.SIGTERM)

@@ -92,6 +92,9 @@ class FakeClient:
     def unanswered(self, path: str) -> int:
         return self.lost_answers
 
+    def quiet_retries_while(self, condition: Any) -> None:
+        self.quiet_retries = condition  # the daemon's outage: no retries to quiet here
+
     def claim_task(self, task_type: str, worker_id: str) -> ClaimedTask | None:
         self._call("claim", task_type)
         ids = self.remote.get(task_type)

@@ -428,3 +428,20 @@ def test_rate_limit_figures_are_kept_for_shared_paths_not_per_task(
     list(client.list_tasks(status="pending"))
     assert set(client._calls.requester.rate_limits) == {"/tasks"}  # not one entry per task
     assert client.rate_limit_for("/tasks") is not None and client.rate_limit is not None
+
+
+def test_retries_are_logged_at_debug_while_the_caller_says_so(
+    mocked: responses.RequestsMock, client: TaskManagerClient, caplog: pytest.LogCaptureFixture
+):
+    """The bridge's daemon says "outage began" once; each retry of each request during
+    it would be one more warning beside it (30 in 40 s, measured)."""
+    caplog.set_level(logging.DEBUG, logger="taskmanager")
+    quiet = [True]
+    client.quiet_retries_while(lambda: quiet[0])
+    for _ in range(2):
+        mocked.post(f"{BASE}/tasks", status=503, json=err("down"))
+        mocked.post(f"{BASE}/tasks", json=CREATED)
+        client.create_task("t", {"a": 1})
+        quiet[0] = False
+    retries = [r for r in caplog.records if "; retry 1/3" in r.getMessage()]
+    assert [r.levelno for r in retries] == [logging.DEBUG, logging.WARNING]

@@ -36,6 +36,9 @@ def test_ages_read_as_ages():
     assert ago(NOW + timedelta(seconds=30), NOW) == "in 30 s"
     assert ago(None, NOW) == "never"
     assert rate(10, 4) == "2.5/s" and rate(1, 30) == "2.0/min" and rate(1, 0) == "-"
+    # One rule: per minute below one a second, nothing included (it read "0.0/s" beside
+    # "30.0/min" on the dashboard).
+    assert rate(0, 60) == "0.0/min" and rate(60, 60) == "1.0/s"
 
 
 def test_status_shows_ages_not_timestamps():
