@@ -19,7 +19,8 @@ import requests
 
 from bridge import BridgeConfig, LocalQueue
 from bridge.daemon.server_contact import Contact
-from bridge.ops.dashboard_server import ActionPolicy, DashboardApp, DashboardServer
+from bridge.ops.dashboard_app import ActionPolicy, DashboardApp
+from bridge.ops.dashboard_server import DashboardServer
 from bridge.ops.operations import Operations
 from bridge.storage import CONTACT_KEY, LAST_CONTACT_KEY, LAST_TICK_KEY, WORKER_ID_KEY
 from bridge.storage.migrations import upgrade
