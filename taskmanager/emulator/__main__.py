@@ -15,7 +15,7 @@ from types import FrameType
 from typing import NoReturn
 
 from ..config import is_loopback_host
-from .app import EmulatorSettings
+from .app import REALISTIC_COSTS, EmulatorSettings
 from .server import EmulatorServer
 
 
@@ -90,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-body-bytes", type=_bounded(int, 1), default=1_048_576, help="largest request body"
     )
     parser.add_argument(
+        "--round-trip-ms",
+        type=_bounded(float, 0.0),
+        default=0.0,
+        help="network delay to emulate: half of it each way, holding no server capacity",
+    )
+    parser.add_argument(
+        "--realistic-costs",
+        action="store_true",
+        help="serve as the measured PHP server does: 3 ms a request, 4 at a time, 1 deadlock "
+        "500 in ~300 completions",
+    )
+    parser.add_argument(
         "--no-quirks",
         action="store_true",
         help="answer as intended: 404 for an empty claim, working GET /task-types",
@@ -111,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_body_bytes=args.max_body_bytes,
         quirks=not args.no_quirks,
         db_path=args.db,
+        network_seconds=args.round_trip_ms / 2000,
+        **(REALISTIC_COSTS if args.realistic_costs else {}),  # type: ignore[arg-type]
     )
     stop = threading.Event()
 

@@ -47,6 +47,9 @@ class EmulatorSettings:
     # (0 and None: as fast as it can, for tests). REALISTIC_COSTS below are measured.
     service_seconds: float = 0.0  # time each request spends being served
     concurrency: int | None = None  # requests served at once (PHP's built-in server: 4)
+    # The network between client and server: each request and each answer travel this
+    # long (half a round trip), holding no place among ``concurrency``, as a network does.
+    network_seconds: float = 0.0
     deadlock_rate: float = 0.0  # share of POST /tasks/* rolled back with a deadlock 500
     seed: int = 0  # for the deadlock draws
 

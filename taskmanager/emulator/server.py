@@ -80,14 +80,30 @@ class _Handler(BaseHTTPRequestHandler):
         emulator = self.server.emulator
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
+        network = emulator.settings.network_seconds
+        if network:
+            time.sleep(network)  # the request on its way: no place among `concurrency`
         arrived = time.monotonic()
         path = api_path(self.path)
         with emulator.serving():
-            self._answer(emulator, path, body, arrived)
+            response = self._answer(emulator, path, body, arrived)
+        if response is None:
+            return  # aborted: no answer to send
+        if network:
+            time.sleep(network)  # the answer on its way back
+        self.send_response(response.status)
+        headers = {"Content-Type": "application/json; charset=utf-8", **response.headers}
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        self.wfile.write(response.body)
 
     def _answer(
         self, emulator: EmulatorServer, path: str | None, body: bytes, arrived: float
-    ) -> None:
+    ) -> Response | None:
+        """What the server answers (recorded when it is ready), or None when a fault
+        closed the connection instead."""
         if emulator.faults.latency:
             time.sleep(emulator.faults.latency)
         # Outside /api the web server answers (app.WEB_SERVER_404): no fault of the API's.
@@ -98,7 +114,7 @@ class _Handler(BaseHTTPRequestHandler):
             emulator.record_request(self.command, path, "hung", arrived)
             emulator.faults.wait_released()
             self._abort()
-            return
+            return None
         if rule is not None and rule.kind is FaultKind.FAIL:
             response = (
                 Response(
@@ -122,20 +138,14 @@ class _Handler(BaseHTTPRequestHandler):
         if rule is not None and rule.kind is FaultKind.DROP_AFTER_COMMIT:
             emulator.record_request(self.command, path, "dropped", arrived)
             self._abort()
-            return
+            return None
         if rule is not None and rule.kind is FaultKind.HOLD_AFTER_COMMIT:
             emulator.record_request(self.command, path, "held", arrived)
             emulator.faults.wait_released()
             self._abort()
-            return
+            return None
         emulator.record_request(self.command, path, response.status, arrived)
-        self.send_response(response.status)
-        headers = {"Content-Type": "application/json; charset=utf-8", **response.headers}
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
-        self.wfile.write(response.body)
+        return response
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         logger.info("%s %s -> %s", self.command, self.path, code)

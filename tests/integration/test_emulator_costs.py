@@ -37,3 +37,27 @@ def test_random_deadlocks_are_rolled_back_and_the_client_sends_again():
             r for r in server.requests if r.path.endswith("/complete") and r.status == 200
         ]
         assert len(completions) == 20  # each applied once
+
+
+def test_a_network_delay_holds_no_place_among_the_concurrency():
+    """A 0.4 s round trip: one request takes at least 0.4 s; eight at once, served one at
+    a time for 0.01 s each, take about 0.4 + 0.08 s, not 8 x 0.4 (the delay is the
+    network's, not the server's)."""
+    with EmulatorServer(service_seconds=0.01, concurrency=1, network_seconds=0.2) as server:
+        client = server.client()
+        started = time.monotonic()
+        assert client.health_check()
+        alone = time.monotonic() - started
+        clients = [server.client() for _ in range(8)]
+        threads = [threading.Thread(target=c.health_check) for c in clients]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        together = time.monotonic() - started
+        arrivals = [r for r in server.requests if r.path == "/health"]
+    assert 0.4 <= alone < 0.6
+    assert 0.4 <= together < 1.2, together
+    # The server's own record: the answer was ready after the request's inbound half.
+    assert all(r.answered - r.at < 0.2 for r in arrivals)
