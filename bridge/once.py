@@ -43,21 +43,33 @@ class _Runner:
     def __init__(self, connection: Any) -> None:
         self.connection = connection
         dialect = getattr(connection, "dialect", None)
+        module = type(connection).__module__
         if dialect is not None:  # a SQLAlchemy Connection
             self.sqlalchemy = True
             self.postgresql = dialect.name == "postgresql"
+            level = connection.get_execution_options().get("isolation_level")
+            autocommit = level == "AUTOCOMMIT"
         elif isinstance(connection, sqlite3.Connection):
             self.sqlalchemy, self.postgresql = False, False
-        elif type(connection).__module__.startswith("psycopg"):
+            autocommit = connection.isolation_level is None and not connection.in_transaction
+            autocommit = autocommit or getattr(connection, "autocommit", False) is True
+        elif module.startswith(("psycopg", "psycopg2")):
             self.sqlalchemy, self.postgresql = False, True
+            autocommit = bool(getattr(connection, "autocommit", False))
         else:
             raise ValidationError(
-                "record_once needs a SQLAlchemy Connection, or a sqlite3 or psycopg "
+                "record_once needs a SQLAlchemy Connection, or a sqlite3, psycopg or psycopg2 "
                 f"connection, got {type(connection).__name__}"
+            )
+        if autocommit:
+            raise ValidationError(
+                "record_once needs the connection inside a transaction (it commits every "
+                "statement on its own now, so the key would be kept without your rows): "
+                "turn autocommit off, or begin a transaction first"
             )
 
     def run(self, sql: str, *values: Any) -> Any:
-        """``sql`` with ``?`` placeholders; the cursor or result (``rowcount``, ``fetchone``)."""
+        """``sql`` with ``?`` placeholders; a cursor or result (``rowcount``, ``fetchone``)."""
         if self.sqlalchemy:
             from sqlalchemy import text
 
@@ -67,7 +79,9 @@ class _Runner:
             return self.connection.execute(text(sql), names)
         if self.postgresql:
             sql = sql.replace("?", "%s")
-        return self.connection.execute(sql, values)
+        cursor = self.connection.cursor()  # DB-API: sqlite3, psycopg, psycopg2 alike
+        cursor.execute(sql, values)
+        return cursor
 
     def moment(self, when: datetime) -> Any:
         """A UTC time as the column keeps it: a timestamp on PostgreSQL, fixed-width

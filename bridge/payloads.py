@@ -4,6 +4,7 @@ the key path or the size (before anything is written)."""
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -70,7 +71,7 @@ DETAIL_MAX_CHARS = 16_000  # a failed task's traceback, kept locally
 _DETAIL_HEAD = 2_000
 
 
-_OWN_FILES = str(Path(__file__).resolve().parent)  # bridge/: the worker's frames
+_OWN_FILES = str(Path(__file__).resolve().parent) + os.sep  # bridge/: the worker's frames
 
 
 def traceback_text(error: BaseException) -> str | None:

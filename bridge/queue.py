@@ -171,15 +171,22 @@ class LocalQueue(ClosedOnExit):
         )
 
     def idempotency_key(self, task: LocalTask) -> str:
-        """One text for every run and attempt of ``task``: ``taskmanager-task-<remote id>``
-        for a remote task (ids are the server's), ``local-task-<queue id>-<id>`` for a
-        local-only one (the queue database's own random id, so two queues writing into
-        one database never share a key). For ``record_once``."""
+        """One text for every run and attempt of ``task``, for ``record_once``:
+        ``taskmanager-task-<remote id>`` for a remote task (the server's ids: one server
+        per database of yours, or forget the keys if its ids ever start over), and
+        ``local-task-<queue id>-<id>-<created>`` for a local-only one (the queue database's
+        own random id, so two queues writing into one database never share a key, and
+        its creation time in microseconds, as SQLite may give a pruned task's id again)."""
         if task.remote_id is not None:
             return f"taskmanager-task-{task.remote_id}"
+        created = round(task.created_at.timestamp() * 1_000_000)
+        return f"local-task-{self.queue_id()}-{task.id}-{created}"
+
+    def queue_id(self) -> str:
+        """This queue database's own random id (made on first use, then read once)."""
         if self._queue_id is None:
             self._queue_id = self.store.queue_identity(self.clock())
-        return f"local-task-{self._queue_id}-{task.id}"
+        return self._queue_id
 
     def fail(
         self,
@@ -199,7 +206,7 @@ class LocalQueue(ClosedOnExit):
         with the secrets the queue knows masked (``error_detail``); an exception given as
         ``error`` brings its own."""
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        text = fit_error_text(text)
+        text = fit_error_text(redact_text(text, self._secrets()))  # it goes to the server
         if detail is None and isinstance(error, BaseException):
             detail = traceback_text(error)
         if detail is not None:

@@ -76,8 +76,10 @@ class JobState:
         self._workers_pruned: datetime | None = None  # the reap job's last forgetting
         # The role first: a second daemon on this queue and worker id must change nothing.
         self.worker_id = self._stable_worker_id()
-        self.role = DaemonRole(store, self.worker_id)
+        self.role = DaemonRole(store, self.worker_id, config.reap_interval_seconds)
         self.role.take(utcnow())
+        if store.get_state(WORKER_ID_KEY) != self.worker_id:  # what status shows
+            store.set_state(WORKER_ID_KEY, self.worker_id, utcnow())
         self.state = ThrottledState(store)
         self.server = ServerContact(store, self.state, config.api_key_source, monotonic, utcnow())
         # During an outage its one "outage began" line speaks for every failed request.
@@ -88,17 +90,17 @@ class JobState:
     def _stable_worker_id(self) -> str:
         """The remote worker id: the one the operator chose (``TASKMANAGER_WORKER_ID``,
         ``[taskmanager] worker_id``), else the one this database keeps, else one chosen
-        now and kept. Stable across restarts so that our claims stay ours and reconcile
-        finds them; daemons of one PostgreSQL queue each choose their own."""
+        now and kept (the first of two daemons starting together wins: both then hold
+        one id, and the role refuses the second). Stable across restarts so that our
+        claims stay ours and reconcile finds them; daemons of one PostgreSQL queue may each
+        choose their own."""
+        if self.config.explicit_worker_id:
+            return self.config.explicit_worker_id
         known = self.store.get_state(WORKER_ID_KEY)
-        chosen = (
-            self.config.explicit_worker_id
-            or known
-            or f"{socket.gethostname()}-bridge-{uuid.uuid4().hex[:8]}"
-        )
-        if chosen != known:  # what status shows: the latest daemon's id
-            self.store.set_state(WORKER_ID_KEY, chosen, utcnow())
-        return chosen
+        if known:
+            return known
+        chosen = f"{socket.gethostname()}-bridge-{uuid.uuid4().hex[:8]}"
+        return self.store.keep_first_state(WORKER_ID_KEY, chosen, utcnow())
 
     def close(self) -> None:
         """Stop the connection threads (the daemon's stop; idle threads cost nothing)."""

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import socket
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,9 +23,10 @@ from ..errors import BridgeError
 from ..storage import Store
 from ..times import ago, from_iso
 
-LEASE_SECONDS = 30.0  # how long a holder that stopped ticking keeps the role
-RENEW_SECONDS = 10.0  # how often the holder renews it
+LEASE_SECONDS = 30.0  # how long a holder that stopped ticking keeps the role, at least
+RENEWALS_PER_LEASE = 3  # renewed this often within a lease (from the reap tick)
 KEY_PREFIX = "daemon:"
+_ME = uuid.uuid4().hex  # this process: a host name and a pid are not enough (containers)
 
 
 class DaemonAlreadyRunning(BridgeError):
@@ -53,13 +55,20 @@ class Holder:
     pid: int
     since: str  # ISO
     until: str  # ISO: the lease's end
+    process: str = ""  # a random id of the holding process
 
     @classmethod
     def parse(cls, text: str) -> Holder | None:
+        """The holder a row names (keys a newer version added are passed over), or None
+        for a row no version wrote: then nobody holds the role."""
         try:
-            return cls(**json.loads(text))
-        except (ValueError, TypeError):
-            return None  # not a holder this version wrote: take it
+            found = json.loads(text)
+            return cls(**{name: found[name] for name in cls.__dataclass_fields__ if name in found})
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def is_me(self) -> bool:
+        return self.process == _ME
 
     def gone(self, now: datetime) -> bool:
         until = from_iso(self.until)
@@ -69,24 +78,27 @@ class Holder:
 
 
 class DaemonRole:
-    """This daemon's hold on its queue and worker id."""
+    """This daemon's hold on its queue and worker id (``renew`` from every reap tick:
+    the lease lasts ``RENEWALS_PER_LEASE`` reap intervals, at least ``LEASE_SECONDS``)."""
 
-    def __init__(self, store: Store, worker_id: str) -> None:
+    def __init__(self, store: Store, worker_id: str, reap_interval_seconds: float) -> None:
         self.store = store
         self.worker_id = worker_id
         self.key = _key(worker_id)
+        self.lease = max(LEASE_SECONDS, RENEWALS_PER_LEASE * reap_interval_seconds)
         self.since: datetime | None = None
         self.renewed: datetime | None = None
 
     def _mine(self, now: datetime) -> str:
         assert self.since is not None
-        until = now + timedelta(seconds=LEASE_SECONDS)
+        until = now + timedelta(seconds=self.lease)
         return json.dumps(
             {
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "since": self.since.isoformat(),
                 "until": until.isoformat(),
+                "process": _ME,
             }
         )
 
@@ -96,24 +108,26 @@ class DaemonRole:
         self._hold(now)
 
     def renew(self, now: datetime) -> None:
-        """Keep the role (at most every ``RENEW_SECONDS``); raises ``DaemonAlreadyRunning``
-        when another daemon took it meanwhile (this one stalled past its lease)."""
-        if self.renewed is not None and (now - self.renewed).total_seconds() < RENEW_SECONDS:
+        """Keep the role (at most every third of the lease); raises
+        ``DaemonAlreadyRunning`` when another daemon took it meanwhile (this one stalled
+        past its lease)."""
+        every = self.lease / RENEWALS_PER_LEASE
+        if self.renewed is not None and (now - self.renewed).total_seconds() < every:
             return
         self._hold(now)
 
     def release(self) -> None:
-        """Give the role up at a clean stop: the next daemon starts at once."""
+        """Give the role up at a clean stop, if it is still this daemon's: the next
+        daemon starts at once."""
         if self.since is not None:
-            self.store.delete_state(self.key)
+            self.store.release_role(self.key, _held_by_me)
 
     def _hold(self, now: datetime) -> None:
         mine = self._mine(now)
-        me = (socket.gethostname(), os.getpid())
 
         def may_take(current: str) -> bool:
             holder = Holder.parse(current)
-            return holder is None or (holder.host, holder.pid) == me or holder.gone(now)
+            return holder is None or holder.is_me() or holder.gone(now)
 
         held = self.store.hold_role(self.key, mine, now, may_take)
         if held != mine:
@@ -125,3 +139,8 @@ class DaemonRole:
                 "(stop it first, or give this one its own TASKMANAGER_WORKER_ID)"
             )
         self.renewed = now
+
+
+def _held_by_me(current: str) -> bool:
+    holder = Holder.parse(current)
+    return holder is not None and holder.is_me()

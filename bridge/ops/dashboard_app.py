@@ -57,8 +57,14 @@ class ActionPolicy:
             return False
         if self.token is None:
             return True
-        return supplied is not None and hmac.compare_digest(
-            supplied.encode("utf-8"), self.token.encode("utf-8")
+        return self.token_matches(supplied)
+
+    def token_matches(self, supplied: str | None) -> bool:
+        """``supplied`` is the configured token (compared in constant time)."""
+        return (
+            self.token is not None
+            and supplied is not None
+            and hmac.compare_digest(supplied.encode("utf-8"), self.token.encode("utf-8"))
         )
 
 

@@ -198,10 +198,18 @@ class _Handler(BaseHTTPRequestHandler):
             "/metrics": app.metrics,
         }
         route = routes.get(url.path)
-        if url.path == "/tasks":
-            route = partial(app.task_list, parse_qs(url.query))
-        elif url.path.startswith("/tasks/"):
-            route = partial(app.task, unquote(url.path[len("/tasks/") :]))
+        if url.path == "/tasks" or url.path.startswith("/tasks/"):
+            if not self.server.loopback and not self._bearer_allowed():
+                self._text(
+                    HTTPStatus.FORBIDDEN,
+                    "task pages show params, results and tracebacks: beyond loopback they "
+                    f"answer only with the token ({TOKEN_VARIABLE}) as Authorization: Bearer",
+                )
+                return
+            if url.path == "/tasks":
+                route = partial(app.task_list, parse_qs(url.query))
+            else:
+                route = partial(app.task, unquote(url.path[len("/tasks/") :]))
         if route is None:
             self._text(HTTPStatus.NOT_FOUND, f"no page {url.path}: try / or /healthz")
             return
@@ -210,6 +218,13 @@ class _Handler(BaseHTTPRequestHandler):
         except BridgeError as exc:
             status, body, content_type = 503, f"{exc}\n".encode(), "text/plain; charset=utf-8"
         self._send(status, body, content_type)
+
+    def _bearer_allowed(self) -> bool:
+        """A configured token, sent as ``Authorization: Bearer``."""
+        policy = self.server.app.policy
+        bearer = self.headers.get("Authorization", "")
+        supplied = bearer[7:] if bearer.startswith("Bearer ") else None
+        return policy.token is not None and policy.token_matches(supplied)
 
     def do_POST(self) -> None:
         if urlsplit(self.path).path != "/actions":

@@ -25,7 +25,7 @@ class TaskRef:
     @classmethod
     def parse(cls, text: str) -> TaskRef:
         kind, _, number = text.strip().rpartition(":")
-        if not number.isdigit() or kind not in ("", "local", "remote"):
+        if not (number.isascii() and number.isdecimal()) or kind not in ("", "local", "remote"):
             raise BridgeError(
                 f"a task is named by its local id (12) or its remote id (remote:12), got {text!r}"
             )

@@ -58,6 +58,16 @@ class Connector:
             holder.close()
         self.engine.dispose()
 
+    def transaction_aborted(self, conn: Connection) -> bool:
+        """PostgreSQL: whether a failed statement left ``conn``'s transaction aborted (every
+        later statement fails, and COMMIT rolls back). SQLite rolls back the statement only."""
+        if not self.is_postgresql:
+            return False
+        import psycopg
+
+        driver: Any = conn.connection.driver_connection
+        return bool(driver.info.transaction_status == psycopg.pq.TransactionStatus.INERROR)
+
     def connection(self) -> Connection:
         """This thread's connection, kept for the thread's life (a pool checkout per
         transaction costs more than the worker's statements); it returns to the pool

@@ -12,6 +12,35 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from ..errors import DatabaseError
 from .engine import display_url
 
+# What says the database itself is in passing trouble (locked, full, unwritable, gone),
+# as opposed to what a statement asked for (a missing table, a syntax error, a timeout
+# of its own): the first is waited out, the second is the statement's author's.
+_PASSING = (
+    "database is locked",
+    "database table is locked",
+    "disk is full",
+    "no space",
+    "disk i/o error",
+    "readonly",
+    "read-only",
+    "unable to open",
+    "connection refused",
+    "connection reset",
+    "connection is closed",
+    "connection timed out",
+    "could not connect",
+    "server closed the connection",
+    "terminating connection",
+    "the database system is shutting down",
+)
+
+
+def passing_trouble(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database's own passing trouble (see ``_PASSING``)."""
+    original = getattr(exc, "orig", None) or exc
+    text = str(original).lower()
+    return any(marker in text for marker in _PASSING)
+
 
 def describe_failure(exc: BaseException) -> str:
     """A sentence naming the cause of a database failure (driver noise stripped)."""

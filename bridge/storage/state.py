@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, select
+from sqlalchemy import Connection, Table, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..models import CachedTaskType
@@ -160,17 +160,40 @@ class StateQueries:
         self, key: str, holder: str, now: datetime, may_take: Callable[[str], bool]
     ) -> str:
         """Who holds the role ``key`` after this call, in one transaction: ``holder`` when
-        nobody did, when it was ``holder`` already, or when ``may_take(current)`` says the
-        current holder is gone; else the current holder, unchanged."""
+        nobody did, or when ``may_take(current)`` says the current holder is this one or
+        gone; else the current holder, unchanged. Two callers at once are serialised
+        (SQLite's write lock; on PostgreSQL an advisory lock on the key)."""
         with self.db.write() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
             current = conn.execute(
                 select(bridge_state.c.value).where(bridge_state.c.key == key)
             ).scalar()
-            if current is not None and current != holder and not may_take(str(current)):
+            if current is not None and not may_take(str(current)):
                 return str(current)
             row = {"key": key, "value": holder, "updated_at": now}
             _upsert(conn, bridge_state, "key", row, "value", "updated_at")
         return holder
+
+    def release_role(self, key: str, is_mine: Callable[[str], bool]) -> None:
+        """Give the role up, if it is still the caller's (another may have taken it)."""
+        with self.db.write() as conn:
+            current = conn.execute(
+                select(bridge_state.c.value).where(bridge_state.c.key == key)
+            ).scalar()
+            if current is not None and is_mine(str(current)):
+                conn.execute(delete(bridge_state).where(bridge_state.c.key == key))
+
+    def keep_first_state(self, key: str, value: str, now: datetime) -> str:
+        """``value`` under ``key`` unless a value is there already; the value kept."""
+        with self.db.write() as conn:
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            row = {"key": key, "value": value, "updated_at": now}
+            conn.execute(dialect.insert(bridge_state).values(**row).on_conflict_do_nothing())
+            kept = conn.execute(
+                select(bridge_state.c.value).where(bridge_state.c.key == key)
+            ).scalar_one()
+        return str(kept)
 
     def set_state(self, key: str, value: str, now: datetime) -> None:
         with self.db.write() as conn:

@@ -14,6 +14,7 @@ from sqlalchemy import Connection
 from ..errors import TaskNotHeldError, WriteFailed
 from ..models import LocalTask
 from .connector import Connector
+from .db_errors import passing_trouble
 from .outbox import append_for_task
 from .statements import Prepared, Statement, json_text, seconds
 from .task_reads import read_task
@@ -299,18 +300,29 @@ class WorkerQueries:
 
         The task is checked first (a task no longer held runs no write: ``TaskNotHeldError``).
         A write that raises rolls everything back and comes out as ``WriteFailed``; only
-        an operational database error (a full disk, a lost connection) comes out as the
-        ``DatabaseError`` it is, for the caller to wait out and try again whole.
+        the database's own passing trouble (locked, a full disk, a lost connection) comes
+        out as the ``DatabaseError`` it is, for the caller to wait out and try again whole.
+        A write that caught an error PostgreSQL keeps (the transaction is aborted: its
+        COMMIT would roll back) fails the same way: nothing is kept, the task fails.
         """
         with self.db.write() as conn:
             self._complete(conn, task, result, now)
             for write in writes:
                 try:
                     write(conn)
-                except self.db.operational_errors:
-                    raise
+                except self.db.operational_errors as exc:
+                    if passing_trouble(exc):
+                        raise
+                    raise WriteFailed(exc) from exc
                 except Exception as exc:
                     raise WriteFailed(exc) from exc
+                if self.db.transaction_aborted(conn):
+                    raise WriteFailed(
+                        RuntimeError(
+                            "a statement of the write failed and was caught: PostgreSQL "
+                            "aborted the transaction, so nothing of it could be kept"
+                        )
+                    )
             if take is None:
                 return None
             types, lock_seconds, lease_margin_seconds = take

@@ -77,7 +77,7 @@ class ViewQueries:
                 tasks.c.error.like(pattern),
                 cast(tasks.c.params, String).like(pattern),
             ]
-            if search.isdigit():
+            if search.isascii() and search.isdecimal():
                 matches += [tasks.c.id == int(search), tasks.c.remote_id == int(search)]
             statement = statement.where(or_(*matches))
         with self.db.read() as conn:

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import TaskNotHeldError, ValidationError
+from ..errors import BridgeError, TaskNotHeldError, ValidationError
 from ..logs import task_fields
 from ..models import LocalTask
 from ..payloads import encoded_result
@@ -112,6 +112,10 @@ class AsyncEngine:
         """The thread's target: the loop until the worker stops."""
         core = self.core
         self._handlers.start()
+        # Read now, off every loop: a local task's idempotency key needs it, and a
+        # handler asking for the key must not wait on the database on its loop.
+        with contextlib.suppress(BridgeError):
+            core.queue.queue_id()
         try:
             asyncio.run(self._main())
         except GaveUp:

@@ -54,6 +54,9 @@ def describe_error(error: BaseException) -> str:
     """The failed task's reason: the exception's type and text, and what it did not do."""
     if isinstance(error, HandlerError | ResultRefused):
         return str(error)
+    original = getattr(error, "orig", None)  # a SQLAlchemy error: the driver's words only,
+    if isinstance(original, BaseException):  # not the statement and its parameters
+        error = original
     text = f"{type(error).__name__}: {error}"
     if isinstance(error, SystemExit):
         return f"{text} (the handler called sys.exit(); only its task ended)"

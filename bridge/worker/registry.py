@@ -37,6 +37,8 @@ class WorkerRecord:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._told = False
+        self._recorded = False
+        self._info: WorkerInfo | None = None
 
     def start(self) -> None:
         now = self.queue.clock()
@@ -53,9 +55,10 @@ class WorkerRecord:
             done=0,
             failed=0,
         )
-        if self._safely(lambda: self.queue.record_worker(info)):
-            self._thread = threading.Thread(target=self._run, daemon=True, name="bridge-beat")
-            self._thread.start()
+        self._recorded = self._safely(lambda: self.queue.record_worker(info))
+        self._info = info
+        self._thread = threading.Thread(target=self._run, daemon=True, name="bridge-beat")
+        self._thread.start()
 
     def stop(self) -> None:
         """The last beat, marked stopped (waited for a moment only: a locked database
@@ -71,6 +74,9 @@ class WorkerRecord:
         self._beat(stopped=True)
 
     def _beat(self, *, stopped: bool) -> None:
+        info = self._info
+        if not self._recorded and info is not None:  # the start's record failed: again
+            self._recorded = self._safely(lambda: self.queue.record_worker(info))
         counters = self.counters()
         self._safely(
             lambda: self.queue.worker_beat(counters.done, counters.failed, stopped=stopped)

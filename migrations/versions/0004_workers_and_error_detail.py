@@ -43,3 +43,11 @@ def downgrade() -> None:
     op.drop_table("workers")
     with op.batch_alter_table("tasks") as batch:
         batch.drop_column("error_detail")
+    if op.get_bind().dialect.name == "sqlite":
+        # SQLite's batch rebuilds the table, and its copy of ix_tasks_queued loses
+        # "priority DESC": put the index back as revision 0001 made it.
+        queued = sa.text("status = 'queued'")
+        op.drop_index("ix_tasks_queued", table_name="tasks")
+        op.create_index(
+            "ix_tasks_queued", "tasks", [sa.text("priority DESC"), "id"], sqlite_where=queued
+        )

@@ -58,11 +58,12 @@ def _serve(
     policy: ActionPolicy,
     metrics: bool = False,
     limits: DashboardLimits | None = None,
+    host: str = "127.0.0.1",
 ) -> DashboardServer:
     operations = Operations(queue.store, BridgeConfig.load(env={}, db_url=queue.config.db_url))
     render = Metrics(operations).render if metrics else None
     app = DashboardApp(operations, policy, render)
-    server = DashboardServer(app, "127.0.0.1", 0, limits=limits or DashboardLimits())
+    server = DashboardServer(app, host, 0, limits=limits or DashboardLimits())
     server.start()
     return server
 
@@ -171,6 +172,29 @@ def test_token_guards_actions_and_never_reaches_the_page(queue: LocalQueue):
         assert right.status_code == 303
         entry = queue.store.outbox_entry(row)
         assert entry is not None and entry.status == "pending"
+    finally:
+        server.stop()
+
+
+def test_task_pages_off_loopback_answer_only_the_bearer_token(queue: LocalQueue):
+    task = queue.enqueue("t.dash", {"secret_param": "shown-only-with-token"})
+    server = _serve(queue, ActionPolicy.decide(True, TOKEN, "0.0.0.0"), host="0.0.0.0")
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        for path in ("/tasks", f"/tasks/{task.id}"):
+            bare = requests.get(base + path, timeout=10)
+            assert bare.status_code == 403 and "shown-only-with-token" not in bare.text
+            wrong = requests.get(base + path, headers={"Authorization": "Bearer x"}, timeout=10)
+            assert wrong.status_code == 403
+        right = requests.get(
+            base + "/tasks", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+        )
+        assert right.status_code == 200 and "t.dash" in right.text
+        one = requests.get(
+            f"{base}/tasks/{task.id}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+        )
+        assert one.status_code == 200 and "shown-only-with-token" in one.text
+        assert requests.get(base + "/", timeout=10).status_code == 200
     finally:
         server.stop()
 

@@ -8,6 +8,7 @@ inside the writes and around their commit) are in tests/faults/test_effects_once
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from datetime import timedelta
@@ -158,9 +159,20 @@ def test_the_idempotency_key_is_one_per_task_and_apart_per_queue(tmp_path: Path)
             assert again is not None
             keys[url] += [queue.idempotency_key(local), queue.idempotency_key(again)]
             keys[url].append(queue.idempotency_key(queue.enqueue("k", {"x": 2})))
+    with LocalQueue(config=BridgeConfig.load(env={}, db_url=first)) as queue:
+        newest = queue.enqueue("k", {"x": 3})
+        taken = queue.dequeue("k")
+        while taken is not None:
+            queue.complete(taken, {})
+            taken = queue.dequeue("k")
+        queue.store.prune(newest.created_at + timedelta(days=1))  # every task pruned
+        again = queue.enqueue("k", {"x": 4})
+        assert again.id == 1  # SQLite gives a pruned id again ...
+        keys[first].append(queue.idempotency_key(again))
     a, b = keys[first], keys[second]
+    assert a[-1] != a[0]  # ... and the key is still the new task's own
     assert a[0] == a[1] and a[0] != a[2]  # stable for a task, apart for two tasks
-    assert a[0].startswith("local-task-") and a[0].endswith("-1") and b[0].endswith("-1")
+    assert a[0].startswith("local-task-") and b[0].startswith("local-task-")
     assert a[0] != b[0]  # task 1 of two queues
 
 
@@ -238,9 +250,18 @@ def _select(kind: str) -> tuple[Any, ...]:
     return (text(query),) if kind == "sqlalchemy" else (query,)
 
 
-def test_record_once_refuses_what_it_cannot_use():
-    with pytest.raises(ValidationError, match="SQLAlchemy Connection, or a sqlite3 or psycopg"):
+def test_record_once_refuses_what_it_cannot_use(tmp_path: Path):
+    with pytest.raises(ValidationError, match="SQLAlchemy Connection, or a sqlite3, psycopg"):
         record_once(object(), "k")
+    autocommit = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
+    try:  # every statement its own transaction: the key would be kept without the rows
+        with pytest.raises(ValidationError, match="inside a transaction"):
+            record_once(autocommit, "k")
+        autocommit.execute("BEGIN")  # ... unless the caller began one
+        assert record_once(autocommit, "k") is True
+        autocommit.execute("ROLLBACK")
+    finally:
+        autocommit.close()
 
 
 def test_a_second_transaction_on_postgresql_waits_for_the_first():
@@ -269,3 +290,42 @@ def test_a_second_transaction_on_postgresql_waits_for_the_first():
         first.commit()
         for conn in (first, second):
             conn.close()
+
+
+def _missing_table(connection: Any) -> None:
+    connection.execute(text("INSERT INTO no_such_table (x) VALUES (1)"))
+
+
+def _swallowed_conflict(connection: Any) -> None:
+    connection.execute(text("CREATE TABLE IF NOT EXISTS once_only (k INTEGER PRIMARY KEY)"))
+    connection.execute(text("INSERT INTO once_only (k) VALUES (1)"))
+    with contextlib.suppress(Exception):  # the handler's author "handles" it, carries on
+        connection.execute(text("INSERT INTO once_only (k) VALUES (1)"))
+
+
+@pytest.mark.parametrize("write", [_missing_table, _swallowed_conflict], ids=["missing", "caught"])
+def test_a_write_the_database_refuses_fails_its_task_instead_of_being_waited_out(
+    with_ideas: str, write: Any
+):
+    """A statement error is the write's (a missing table is an OperationalError on SQLite,
+    not passing trouble); a caught error PostgreSQL keeps aborts the transaction, so the
+    result must not count as stored."""
+    with LocalQueue(with_ideas) as queue:
+        task = queue.enqueue("w", {"n": 1})
+
+        def handler(params: dict[str, Any], context: Any) -> dict[str, Any]:
+            context.write_with_result(write)
+            return {"n": 1}
+
+        worker = Worker(queue, {"w": handler}, db_backoff_max_seconds=0.05)
+        runner = threading.Thread(target=worker.run, kwargs={"max_tasks": 1}, daemon=True)
+        runner.start()
+        runner.join(20)
+        assert not runner.is_alive(), "the write was waited out as database trouble"
+        after = queue.get(task.id)
+    postgres = with_ideas.startswith("postgresql")
+    if write is _swallowed_conflict and not postgres:
+        assert after.status == "done"  # SQLite rolls back the failed statement only
+        return
+    assert after.status == "failed", (after.status, after.error)
+    assert "nothing of it was kept" in (after.error or "")

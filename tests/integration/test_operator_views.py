@@ -226,3 +226,32 @@ def test_separate_worker_ids_share_one_postgresql_queue(db: str, tmp_path: Path)
             for daemon in daemons:
                 daemon.send_signal(signal.SIGTERM)
                 daemon.communicate(timeout=30)
+
+
+def test_a_role_taken_at_once_by_many_goes_to_exactly_one(db: str):
+    """Eight connections race for a free role at the same instant: one holds it, the
+    other seven are told who does (the database serialises them)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    start = Barrier(8)
+    queues = [LocalQueue(db) for _ in range(8)]
+    try:
+        for queue in queues:  # connected before the race, so nothing staggers the start
+            queue.store.states_with_prefix("daemon:race")
+
+        def take(n: int) -> str:
+            start.wait()
+            now = datetime.now(timezone.utc)
+            return queues[n].store.hold_role("daemon:race", f"holder-{n}", now, lambda _: False)
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(take, range(8)))
+    finally:
+        for queue in queues:
+            queue.close()
+    assert len(set(answers)) == 1
+    winner = answers[0]
+    assert winner in {f"holder-{n}" for n in range(8)}
+    with LocalQueue(db) as queue:
+        assert queue.store.states_with_prefix("daemon:") == {"race": winner}
