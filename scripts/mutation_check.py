@@ -78,8 +78,20 @@ MUTATIONS = [
     Mutation(
         "claim limit ignores the measured duration",
         "bridge/daemon/pull.py",
-        "duration=measured or config.default_task_seconds,",
-        "duration=config.default_task_seconds,",
+        "duration = measured or config.default_task_seconds\n",
+        "duration = config.default_task_seconds\n",
+    ),
+    Mutation(
+        "a burst's top-up ignores the claims still in flight",
+        "bridge/daemon/pull.py",
+        "room = ceiling - self.store.queued_count(task_type) - in_flight",
+        "room = ceiling - self.store.queued_count(task_type)",
+    ),
+    Mutation(
+        "a burst's top-up goes past the tasks seen pending",
+        "bridge/daemon/pull.py",
+        "return max(0, min(room, wanted - taken))",
+        "return max(0, room)",
     ),
     Mutation(
         "idle polling never backs off",
@@ -90,9 +102,9 @@ MUTATIONS = [
     Mutation(
         "a claim burst goes on after an empty answer",
         "bridge/daemon/pull.py",
-        "                if task is None:\n"
-        "                    slots.stop()\n                    break",
-        "                if task is None:\n                    break",
+        "                    if task is None:\n"
+        "                        slots.stop()\n                        break",
+        "                    if task is None:\n                        break",
     ),
     Mutation(
         "no per-task hold-back within a push",
@@ -165,7 +177,7 @@ MUTATIONS = [
     Mutation(
         "claims of tasks seen pending go on after an empty answer",
         "bridge/daemon/pull.py",
-        "known - claimed if claimed == limit else 0",
+        "known - claimed if claimed == granted else 0",
         "known - claimed",
     ),
     Mutation(
@@ -177,8 +189,7 @@ MUTATIONS = [
     Mutation(
         "a claim is sent while the claim window is spent",
         "bridge/daemon/pull.py",
-        "                if window_free_at("
-        "self.client.rate_limit_for(CLAIM_PATH), self._claims.width) > 0:\n"
+        "                if window_free_at(self.client.rate_limit_for(CLAIM_PATH), width) > 0:\n"
         "                    slots.stop()",
         "                if False:\n                    slots.stop()",
     ),

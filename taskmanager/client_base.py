@@ -42,6 +42,12 @@ class ClientBase:
         by this worker id (the bridge's reconcile imports such claims)."""
         return self._calls.requester.unanswered[path]
 
+    def fastest_answer_seconds(self) -> float | None:
+        """The least time, send to answer, among the latest 64 answers (``None`` before
+        the first): the network's round trip plus the server's own time for a request,
+        without the queueing a busy server adds to the typical answer."""
+        return self._calls.requester.answer_times.fastest()
+
     def quiet_retries_while(self, condition: Callable[[], bool]) -> None:
         """Log each retry (``POST /tasks -> 503; retry 1/3 ...``) at DEBUG instead of
         WARNING while ``condition()`` is true: for a caller that reports the trouble in

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ._version import __version__
+from .answer_times import AnswerTimes
 from .config import TaskManagerConfig
 from .exceptions import TaskManagerRateLimitError
 from .protocol import (
@@ -158,6 +159,9 @@ class Requester:
         # Attempts per path that got no answer (the server may have applied them), retried
         # or not: a caller of a non-idempotent call can tell it may have an orphan.
         self.unanswered: Counter[str] = Counter()
+        # How long answers take (the least of the latest: the round trip, for callers
+        # that size how many requests they keep in flight).
+        self.answer_times = AnswerTimes()
         # Retry-After of the latest 429 per path, for every caller sharing this client.
         self._blocked_until: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -255,6 +259,7 @@ class Requester:
             self._observe(send.method, path, outcome.label, started)
             return outcome
         self._observe(send.method, path, str(reply.status), started)
+        self.answer_times.add(self.clock() - started)
         info = rate_limit_info(reply.headers, observed_at=time.time())
         if info is not None:
             self.last_rate_limit = info

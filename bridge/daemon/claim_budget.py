@@ -69,6 +69,18 @@ def claim_limit(
     return ClaimLimit(max(0, limit), queued, startable, duration, measured, reason)
 
 
+def prefetch_in_use(
+    prefetch: int, workers: int, claim_width: int, fastest_answer: float | None, duration: float
+) -> int:
+    """``prefetch``, or more when the workers finish more tasks than that while one claim
+    travels (``fastest_answer``): tasks on hand for that long, up to one per claim in
+    flight (``claim_width``), so that claims on every connection find room."""
+    if fastest_answer is None:
+        return prefetch
+    during_a_claim = math.ceil(workers * fastest_answer / max(duration, 0.001))
+    return max(prefetch, min(claim_width, during_a_claim))
+
+
 def lease_warnings(config: BridgeConfig) -> list[str]:
     """Settings under which tasks cannot finish within the server's lease, and what to change."""
     usable = config.lease_seconds - config.lease_margin_seconds

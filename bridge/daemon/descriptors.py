@@ -54,7 +54,7 @@ class DescriptorNeed:
 def descriptor_need(config: BridgeConfig, dashboard_connections: int) -> DescriptorNeed:
     """The most descriptors ``run`` with ``config`` may hold open at once, when its
     dashboard serves up to ``dashboard_connections`` (0: no dashboard)."""
-    width = config.connections_in_use
+    width = config.most_connections
     backend = make_url(normalise_url(config.db_url)).get_backend_name()
     per_connection = SQLITE_FILES_PER_CONNECTION if backend == "sqlite" else 1
     return DescriptorNeed(

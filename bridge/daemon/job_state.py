@@ -56,7 +56,7 @@ class JobState:
         self.monotonic = monotonic
         self._claims_lock = threading.Lock()  # a claim burst, or reconcile's import
         self._push_lock = threading.Lock()  # the push back-off, set from delivery threads
-        width = config.connections_in_use
+        width = config.most_connections
         self._claims = Fanout(width, "bridge-claim")
         self._deliveries = Fanout(width, "bridge-push")
         self._claiming = threading.Event()

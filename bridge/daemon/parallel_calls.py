@@ -15,29 +15,50 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
+TopUp = Callable[[int, int], int]  # (in flight, taken so far) -> more requests granted
 
 
 class Fanout:
+    """Calls run side by side on up to ``width`` threads (``run`` may ask for fewer)."""
+
     def __init__(self, width: int, name: str) -> None:
         self.width = max(1, width)
         self.name = name
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
-    def run(self, calls: Sequence[Callable[[], T]]) -> list[T]:
-        """Every call's result, in order; the first exception is raised after all ended."""
-        if self.width == 1 or len(calls) <= 1:
+    def run(self, calls: Sequence[Callable[[], T]], width: int | None = None) -> list[T]:
+        """Every call's result, in order, with at most ``width`` (at most the fan-out's
+        own) running at once; the first exception is raised after all ended."""
+        runners = min(self.width, width or self.width, len(calls))
+        if runners <= 1:
             return [call() for call in calls]
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.width, thread_name_prefix=self.name)
             pool = self._pool
-        futures = [pool.submit(call) for call in calls]
-        errors = [future.exception() for future in futures]
+        results: list[T | None] = [None] * len(calls)
+        errors: list[BaseException | None] = [None] * len(calls)
+        order = iter(range(len(calls)))
+        order_lock = threading.Lock()
+
+        def runner() -> None:
+            while True:
+                with order_lock:
+                    index = next(order, None)
+                if index is None:
+                    return
+                try:
+                    results[index] = calls[index]()
+                except BaseException as exc:  # re-raised below, after every call ended
+                    errors[index] = exc
+
+        for future in [pool.submit(runner) for _ in range(runners)]:
+            future.result()
         for error in errors:
             if error is not None:
                 raise error
-        return [future.result() for future in futures]
+        return results  # type: ignore[return-value]  # every slot filled, none raised
 
     def close(self) -> None:
         with self._lock:
@@ -47,20 +68,35 @@ class Fanout:
 
 
 class Slots:
-    """A burst's budget shared by its threads: at most ``count`` requests, none after
-    ``stop()`` (an empty answer, an error, a spent rate window)."""
+    """A burst's budget shared by its threads: ``count`` requests, topped up by
+    ``top_up(in_flight, taken)`` whenever they are spent (room opened as workers took
+    tasks), none after ``stop()`` (an empty answer, an error, a spent rate window).
 
-    def __init__(self, count: int) -> None:
-        self._remaining = count
+    A taker calls ``settle()`` once its request's answer is recorded (or there was
+    none to record), so that a top-up counts what is still in flight."""
+
+    def __init__(self, count: int, top_up: TopUp | None = None) -> None:
+        self.granted = count
+        self._taken = 0
+        self._settled = 0
+        self._top_up = top_up
         self._stopped = False
         self._lock = threading.Lock()
 
     def take(self) -> bool:
         with self._lock:
-            if self._stopped or self._remaining <= 0:
+            if self._stopped:
                 return False
-            self._remaining -= 1
+            if self._taken >= self.granted and self._top_up is not None:
+                self.granted += max(0, self._top_up(self._taken - self._settled, self._taken))
+            if self._taken >= self.granted:
+                return False
+            self._taken += 1
             return True
+
+    def settle(self) -> None:
+        with self._lock:
+            self._settled += 1
 
     def stop(self) -> None:
         with self._lock:

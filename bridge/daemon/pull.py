@@ -4,6 +4,10 @@ Claims go to tasks seen pending (``bridge.watch``), within the claim limit
 (``bridge.claiming``), on several connections at once (``bridge.fanout``), with a
 claim intent recorded first so that reconcile can import a claim whose answer was
 lost. A blind claim per type (the probe) finds tasks whose lease ran out.
+
+A burst does not end when its first limit is spent: while workers take tasks (the room
+opens again) it claims on, for up to ``TOP_UP_SECONDS``, so that claims keep flowing
+between ticks instead of waiting for the next one with every connection idle.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from taskmanager import (
 )
 
 from ..storage import CLAIM_PLAN_KEY, ClaimIntent
-from .claim_budget import ClaimLimit, claim_limit
+from .claim_budget import ClaimLimit, claim_limit, prefetch_in_use
 from .job_state import JobState
-from .parallel_calls import Slots
+from .parallel_calls import Slots, TopUp
 from .pending_probe import CLAIM_PATH, LIST_PATH, probe_interval, window_free_at
 
 logger = logging.getLogger("bridge.daemon")
@@ -30,6 +34,10 @@ logger = logging.getLogger("bridge.daemon")
 BUSY_LOOK_SECONDS = 0.1  # looks while work comes, on a server that sends no rate limit
 BLIND = 1_000_000  # a claim burst with no count to go by: until the limit or an empty answer
 WATCH_OFF_AFTER_ERROR = timedelta(minutes=5)
+# How long one burst keeps claiming into room opened after it began: long enough to
+# carry claims across many ticks, short enough that the other types, the outbox
+# backlog check and the look for pending tasks come round every second.
+TOP_UP_SECONDS = 1.0
 
 
 class PullJob(JobState):
@@ -41,11 +49,15 @@ class PullJob(JobState):
         """The claim limit with its inputs and reason."""
         measured = self.store.recent_duration(task_type)
         config = self.config
+        duration = measured or config.default_task_seconds
+        fastest = self.client.fastest_answer_seconds()
         return claim_limit(
-            prefetch=config.prefetch,
+            prefetch=prefetch_in_use(
+                config.prefetch, config.workers, self._claim_width(), fastest, duration
+            ),
             workers=config.workers,
             usable_lease=config.lease_seconds - config.lease_margin_seconds,
-            duration=measured or config.default_task_seconds,
+            duration=duration,
             measured=measured is not None,
             queued=self.store.queued_count(task_type),
             idle_worker=lambda: self.store.running_count() < config.workers,
@@ -93,18 +105,38 @@ class PullJob(JobState):
             # A blind claim while watching is a probe: one request (what it finds, the next
             # look sees); without the watch, blind bursts are all there is: full width.
             probe = wanted == BLIND and self._watching(now)
-            width = 1 if probe else min(self._claims.width, limit)
-            claimed, error = self._claim_burst(task_type, limit, now, width)
+            width = 1 if probe else min(self._claim_width(), limit)
+            top_up = None if probe else self._top_up(task_type, plan, wanted)
+            claimed, granted, error = self._claim_burst(task_type, limit, now, width, top_up)
             total += claimed
             self.metrics.claimed(task_type, claimed)
             if error is None:
                 self.server.ok(now)
-                self._after_claims(task_type, claimed, limit, now)
+                self._after_claims(task_type, claimed, granted, now)
             elif not self._claim_failed(task_type, error, now, tick_started):
                 break
         if total:
             logger.info("claimed %d task(s)", total)
         return total
+
+    def _claim_width(self) -> int:
+        """Claims in flight at once now: ``connections``, or from the round trip."""
+        return self.config.connections_now(self.client.fastest_answer_seconds())
+
+    def _top_up(self, task_type: str, plan: ClaimLimit, wanted: int) -> TopUp:
+        """More claims for a burst whose grant is spent: the room workers opened since
+        (the plan's ceiling, less what is queued and what is still in flight), never past
+        ``wanted`` in all, and nothing once the burst is ``TOP_UP_SECONDS`` old."""
+        ceiling = plan.limit + plan.queued  # what may be queued at once (prefetch, lease)
+        until = self.monotonic() + TOP_UP_SECONDS
+
+        def top_up(in_flight: int, taken: int) -> int:
+            if self.monotonic() >= until or not self._claiming.is_set():
+                return 0
+            room = ceiling - self.store.queued_count(task_type) - in_flight
+            return max(0, min(room, wanted - taken))
+
+        return top_up
 
     def _watching(self, now: datetime) -> bool:
         return self.config.watch_interval_seconds > 0 and (
@@ -160,14 +192,15 @@ class PullJob(JobState):
             return None
         return BLIND
 
-    def _after_claims(self, task_type: str, claimed: int, limit: int, now: datetime) -> None:
+    def _after_claims(self, task_type: str, claimed: int, granted: int, now: datetime) -> None:
+        """``granted``: the claims the burst was allowed, top-ups included."""
         self._claims_failed_until.pop(task_type, None)
         known = self._known.get(task_type, 0)
         if known > 0:  # claims of tasks seen pending; an empty answer means none are left
-            if limit > 0:
-                self._known[task_type] = known - claimed if claimed == limit else 0
+            if granted > 0:
+                self._known[task_type] = known - claimed if claimed == granted else 0
             return
-        if claimed > 0 or limit == 0:  # blind claims found work, or had no room: again soon
+        if claimed > 0 or granted == 0:  # blind claims found work, or had no room: again soon
             self._schedule_pull(task_type, now, found_work=True)
         elif self._watching(now):  # an empty probe: the next one within the idle budget
             self._next_pull[task_type] = now + self._probe_interval()
@@ -194,9 +227,15 @@ class PullJob(JobState):
         self.state.write(CLAIM_PLAN_KEY + task_type, plan.to_json(now), now, force=changed)
 
     def _claim_burst(
-        self, task_type: str, limit: int, now: datetime, width: int = 1
-    ) -> tuple[int, TaskManagerError | None]:
-        """Claim up to ``limit`` tasks of a type, stopping at the first empty answer.
+        self,
+        task_type: str,
+        limit: int,
+        now: datetime,
+        width: int = 1,
+        top_up: TopUp | None = None,
+    ) -> tuple[int, int, TaskManagerError | None]:
+        """Claim up to ``limit`` tasks of a type (and what ``top_up`` adds), stopping at
+        the first empty answer; the number claimed, the number granted, the error.
 
         An intent is recorded before the first request, for as many claims as can be in
         flight at once, and deleted once every answer is recorded. When attempts got no
@@ -205,44 +244,49 @@ class PullJob(JobState):
         reconcile to import them.
         """
         if limit <= 0:
-            return 0, None
+            return 0, 0, None
         with self._claims_lock:
             # One per request that can be in flight: a kill mid-burst may orphan them all.
             key = self.store.open_claim_intent(task_type, now, count=min(width, limit))
             unanswered = self.client.unanswered(CLAIM_PATH)
-            claimed, error = self._claim_until(task_type, limit, now, width)
+            claimed, granted, error = self._claim_until(task_type, limit, now, width, top_up)
             lost = self.client.unanswered(CLAIM_PATH) - unanswered  # retried or not
             refused = isinstance(error, (TaskManagerRateLimitError, TaskManagerAuthError))
             keep = 0 if error is None or refused else 1  # a 5xx may hide a committed claim
             self.store.set_claim_intent(ClaimIntent(key, task_type, now, max(lost, keep)), now)
-        return claimed, error
+        return claimed, granted, error
 
     def _claim_until(
-        self, task_type: str, limit: int, now: datetime, width: int
-    ) -> tuple[int, TaskManagerError | None]:
-        """Claim on up to ``connections`` connections at once, never more than ``limit``
-        requests, and none started after an empty answer."""
-        slots = Slots(limit)
+        self, task_type: str, limit: int, now: datetime, width: int, top_up: TopUp | None
+    ) -> tuple[int, int, TaskManagerError | None]:
+        """Claim on up to ``width`` connections at once, never more than ``limit``
+        requests (and what ``top_up`` grants), and none started after an empty answer."""
+        slots = Slots(limit, top_up)
         width = min(width, limit)
-        claimer = partial(self._claimer, task_type, slots, now)
-        results = self._claims.run([claimer] * width)
+        claimer = partial(self._claimer, task_type, slots, now, width)
+        results = self._claims.run([claimer] * width, width)
         errors = [error for _, error in results if error is not None]
-        return sum(claimed for claimed, _ in results), (errors[0] if errors else None)
+        claimed = sum(count for count, _ in results)
+        return claimed, slots.granted, (errors[0] if errors else None)
 
     def _claimer(
-        self, task_type: str, slots: Slots, now: datetime
+        self, task_type: str, slots: Slots, now: datetime, width: int
     ) -> tuple[int, TaskManagerError | None]:
         claimed = 0
         try:
             while self._claiming.is_set() and slots.take():
-                if window_free_at(self.client.rate_limit_for(CLAIM_PATH), self._claims.width) > 0:
+                if window_free_at(self.client.rate_limit_for(CLAIM_PATH), width) > 0:
                     slots.stop()  # the claim window is spent: a claim now would be refused
+                    slots.settle()
                     break
-                task = self.client.claim_task(task_type=task_type, worker_id=self.worker_id)
-                if task is None:
-                    slots.stop()
-                    break
-                self._record_claim(task, now)
+                try:
+                    task = self.client.claim_task(task_type=task_type, worker_id=self.worker_id)
+                    if task is None:
+                        slots.stop()
+                        break
+                    self._record_claim(task, now)
+                finally:
+                    slots.settle()
                 claimed += 1
         except TaskManagerError as exc:
             slots.stop()

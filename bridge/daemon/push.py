@@ -79,7 +79,8 @@ class PushJob(JobState):
         try:
             chains = _chains(self.store.pending_outbox(now, self.config.push_batch))
             deliver_chain = partial(self._deliver_chain, now=now, started=tick_started, batch=batch)
-            self._deliveries.run([partial(deliver_chain, chain) for chain in chains])
+            width = self.config.connections_now(self.client.fastest_answer_seconds())
+            self._deliveries.run([partial(deliver_chain, chain) for chain in chains], width)
             if not batch.stopped.is_set():
                 with self._push_lock:
                     self._push_failures = 0

@@ -5,7 +5,7 @@
                                             [--url URL --key KEY]
 
 Direct: W threads in one process, each looping ``claim_task`` then ``complete_task``
-(pattern 1). Bridge: ``taskmanager-bridge run`` (workers = W, prefetch 50) and
+(pattern 1). Bridge: ``taskmanager-bridge run`` (workers = W, every other setting its default) and
 ``taskmanager-bridge worker --concurrency W``, a handler that returns at once; the daemon
 starts once the worker is ready. Both are separate processes; each run's time is the
 server's: from the first claim's arrival to the last completion's answer, so process
@@ -185,7 +185,7 @@ def start_processes(
     upgrade(str(db))
     config = folder / "bridge.toml"
     config.write_text(
-        f'db_url = "{db}"\ntypes = ["{task_type}"]\nworkers = {workers}\nprefetch = 50\n'
+        f'db_url = "{db}"\ntypes = ["{task_type}"]\nworkers = {workers}\n'
         f"{EXTRA_CONFIG}"
         f'[taskmanager]\napi_url = "{target.url}"\nworker_id = "bench-{uuid.uuid4().hex[:6]}"\n'
     )

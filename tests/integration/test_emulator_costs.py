@@ -61,3 +61,19 @@ def test_a_network_delay_holds_no_place_among_the_concurrency():
     assert 0.4 <= together < 1.2, together
     # The server's own record: the answer was ready after the request's inbound half.
     assert all(r.answered - r.at < 0.2 for r in arrivals)
+
+
+def test_the_client_measures_the_round_trip_without_the_servers_queueing():
+    """The fastest recent answer is the round trip plus one request's service: a 0.2 s
+    round trip shows as at least 0.2 s; four requests queued behind one place at the
+    server (0.1 s each) make the slowest answer ~0.6 s, and the fastest stays ~0.3 s."""
+    with EmulatorServer(service_seconds=0.1, concurrency=1, network_seconds=0.1) as server:
+        client = server.client()
+        assert client.fastest_answer_seconds() is None  # nothing answered yet
+        threads = [threading.Thread(target=client.health_check) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        fastest = client.fastest_answer_seconds()
+        assert fastest is not None and 0.3 <= fastest < 0.45

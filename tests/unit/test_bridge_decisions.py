@@ -75,6 +75,7 @@ class FakeClient:
     lost_answers: int = 0
     orphans: list[int] = field(default_factory=list)
     call_seconds: float = 0.0
+    answer_seconds: float | None = None  # what the client measured of the round trip
     config: Any = field(default_factory=lambda: SimpleNamespace(worker_id=WORKER))
 
     def _call(self, method: str, arg: Any) -> None:
@@ -134,6 +135,9 @@ class FakeClient:
 
     def rate_limit_for(self, path: str) -> Any:
         return self.windows.get(path)
+
+    def fastest_answer_seconds(self) -> float | None:
+        return self.answer_seconds
 
     def get_task(self, task_id: int) -> Task:
         self._call("get", task_id)
@@ -652,6 +656,92 @@ def test_concurrent_claims_stay_within_the_limit_and_start_none_after_an_empty_a
         first_empty = kinds.index("empty")
         assert "start" not in kinds[first_empty:], kinds  # no claim begun after an empty one
         assert kinds.count("start") <= 4
+        bridge.close()
+
+
+# -- latency hiding: bursts that claim on, widths from the round trip -------------------------
+def _workers_take_after_each_claim(rig: Rig) -> None:
+    """A local worker takes (and finishes) one queued task after each claim's answer."""
+    claim = rig.client.claim_task
+
+    def claim_then_take(task_type: str, worker_id: str) -> ClaimedTask | None:
+        task = claim(task_type, worker_id)
+        taken = rig.queue.dequeue(task_type)
+        if taken is not None:
+            rig.queue.complete(taken, {})
+        return task
+
+    rig.client.claim_task = claim_then_take  # type: ignore[method-assign]
+
+
+def test_a_burst_claims_on_into_the_room_workers_open_for_a_second_at_most(rig: Rig):
+    rig.client.remote[TYPE] = list(range(1, 200))
+    rig.client.call_seconds = 0.05  # each claim: 50 ms of the burst's second
+    bridge = rig.make(prefetch=3, watch_interval_seconds=0, connections=1)
+    _workers_take_after_each_claim(rig)
+    claimed = bridge.pull_tick(rig.clock.now)
+    assert 10 < claimed <= 1.0 / 0.05 + 3  # past its first limit of 3; within the second
+    assert rig.store.queued_count(TYPE) <= 3  # never more on hand than the prefetch
+    rig.client.call_seconds = 0.0
+    rig.client.claim_task = FakeClient.claim_task.__get__(rig.client)  # type: ignore[method-assign]
+    assert bridge.pull_tick(rig.clock.now) <= 3  # no worker takes: no room opens, no top-up
+
+
+def test_a_burst_claims_on_only_as_far_as_the_tasks_seen_pending(rig: Rig):
+    rig.client.remote[TYPE] = list(range(1, 9))
+    bridge = rig.make(prefetch=3, connections=1)
+    _workers_take_after_each_claim(rig)
+    assert bridge.pull_tick(rig.clock.now) == 8
+    assert rig.client.called("claim") == [TYPE] * 8  # the eight seen: no empty claim after
+
+
+def test_a_top_up_counts_the_claims_in_flight_and_ends_with_the_burst_second(rig: Rig):
+    bridge = rig.make(prefetch=5)
+    rig.queue.enqueue(TYPE, {"n": 1})
+    plan = bridge.claim_plan(TYPE)
+    top_up = bridge._top_up(TYPE, plan, wanted=100)
+    assert top_up(0, 4) == 4  # room for 5, 1 queued
+    assert top_up(2, 4) == 2  # two of those still in flight
+    assert bridge._top_up(TYPE, plan, wanted=6)(0, 4) == 2  # 6 seen pending, 4 taken
+    rig.clock.mono += 1.0
+    assert top_up(0, 4) == 0  # the burst's second is over
+
+
+def test_connections_follow_the_round_trip_unless_set():
+    def config(**settings: Any) -> BridgeConfig:
+        return BridgeConfig.load(env={}, db_url="/nonexistent/q.db", **settings)
+
+    four = config(workers=4)
+    assert [four.connections_now(s) for s in (None, 0.004, 0.010)] == [4, 4, 4]  # close by
+    assert four.connections_now(0.023) == 12  # a 20 ms round trip: 3 sets
+    assert four.connections_now(0.053) == 16  # at most 16
+    assert config(workers=20).connections_now(None) == 8  # one per worker up to 8
+    assert config(workers=4, connections=3).connections_now(0.2) == 3  # set: as set
+
+
+def test_prefetch_grows_to_keep_every_claim_connection_in_room_when_tasks_are_short():
+    from bridge.daemon.claim_budget import prefetch_in_use
+
+    assert prefetch_in_use(10, 4, 12, None, 0.001) == 10  # no round trip measured yet
+    assert prefetch_in_use(10, 4, 12, 0.023, 0.001) == 12  # one per claim in flight
+    assert prefetch_in_use(10, 4, 12, 0.023, 10.0) == 10  # long tasks: the setting
+    assert prefetch_in_use(2, 4, 16, 0.05, 0.1) == 2  # 4 x 0.05 / 0.1 = 2 done per claim
+    assert prefetch_in_use(2, 4, 16, 0.05, 0.02) == 10  # 10 done while a claim travels
+
+
+def test_claims_go_as_wide_as_the_round_trip_asks(template: Path, tmp_path: Path):
+    db = tmp_path / "queue.db"
+    shutil.copy(template, db)
+    clock = Clock()
+    client = SlowClaims(clock, answer_seconds=0.025)  # a 25 ms round trip: 3 sets of 2
+    with LocalQueue(str(db), clock=clock) as queue:
+        config = BridgeConfig.load(
+            env={}, db_url=str(db), types=[TYPE], prefetch=12, workers=2, watch_interval_seconds=0
+        )
+        bridge = DaemonJobs(queue.store, client, config, monotonic=lambda: clock.mono)  # type: ignore[arg-type]
+        client.remote[TYPE] = list(range(1, 40))
+        assert bridge.pull_tick(clock.now) == 12
+        assert 2 < client.most_in_flight <= 6
         bridge.close()
 
 

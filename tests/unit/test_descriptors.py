@@ -26,9 +26,9 @@ def test_the_need_follows_the_settings_that_open_descriptors():
     # Each connection to the server is one descriptor in each fan-out (claims, deliveries).
     wider = descriptor_need(_config(connections=20), 16)
     assert wider.server - descriptor_need(_config(connections=10), 16).server == 2 * 10
-    # Without `connections`, one per worker up to 8: 20 workers need no more than 8.
-    assert descriptor_need(_config(workers=20), 16) == descriptor_need(_config(workers=8), 16)
-    assert descriptor_need(_config(workers=4), 16) == descriptor_need(_config(connections=4), 16)
+    # Without `connections`, the most the round trip may call for: 16, however many workers.
+    assert descriptor_need(_config(workers=20), 16) == descriptor_need(_config(workers=1), 16)
+    assert descriptor_need(_config(workers=4), 16) == descriptor_need(_config(connections=16), 16)
     # The dashboard: its cap plus its listening socket; nothing when it is off.
     assert descriptor_need(_config(), 40).dashboard == 41
     assert descriptor_need(_config(), 0).dashboard == 0
