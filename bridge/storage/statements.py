@@ -28,6 +28,7 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    func,
     insert,
     literal_column,
     null,
@@ -328,6 +329,10 @@ class Prepared:
             .returning(*TASK_COLUMNS)
         )
         self.task_by_id = prepare(select(*TASK_COLUMNS).where(tasks.c.id == p("p_id")))
+        # The daemon's claim bursts read this before each top-up: from the index, prepared.
+        self.queued_count = prepare(
+            select(func.count()).where(IS_QUEUED, tasks.c.type == p("p_type"))
+        )
 
     def any_queued(self, type_count: int) -> Statement:
         """The id of one queued task (of ``type_count`` named types, 0 = any), read from

@@ -322,6 +322,19 @@ def test_counts_settle_requeue_and_prune(queue: LocalQueue, clock: Clock):
     assert sorted(queue.status().outbox.items()) == [("pending", 2)]
 
 
+def test_queued_count_counts_only_the_types_tasks_still_waiting(queue: LocalQueue):
+    """What a claim burst's top-up reads before claiming into the room workers opened."""
+    for n in range(4):
+        queue.enqueue("yt.scrape", {"n": n})
+    queue.enqueue("reddit.scrape", {"n": 9})
+    assert queue.store.queued_count("yt.scrape") == 4
+    queue.complete(queue.dequeue(["yt.scrape"]), {"ok": True})
+    assert queue.dequeue(["yt.scrape"]) is not None  # taken: running, no longer waiting
+    assert queue.store.queued_count("yt.scrape") == 2
+    assert queue.store.queued_count("reddit.scrape") == 1
+    assert queue.store.queued_count("no.such.type") == 0
+
+
 def test_bridge_state_round_trip(queue: LocalQueue, clock: Clock):
     assert queue.store.get_state("worker_id") is None
     queue.store.set_state("worker_id", "host-1", clock.now)
