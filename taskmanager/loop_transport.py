@@ -60,32 +60,17 @@ class LoopTransport:
         A request still in flight when the client is closed ends with
         ``TaskManagerConnectionError`` (counted as unanswered: the server may have
         applied it), never with a caller waiting for good."""
-        # One hop each way, nothing more: a task made on the loop and a bare lock the
-        # caller waits on (``run_coroutine_threadsafe`` chains two futures through
-        # callbacks on both threads; this is a quarter of a request's CPU on loopback).
-        ended = threading.Lock()
-        ended.acquire()
-        outcome: list[asyncio.Task[_R]] = []
-
-        def finished(task: asyncio.Task[_R]) -> None:
-            outcome.append(task)
-            ended.release()
-
-        def start() -> None:
-            self._loop.create_task(self._transport.run(steps)).add_done_callback(finished)
-
         with self._lock:
             if self._closing:
                 steps.close()
                 raise TaskManagerConfigError("the client is closed")
-            self._loop.call_soon_threadsafe(start)
-        ended.acquire()
-        task = outcome[0]
-        if task.cancelled():
+            future = asyncio.run_coroutine_threadsafe(self._transport.run(steps), self._loop)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
             raise TaskManagerConnectionError(
                 "the client was closed before the server answered (it may have applied the request)"
-            )
-        return task.result()
+            ) from None
 
     def close(self) -> None:
         """Cancel what is in flight, close the session, stop and close the loop
