@@ -61,15 +61,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             config.client_config(), observer=metrics.observe_request, http=http
         )
         with contextlib.closing(client):
+            stop_asked = threading.Event()
             jobs = _wait_for_database(
                 lambda: DaemonJobs(store, client, config, metrics=metrics),
                 lambda: check_schema(store.engine),
+                stop_asked,
             )
             logging.getLogger("bridge.daemon").info("requests to the server go through %s", http)
             daemon = Daemon(jobs)
             # Before anything is visible from outside: a SIGTERM sent as soon as the page
             # answers must stop the daemon cleanly, not kill it.
             daemon.handle_signals()
+            if stop_asked.is_set():  # a signal came as the start succeeded: stop cleanly
+                daemon.request_stop()
             server = _dashboard(args, operations, metrics, policy) if serving else None
             try:
                 return daemon.run_forever()
@@ -104,21 +108,34 @@ def _dashboard(
     return server
 
 
-def _wait_for_database(start: Callable[[], T], check: Callable[[], None]) -> T:
+def _wait_for_database(
+    start: Callable[[], T], check: Callable[[], None], stop_asked: threading.Event
+) -> T:
     """Start in spite of passing database trouble (a write lock held longer than the busy
     timeout, a full disk): waited out and logged once, not an exit; a signal meanwhile
-    stops the start (exit 0). A schema that is missing or wrong still stops it."""
+    stops the start (exit 0). A schema that is missing or wrong still stops it.
+
+    A signal that comes while ``start`` succeeds is left set in ``stop_asked`` for the
+    caller to honour, and on success the handler that sets it stays until the caller
+    installs its own: swallowed here, a SIGTERM left a daemon that had taken its role
+    running on (seen under load, when a test stopped it as soon as it showed), and with
+    the default handler back in between, it would have killed it outright."""
     from ..storage import GaveUp, Patience
 
-    given_up = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: given_up.set()) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, lambda *_: stop_asked.set()) for sig in STOP_SIGNALS}
+    started = False
     try:
-        return Patience(check, backoff_max_seconds=5.0).call("starting the daemon", start, given_up)
+        jobs = Patience(check, backoff_max_seconds=5.0).call(
+            "starting the daemon", start, stop_asked
+        )
+        started = True
+        return jobs
     except GaveUp:
         raise SystemExit(0) from None
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if not started:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
