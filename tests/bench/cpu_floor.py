@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from taskmanager import TaskManagerClient, TaskManagerConfig
+from tests.integration.helpers import free_port
 
 KEY = "bench-key"
 TYPE = "bench.floor"
@@ -44,12 +45,6 @@ TYPE = "bench.floor"
 def cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_emulator() -> tuple[subprocess.Popen[bytes], str]:
