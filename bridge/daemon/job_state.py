@@ -71,6 +71,7 @@ class JobState:
         self._claim_reasons: dict[str, str] = {}
         self._watch = PendingWatch(client, config.types)
         self._known: dict[str, int] = {}  # pending tasks seen per type, not yet claimed
+        self._probe_found: set[str] = set()  # types whose last blind claim found a task
         self._next_look: datetime | None = None
         self._watch_off_until: datetime | None = None
         self._workers_pruned: datetime | None = None  # the reap job's last forgetting

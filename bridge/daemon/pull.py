@@ -101,10 +101,13 @@ class PullJob(JobState):
                 continue
             plan = self.claim_plan(task_type)
             self._note_claim_plan(task_type, plan, now)
-            limit = min(plan.limit, wanted)
             # A blind claim while watching is a probe: one request (what it finds, the next
-            # look sees); without the watch, blind bursts are all there is: full width.
-            probe = wanted == BLIND and self._watching(now)
+            # look sees). Once a probe found a task, the type's next blind claims are full
+            # bursts until one comes back empty: a probe claiming on, one request after
+            # another, held claims to one a round trip until the next look. Without the
+            # watch, blind bursts are all there is: full width.
+            probe = wanted == BLIND and self._watching(now) and task_type not in self._probe_found
+            limit = 1 if probe else min(plan.limit, wanted)
             width = 1 if probe else min(self._claim_width(), limit)
             top_up = None if probe else self._top_up(task_type, plan, wanted)
             claimed, granted, error = self._claim_burst(task_type, limit, now, width, top_up)
@@ -200,6 +203,10 @@ class PullJob(JobState):
             if granted > 0:
                 self._known[task_type] = known - claimed if claimed == granted else 0
             return
+        if claimed > 0 and self._watching(now):
+            self._probe_found.add(task_type)
+        elif claimed == 0 and granted > 0:
+            self._probe_found.discard(task_type)
         if claimed > 0 or granted == 0:  # blind claims found work, or had no room: again soon
             self._schedule_pull(task_type, now, found_work=True)
         elif self._watching(now):  # an empty probe: the next one within the idle budget

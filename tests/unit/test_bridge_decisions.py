@@ -834,3 +834,40 @@ def test_progress_rewritten_while_it_was_being_sent_is_sent_again(rig: Rig):
     assert row.payload["progress"] == 60  # not settled as delivered with 10's answer
     bridge.push_tick(rig.clock.now)
     assert sent == [10, 60] and rig.store.outbox_entries("pending") == []
+
+
+def test_a_probe_that_finds_a_task_is_followed_by_full_bursts_until_one_comes_back_empty(
+    rig: Rig,
+):
+    """Tasks whose lease ran out are claimable but not pending, so no look shows them:
+    only blind claims find them. One probe request first; once it found a task, full
+    bursts (not one claim a round trip) until an empty answer; then probes again."""
+    rig.client.remote[TYPE] = list(range(1, 21))
+    rig.client.list_tasks = lambda *args, **kwargs: iter(())  # type: ignore[method-assign]
+    bridge = rig.make(prefetch=10, workers=4, connections=4)
+    assert bridge.pull_tick(rig.clock.now) == 1  # the probe: one request
+    assert len(rig.client.called("claim")) == 1
+    rig.clock.advance(0.1)
+    assert bridge.pull_tick(rig.clock.now) == 9  # a full burst, up to the prefetch
+    for _ in range(3):
+        for task in iter(lambda: rig.queue.dequeue(TYPE), None):
+            rig.queue.complete(task, {})
+        rig.clock.advance(0.1)
+        bridge.pull_tick(rig.clock.now)
+    assert rig.client.remote[TYPE] == []  # all 20 claimed
+    per_tick = []
+    for _ in range(50):  # long enough for several probes of an empty queue
+        rig.clock.advance(1.0)
+        before = len(rig.client.called("claim"))
+        bridge.pull_tick(rig.clock.now)
+        per_tick.append(len(rig.client.called("claim")) - before)
+    assert max(per_tick) == 1  # the empty burst ended the bursts: one request a probe again
+    rig.client.remote[TYPE] = [99]
+    calls = len(rig.client.called("claim"))
+    for _ in range(200):
+        if rig.store.get_task_by_remote_id(99) is not None:
+            break
+        rig.clock.advance(0.5)
+        bridge.pull_tick(rig.clock.now)
+    assert rig.store.get_task_by_remote_id(99) is not None  # a later probe finds it
+    assert len(rig.client.called("claim")) - calls <= 200
