@@ -107,7 +107,7 @@ class PullJob(JobState):
             # another, held claims to one a round trip until the next look. Without the
             # watch, blind bursts are all there is: full width.
             probe = wanted == BLIND and self._watching(now) and task_type not in self._probe_found
-            limit = 1 if probe else min(plan.limit, wanted)
+            limit = min(plan.limit, 1 if probe else wanted)
             width = 1 if probe else min(self._claim_width(), limit)
             top_up = None if probe else self._top_up(task_type, plan, wanted)
             claimed, granted, error = self._claim_burst(task_type, limit, now, width, top_up)
@@ -116,7 +116,9 @@ class PullJob(JobState):
             if error is None:
                 self.server.ok(now)
                 self._after_claims(task_type, claimed, granted, now)
-            elif not self._claim_failed(task_type, error, now, tick_started):
+                continue
+            self._probe_found.discard(task_type)  # failing claims: single probes again
+            if not self._claim_failed(task_type, error, now, tick_started):
                 break
         if total:
             logger.info("claimed %d task(s)", total)
@@ -202,6 +204,8 @@ class PullJob(JobState):
         if known > 0:  # claims of tasks seen pending; an empty answer means none are left
             if granted > 0:
                 self._known[task_type] = known - claimed if claimed == granted else 0
+            if claimed < granted:
+                self._probe_found.discard(task_type)
             return
         if claimed > 0 and self._watching(now):
             self._probe_found.add(task_type)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -871,3 +872,35 @@ def test_a_probe_that_finds_a_task_is_followed_by_full_bursts_until_one_comes_ba
         bridge.pull_tick(rig.clock.now)
     assert rig.store.get_task_by_remote_id(99) is not None  # a later probe finds it
     assert len(rig.client.called("claim")) - calls <= 200
+
+
+def test_a_probe_respects_a_claim_limit_of_zero_and_failing_claims_go_back_to_probes(rig: Rig):
+    rig.client.remote[TYPE] = list(range(1, 21))
+    rig.client.list_tasks = lambda *args, **kwargs: iter(())  # type: ignore[method-assign]
+    bridge = rig.make(prefetch=4, workers=4, connections=4, poll_min_seconds=0.1)
+    for n in range(4):
+        rig.queue.enqueue(TYPE, {"n": n})  # the prefetch is full: a claim limit of 0
+    assert bridge.claim_limit(TYPE) == 0
+    assert bridge.pull_tick(rig.clock.now) == 0
+    assert rig.client.called("claim") == []  # not even a probe
+    for task in iter(lambda: rig.queue.dequeue(TYPE), None):
+        rig.queue.complete(task, {})
+    assert bridge.pull_tick(rig.clock.now) == 1  # the probe finds a task
+    for task in iter(lambda: rig.queue.dequeue(TYPE), None):
+        rig.queue.complete(task, {})  # room for a full burst
+    rig.client.errors["claim"] = [TaskManagerServerError(500, "boom") for _ in range(200)]
+    claim = rig.client.claim_task
+
+    def slow_claim(task_type: str, worker_id: str) -> ClaimedTask | None:
+        time.sleep(0.02)  # a real round trip: a burst's requests are in flight together
+        return claim(task_type, worker_id)
+
+    rig.client.claim_task = slow_claim  # type: ignore[method-assign]
+    per_try = []
+    for _ in range(40):  # the claims fail for good: one request a try, not a burst each
+        rig.clock.advance(1.0)
+        before = len(rig.client.called("claim"))
+        bridge.pull_tick(rig.clock.now)
+        per_try.append(len(rig.client.called("claim")) - before)
+    assert sum(per_try) >= 2
+    assert max(per_try[1:]) == 1, per_try
