@@ -103,7 +103,7 @@ class PullJob(JobState):
             self._note_claim_plan(task_type, plan, now)
             # A blind claim while watching is a probe: one request (what it finds, the next
             # look sees). Once a probe found a task, the type's next blind claims are full
-            # bursts until one comes back empty: a probe claiming on, one request after
+            # bursts until one comes back empty or fails: a probe claiming on, one after
             # another, held claims to one a round trip until the next look. Without the
             # watch, blind bursts are all there is: full width.
             probe = wanted == BLIND and self._watching(now) and task_type not in self._probe_found

@@ -36,6 +36,7 @@ from taskmanager import (
     TaskManagerServerError,
     TaskManagerValidationError,
 )
+from tests.in_flight import InFlight
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 TYPE = "t.work"
@@ -747,9 +748,6 @@ def test_claims_go_as_wide_as_the_round_trip_asks(template: Path, tmp_path: Path
 
 
 def test_deliveries_of_different_tasks_go_side_by_side_and_each_tasks_rows_in_order(rig: Rig):
-    import threading
-    import time
-
     bridge = rig.make(workers=4)
     rig.store.queue_register_type("t.new", "1", {"type": "object"}, rig.clock.now)
     rig.store.queue_create_task("t.new", {"n": 1}, 0, "k" * 64, rig.clock.now)
@@ -757,18 +755,13 @@ def test_deliveries_of_different_tasks_go_side_by_side_and_each_tasks_rows_in_or
     for task in tasks:
         rig.queue.progress(task, 50)
     sent: list[tuple[str, Any]] = []
-    lock = threading.Lock()
-    in_flight = [0, 0]  # now, most
+    in_flight = InFlight()
 
     def slow(method: str) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
-            with lock:
-                in_flight[0] += 1
-                in_flight[1] = max(in_flight[1], in_flight[0])
-            time.sleep(0.02)
-            with lock:
-                in_flight[0] -= 1
-                sent.append((method, args[0]))
+            with in_flight.one():
+                time.sleep(0.02)
+            sent.append((method, args[0]))
             return CompletionResult(id=args[0] if isinstance(args[0], int) else 1, status="ok")
 
         return call
@@ -779,7 +772,7 @@ def test_deliveries_of_different_tasks_go_side_by_side_and_each_tasks_rows_in_or
         id=10, deduplicated=False
     )
     assert bridge.push_tick(rig.clock.now) == 8
-    assert in_flight[1] > 1  # side by side
+    assert in_flight.most > 1  # side by side
     for task in tasks:
         rig.queue.complete(task, {"ok": task.remote_id})
     rig.client.complete_task = slow("complete")  # type: ignore[method-assign]

@@ -2,34 +2,29 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from bridge.daemon.parallel_calls import Fanout, Slots
+from tests.in_flight import InFlight
 
 
 def test_a_fanout_runs_at_most_the_width_asked_and_keeps_the_order():
     fanout = Fanout(8, "test")
-    lock = threading.Lock()
-    running = [0, 0]  # now, most
+    running = InFlight()
 
     def call(n: int) -> int:
-        with lock:
-            running[0] += 1
-            running[1] = max(running[1], running[0])
-        time.sleep(0.02)
-        with lock:
-            running[0] -= 1
+        with running.one():
+            time.sleep(0.02)
         return n
 
     try:
         assert fanout.run([lambda n=n: call(n) for n in range(12)], 3) == list(range(12))
-        assert 2 <= running[1] <= 3
-        running[1] = 0
+        assert 2 <= running.most <= 3
+        running.most = 0
         assert fanout.run([lambda n=n: call(n) for n in range(12)], 50) == list(range(12))
-        assert running[1] <= 8  # never past the fan-out's own width
+        assert running.most <= 8  # never past the fan-out's own width
     finally:
         fanout.close()
 
