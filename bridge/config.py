@@ -18,12 +18,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar, get_origin, get_type_hints
+from typing import Any, TypeVar, cast, get_origin, get_type_hints
 
 from taskmanager import TaskManagerConfig, TaskManagerConfigError, TaskManagerValidationError
 from taskmanager.client import HttpLibrary
 from taskmanager.config import SETTING_NAMES
 from taskmanager.config import SETTINGS as CLIENT_SETTINGS
+from taskmanager.connection_settings import env_proxy
 from taskmanager.redact import MASK, mask_url
 from taskmanager.validation import check_type_name
 
@@ -40,7 +41,7 @@ from .errors import BridgeConfigError
 DEFAULT_CONFIG_FILE = "bridge.toml"
 DEFAULT_DB_URL = "sqlite:///taskmanager-bridge.db"
 WORKER_ID_VARIABLE = "TASKMANAGER_WORKER_ID"
-HTTP_CHOICES = ("auto", "aiohttp", "requests")
+HTTP_CHOICES = ("auto", "stdlib", "aiohttp", "requests")
 # connections = 0: one per worker (up to 8) while answers come from close by; one more
 # set of those for each NEAR_ANSWER_SECONDS the fastest answer takes, up to 16 in all.
 CONNECTIONS_PER_DISTANCE_BASE = 8
@@ -147,8 +148,10 @@ class BridgeConfig:
     )
     http: str = _setting(
         "auto",
-        'how the daemon sends its requests: "aiohttp" (less CPU per request than requests; '
-        'needs the [async] extra), "requests", or "auto" (aiohttp when installed)',
+        'how the daemon sends its requests: "stdlib" (http.client, the least CPU per '
+        'request; no proxies), "aiohttp" (needs the [async] extra), "requests", or "auto" '
+        "(stdlib, unless the environment names a proxy for api_url: then aiohttp when "
+        "installed, else requests)",
     )
     shutdown_push_seconds: float = _setting(10.0, "time given to the last push on shutdown", 0)
     # -- not settings: the client's table as found, where it came from, what it implies --
@@ -226,14 +229,15 @@ class BridgeConfig:
 
     def http_library(self) -> HttpLibrary:
         """The HTTP library the daemon's client uses: ``http``, with ``auto`` resolved."""
-        if self.http == "auto":
-            try:  # an install that fails to import (a broken wheel) falls back too
-                import aiohttp  # noqa: F401
-                import certifi  # noqa: F401
-            except ImportError:
-                return "requests"
-            return "aiohttp"
-        return "aiohttp" if self.http == "aiohttp" else "requests"
+        if self.http != "auto":
+            return cast(HttpLibrary, self.http)
+        if env_proxy(self.client_config().api_url) is None:
+            return "stdlib"
+        try:  # an install that fails to import (a broken wheel) falls back too
+            import aiohttp  # noqa: F401
+        except ImportError:
+            return "requests"
+        return "aiohttp"
 
     def client_config(self, env: Mapping[str, str] | None = None) -> TaskManagerConfig:
         """The client's config: ``TASKMANAGER_*`` variables, then the ``[taskmanager]`` table."""

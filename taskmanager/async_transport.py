@@ -12,16 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
-from urllib.parse import urlsplit
-
-import certifi
-import requests
 
 from .config import TaskManagerConfig
+from .connection_settings import env_proxy, ssl_setting
 from .exceptions import TaskManagerConfigError
 from .exchange import Drive, Send, Sleep, Steps
 from .no_answer import FailureKind, no_answer
@@ -67,10 +62,10 @@ class AsyncTransport:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=config.connect_timeout, sock_read=config.timeout
         )
-        self._ssl = _ssl_setting(config)
+        self._ssl = ssl_setting(config)
         # The environment's proxy for api_url, read once like the blocking client's:
         # aiohttp's trust_env would scan the environment on every request.
-        self._proxy = _env_proxy(config.api_url)
+        self._proxy = env_proxy(config.api_url)
         # api_url as yarl writes it (IDNA host, escapes), once: the paths added to it are
         # sent as built (see _wire_url).
         self._base = str(URL(config.api_url))
@@ -157,26 +152,3 @@ def _failure_kind(exc: BaseException) -> FailureKind:
     if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
         return "connection"
     return "request"
-
-
-def _env_proxy(api_url: str) -> str | None:
-    """The proxy ``requests`` would use for ``api_url`` (``HTTPS_PROXY``, ``NO_PROXY``...)."""
-    proxies = requests.utils.get_environ_proxies(api_url)
-    return proxies.get(urlsplit(api_url).scheme) or proxies.get("all")
-
-
-def _ssl_setting(config: TaskManagerConfig) -> ssl.SSLContext | bool:
-    """Verification as the blocking client does it: off when configured off, else the
-    CA bundle ``requests`` would use (``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``, a file
-    or a folder, else certifi's), so both clients trust the same authorities."""
-    if not config.verify_tls:
-        return False
-    bundle = (
-        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
-    )
-    try:
-        if os.path.isdir(bundle):
-            return ssl.create_default_context(capath=bundle)
-        return ssl.create_default_context(cafile=bundle)
-    except (OSError, ssl.SSLError) as exc:
-        raise TaskManagerConfigError(f"CA bundle {bundle!r} cannot be read: {exc}") from None

@@ -22,9 +22,10 @@ from .config import TaskManagerConfig
 from .exceptions import TaskManagerConfigError
 from .loop_transport import LoopTransport
 from .models import ClaimedTask, CompletionResult, CreatedTask, Task, TaskType
+from .stdlib_transport import StdlibTransport
 from .transport import RequestObserver, Transport
 
-HttpLibrary = Literal["requests", "aiohttp"]
+HttpLibrary = Literal["requests", "aiohttp", "stdlib"]
 
 
 class TaskManagerClient(ClientBase, ClosedOnExit):
@@ -36,7 +37,9 @@ class TaskManagerClient(ClientBase, ClosedOnExit):
     bridge's request-latency metric hangs on it. ``http="aiohttp"`` sends through
     aiohttp on an event loop of the client's own thread (the ``[async]`` extra): the
     same methods, answers and errors, with less CPU per request
-    (``taskmanager.loop_transport``).
+    (``taskmanager.loop_transport``). ``http="stdlib"`` sends through the standard
+    library's ``http.client`` in the calling thread: the least CPU a request
+    (``taskmanager.stdlib_transport``; no proxies).
     """
 
     def __init__(
@@ -53,15 +56,19 @@ class TaskManagerClient(ClientBase, ClosedOnExit):
     ) -> None:
         self.config = config if config is not None else TaskManagerConfig()
         self._calls = Calls(self.config, clock=clock, rng=rng, now=now, observer=observer)
-        self._transport: Transport | LoopTransport
-        if http == "aiohttp":
+        self._transport: Transport | LoopTransport | StdlibTransport
+        if http == "stdlib":
+            if session is not None:
+                raise TaskManagerConfigError('session= is for requests: not with http="stdlib"')
+            self._transport = StdlibTransport(self.config, sleep=sleep)
+        elif http == "aiohttp":
             if session is not None:
                 raise TaskManagerConfigError('session= is for requests: not with http="aiohttp"')
             self._transport = LoopTransport(self.config, sleep)
         elif http == "requests":
             self._transport = Transport(self.config, session, sleep=sleep)
         else:
-            raise TaskManagerConfigError(f'http: "requests" or "aiohttp", not {http!r}')
+            raise TaskManagerConfigError(f'http: "requests", "aiohttp" or "stdlib", not {http!r}')
         self._run = self._transport.run
 
     # -- lifecycle -------------------------------------------------------------

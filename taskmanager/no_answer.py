@@ -16,8 +16,9 @@ from .exceptions import TaskManagerConnectionError, TaskManagerTimeoutError
 from .protocol import Outcome
 
 # timeout: no answer in time; tls: the certificate or handshake failed; connection:
-# refused, reset, truncated; request: the request itself could not be made.
-FailureKind = Literal["timeout", "tls", "connection", "request"]
+# refused, reset, truncated; request: the request itself could not be made; closed: the
+# client was closed while the request was in flight.
+FailureKind = Literal["timeout", "tls", "connection", "request", "closed"]
 
 
 def no_answer(kind: FailureKind, exc: BaseException, method: str, url: str) -> Outcome:
@@ -38,6 +39,12 @@ def no_answer(kind: FailureKind, exc: BaseException, method: str, url: str) -> O
     elif kind == "connection":
         error = TaskManagerConnectionError(
             f"connection failed: {root_cause(exc)}", method=method, url=url
+        )
+    elif kind == "closed":
+        error = TaskManagerConnectionError(
+            "the client was closed before the server answered (it may have applied the request)",
+            method=method,
+            url=url,
         )
     else:
         error = TaskManagerConnectionError(f"request failed: {exc}", method=method, url=url)

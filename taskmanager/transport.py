@@ -46,7 +46,36 @@ logger = logging.getLogger("taskmanager.client")
 POOL_SIZE = 32
 
 
-class Transport:
+class BlockingTransport:
+    """The blocking transports' loop: a request's steps carried out in the calling
+    thread, with ``_send`` (one HTTP exchange) left to the library that carries it."""
+
+    sleep: Callable[[float], None]
+    _closed: bool = False
+
+    def run(self, steps: Steps[_R]) -> _R:
+        """Carry out ``steps`` (a request, or an operation made of requests) to its end.
+
+        An unexpected error while sending is thrown into the steps, where the
+        operation may handle it (a health check answers False).
+        """
+        if self._closed:
+            steps.close()
+            raise TaskManagerConfigError("the client is closed")
+        drive = Drive(steps)
+        while (step := drive.next()) is not None:
+            if isinstance(step, Sleep):
+                self.sleep(step.seconds)
+                continue
+            with drive.sending():
+                drive.reply = self._send(step)
+        return drive.result
+
+    def _send(self, send: Send) -> Answer | Outcome:
+        raise NotImplementedError
+
+
+class Transport(BlockingTransport):
     """Carries out a ``Requester``'s steps through one ``requests.Session`` (keep-alive).
 
     ``sleep`` is injected so that tests of retries never wait.
@@ -97,24 +126,6 @@ class Transport:
         connections, and a client on aiohttp cannot: both say the same)."""
         self._closed = True
         self.session.close()
-
-    def run(self, steps: Steps[_R]) -> _R:
-        """Carry out ``steps`` (a request, or an operation made of requests) to its end.
-
-        An unexpected error while sending is thrown into the steps, where the
-        operation may handle it (a health check answers False).
-        """
-        if self._closed:
-            steps.close()
-            raise TaskManagerConfigError("the client is closed")
-        drive = Drive(steps)
-        while (step := drive.next()) is not None:
-            if isinstance(step, Sleep):
-                self.sleep(step.seconds)
-                continue
-            with drive.sending():
-                drive.reply = self._send(step)
-        return drive.result
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send with retries and return the envelope's ``data`` (see ``Requester.exchange``)."""

@@ -21,6 +21,8 @@ from taskmanager.async_client import AsyncTaskManagerClient
 CLIENT_KINDS = ("sync", "async")
 # The blocking client sending through aiohttp on its own loop thread (http="aiohttp").
 LOOP = "loop"
+# The blocking client sending through http.client in the calling thread (http="stdlib").
+STDLIB = "stdlib"
 
 
 class BlockingAsyncClient:
@@ -72,14 +74,15 @@ def make_client(
     sleep: Callable[[float], None] | None = None,
     **options: Any,
 ) -> Any:
-    """A ``TaskManagerClient`` (``"sync"``; ``"loop"``: with ``http="aiohttp"``) or a
+    """A ``TaskManagerClient`` (``"sync"``; ``"loop"``: with ``http="aiohttp"``;
+    ``"stdlib"``: with ``http="stdlib"``) or a
     ``BlockingAsyncClient`` (``"async"``) with the same config and options; ``sleep``
     (blocking) is given to the async client as a coroutine that calls it."""
-    if kind in ("sync", LOOP):
+    if kind in ("sync", LOOP, STDLIB):
         if sleep is not None:
             options["sleep"] = sleep
-        if kind == LOOP:
-            options["http"] = "aiohttp"
+        if kind != "sync":
+            options["http"] = "aiohttp" if kind == LOOP else "stdlib"
         return TaskManagerClient(config, **options)
     if sleep is not None:
         blocking_sleep = sleep

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,13 +21,16 @@ from urllib.parse import parse_qsl, urlsplit
 @dataclass(frozen=True)
 class Scripted:
     """One answer. ``hang`` waits that long before answering; ``truncate`` promises
-    more bytes than it sends and closes the connection."""
+    more bytes than it sends and closes the connection; ``drop_after`` answers in full
+    as a keep-alive answer, then closes the connection (as a server whose keep-alive
+    timeout passed)."""
 
     status: int = 200
     body: Any = None  # JSON-encoded unless it is str or bytes
     headers: dict[str, str] = field(default_factory=dict)
     hang: float = 0.0
     truncate: bool = False
+    drop_after: bool = False
 
     def payload(self) -> bytes:
         if isinstance(self.body, bytes):
@@ -46,7 +50,9 @@ class Received:
 
 
 class ScriptedServer:
-    def __init__(self) -> None:
+    """``tls``: serve HTTPS with this context (the url then says ``https``)."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.script: dict[tuple[str, str], list[Scripted]] = defaultdict(list)
         self.received: list[Received] = []
         self._lock = threading.Lock()
@@ -90,12 +96,17 @@ class ScriptedServer:
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+                self.close_connection = answer.drop_after
 
             do_GET = do_POST = _answer
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/api"
+        scheme = "http"
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}/api"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )

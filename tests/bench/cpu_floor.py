@@ -10,9 +10,13 @@ beforehand (not counted), with C callers at once, each caller a loop of ``claim`
 
 * ``aiohttp bare``: the floor of HTTP on asyncio, two ``session.post`` calls a task,
   JSON in and out, nothing else (no retries, no quirks, no validation);
+* ``http.client bare``: the floor of HTTP from threads, C threads each with its own
+  keep-alive ``http.client`` connection, JSON in and out, nothing else;
 * ``ours async``: ``AsyncTaskManagerClient`` on the same loop;
+* ``ours stdlib``: ``TaskManagerClient(http="stdlib")`` shared by C threads, each
+  request sent from its own thread on ``http.client`` (the bridge daemon's default);
 * ``ours loop``: ``TaskManagerClient(http="aiohttp")`` shared by C threads, each
-  request handed to the client's loop thread (the bridge daemon's way);
+  request handed to the client's loop thread;
 * ``requests``: ``TaskManagerClient()`` shared by C threads: the direct pattern's cost.
 
 Rounds interleave the variants, the order rotating. Prints CPU ms per task, median and
@@ -127,6 +131,43 @@ def aiohttp_bare(url: str, type_id: int, concurrency: int) -> int:
     return asyncio.run(main())
 
 
+def http_client_bare(url: str, type_id: int, concurrency: int) -> int:
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    headers = {"X-API-Key": KEY, "Accept": "application/json", "Content-Type": "application/json"}
+    counts = [0] * concurrency
+
+    def caller(index: int) -> None:
+        connection = http.client.HTTPConnection(parts.hostname or "", parts.port)
+
+        def post(path: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+            connection.request("POST", parts.path + path, json.dumps(body), headers)
+            response = connection.getresponse()
+            return response.status, json.loads(response.read() or b"{}")
+
+        while True:
+            status, body = post("/tasks/claim", {"worker_id": "bare", "task_type_id": type_id})
+            if status != 200:
+                if status == 500 and "no active transaction" in str(body).lower():
+                    return
+                continue  # a deadlock 500: again
+            task: dict[str, object] = body.get("data", body)  # type: ignore[assignment]
+            done = {"worker_id": "bare", "success": True, "result": {"ok": 1}}
+            while post(f"/tasks/{int(str(task['id']))}/complete", done)[0] != 200:
+                pass
+            counts[index] += 1
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts)
+
+
 def ours_async(url: str, type_id: int, concurrency: int) -> int:
     from taskmanager import AsyncTaskManagerClient
 
@@ -167,7 +208,9 @@ def on_threads(http: str) -> Callable[[str, int, int], int]:
 
 VARIANTS: dict[str, Callable[[str, int, int], int]] = {
     "aiohttp bare": aiohttp_bare,
+    "http.client bare": http_client_bare,
     "ours async": ours_async,
+    "ours stdlib": on_threads("stdlib"),
     "ours loop": on_threads("aiohttp"),
     "requests": on_threads("requests"),
 }
@@ -194,7 +237,7 @@ def main() -> int:
                     raise SystemExit(f"{name}: {done} of {args.tasks} tasks done")
                 per_task = spent / done * 1000
                 results[name].append(per_task)
-                print(f"  round {round_no + 1} {name:13} {per_task:.3f} ms/task", flush=True)
+                print(f"  round {round_no + 1} {name:16} {per_task:.3f} ms/task", flush=True)
     finally:
         emulator.terminate()
         emulator.wait()
@@ -202,7 +245,7 @@ def main() -> int:
     for name, values in results.items():
         ratios = [v / b for v, b in zip(values, results["aiohttp bare"], strict=True)]
         print(
-            f"  {name:13} {statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
+            f"  {name:16} {statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
             f" ms/task; / bare {statistics.median(ratios):.2f}"
             f" [{min(ratios):.2f}-{max(ratios):.2f}]"
         )

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
+import json
 import logging
 import random
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +38,7 @@ from taskmanager import (
     TaskManagerTimeoutError,
 )
 
-from ..both_clients import CLIENT_KINDS, LOOP, make_client
+from ..both_clients import CLIENT_KINDS, LOOP, STDLIB, make_client
 from ..scripted_server import Scripted, ScriptedServer, closed_port
 
 pytestmark = pytest.mark.integration
@@ -78,7 +81,7 @@ def sleeps() -> Sleeps:
     return Sleeps()
 
 
-@pytest.fixture(params=(*CLIENT_KINDS, LOOP))
+@pytest.fixture(params=(*CLIENT_KINDS, LOOP, STDLIB))
 def connect(
     request: pytest.FixtureRequest, server: ScriptedServer, sleeps: Sleeps
 ) -> Iterator[Callable[..., Any]]:
@@ -188,6 +191,28 @@ def test_truncated_answer_is_a_connection_error_and_retried(
     )
     assert connect().create_task("T", {"a": 1}) == 3
     assert len(server.calls("POST", "/tasks")) == 2 and len(sleeps.taken) == 1
+
+
+def test_an_idle_connection_the_server_closed_is_not_used(server: ScriptedServer, connect):
+    """A keep-alive connection past the server's idle timeout: the next request goes on
+    a new connection and is answered the first time (sent on the closed one, it would
+    fail after leaving, with no retry allowed here)."""
+    row = {"id": 1, "type": "T", "status": "pending"}
+    answer = Scripted(200, {"success": True, "data": {"items": [row]}}, drop_after=True)
+    server.add("GET", "/tasks/1", answer)
+    client = connect(retry_attempts=0)
+    assert client.get_task(1).id == 1
+    time.sleep(0.2)  # the server's close reaches the client's side
+    assert client.get_task(1).id == 1
+    assert len(server.calls("GET", "/tasks/1")) == 2
+
+
+def test_a_gzip_answer_is_decoded(server: ScriptedServer, connect):
+    """A proxy may compress an answer nobody asked it to."""
+    row = {"id": 4, "type": "T", "status": "pending"}
+    packed = gzip.compress(json.dumps({"success": True, "data": {"items": [row]}}).encode())
+    server.add("GET", "/tasks/4", Scripted(200, packed, {"Content-Encoding": "gzip"}))
+    assert connect().get_task(4).id == 4
 
 
 def test_a_server_that_hangs_is_a_timeout(server: ScriptedServer, connect):
@@ -310,6 +335,54 @@ def test_a_password_in_api_url_goes_as_basic_auth_and_is_never_shown(
     assert all("http://user:***@127.0.0.1:" in str(error) for error in errors)
 
 
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1: (certificate file, key file)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.mark.filterwarnings("ignore:Unverified HTTPS request")  # verify_tls=False, on purpose
+@pytest.mark.parametrize("kind", (*CLIENT_KINDS, LOOP, STDLIB))
+def test_tls_trusts_the_ca_bundle_requests_reads_and_nothing_else(
+    kind: str, certificate: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+):
+    """Over HTTPS: a certificate no authority vouches for is refused as a TLS failure
+    and not retried; the same server is trusted once REQUESTS_CA_BUNDLE names its
+    certificate, and answers with verification off (``verify_tls=False``)."""
+    cert, key = certificate
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    row = {"id": 5, "type": "T", "status": "pending"}
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    with ScriptedServer(tls=context) as server:
+        server.add("GET", "/tasks/5", ok({"items": [row], "count": 1}))
+
+        def get(**config: Any) -> int:
+            values = {"api_url": server.url, "api_key": KEY, "backoff_base": 0.01, **config}
+            with make_client(kind, TaskManagerConfig(**values)) as client:
+                return int(client.get_task(5).id)
+
+        with pytest.raises(TaskManagerConnectionError, match="TLS failed") as refused:
+            get()
+        assert KEY not in str(refused.value)
+        assert get(verify_tls=False) == 5
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
+        assert get() == 5
+        assert len(server.calls("GET", "/tasks/5")) == 2  # the refused one never arrived
+
+
 # -- the async client's own edges: cancellation, event loops, CA bundles ---------------
 def test_a_cancelled_request_counts_as_unanswered(server: ScriptedServer):
     from taskmanager.async_client import AsyncTaskManagerClient
@@ -341,7 +414,7 @@ def test_one_client_across_two_asyncio_runs(server: ScriptedServer):
 def test_ca_bundle_from_the_environment_as_requests_reads_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path
 ):
-    from taskmanager.async_transport import _ssl_setting
+    from taskmanager.connection_settings import ssl_setting as _ssl_setting
 
     config = TaskManagerConfig(api_url="https://tm.example.test/api", api_key=KEY)
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
@@ -380,16 +453,16 @@ def test_a_back_off_on_the_loop_holds_no_other_request(server: ScriptedServer):
 
 def test_the_aiohttp_choice_is_checked(server: ScriptedServer):
     config = TaskManagerConfig(api_url=server.url, api_key=KEY, worker_id="w")
-    with pytest.raises(TaskManagerConfigError, match='"requests" or "aiohttp"'):
+    with pytest.raises(TaskManagerConfigError, match='"requests", "aiohttp" or "stdlib"'):
         TaskManagerClient(config, http="httpx")  # type: ignore[arg-type]
     with pytest.raises(TaskManagerConfigError, match="session= is for requests"):
         TaskManagerClient(config, http="aiohttp", session=requests.Session())
 
 
-@pytest.mark.parametrize("http", ["requests", "aiohttp"])
+@pytest.mark.parametrize("http", ["requests", "aiohttp", "stdlib"])
 def test_a_closed_client_says_so_and_sends_nothing(server: ScriptedServer, http: Any):
-    """requests would open a new connection after ``close()``; both blocking clients
-    refuse alike instead."""
+    """requests would open a new connection after ``close()``; every blocking client
+    refuses alike instead."""
     row = {"id": 1, "type": "T", "status": "pending", "params": "{}"}
     server.add("GET", "/tasks/1", ok({"items": [row], "count": 1}))
     config = TaskManagerConfig(api_url=server.url, api_key=KEY, worker_id="w")
@@ -402,12 +475,13 @@ def test_a_closed_client_says_so_and_sends_nothing(server: ScriptedServer, http:
     assert len(server.calls("GET", "/tasks/1")) == 1
 
 
-def test_closing_the_aiohttp_client_ends_a_request_in_flight(server: ScriptedServer):
+@pytest.mark.parametrize("http", ["aiohttp", "stdlib"])
+def test_closing_the_client_ends_a_request_in_flight(server: ScriptedServer, http: Any):
     """A caller waiting on a hung server when the client is closed gets an error at
     once, counted as unanswered (the server may have applied it), never a hang."""
     server.add("POST", "/tasks/claim", Scripted(200, {"success": True, "data": {}}, hang=30.0))
     config = TaskManagerConfig(api_url=server.url, api_key=KEY, worker_id="w", timeout=60)
-    client = TaskManagerClient(config, http="aiohttp")
+    client = TaskManagerClient(config, http=http)
     outcome: list[BaseException] = []
 
     def call() -> None:

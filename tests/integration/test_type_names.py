@@ -18,12 +18,12 @@ from bridge.ops.operations import Operations
 from taskmanager import TaskManagerConfig, TaskManagerNotFoundError
 from taskmanager.emulator import EmulatorServer
 
-from ..both_clients import CLIENT_KINDS, LOOP, make_client
+from ..both_clients import CLIENT_KINDS, LOOP, STDLIB, make_client
 from ..scripted_server import ScriptedServer
 
 pytestmark = pytest.mark.integration
 
-KINDS = (*CLIENT_KINDS, LOOP)
+KINDS = (*CLIENT_KINDS, LOOP, STDLIB)
 # Every character RFC 3986 lets stand raw in a path segment besides letters and digits.
 RAW = ":@+()',;=*!$&~-._"
 # What must be encoded: space, "/", "?", "#", "%" and non-ASCII (UTF-8, then %XX).

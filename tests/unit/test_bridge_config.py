@@ -49,7 +49,7 @@ def test_bridge_config_env_names_the_file(tmp_path):
         ("db_url = [1]", "db_url"),
         ("taskmanager = 3", "[taskmanager] must be a table"),
         ("this is not toml", "not valid TOML"),
-        ("http = 'httpx'", "http must be one of auto, aiohttp, requests, got 'httpx'"),
+        ("http = 'httpx'", "http must be one of auto, stdlib, aiohttp, requests, got 'httpx'"),
         ("http = 2", "http"),
     ],
 )
@@ -174,9 +174,21 @@ def test_explicit_worker_id_resolved_at_load(tmp_path):
     assert BridgeConfig(taskmanager={"worker_id": "direct"}).explicit_worker_id == "direct"
 
 
-def test_the_daemons_http_library_auto_forced_and_from_the_environment(tmp_path):
+def test_the_daemons_http_library_auto_forced_and_from_the_environment(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    """``auto``: http.client (the least CPU), unless the environment names a proxy for
+    api_url, which only requests and aiohttp go through."""
     pytest.importorskip("aiohttp", reason="the [async] extra is not installed")
-    assert BridgeConfig.load(env={}, db_url="q.db").http_library() == "aiohttp"  # auto
+    for variable in ("HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+        monkeypatch.delenv(variable.lower(), raising=False)
+    assert BridgeConfig.load(env={}, db_url="q.db").http_library() == "stdlib"  # auto
     forced = BridgeConfig.load(env={"BRIDGE_HTTP": "requests"}, db_url="q.db")
     assert forced.http_library() == "requests"
     assert BridgeConfig.load(env={}, db_url="q.db", http="aiohttp").http_library() == "aiohttp"
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.test:3128")
+    assert BridgeConfig.load(env={}, db_url="q.db").http_library() == "aiohttp"
+    assert BridgeConfig.load(env={}, db_url="q.db", http="stdlib").http_library() == "stdlib"
+    monkeypatch.setenv("NO_PROXY", "api.prismq.nomoos.cz")  # the default api_url's host
+    assert BridgeConfig.load(env={}, db_url="q.db").http_library() == "stdlib"

@@ -1,0 +1,248 @@
+"""The blocking client's requests carried by the standard library's ``http.client``.
+
+``TaskManagerClient(config, http="stdlib")``: the same methods, answers and errors as
+on requests, in the calling thread, with no hop to another thread and none of the
+layers requests and urllib3 put around each request. Why: the bridge's daemon sends
+two requests a task from its own threads, on a machine whose cores it shares with the
+workers, and what its requests do not spend, the workers get. Measured with four
+threads draining the emulator (``tests/bench/cpu_floor.py``): bare ``http.client``
+0.55 ms of CPU per claim+complete pair against bare aiohttp's 0.75 and requests'
+1.88 (docs/BENCHMARKS.md).
+
+What requests did for us, done here: keep-alive connections in a pool (one per
+thread in flight; an idle one the server closed is noticed before it is used), TLS
+with the CA bundle requests would read, separate connect and read timeouts, Basic
+auth from a login in ``api_url``, a gzip answer decoded. Not done: proxies. When
+the environment names a proxy for ``api_url``, this transport refuses to start and
+says so (``http = "auto"`` then chooses another library).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import select
+import socket
+import ssl
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from urllib.parse import unquote, urlencode, urlsplit
+
+from requests.structures import CaseInsensitiveDict
+
+from .config import TaskManagerConfig
+from .connection_settings import env_proxy, ssl_setting
+from .exceptions import TaskManagerConfigError, TaskManagerConnectionError
+from .exchange import Send
+from .no_answer import FailureKind, no_answer
+from .protocol import Answer, Outcome, decode_body
+from .redact import mask_url
+from .transport import BlockingTransport, logger
+
+POOL_SIZE = 32  # idle connections kept, as the requests transport keeps
+
+
+class Origin:
+    """Where every request of one client goes: scheme, host and port of ``api_url``, its
+    login as a Basic auth header, and how to open a connection there."""
+
+    def __init__(self, config: TaskManagerConfig) -> None:
+        parts = urlsplit(config.api_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            where = mask_url(config.api_url)
+            raise TaskManagerConfigError(f"api_url {where!r} has no http(s) host")
+        self.base = config.api_url
+        self.path = parts.path
+        self.https = parts.scheme == "https"
+        # http.client writes the Host header in ASCII: an international name goes as IDNA.
+        self.host = parts.hostname.encode("idna").decode("ascii")
+        self.port = parts.port or (443 if self.https else 80)
+        self.auth: str | None = None
+        if parts.username is not None:
+            login = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            self.auth = "Basic " + base64.b64encode(login.encode("latin-1")).decode("ascii")
+        self.connect_timeout, self.read_timeout = config.timeouts
+        context = ssl_setting(config) if self.https else None
+        if context is False:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self.tls: ssl.SSLContext | None = context if isinstance(context, ssl.SSLContext) else None
+
+    def target(self, send: Send) -> str:
+        """The request line's target: the path exactly as built (a type name goes raw
+        wherever a path allows: the server matches names without decoding), then the
+        query."""
+        if not send.url.startswith(self.base):
+            raise ValueError(f"{mask_url(send.url)} is not under api_url")
+        target = self.path + send.url[len(self.base) :]
+        if send.query:
+            target += ("&" if "?" in target else "?") + urlencode(
+                {key: str(value) for key, value in send.query.items()}
+            )
+        return target
+
+    def connect(self) -> http.client.HTTPConnection:
+        """A new connection, connected (the handshake within the connect timeout), then
+        waiting on reads no longer than the read timeout."""
+        connection: http.client.HTTPConnection
+        if self.https:
+            connection = http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.connect_timeout, context=self.tls
+            )
+        else:
+            connection = http.client.HTTPConnection(
+                self.host, self.port, timeout=self.connect_timeout
+            )
+        connection.connect()
+        assert connection.sock is not None
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection.sock.settimeout(self.read_timeout)
+        return connection
+
+
+class ConnectionPool:
+    """Keep-alive connections to one origin, each used by one thread at a time."""
+
+    def __init__(self, origin: Origin, size: int = POOL_SIZE) -> None:
+        self.origin = origin
+        self.size = size
+        self._idle: list[http.client.HTTPConnection] = []
+        self._busy: set[http.client.HTTPConnection] = set()
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def take(self) -> http.client.HTTPConnection:
+        """An idle connection the server has not closed, else a new one."""
+        while True:
+            with self._lock:
+                if self.closed:
+                    raise TaskManagerConnectionError("the client is closed")
+                connection = self._idle.pop() if self._idle else None
+            if connection is None:
+                connection = self.origin.connect()
+            elif _dropped(connection):
+                connection.close()
+                continue
+            with self._lock:
+                self._busy.add(connection)
+            return connection
+
+    def give_back(self, connection: http.client.HTTPConnection, reusable: bool) -> None:
+        with self._lock:
+            self._busy.discard(connection)
+            if reusable and not self.closed and len(self._idle) < self.size:
+                self._idle.append(connection)
+                return
+        connection.close()
+
+    def close(self) -> None:
+        """Close the idle connections, and end the ones in use: a caller waiting on a
+        hung server gets its error now, not after the read timeout."""
+        with self._lock:
+            self.closed = True
+            idle, self._idle = self._idle, []
+            busy = list(self._busy)
+        for connection in idle:
+            connection.close()
+        for connection in busy:
+            if connection.sock is not None:
+                with contextlib.suppress(OSError):  # already closed by its thread
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _dropped(connection: http.client.HTTPConnection) -> bool:
+    """Did the server close (or write to) an idle connection? A keep-alive connection
+    past the server's idle timeout reads as closed; sending on it would fail after the
+    request left, and the request would count as unanswered."""
+    sock = connection.sock
+    if sock is None:
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class StdlibTransport(BlockingTransport):
+    """Carries out a ``Requester``'s steps through ``http.client`` connections."""
+
+    def __init__(
+        self, config: TaskManagerConfig, *, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        proxy = env_proxy(config.api_url)
+        if proxy is not None:
+            raise TaskManagerConfigError(
+                f'http="stdlib" does not go through proxies, and the environment names one '
+                f'for {mask_url(config.api_url)}: use http="requests" or "aiohttp"'
+            )
+        self.config = config
+        self.sleep = sleep
+        self.pool = ConnectionPool(Origin(config))
+        if not config.verify_tls:
+            logger.warning("TLS certificate verification is OFF for %s", mask_url(config.api_url))
+
+    def close(self) -> None:
+        """Close the connections; later calls are refused, like the other transports'."""
+        self._closed = True
+        self.pool.close()
+
+    def _send(self, send: Send) -> Answer | Outcome:
+        """One HTTP exchange: the answer, or the ``Outcome`` of getting none."""
+        origin = self.pool.origin
+        try:
+            target = origin.target(send)
+        except ValueError as exc:
+            return no_answer("request", exc, send.method, send.url)
+        headers = dict(send.headers)
+        if origin.auth is not None:
+            headers["Authorization"] = origin.auth
+        connection: http.client.HTTPConnection | None = None
+        try:
+            connection = self.pool.take()
+            connection.request(send.method, target, body=send.body, headers=headers)
+            response = connection.getresponse()
+            raw = response.read()
+            reusable = not response.will_close
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            if connection is not None:
+                self.pool.give_back(connection, reusable=False)
+            if self._closed:
+                return no_answer("closed", exc, send.method, send.url)
+            return no_answer(_failure_kind(exc), exc, send.method, send.url)
+        self.pool.give_back(connection, reusable)
+        try:
+            text = _decoded(raw, response)
+        except zlib.error as exc:
+            return no_answer("connection", exc, send.method, send.url)
+        answer_headers = CaseInsensitiveDict(response.getheaders())
+        return Answer(response.status, decode_body(text), text, answer_headers)
+
+
+def _decoded(raw: bytes, response: http.client.HTTPResponse) -> str:
+    """The body as text: gzip or deflate undone (a proxy may compress though we did not
+    ask), in the charset the answer names, else UTF-8; bytes that do not decode become
+    U+FFFD instead of an error, as with the other transports."""
+    encoding = (response.getheader("Content-Encoding") or "").strip().lower()
+    if encoding in ("gzip", "deflate", "x-gzip"):
+        raw = zlib.decompress(raw, zlib.MAX_WBITS | 32)  # either wrapper
+    charset = response.headers.get_content_charset() or "utf-8"
+    try:
+        return raw.decode(charset, errors="replace")
+    except LookupError:  # a charset Python does not know
+        return raw.decode("utf-8", errors="replace")
+
+
+def _failure_kind(exc: BaseException) -> FailureKind:
+    """Which kind of failure an ``http.client`` or socket error is (see ``no_answer``)."""
+    if isinstance(exc, http.client.InvalidURL):
+        return "request"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
+        return "tls"
+    if isinstance(exc, (OSError, http.client.HTTPException)):
+        return "connection"
+    return "request"
