@@ -26,6 +26,9 @@ try:
 except taskmanager.TaskManagerConfigError as exc:
     print("ConfigError:", exc)
 print("daemon http:", bridge.BridgeConfig.load(env={}, db_url="q.db").http_library())
+import os
+os.environ["HTTPS_PROXY"] = "http://proxy.example.test:3128"
+print("behind a proxy:", bridge.BridgeConfig.load(env={}, db_url="q.db").http_library())
 """
 
 
@@ -36,13 +39,17 @@ def test_the_package_imports_without_aiohttp_and_says_how_to_get_async(tmp_path)
         text=True,
         timeout=60,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={
+            **{k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")},
+            "PYTHONPATH": str(ROOT),
+        },
     )
     assert done.returncode == 0, done.stderr
     extra = "taskmanager-bridge[async]"
     assert f"ImportError: the asyncio client needs aiohttp: pip install '{extra}'" in done.stdout
     assert f'ConfigError: http="aiohttp" needs aiohttp: pip install "{extra}"' in done.stdout
-    assert "daemon http: requests" in done.stdout  # "auto" falls back to requests
+    assert "daemon http: stdlib" in done.stdout  # "auto": http.client needs no extra
+    assert "behind a proxy: requests" in done.stdout  # aiohttp would have gone through it
 
 
 def test_unknown_attribute_is_still_an_attribute_error():
