@@ -138,6 +138,7 @@ class Statement:
             else statement.exported_columns
         )
         self._returns = bool(columns)
+        self.keys = [column.key for column in columns]
         # Only the columns whose values need converting (JSON, datetimes), by position.
         self._converters = [
             (index, process)
