@@ -248,6 +248,10 @@ def check_url(api_url: str, *, allow_insecure_http: bool) -> None:
         raise TaskManagerConfigError(
             f"api_url must be an http(s) URL such as {DEFAULT_API_URL}, got {shown!r}"
         )
+    if "?" in api_url or "#" in api_url:  # every path is appended to it
+        raise TaskManagerConfigError(
+            f"api_url {shown!r} holds a query or a fragment: it must end with the API's path"
+        )
     if parts.scheme == "http" and not is_loopback_host(parts.hostname) and not allow_insecure_http:
         raise TaskManagerConfigError(
             f"api_url {shown!r} is plain http to a non-loopback host: the API key "

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from ._version import __version__
@@ -59,7 +59,7 @@ class Send:
     url: str
     body: bytes | None
     query: Mapping[str, Any] | None
-    headers: Mapping[str, str]
+    headers: Mapping[str, str] = field(repr=False)  # the API key: never in a repr
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,9 @@ import zlib
 from collections.abc import Callable
 from urllib.parse import unquote, urlencode, urlsplit
 
+import idna
 from requests.structures import CaseInsensitiveDict
+from requests.utils import requote_uri
 
 from .config import TaskManagerConfig
 from .connection_settings import env_proxy, ssl_setting
@@ -89,7 +91,8 @@ class Response(http.client.HTTPResponse):
 
     def _body_length(self, status: int) -> int | None:
         """Content-Length (ignored when chunked, nonsense, or the status has no body)."""
-        if status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED) or 100 <= status < 200:
+        no_body = status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED)
+        if no_body or 100 <= status < 200 or getattr(self, "_method", None) == "HEAD":
             return 0
         given = self.headers.get("content-length")
         if not given or self.chunked:
@@ -132,6 +135,21 @@ class TLSConnection(http.client.HTTPSConnection):
     response_class = Response
 
 
+def _ascii_host(host: str, api_url: str) -> str:
+    """The host as the Host header and the connection need it: an international name in
+    IDNA 2008 with UTS 46 mapping, as requests and aiohttp send it (Python's own "idna"
+    codec is IDNA 2003, which maps some names to another host)."""
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        where = mask_url(api_url)
+        raise TaskManagerConfigError(
+            f"api_url {where!r}: the host name is not valid: {exc}"
+        ) from None
+
+
 class Origin:
     """Where every request of one client goes: scheme, host and port of ``api_url``, its
     login as a Basic auth header, and how to open a connection there."""
@@ -142,10 +160,9 @@ class Origin:
             where = mask_url(config.api_url)
             raise TaskManagerConfigError(f"api_url {where!r} has no http(s) host")
         self.base = config.api_url
-        self.path = parts.path
+        self.path = requote_uri(parts.path)  # a raw non-ASCII path goes %-encoded, as requests
         self.https = parts.scheme == "https"
-        # http.client writes the Host header in ASCII: an international name goes as IDNA.
-        self.host = parts.hostname.encode("idna").decode("ascii")
+        self.host = _ascii_host(parts.hostname, config.api_url)
         self.port = parts.port or (443 if self.https else 80)
         self.auth: str | None = None
         if parts.username is not None:
@@ -172,21 +189,22 @@ class Origin:
             )
         return target
 
-    def connect(self) -> http.client.HTTPConnection:
-        """A new connection, connected (the handshake within the connect timeout), then
-        waiting on reads no longer than the read timeout."""
-        connection: http.client.HTTPConnection
+    def new_connection(self) -> http.client.HTTPConnection:
+        """A connection not yet connected (``connect`` opens it)."""
         if self.https:
-            connection = TLSConnection(
+            return TLSConnection(
                 self.host, self.port, timeout=self.connect_timeout, context=self.tls
             )
-        else:
-            connection = Connection(self.host, self.port, timeout=self.connect_timeout)
+        return Connection(self.host, self.port, timeout=self.connect_timeout)
+
+    def connect(self, connection: http.client.HTTPConnection) -> None:
+        """Open it (the handshake within the connect timeout); then reads wait no longer
+        than the read timeout."""
         connection.connect()
-        assert connection.sock is not None
-        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        connection.sock.settimeout(self.read_timeout)
-        return connection
+        sock = connection.sock
+        assert sock is not None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.read_timeout)
 
 
 class ConnectionPool:
@@ -201,20 +219,31 @@ class ConnectionPool:
         self.closed = False
 
     def take(self) -> http.client.HTTPConnection:
-        """An idle connection the server has not closed, else a new one."""
+        """An idle connection the server has not closed, else a new one. It counts as in
+        use from here (``close`` ends it even while it connects), and once the pool is
+        closed none is handed out, so nothing is sent after ``close``."""
         while True:
             with self._lock:
                 if self.closed:
                     raise TaskManagerConnectionError("the client is closed")
                 connection = self._idle.pop() if self._idle else None
-            if connection is None:
-                connection = self.origin.connect()
-            elif _dropped(connection):
-                connection.close()
-                continue
-            with self._lock:
+                fresh = connection is None
+                if connection is None:
+                    connection = self.origin.new_connection()
                 self._busy.add(connection)
-            return connection
+            try:
+                if fresh:
+                    self.origin.connect(connection)
+                elif _dropped(connection):
+                    self.give_back(connection, reusable=False)
+                    continue
+            except BaseException:
+                self.give_back(connection, reusable=False)
+                raise
+            with self._lock:
+                if not self.closed:
+                    return connection
+            self.give_back(connection, reusable=False)  # closed while it connected
 
     def give_back(self, connection: http.client.HTTPConnection, reusable: bool) -> None:
         with self._lock:
@@ -234,9 +263,12 @@ class ConnectionPool:
         for connection in idle:
             connection.close()
         for connection in busy:
-            if connection.sock is not None:
+            sock = connection.sock  # once: its thread may set it to None meanwhile
+            if sock is not None:
                 with contextlib.suppress(OSError):  # already closed by its thread
-                    connection.sock.shutdown(socket.SHUT_RDWR)
+                    # The plain socket's shutdown, even under TLS: SSLSocket.shutdown drops
+                    # its TLS state first, and a send racing it would go out in clear.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _dropped(connection: http.client.HTTPConnection) -> bool:
@@ -246,6 +278,8 @@ def _dropped(connection: http.client.HTTPConnection) -> bool:
     sock = connection.sock
     if sock is None:
         return True
+    if not hasattr(select, "poll"):  # Windows
+        return bool(select.select([sock], [], [], 0)[0])
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
@@ -284,41 +318,76 @@ class StdlibTransport(BlockingTransport):
         headers = dict(send.headers)
         if origin.auth is not None:
             headers["Authorization"] = origin.auth
-        connection: http.client.HTTPConnection | None = None
         try:
             connection = self.pool.take()
-            connection.request(send.method, target, body=send.body, headers=headers)
-            response = connection.getresponse()
-            assert isinstance(response, Response)
+        except (OSError, http.client.HTTPException, TaskManagerConnectionError) as exc:
+            return no_answer(self._failure(exc), exc, send.method, send.url)
+        reusable = False
+        try:
+            response = _exchange(connection, send.method, target, send.body, headers)
             raw = response.read()
             reusable = not response.will_close
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            if connection is not None:
-                self.pool.give_back(connection, reusable=False)
-            if self._closed:
-                return no_answer("closed", exc, send.method, send.url)
-            return no_answer(_failure_kind(exc), exc, send.method, send.url)
-        self.pool.give_back(connection, reusable)
-        try:
-            text = _decoded(raw, response)
-        except zlib.error as exc:
-            return no_answer("connection", exc, send.method, send.url)
-        answer_headers = CaseInsensitiveDict(response.fields)
-        return Answer(response.status, decode_body(text), text, answer_headers)
+            return no_answer(self._failure(exc), exc, send.method, send.url)
+        finally:
+            self.pool.give_back(connection, reusable)
+        text = _decoded(raw, response)
+        return Answer(
+            response.status, decode_body(text), text, CaseInsensitiveDict(response.fields)
+        )
+
+    def _failure(self, exc: BaseException) -> FailureKind:
+        return "closed" if self._closed else _failure_kind(exc)
+
+
+def _exchange(
+    connection: http.client.HTTPConnection,
+    method: str,
+    target: str,
+    body: bytes | None,
+    headers: dict[str, str],
+) -> Response:
+    """Send the request and read the answer's head. A server may answer (413, 401) and
+    close before it read the whole body: the send then fails, but the answer is there
+    to read, and it is read (as urllib3 does), not taken for a lost connection."""
+    try:
+        connection.request(method, target, body=body, headers=headers)
+    except (BrokenPipeError, ConnectionResetError):
+        if connection.sock is None:
+            raise
+    response = connection.getresponse()
+    assert isinstance(response, Response)
+    return response
 
 
 def _decoded(raw: bytes, response: Response) -> str:
     """The body as text: gzip or deflate undone (a proxy may compress though we did not
     ask), in the charset the answer names, else UTF-8; bytes that do not decode become
-    U+FFFD instead of an error, as with the other transports."""
-    encoding = (response.getheader("Content-Encoding") or "").strip().lower()
-    if encoding in ("gzip", "deflate", "x-gzip"):
-        raw = zlib.decompress(raw, zlib.MAX_WBITS | 32)  # either wrapper
-    charset = response.charset() or "utf-8"
+    U+FFFD instead of an error, as with the other transports. Never raises: an answer
+    came, and its status is judged whatever its body holds."""
+    encoding = (response.headers.get("Content-Encoding") or "").strip().lower()
+    if raw and encoding in ("gzip", "x-gzip", "deflate"):
+        raw = _inflated(raw)
     try:
-        return raw.decode(charset, errors="replace")
-    except LookupError:  # a charset Python does not know
+        return raw.decode(response.charset() or "utf-8", errors="replace")
+    except (LookupError, ValueError):  # a charset Python does not know, or cannot use
         return raw.decode("utf-8", errors="replace")
+
+
+def _inflated(raw: bytes) -> bytes:
+    """gzip (any number of members) or zlib, else raw deflate; what inflates neither way
+    is kept as it came."""
+    for wbits in (zlib.MAX_WBITS | 32, -zlib.MAX_WBITS):
+        try:
+            parts, rest = [], raw
+            while rest:
+                inflater = zlib.decompressobj(wbits)
+                parts.append(inflater.decompress(rest) + inflater.flush())
+                rest = inflater.unused_data
+            return b"".join(parts)
+        except zlib.error:
+            continue
+    return raw
 
 
 def _failure_kind(exc: BaseException) -> FailureKind:

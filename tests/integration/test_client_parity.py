@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -215,6 +216,39 @@ def test_a_gzip_answer_is_decoded(server: ScriptedServer, connect):
     assert connect().get_task(4).id == 4
 
 
+ROW_4 = b'{"id": 4, "type": "T", "status": "pending"}'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        zlib.compress(b'{"success": true, "data": {"items": [' + ROW_4 + b"]}}")[2:-4],
+        gzip.compress(b'{"success": true, ')
+        + gzip.compress(b'"data": {"items": [' + ROW_4 + b"]}}"),
+    ],
+    ids=["raw deflate", "two gzip members"],
+)
+def test_deflate_without_its_header_and_gzip_in_members_are_decoded(
+    server: ScriptedServer, connect, body: bytes
+):
+    """What requests reads, every client reads (raw deflate is what some servers send
+    for "deflate"; a gzip stream may hold several members)."""
+    encoding = "deflate" if body[:2] != b"\x1f\x8b" else "gzip"
+    server.add("GET", "/tasks/4", Scripted(200, body, {"Content-Encoding": encoding}))
+    assert connect().get_task(4).id == 4
+
+
+def test_an_answer_whose_body_does_not_inflate_is_judged_by_its_status(
+    server: ScriptedServer, connect
+):
+    """A 401 with an empty body marked gzip is still the server's 401 (sent once, not
+    retried as a lost connection: a POST the server answered must not go again)."""
+    server.add("POST", "/tasks/claim", Scripted(401, b"", {"Content-Encoding": "gzip"}))
+    with pytest.raises(TaskManagerProtocolError, match="401"):
+        connect().claim_task(task_type_id=3)
+    assert len(server.calls("POST", "/tasks/claim")) == 1
+
+
 def test_a_server_that_hangs_is_a_timeout(server: ScriptedServer, connect):
     server.add("GET", "/tasks/1", Scripted(200, {"success": True}, hang=5.0))
     with pytest.raises(TaskManagerTimeoutError):
@@ -381,6 +415,41 @@ def test_tls_trusts_the_ca_bundle_requests_reads_and_nothing_else(
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
         assert get() == 5
         assert len(server.calls("GET", "/tasks/5")) == 2  # the refused one never arrived
+
+
+def test_closing_the_stdlib_client_ends_a_request_in_flight_over_tls(
+    certificate: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+):
+    """Over TLS too: the socket under a request in flight is shut down as a plain
+    socket (the TLS socket's own shutdown would first drop its TLS state, and a send
+    racing it would go out in clear)."""
+    cert, key = certificate
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
+    with ScriptedServer(tls=context) as server:
+        server.add("POST", "/tasks/claim", Scripted(200, {"success": True}, hang=30.0))
+        config = TaskManagerConfig(api_url=server.url, api_key=KEY, worker_id="w", timeout=60)
+        client = TaskManagerClient(config, http="stdlib")
+        outcome: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                client.claim_task(task_type_id=3)
+            except BaseException as exc:  # what the caller got, whatever it is
+                outcome.append(exc)
+
+        waiting = threading.Thread(target=call)
+        waiting.start()
+        while not server.calls("POST", "/tasks/claim"):
+            time.sleep(0.01)
+        started = time.monotonic()
+        client.close()
+        waiting.join(10)
+        assert time.monotonic() - started < 5
+        assert isinstance(outcome[0], TaskManagerConnectionError), outcome
+        assert "closed before the server answered" in str(outcome[0])
+        assert client.unanswered("/tasks/claim") == 1
 
 
 # -- the async client's own edges: cancellation, event loops, CA bundles ---------------

@@ -113,6 +113,10 @@ def test_plain_http_to_loopback_allowed(url: str):
         "http://user:pw@127.0.0.1:99999/api",  # requests' error quotes the URL whole
         "http://user:pw@127.0.0.1:port/api",
         "http://[::1/api",
+        # paths are appended to api_url: requests would send /api?t=a/tasks, and the
+        # http.client transport would drop the query
+        "http://user:pw@127.0.0.1:8080/api?tenant=a",
+        "http://user:pw@127.0.0.1:8080/api#top",
     ],
 )
 def test_an_api_url_the_http_libraries_would_read_otherwise_is_refused(url: str):
