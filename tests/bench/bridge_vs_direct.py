@@ -140,6 +140,10 @@ def run_pattern(pattern: str, target: Target, tasks: int, workers: int, upfront:
     processes = start_processes(pattern, target, task_type, workers, folder, env)
     try:
         while not target.first_claim_seen():
+            exited = [name for name, p in processes.items() if p.poll() is not None]
+            if exited:  # a process that died at start would leave the round waiting for good
+                log = (folder / "out.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{', '.join(exited)} exited before the first claim:\n{log}")
             time.sleep(0.002)
         before = {name: cpu_seconds(p.pid) for name, p in processes.items()}
         trickle = threading.Thread(
