@@ -82,6 +82,15 @@ def config(url: str, worker: str = "bench-floor") -> TaskManagerConfig:
     return TaskManagerConfig(api_url=url, api_key=KEY, worker_id=worker, retry_attempts=8)
 
 
+def on_threads_at_once(count: int, work: Callable[[int], None]) -> None:
+    """``work(index)`` on ``count`` threads at once; returns when all have ended."""
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def fill(url: str, count: int, tag: str) -> int:
     """Create ``count`` tasks of the bench type; its id."""
     with TaskManagerClient(config(url)) as client:
@@ -160,11 +169,7 @@ def http_client_bare(url: str, type_id: int, concurrency: int) -> int:
                 pass
             counts[index] += 1
 
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    on_threads_at_once(concurrency, caller)
     return sum(counts)
 
 
@@ -196,11 +201,7 @@ def on_threads(http: str) -> Callable[[str, int, int], int]:
                     client.complete_task(task.id, {"ok": 1})
                     counts[index] += 1
 
-            threads = [threading.Thread(target=caller, args=(i,)) for i in range(concurrency)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            on_threads_at_once(concurrency, caller)
         return sum(counts)
 
     return run
@@ -243,13 +244,17 @@ def main() -> int:
         emulator.wait()
     print(f"\nCPU per claim+complete pair, {args.tasks} tasks, {args.concurrency} callers:")
     for name, values in results.items():
-        ratios = [v / b for v, b in zip(values, results["aiohttp bare"], strict=True)]
-        print(
-            f"  {name:16} {statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
-            f" ms/task; / bare {statistics.median(ratios):.2f}"
-            f" [{min(ratios):.2f}-{max(ratios):.2f}]"
-        )
+        print(f"  {name:16} {against(values, results['aiohttp bare'], 'bare')}")
     return 0
+
+
+def against(values: list[float], base: list[float], base_name: str) -> str:
+    """Median [spread] of ``values``, and of their ratios to ``base`` round by round."""
+    ratios = [value / b for value, b in zip(values, base, strict=True)]
+    return (
+        f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}] ms/task;"
+        f" / {base_name} {statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+    )
 
 
 if __name__ == "__main__":

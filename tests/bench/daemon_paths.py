@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
-import statistics
 import sys
 import tempfile
 import threading
@@ -43,7 +42,16 @@ from bridge import BridgeConfig, LocalQueue
 from bridge.daemon.jobs import DaemonJobs
 from bridge.storage.migrations import upgrade
 from taskmanager import TaskManagerClient
-from tests.bench.cpu_floor import KEY, TYPE, config, cpu_seconds, fill, start_emulator
+from tests.bench.cpu_floor import (
+    KEY,
+    TYPE,
+    against,
+    config,
+    cpu_seconds,
+    fill,
+    on_threads_at_once,
+    start_emulator,
+)
 
 CONNECTIONS = 4
 
@@ -123,7 +131,7 @@ class Floor:
         return claim_cpu / count * 1000, push_cpu / count * 1000
 
     def _on_threads(self, work: Callable[[Connection, sqlite3.Connection], None]) -> None:
-        def run() -> None:
+        def run(_: int) -> None:
             connection = Connection(self.parts.hostname or "", self.parts.port)
             database = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             database.execute("PRAGMA synchronous=NORMAL")
@@ -131,11 +139,7 @@ class Floor:
             database.close()
             connection.close()
 
-        threads = [threading.Thread(target=run) for _ in range(CONNECTIONS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        on_threads_at_once(CONNECTIONS, run)
 
     def _post(self, connection: Connection, path: str, body: object) -> tuple[int, Any]:
         connection.request("POST", self.parts.path + path, json.dumps(body), self.headers)
@@ -208,12 +212,7 @@ def main() -> int:
     print(f"\nCPU ms per task, {args.tasks} tasks, {CONNECTIONS} connections:")
     for label, table in (("claim", claims), ("delivery", pushes)):
         for name, values in table.items():
-            ratios = [v / f for v, f in zip(values, table["floor"], strict=True)]
-            print(
-                f"  {label:8} {name:8} {statistics.median(values):.3f}"
-                f" [{min(values):.3f}-{max(values):.3f}]; / floor {statistics.median(ratios):.2f}"
-                f" [{min(ratios):.2f}-{max(ratios):.2f}]"
-            )
+            print(f"  {label:8} {name:8} {against(values, table['floor'], 'floor')}")
     return 0
 
 

@@ -428,28 +428,7 @@ def test_closing_the_stdlib_client_ends_a_request_in_flight_over_tls(
     context.load_cert_chain(cert, key)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
     with ScriptedServer(tls=context) as server:
-        server.add("POST", "/tasks/claim", Scripted(200, {"success": True}, hang=30.0))
-        config = TaskManagerConfig(api_url=server.url, api_key=KEY, worker_id="w", timeout=60)
-        client = TaskManagerClient(config, http="stdlib")
-        outcome: list[BaseException] = []
-
-        def call() -> None:
-            try:
-                client.claim_task(task_type_id=3)
-            except BaseException as exc:  # what the caller got, whatever it is
-                outcome.append(exc)
-
-        waiting = threading.Thread(target=call)
-        waiting.start()
-        while not server.calls("POST", "/tasks/claim"):
-            time.sleep(0.01)
-        started = time.monotonic()
-        client.close()
-        waiting.join(10)
-        assert time.monotonic() - started < 5
-        assert isinstance(outcome[0], TaskManagerConnectionError), outcome
-        assert "closed before the server answered" in str(outcome[0])
-        assert client.unanswered("/tasks/claim") == 1
+        closing_ends_the_claim_in_flight(server, "stdlib")
 
 
 # -- the async client's own edges: cancellation, event loops, CA bundles ---------------
@@ -548,6 +527,10 @@ def test_a_closed_client_says_so_and_sends_nothing(server: ScriptedServer, http:
 def test_closing_the_client_ends_a_request_in_flight(server: ScriptedServer, http: Any):
     """A caller waiting on a hung server when the client is closed gets an error at
     once, counted as unanswered (the server may have applied it), never a hang."""
+    closing_ends_the_claim_in_flight(server, http)
+
+
+def closing_ends_the_claim_in_flight(server: ScriptedServer, http: Any) -> None:
     server.add("POST", "/tasks/claim", Scripted(200, {"success": True, "data": {}}, hang=30.0))
     config = TaskManagerConfig(api_url=server.url, api_key=KEY, worker_id="w", timeout=60)
     client = TaskManagerClient(config, http=http)
