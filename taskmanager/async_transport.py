@@ -16,12 +16,11 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from .config import TaskManagerConfig
-from .connection_settings import env_proxy, ssl_setting
+from .connection_settings import env_proxy, ssl_setting, warn_if_unverified
 from .exceptions import TaskManagerConfigError
 from .exchange import Drive, Send, Sleep, Steps
 from .no_answer import FailureKind, no_answer
 from .protocol import Answer, Outcome, decode_body
-from .redact import mask_url
 
 try:
     import aiohttp
@@ -69,8 +68,7 @@ class AsyncTransport:
         # api_url as yarl writes it (IDNA host, escapes), once: the paths added to it are
         # sent as built (see _wire_url).
         self._base = str(URL(config.api_url))
-        if not config.verify_tls:
-            logger.warning("TLS certificate verification is OFF for %s", mask_url(config.api_url))
+        warn_if_unverified(config)
 
     async def close(self) -> None:
         if self._owns_session and self.session is not None:

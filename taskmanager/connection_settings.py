@@ -8,6 +8,7 @@ and goes through the same proxy whichever library carries its requests.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from urllib.parse import urlsplit
@@ -17,6 +18,15 @@ import requests
 
 from .config import TaskManagerConfig
 from .exceptions import TaskManagerConfigError
+from .redact import mask_url
+
+logger = logging.getLogger("taskmanager.client")
+
+
+def warn_if_unverified(config: TaskManagerConfig) -> None:
+    """Said once, when a client is built, by whichever library carries its requests."""
+    if not config.verify_tls:
+        logger.warning("TLS certificate verification is OFF for %s", mask_url(config.api_url))
 
 
 def env_proxy(api_url: str) -> str | None:

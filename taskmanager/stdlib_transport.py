@@ -36,13 +36,13 @@ from requests.structures import CaseInsensitiveDict
 from requests.utils import requote_uri
 
 from .config import TaskManagerConfig
-from .connection_settings import env_proxy, ssl_setting
+from .connection_settings import env_proxy, ssl_setting, warn_if_unverified
 from .exceptions import TaskManagerConfigError, TaskManagerConnectionError
 from .exchange import Send
 from .no_answer import FailureKind, no_answer
 from .protocol import Answer, Outcome, decode_body
 from .redact import mask_url
-from .transport import BlockingTransport, logger
+from .transport import BlockingTransport
 
 POOL_SIZE = 32  # idle connections kept, as the requests transport keeps
 MAX_LINE = 65536  # a status or header line longer than this is refused, as http.client does
@@ -155,10 +155,8 @@ class Origin:
     login as a Basic auth header, and how to open a connection there."""
 
     def __init__(self, config: TaskManagerConfig) -> None:
-        parts = urlsplit(config.api_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            where = mask_url(config.api_url)
-            raise TaskManagerConfigError(f"api_url {where!r} has no http(s) host")
+        parts = urlsplit(config.api_url)  # an http(s) URL with a host: the config checked it
+        assert parts.hostname is not None
         self.base = config.api_url
         self.path = requote_uri(parts.path)  # a raw non-ASCII path goes %-encoded, as requests
         self.https = parts.scheme == "https"
@@ -300,8 +298,7 @@ class StdlibTransport(BlockingTransport):
         self.config = config
         self.sleep = sleep
         self.pool = ConnectionPool(Origin(config))
-        if not config.verify_tls:
-            logger.warning("TLS certificate verification is OFF for %s", mask_url(config.api_url))
+        warn_if_unverified(config)
 
     def close(self) -> None:
         """Close the connections; later calls are refused, like the other transports'."""

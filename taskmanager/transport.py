@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import requests
 
 from .config import TaskManagerConfig
+from .connection_settings import warn_if_unverified
 from .exceptions import TaskManagerConfigError
 from .exchange import (
     USER_AGENT,
@@ -38,7 +39,6 @@ from .protocol import (
     decode_body,
     parse_retry_after,
 )
-from .redact import mask_url
 
 _R = TypeVar("_R")
 
@@ -96,7 +96,7 @@ class Transport(BlockingTransport):
         self.session = session if session is not None else self._own_session(config)
         if not config.verify_tls:
             self.session.verify = False
-            logger.warning("TLS certificate verification is OFF for %s", mask_url(config.api_url))
+        warn_if_unverified(config)
         self.sleep = sleep
         self._closed = False
 
