@@ -47,6 +47,31 @@ def test_the_watch_counts_commits_of_other_connections_only(tmp_path):
             watch.close()
 
 
+def test_the_watch_rests_while_nobody_waits_and_a_commit_meanwhile_wakes_the_next_waiter(
+    tmp_path,
+):
+    """No reads (no timed wake-ups) while no caller waits and no listener is registered;
+    a commit made during the rest is still seen by the first waiter, at once."""
+    url = str(tmp_path / "rest.db")
+    upgrade(url)
+    with LocalQueue(url) as queue:
+        watch = ChangeWatch(queue.store.engine, interval=0.002).start()
+        try:
+            resting = watch.generation
+            queue.enqueue("t", {"x": 1})
+            time.sleep(0.1)
+            assert watch.generation == resting  # nobody waited: nothing was read
+            started = time.monotonic()
+            assert watch.wait(resting, 5.0) > resting
+            assert time.monotonic() - started < 1.0
+            heard: list[int] = []
+            watch.on_change(lambda: heard.append(watch.generation))
+            queue.enqueue("t", {"x": 2})
+            assert wait_until(lambda: bool(heard), 5, 0.01)  # a listener keeps it looking
+        finally:
+            watch.close()
+
+
 def _done(params):
     return {"ok": True}
 
