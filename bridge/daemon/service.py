@@ -72,7 +72,9 @@ class Daemon:
         self._push_lock = threading.Lock()
         self._push_wanted = threading.Event()
         self._pusher: threading.Thread | None = None
-        self._changes = ChangeWatch(jobs.store.engine)
+        # Looked at once a push gap, not at the worker's pace: a push goes out at most
+        # that often anyway, and each look is a timed wake-up (a quarter of them now).
+        self._changes = ChangeWatch(jobs.store.engine, interval=PUSH_GAP_SECONDS)
         self._changes.on_change(self._push_wanted.set)
         self._push = self._guarded("push", jobs.push_tick)
         scheduled: list[tuple[str, Callable[[], object], float]] = [
@@ -126,7 +128,8 @@ class Daemon:
 
     def _push_on_change(self) -> None:
         """A commit by another process (a worker's result): push now, not at the next
-        interval; commits within ``PUSH_GAP_SECONDS`` go out together."""
+        interval; commits within ``PUSH_GAP_SECONDS`` go out together (the watch looks
+        that often)."""
         while not self._stop.is_set():
             if not self._push_wanted.wait(0.5):
                 continue
@@ -135,7 +138,7 @@ class Daemon:
                 return
             if not self._push_alone():  # the interval's push may have looked too early
                 self._push_wanted.set()
-            self._stop.wait(PUSH_GAP_SECONDS)
+                self._stop.wait(PUSH_GAP_SECONDS)
 
     def _stop_fatally(self, why: str) -> None:
         """Stop for what the daemon cannot outlive (``run_forever`` then returns 1)."""
