@@ -43,18 +43,20 @@ class ClaimQueries:
             "remote_worker_id": claimed.worker_id,
             "lease_expires_at": claimed.claimed_at + seconds(lease_seconds),
         }
+        values = {f"c_{name}": value for name, value in fresh.items()}
+        values.update(
+            c_remote_id=claimed.id,
+            c_type=claimed.type,
+            c_params=claimed.params,
+            c_priority=claimed.priority,
+            c_created_at=now,
+        )
         # Not fsynced: the daemon's claim intent, updated durably after the claims are
-        # recorded (or left open), covers a power loss in between.
-        with self.db.hot_write(durable=False) as conn:
-            values = {f"c_{name}": value for name, value in fresh.items()}
-            values.update(
-                c_remote_id=claimed.id,
-                c_type=claimed.type,
-                c_params=claimed.params,
-                c_priority=claimed.priority,
-                c_created_at=now,
-            )
-            added = self.sql.claim_new.run(conn, values).first()
+        # recorded (or left open), covers a power loss in between. Claims answered at
+        # the same moment on several connections share the commit (``shared_write``).
+        added = self.db.shared_write(
+            lambda conn: self.sql.claim_new.run(conn, values).first(), durable=False
+        )
         if added is not None:
             return LocalTask.from_values(added), True
         for _ in range(2):  # a concurrent insert of the same remote id: read it back, once

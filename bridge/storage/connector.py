@@ -8,18 +8,20 @@ recovers from a driver failure is decided here, once for both databases.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from .db_errors import driver_errors, translated_errors
+from .group_commit import GroupCommit
 from .sqlite_locking import (
     PATIENCE_KEY,
     SYNCHRONOUS_FULL,
@@ -27,6 +29,8 @@ from .sqlite_locking import (
     ThreadConnection,
     begin_polling,
 )
+
+T = TypeVar("T")
 
 
 class Connector:
@@ -50,6 +54,10 @@ class Connector:
         # thread) polls for the file's write lock, and a thread is woken the moment the
         # one before it ends instead of at a poll.
         self._turn: threading.RLock | None = None if self.is_postgresql else threading.RLock()
+        self._groups = {
+            durable: GroupCommit(functools.partial(self.hot_write, durable=durable))
+            for durable in (True, False)
+        }
 
     def close(self) -> None:
         with self._holders_lock:
@@ -175,6 +183,17 @@ class Connector:
                 raise
             if not durable:
                 self._restore_full_sync(driver)
+
+    def shared_write(self, action: Callable[[Any], T], *, durable: bool = True) -> T:
+        """``action(connection)`` in a ``hot_write``, and its value. On SQLite the actions
+        of other threads that come while it waits for the write lock share that
+        transaction and its commit (``group_commit``): SQLite takes one writer at a time
+        anyway, and each would pay its own commit (an fsync when durable) and the
+        wake-ups of waiting its turn. PostgreSQL commits them side by side."""
+        if self.is_postgresql:
+            with self.hot_write(durable=durable) as conn:
+                return action(conn)
+        return self._groups[durable].run(action)
 
     @contextlib.contextmanager
     def peek(self) -> Iterator[Any]:

@@ -79,13 +79,26 @@ class GroupCommit:
                         write.value = write.action(connection)
                     except TaskNotHeldError as exc:  # it changed nothing: the rest stands
                         write.error = exc
-        except BaseException as exc:
+        except Exception as exc:
             for write in batch:
                 write.value, write.error = None, exc
             if not batch:  # it never began: this write fails, the others get a turn
                 own.error = exc
                 with self._lock:
                     self._waiting.remove(own)
+        except BaseException:
+            # The leading thread itself was interrupted (a KeyboardInterrupt in a main
+            # thread): the others' writes, rolled back with its own, are not theirs to
+            # fail; they go again, first, in the next transaction.
+            with self._lock:
+                if batch:
+                    for write in batch:
+                        write.value, write.error = None, None
+                    self._waiting[:0] = [write for write in batch if write is not own]
+                else:
+                    self._waiting.remove(own)
+            batch = []
+            raise
         finally:
             self._hand_over(own, batch)
 

@@ -5,10 +5,9 @@ transaction (promise 1)."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -16,7 +15,6 @@ from ..errors import TaskNotHeldError, WriteFailed
 from ..models import LocalTask
 from .connector import Connector
 from .db_errors import passing_trouble
-from .group_commit import GroupCommit
 from .outbox import append_for_task
 from .statements import Prepared, Statement, json_text, seconds
 from .task_reads import read_task
@@ -27,7 +25,6 @@ NewTask = tuple[str, dict[str, Any], int, "dict[str, Any] | None"]
 Write = Callable[[Connection], Any]
 # What to take next in a result's transaction: (types, lock seconds, lease margin).
 Take = tuple["Sequence[str] | None", float, float]
-_T = TypeVar("_T")
 
 
 def _new_task(task_id: int, item: NewTask, now: datetime) -> LocalTask:
@@ -269,22 +266,8 @@ class WorkerQueries:
             if not replaced:
                 append_for_task(self.sql, conn, "progress", payload, now, task)
 
-    @functools.cached_property
-    def _together(self) -> GroupCommit | None:
-        """SQLite: results of several threads committed together (``group_commit``);
-        PostgreSQL commits them side by side instead."""
-        return None if self.db.is_postgresql else GroupCommit(self.db.hot_write)
-
-    def _hot(self, action: Callable[[Any], _T]) -> _T:
-        """``action(connection)`` in a durable hot transaction, shared with other
-        threads' results on SQLite."""
-        if self._together is not None:
-            return self._together.run(action)
-        with self.db.hot_write() as conn:
-            return action(conn)
-
     def complete(self, task: LocalTask, result: dict[str, Any], now: datetime) -> None:
-        self._hot(lambda conn: self._complete(conn, task, result, now))
+        self.db.shared_write(lambda conn: self._complete(conn, task, result, now))
 
     def complete_and_dequeue(
         self,
@@ -304,7 +287,7 @@ class WorkerQueries:
                 conn, types, str(task.locked_by), lock_seconds, lease_margin_seconds, now
             )
 
-        return self._hot(finish_and_take)
+        return self.db.shared_write(finish_and_take)
 
     def complete_with_writes(
         self,

@@ -171,3 +171,20 @@ def test_results_of_many_threads_are_each_kept_once_with_their_outbox_rows(queue
     assert queue.status().outbox == {"pending": 200}  # one completion each, not two
     for task in taken[::37]:
         assert queue.get(task.id).result == {"n": task.params["n"]}
+
+
+def test_an_interrupted_leader_leaves_the_others_writes_to_the_next_transaction(queue):
+    """A KeyboardInterrupt in the leading thread (a main thread) is its own: the writes it
+    carried are rolled back with its own and written again in the next transaction."""
+
+    def interrupted(conn: Any) -> int:
+        conn.execute("INSERT INTO kept (n) VALUES (0)")
+        raise KeyboardInterrupt
+
+    held = Held(queue)
+    group = GroupCommit(held.transaction)
+    outcomes = run_together(group, held, [interrupted, insert(1), insert(2)])
+    assert isinstance(outcomes[0], KeyboardInterrupt)
+    assert outcomes[1:] == [10, 20]
+    assert kept(queue) == [1, 2]
+    assert held.opened == 2
