@@ -52,11 +52,11 @@ class ClaimQueries:
             c_created_at=now,
         )
         # Not fsynced: the daemon's claim intent, updated durably after the claims are
-        # recorded (or left open), covers a power loss in between. Claims answered at
-        # the same moment on several connections share the commit (``shared_write``).
-        added = self.db.shared_write(
-            lambda conn: self.sql.claim_new.run(conn, values).first(), durable=False
-        )
+        # recorded (or left open), covers a power loss in between. Each claim commits on
+        # its own: sharing commits (``shared_write``) was measured slower at a 20 ms
+        # round trip (docs/BENCHMARKS.md, issue 29).
+        with self.db.hot_write(durable=False) as conn:
+            added = self.sql.claim_new.run(conn, values).first()
         if added is not None:
             return LocalTask.from_values(added), True
         for _ in range(2):  # a concurrent insert of the same remote id: read it back, once

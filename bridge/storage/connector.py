@@ -8,7 +8,6 @@ recovers from a driver failure is decided here, once for both databases.
 from __future__ import annotations
 
 import contextlib
-import functools
 import sqlite3
 import threading
 import time
@@ -54,10 +53,7 @@ class Connector:
         # thread) polls for the file's write lock, and a thread is woken the moment the
         # one before it ends instead of at a poll.
         self._turn: threading.RLock | None = None if self.is_postgresql else threading.RLock()
-        self._groups = {
-            durable: GroupCommit(functools.partial(self.hot_write, durable=durable))
-            for durable in (True, False)
-        }
+        self._group = GroupCommit(self.hot_write)
 
     def close(self) -> None:
         with self._holders_lock:
@@ -184,16 +180,16 @@ class Connector:
             if not durable:
                 self._restore_full_sync(driver)
 
-    def shared_write(self, action: Callable[[Any], T], *, durable: bool = True) -> T:
-        """``action(connection)`` in a ``hot_write``, and its value. On SQLite the actions
-        of other threads that come while it waits for the write lock share that
-        transaction and its commit (``group_commit``): SQLite takes one writer at a time
-        anyway, and each would pay its own commit (an fsync when durable) and the
-        wake-ups of waiting its turn. PostgreSQL commits them side by side."""
+    def shared_write(self, action: Callable[[Any], T]) -> T:
+        """``action(connection)`` in a durable ``hot_write``, and its value. On SQLite the
+        actions of other threads that come while it waits for the write lock share that
+        transaction and its fsync (``group_commit``): SQLite takes one writer at a time
+        anyway, and each would pay its own fsync and the wake-ups of waiting its turn.
+        PostgreSQL commits them side by side."""
         if self.is_postgresql:
-            with self.hot_write(durable=durable) as conn:
+            with self.hot_write() as conn:
                 return action(conn)
-        return self._groups[durable].run(action)
+        return self._group.run(action)
 
     @contextlib.contextmanager
     def peek(self) -> Iterator[Any]:
