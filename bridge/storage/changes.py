@@ -109,11 +109,14 @@ class ChangeWatch:
         quiet_since = time.monotonic()
         interval = self.interval
         while not self._stop.is_set():
-            if not self._await_demand():
+            rested = self._await_demand()
+            if not rested:
                 time.sleep(interval)
             if self._stop.is_set():
                 break
             version = self._read()
+            if rested and last is None and version is not None:
+                self._moved()  # no reading from before the rest to compare: assume a change
             if version is None:
                 last = None  # a new connection counts from its own number
                 self._stop.wait(1.0)

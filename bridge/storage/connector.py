@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from .db_errors import driver_errors, translated_errors
-from .group_commit import GroupCommit
+from .group_commit import GroupCommit, mark_committed
 from .sqlite_locking import (
     PATIENCE_KEY,
     SYNCHRONOUS_FULL,
@@ -172,6 +172,11 @@ class Connector:
                 yield driver
                 driver.execute("COMMIT")
             except BaseException as exc:
+                if not isinstance(exc, Exception) and not driver.in_transaction:
+                    # An interrupt raised the moment COMMIT returned (the driver does not
+                    # look for signals inside it): the transaction is kept, say so.
+                    mark_committed(exc)
+                    raise
                 self._roll_back(driver, durable)
                 self._forget_if_read_only(driver, exc)
                 if isinstance(exc, self._translated):

@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 
 class _Write(Generic[T]):
-    __slots__ = ("action", "done", "error", "leads", "value")
+    __slots__ = ("action", "done", "error", "leads", "value", "woken")
 
     def __init__(self, action: Callable[[Any], T]) -> None:
         self.action = action
@@ -36,6 +36,7 @@ class _Write(Generic[T]):
         self.value: T | None = None
         self.error: BaseException | None = None
         self.leads = False  # handed the lead: run the next transaction
+        self.woken = False  # set before ``done`` is released
 
     def outcome(self) -> T:
         if self.error is not None:
@@ -61,11 +62,19 @@ class GroupCommit:
             self._waiting.append(write)
             leads = not self._leading
             self._leading = True
+        interrupted: BaseException | None = None
         if not leads:
-            write.done.acquire()
+            # An interrupt while waiting (a KeyboardInterrupt in a main thread) waits for
+            # the write's end all the same: the write is in line, maybe running, and
+            # may be handed the lead; walking away would leave the others without one.
+            interrupted = _wait_uninterrupted(write)
             if not write.leads:
+                if interrupted is not None:
+                    raise interrupted
                 return write.outcome()
         self._lead(write)
+        if interrupted is not None:
+            raise interrupted
         return write.outcome()
 
     def _lead(self, own: _Write[Any]) -> None:
@@ -86,7 +95,9 @@ class GroupCommit:
                 own.error = exc
                 with self._lock:
                     self._waiting.remove(own)
-        except BaseException:
+        except BaseException as exc:
+            if was_committed(exc):  # interrupted the moment the commit returned: it stands
+                raise
             # The leading thread itself was interrupted (a KeyboardInterrupt in a main
             # thread): the others' writes, rolled back with its own, are not theirs to
             # fail; they go again, first, in the next transaction.
@@ -110,10 +121,38 @@ class GroupCommit:
             else:
                 following.leads = True
         for write in _others(batch, own):
+            write.woken = True
             write.done.release()
         if following is not None:
+            following.woken = True
             following.done.release()
 
 
 def _others(batch: list[_Write[Any]], own: _Write[Any]) -> Iterator[_Write[Any]]:
     return (write for write in batch if write is not own)
+
+
+def _wait_uninterrupted(write: _Write[Any]) -> BaseException | None:
+    """Wait until ``write`` is woken (done, or handed the lead), through interrupts too;
+    the first interrupt, to raise after. ``woken`` is set before ``done`` is released,
+    so an interrupt that lands after the acquire returned never waits again."""
+    interrupted: BaseException | None = None
+    while not write.woken:
+        try:
+            write.done.acquire()
+        except BaseException as exc:
+            interrupted = interrupted or exc
+    return interrupted
+
+
+_COMMITTED = "_bridge_committed"
+
+
+def mark_committed(exc: BaseException) -> None:
+    """Note on an interrupt that it came after the transaction's commit (the transaction
+    factory's part: only it can tell, by the connection's state)."""
+    setattr(exc, _COMMITTED, True)
+
+
+def was_committed(exc: BaseException) -> bool:
+    return bool(getattr(exc, _COMMITTED, False))

@@ -7,6 +7,8 @@ the others wait behind it, so that what they share is decided, not left to timin
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -15,7 +17,7 @@ from typing import Any
 import pytest
 
 from bridge import LocalQueue, TaskNotHeldError
-from bridge.storage.group_commit import GroupCommit
+from bridge.storage.group_commit import GroupCommit, mark_committed
 from bridge.storage.migrations import upgrade
 
 from ..seed import seed_claimed_tasks
@@ -188,3 +190,88 @@ def test_an_interrupted_leader_leaves_the_others_writes_to_the_next_transaction(
     assert outcomes[1:] == [10, 20]
     assert kept(queue) == [1, 2]
     assert held.opened == 2
+
+
+class Interrupt(BaseException):
+    """What a signal handler raises in the main thread (as KeyboardInterrupt would)."""
+
+
+@contextlib.contextmanager
+def interrupts_on(signum: int) -> Iterator[threading.Event]:
+    """A handler raising ``Interrupt`` in the main thread once, when armed."""
+    armed = threading.Event()
+
+    def handler(_signum: int, _frame: Any) -> None:
+        if armed.is_set():
+            armed.clear()
+            raise Interrupt
+
+    previous = signal.signal(signum, handler)
+    try:
+        yield armed
+    finally:
+        signal.signal(signum, previous)
+
+
+def test_a_follower_interrupted_while_waiting_still_waits_for_its_write_and_leaves_the_lead(
+    queue,
+):
+    """An interrupt in a waiting follower (the main thread) is raised once its write is
+    settled: it is kept, and the group goes on. The follower comes after the leader took
+    its batch, so it is next in line: walking away would hand the lead to nobody."""
+    group = GroupCommit(queue.store.db.hot_write)
+    running, finish = threading.Event(), threading.Event()
+
+    def slow(conn: Any) -> int:
+        running.set()
+        assert finish.wait(10)
+        return insert(1)(conn)
+
+    leader = threading.Thread(target=group.run, args=(slow,))
+    leader.start()
+    assert running.wait(5)  # the leader's batch is taken and running
+    with interrupts_on(signal.SIGUSR1) as armed:
+        armed.set()
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        threading.Timer(0.6, finish.set).start()
+        with pytest.raises(Interrupt):
+            group.run(insert(2))  # waits behind the running leader; interrupted at 0.2 s
+        assert not armed.is_set()  # the interrupt did come while it waited
+    leader.join(10)
+    assert kept(queue) == [1, 2]
+    later: list[int] = []
+    after = threading.Thread(target=lambda: later.append(group.run(insert(3))))
+    after.start()
+    after.join(10)
+    assert later == [30], "the group stopped: nobody took the lead"
+
+
+def test_an_interrupt_after_the_commit_leaves_every_write_kept_once(queue):
+    """The transaction says an interrupt came after its commit (``mark_committed``): the
+    others' writes stand and are not run again; the leader gets the interrupt."""
+    ran: list[int] = []
+
+    def counted(n: int) -> Callable[[Any], int]:
+        def action(conn: Any) -> int:
+            ran.append(n)
+            return insert(n)(conn)
+
+        return action
+
+    held = Held(queue)
+
+    @contextlib.contextmanager
+    def commit_then_interrupt() -> Iterator[Any]:
+        with held.transaction() as conn:
+            yield conn
+        if held.opened == 1:
+            interrupt = Interrupt()
+            mark_committed(interrupt)
+            raise interrupt
+
+    group = GroupCommit(commit_then_interrupt)
+    outcomes = run_together(group, held, [counted(1), counted(2), counted(3)])
+    assert isinstance(outcomes[0], Interrupt)
+    assert outcomes[1:] == [20, 30]
+    assert sorted(ran) == [1, 2, 3]  # each once
+    assert kept(queue) == [1, 2, 3]
