@@ -233,10 +233,15 @@ def test_a_follower_interrupted_while_waiting_still_waits_for_its_write_and_leav
     with interrupts_on(signal.SIGUSR1) as armed:
         armed.set()
         threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()
-        threading.Timer(0.6, finish.set).start()
+        # The leader finishes only once the interrupt was handled: no signal comes late.
+        handled = threading.Thread(
+            target=lambda: (wait_until(lambda: not armed.is_set(), 10, 0.01), finish.set())
+        )
+        handled.start()
         with pytest.raises(Interrupt):
             group.run(insert(2))  # waits behind the running leader; interrupted at 0.2 s
         assert not armed.is_set()  # the interrupt did come while it waited
+        handled.join(10)
     leader.join(10)
     assert kept(queue) == [1, 2]
     later: list[int] = []
