@@ -6,10 +6,12 @@ delivery within the bound; PostgreSQL has no such signal and keeps polling.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -27,24 +29,31 @@ pytestmark = pytest.mark.integration
 SLOW_POLL = 5.0
 
 
-def test_the_watch_counts_commits_of_other_connections_only(tmp_path):
-    url = str(tmp_path / "w.db")
+@contextlib.contextmanager
+def watched(url: str) -> Iterator[tuple[LocalQueue, ChangeWatch]]:
+    """A fresh queue at ``url`` and a started watch on it (looking every 2 ms)."""
     upgrade(url)
     with LocalQueue(url) as queue:
         watch = ChangeWatch(queue.store.engine, interval=0.002).start()
         try:
-            before = watch.generation
-            queue.enqueue("t", {"x": 1})  # this process, another connection: a change
-            assert watch.wait(before, 5.0) > before
-            quiet = watch.generation
-            time.sleep(0.1)
-            assert watch.generation == quiet  # nothing committed: no wake-up
-            # Another process's commit is seen the same way.
-            code = f"from bridge import LocalQueue\nLocalQueue({url!r}).enqueue('t', {{'x': 2}})"
-            subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-            assert watch.wait(quiet, 5.0) > quiet
+            yield queue, watch
         finally:
             watch.close()
+
+
+def test_the_watch_counts_commits_of_other_connections_only(tmp_path):
+    url = str(tmp_path / "w.db")
+    with watched(url) as (queue, watch):
+        before = watch.generation
+        queue.enqueue("t", {"x": 1})  # this process, another connection: a change
+        assert watch.wait(before, 5.0) > before
+        quiet = watch.generation
+        time.sleep(0.1)
+        assert watch.generation == quiet  # nothing committed: no wake-up
+        # Another process's commit is seen the same way.
+        code = f"from bridge import LocalQueue\nLocalQueue({url!r}).enqueue('t', {{'x': 2}})"
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+        assert watch.wait(quiet, 5.0) > quiet
 
 
 def test_the_watch_rests_while_nobody_waits_and_a_commit_meanwhile_wakes_the_next_waiter(
@@ -52,24 +61,18 @@ def test_the_watch_rests_while_nobody_waits_and_a_commit_meanwhile_wakes_the_nex
 ):
     """No reads (no timed wake-ups) while no caller waits and no listener is registered;
     a commit made during the rest is still seen by the first waiter, at once."""
-    url = str(tmp_path / "rest.db")
-    upgrade(url)
-    with LocalQueue(url) as queue:
-        watch = ChangeWatch(queue.store.engine, interval=0.002).start()
-        try:
-            resting = watch.generation
-            queue.enqueue("t", {"x": 1})
-            time.sleep(0.1)
-            assert watch.generation == resting  # nobody waited: nothing was read
-            started = time.monotonic()
-            assert watch.wait(resting, 5.0) > resting
-            assert time.monotonic() - started < 1.0
-            heard: list[int] = []
-            watch.on_change(lambda: heard.append(watch.generation))
-            queue.enqueue("t", {"x": 2})
-            assert wait_until(lambda: bool(heard), 5, 0.01)  # a listener keeps it looking
-        finally:
-            watch.close()
+    with watched(str(tmp_path / "rest.db")) as (queue, watch):
+        resting = watch.generation
+        queue.enqueue("t", {"x": 1})
+        time.sleep(0.1)
+        assert watch.generation == resting  # nobody waited: nothing was read
+        started = time.monotonic()
+        assert watch.wait(resting, 5.0) > resting
+        assert time.monotonic() - started < 1.0
+        heard: list[int] = []
+        watch.on_change(lambda: heard.append(watch.generation))
+        queue.enqueue("t", {"x": 2})
+        assert wait_until(lambda: bool(heard), 5, 0.01)  # a listener keeps it looking
 
 
 def _done(params):
