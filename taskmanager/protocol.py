@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .config import TaskManagerConfig
+from .encoding import json_writer
 from .exceptions import (
     BODY_SNIPPET_CHARS,
     TaskManagerAPIError,
@@ -157,12 +158,13 @@ def rate_limit_info(
 
 
 # -- requests and answers -------------------------------------------------------------
+_body_text = json_writer(ensure_ascii=False, compact=True, allow_nan=False)
+
+
 def encode_body(body: Any) -> bytes:
     """JSON the way the server reads it; NaN and non-JSON values refused before sending."""
     try:
-        return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
-            "utf-8"
-        )
+        return _body_text(body).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise TaskManagerValidationError(None, f"request body is not valid JSON: {exc}") from None
 

@@ -12,14 +12,13 @@ type names are checked for what its URL matching can find (``check_type_name``).
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 from .dedupe import php_json
-from .encoding import EncodingError, to_json
+from .encoding import EncodingError, json_writer, to_json
 from .exceptions import TaskManagerDataTooLongError, TaskManagerValidationError
 
 # The server keeps params, a result and a failure's error text in MariaDB TEXT columns:
@@ -29,6 +28,7 @@ STORED_MAX_BYTES = 65_535
 
 # How many times longer than json.dumps' compact output php_json can be (3.4, rounded up).
 _PHP_JSON_MAX_GROWTH = 4
+_compact_text = json_writer(ensure_ascii=False, compact=True)
 
 # What RFC 3986 lets stand raw in a path segment besides letters and digits ("pchar";
 # quote() keeps letters, digits and "-._~" itself). The server matches /task-types/{name}
@@ -52,7 +52,7 @@ def check_stored_size(value: Any, what: str, column: str) -> None:
     than 3.4 times as long (``1e+16`` becomes ``10000000000000000``, U+2028 an escape).
     What is not JSON at all is left to the encoder, which names the bad value."""
     try:
-        quick = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        quick = _compact_text(value)
         if len(quick.encode("utf-8", "surrogatepass")) * _PHP_JSON_MAX_GROWTH <= STORED_MAX_BYTES:
             return
         size = stored_size(value)

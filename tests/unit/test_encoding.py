@@ -7,13 +7,16 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import functools
+import json
+import json.encoder
 import uuid
 from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
 
-from taskmanager.encoding import EncodingError, to_json
+from taskmanager.encoding import EncodingError, json_writer, to_json
 from taskmanager.exceptions import TaskManagerValidationError
 from taskmanager.validation import ensure_json
 
@@ -97,3 +100,59 @@ def test_the_client_check_uses_the_same_walk_without_converting():
     ensure_json({"a": [1, 2.5, "x", None, True]}, "params")
     with pytest.raises(TaskManagerValidationError, match=r"params\.when: datetime is not JSON"):
         ensure_json({"when": AT}, "params")
+
+
+def test_plain_values_come_back_as_copies():
+    value = {"a": [1, {"b": "c"}], "d": (2, 3)}
+    encoded = to_json(value, "results")
+    assert encoded == {"a": [1, {"b": "c"}], "d": [2, 3]}
+    assert encoded is not value and encoded["a"] is not value["a"]
+    assert encoded["a"][1] is not value["a"][1]
+
+
+WRITER_OPTIONS = [
+    {},
+    {"ensure_ascii": False, "compact": True, "allow_nan": False},
+    {"ensure_ascii": False, "compact": True},
+]
+WRITTEN = [
+    {"n": 1, "text": 'é \u2028 "quoted" \\ \n', "list": [1.5, -0.0, 1e300, 10**30, None, True]},
+    [],
+    "just text",
+    3.25,
+    {"3": {"nested": [{"deep": [[]]}]}, "": ""},
+]
+
+
+@pytest.mark.parametrize("options", WRITER_OPTIONS)
+def test_the_json_writer_writes_what_json_dumps_writes(options: dict[str, Any]):
+    write = json_writer(**options)
+    dumps = functools.partial(
+        json.dumps,
+        ensure_ascii=options.get("ensure_ascii", True),
+        allow_nan=options.get("allow_nan", True),
+        separators=(",", ":") if options.get("compact") else (", ", ": "),
+    )
+    for value in WRITTEN:
+        assert write(value) == dumps(value)
+    # Values the C encoder hands back are written by json.dumps itself, the same.
+    assert write({"key": 1.0, 2: "int key"}) == dumps({"key": 1.0, 2: "int key"})
+
+
+def test_the_json_writer_refuses_what_json_dumps_refuses():
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="Circular reference"):
+        json_writer()(loop)
+    with pytest.raises(TypeError, match="set is not JSON serializable"):
+        json_writer()({"s": {1}})
+    with pytest.raises(ValueError, match="Out of range float"):
+        json_writer(allow_nan=False)([float("nan")])
+    assert json_writer()([float("nan")]) == "[NaN]"
+
+
+def test_without_the_c_encoder_the_json_writer_is_json_dumps(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    write = json_writer(compact=True)
+    assert isinstance(write, functools.partial) and write.func is json.dumps
+    assert write({"a": [1, "é"]}) == '{"a":[1,"\\u00e9"]}'
