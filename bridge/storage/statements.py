@@ -17,7 +17,6 @@ query goes through plain SQLAlchemy.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +37,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
+
+from taskmanager.encoding import json_writer
 
 from ..models import LocalTask
 from .schema import IS_PENDING_PROGRESS, IS_QUEUED, UTCDateTime, outbox, tasks
@@ -86,26 +87,37 @@ class Result:
         return self.rows[0][0] if self.rows else None
 
 
-def _last_one(process: Processor) -> Processor:
-    """``process`` remembering its last value: one call converts the same ``now`` for
-    several parameters (a thread may see another's pair, which is still a right pair)."""
-    last: list[tuple[Any, Any]] = [(None, None)]
+def _recent(process: Processor, size: int = 3) -> Processor:
+    """``process`` remembering its last ``size`` values by identity: a task's statements
+    (its finish, its outbox row, the next take) convert the same ``now``, lock and lease
+    times once between them. Each pair is one tuple, so a thread that sees another's
+    pair still sees a right one; a value is kept alive while remembered, so its
+    identity cannot be taken by another."""
+    recent: list[tuple[Any, Any]] = [(None, None)] * size
 
     def convert(value: Any) -> Any:
-        seen, converted = last[0]
-        if value is seen:
-            return converted
+        for seen, converted in recent:
+            if value is seen:
+                return converted
         converted = process(value)
-        last[0] = (value, converted)
+        recent.insert(0, (value, converted))
+        del recent[size:]
         return converted
 
     return convert
 
 
-def json_text(value: Any) -> str:
-    """JSON text as SQLAlchemy's JSON type writes it; a ``str`` parameter is bound as
-    is, so text encoded once can serve several parameters (a result and its outbox row)."""
-    return json.dumps(value)
+def time_converter(dialect: Dialect) -> Processor | None:
+    """How a UTC datetime is bound on ``dialect``, remembering its latest values; None
+    where the driver takes datetimes as they are."""
+    process = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    return None if process is None else _recent(process)
+
+
+# JSON text as SQLAlchemy's JSON type writes it (``json.dumps``' defaults); a ``str``
+# parameter is bound as is, so text encoded once can serve several parameters (a
+# result and its outbox row, a batch's shared metadata).
+json_text = json_writer()
 
 
 def driver_of(conn: Any) -> Any:
@@ -116,7 +128,8 @@ def driver_of(conn: Any) -> Any:
 class Statement:
     """One Core statement, compiled for a dialect, run on the DBAPI connection."""
 
-    def __init__(self, statement: Any, dialect: Dialect) -> None:
+    def __init__(self, statement: Any, dialect: Dialect, times: Processor | None = None) -> None:
+        """``times``: a ``time_converter`` shared with the statements run beside this one."""
         compiled = statement.compile(dialect=named_dialect(dialect))
         carried = {name: value for name, value in compiled.params.items() if value is not None}
         if carried:
@@ -126,12 +139,12 @@ class Statement:
         self.sql: str = compiled.string
         self.names = tuple(compiled.params)
         json_in = JSON().dialect_impl(dialect).bind_processor(dialect)
-        time_in = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+        time_in = times or time_converter(dialect)
         self._to_db: dict[type, Processor] = {}
         if json_in is not None:
             self._to_db.update({dict: json_in, list: json_in})
         if time_in is not None:
-            self._to_db[datetime] = _last_one(time_in)
+            self._to_db[datetime] = time_in
         columns = list(
             statement.selected_columns
             if isinstance(statement, Select)
@@ -155,10 +168,17 @@ class Statement:
                 values[name] = process(value)
         return values
 
-    def run(self, conn: Any, values: dict[str, Any]) -> Result:
+    def converted(self, value: Any) -> Any:
+        """One value as ``parameters`` would bind it: a batch converts what its rows
+        share once, and its rows then need no converting (``run_many(..., ready=True)``)."""
+        process = self._to_db.get(type(value))
+        return value if process is None else process(value)
+
+    def run(self, conn: Any, values: dict[str, Any], *, ready: bool = False) -> Result:
         """Execute inside ``conn``'s current transaction (a SQLAlchemy ``Connection``, or
-        the DBAPI connection of the store's own hot transaction)."""
-        cursor = driver_of(conn).execute(self.sql, self.parameters(values))
+        the DBAPI connection of the store's own hot transaction); ``ready`` as in
+        ``run_many``."""
+        cursor = driver_of(conn).execute(self.sql, values if ready else self.parameters(values))
         try:
             rows: list[list[Any]] = []
             if self._returns:
@@ -172,20 +192,21 @@ class Statement:
         finally:
             cursor.close()
 
-    def insert(self, conn: Any, values: dict[str, Any]) -> int:
+    def insert(self, conn: Any, values: dict[str, Any], *, ready: bool = False) -> int:
         """Run an ``INSERT`` of one row; the new row's id (SQLite's ``lastrowid``: no
-        ``RETURNING`` to fetch)."""
-        cursor = driver_of(conn).execute(self.sql, self.parameters(values))
+        ``RETURNING`` to fetch); ``ready`` as in ``run_many``."""
+        cursor = driver_of(conn).execute(self.sql, values if ready else self.parameters(values))
         try:
             return int(cursor.lastrowid)
         finally:
             cursor.close()
 
-    def run_many(self, conn: Any, many: list[dict[str, Any]]) -> int:
-        """One statement over many rows (``executemany``); no rows returned."""
+    def run_many(self, conn: Any, many: list[dict[str, Any]], *, ready: bool = False) -> int:
+        """One statement over many rows (``executemany``); no rows returned. ``ready``:
+        every value is already in the driver's form (``converted``), none is looked at."""
         cursor = driver_of(conn).cursor()
         try:
-            cursor.executemany(self.sql, [self.parameters(values) for values in many])
+            cursor.executemany(self.sql, many if ready else [self.parameters(v) for v in many])
             return int(cursor.rowcount)
         finally:
             cursor.close()
@@ -212,8 +233,10 @@ class Prepared:
         )
         released = {"locked_by": null(), "locked_until": null()}
 
+        self.times = time_converter(dialect)
+
         def prepare(statement: Any) -> Statement:
-            return Statement(statement, dialect)
+            return Statement(statement, dialect, self.times)
 
         self.heartbeat = prepare(update(tasks).where(held).values(locked_until=p("p_until")))
         self.progress = prepare(
@@ -291,17 +314,11 @@ class Prepared:
         }
         self.append = prepare(insert(outbox).values(**outbox_row))
         task_row: dict[str, Any] = {
-            name: p(f"v_{name}")
-            for name in (
-                "type",
-                "params",
-                "priority",
-                "status",
-                "attempts",
-                "progress",
-                "created_at",
-                "metadata",
-            )
+            **{name: p(f"v_{name}") for name in ("type", "params", "priority", "created_at")},
+            "metadata": p("v_metadata"),
+            "status": constant("queued"),
+            "attempts": ZERO,
+            "progress": ZERO,
         }
         # Only the id comes back: the rest of the new task is what the caller gave.
         self.enqueue = prepare(insert(tasks).values(**task_row).returning(tasks.c.id))
@@ -348,7 +365,7 @@ class Prepared:
             query = select(tasks.c.id).where(*conditions).limit(ONE)
             if not self.postgresql:
                 query = query.offset(ZERO)
-            statement = self._any_queued[type_count] = Statement(query, self.dialect)
+            statement = self._any_queued[type_count] = Statement(query, self.dialect, self.times)
         return statement
 
     def dequeue(self, type_count: int, many: bool = False) -> Statement:
@@ -389,6 +406,7 @@ class Prepared:
                 )
                 .returning(*TASK_COLUMNS),
                 self.dialect,
+                self.times,
             )
             self._dequeue[(type_count, many)] = statement
         return statement

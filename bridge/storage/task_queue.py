@@ -27,55 +27,49 @@ Write = Callable[[Connection], Any]
 Take = tuple["Sequence[str] | None", float, float]
 
 
-def _new_task(task_id: int, item: NewTask, now: datetime) -> LocalTask:
-    """The task just inserted, from what was given (the row holds nothing else)."""
-    task_type, params, priority, metadata = item
-    return LocalTask(
-        id=task_id,
-        type=task_type,
-        params=params,
-        priority=priority,
-        status="queued",
-        attempts=0,
-        locked_by=None,
-        locked_until=None,
-        remote_id=None,
-        remote_attempt=None,
-        remote_worker_id=None,
-        lease_expires_at=None,
-        progress=0,
-        result=None,
-        error=None,
-        metadata=metadata or {},
-        created_at=now.astimezone(timezone.utc),
-        started_at=None,
-        finished_at=None,
-    )
+def _new_tasks(ids: Sequence[int], items: Sequence[NewTask], now: datetime) -> list[LocalTask]:
+    """The tasks just inserted, from what was given (their rows hold nothing else)."""
+    unset = dict.fromkeys(LocalTask.__dataclass_fields__)
+    common = {**unset, "status": "queued", "attempts": 0, "progress": 0}
+    common["created_at"] = now.astimezone(timezone.utc)
+    tasks = []
+    for task_id, (task_type, params, priority, metadata) in zip(ids, items, strict=True):
+        fields = common.copy()
+        fields.update(id=task_id, type=task_type, params=params, priority=priority)
+        fields["metadata"] = metadata or {}
+        tasks.append(LocalTask.from_fields(fields))
+    return tasks
 
 
-def _enqueue_values(item: NewTask, now: datetime) -> dict[str, Any]:
+def _enqueue_values(item: NewTask, created: Any, texts: dict[int, str]) -> dict[str, Any]:
+    """The row's values, every one in the driver's form: ``created`` is the batch's time
+    converted once, and ``texts`` the metadata already encoded in this batch, by identity
+    (a batch's tasks usually share one metadata dict, encoded once for all of them)."""
     task_type, params, priority, metadata = item
+    meta: str | None = None
+    if metadata is not None:
+        meta = texts.get(id(metadata))
+        if meta is None:
+            meta = texts[id(metadata)] = json_text(metadata)
     return {
         "v_type": task_type,
-        "v_params": params,
+        "v_params": json_text(params),
         "v_priority": priority,
-        "v_status": "queued",
-        "v_attempts": 0,
-        "v_progress": 0,
-        "v_created_at": now,
-        "v_metadata": metadata,
+        "v_created_at": created,
+        "v_metadata": meta,
     }
 
 
 def _insert_in_a_row(statement: Statement, conn: Any, rows: list[dict[str, Any]]) -> list[int]:
-    """SQLite: insert ``rows`` with one ``executemany``; their ids, in order.
+    """SQLite: insert ``rows`` (``_enqueue_values``) with one ``executemany``; their ids,
+    in order.
 
     Under the write lock each new row's id is the largest so far plus one (SQLite's
     rowid rule, without AUTOINCREMENT), so the batch's ids are the ``len(rows)``
     ending at ``last_insert_rowid()``; counted again, in case the rule ever did not
     hold (only past the largest rowid SQLite can store).
     """
-    statement.run_many(conn, rows)
+    statement.run_many(conn, rows, ready=True)
     last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
     first = last - len(rows) + 1
     found = conn.execute("SELECT count(*) FROM tasks WHERE id BETWEEN ? AND ?", (first, last))
@@ -108,18 +102,20 @@ class WorkerQueries:
         if self.db.is_postgresql:
             return self.enqueue_many([item], now)[0]
         with self.db.one_statement() as conn:  # SQLite: the INSERT commits on its own
-            task_id = self.sql.enqueue_rows.insert(conn, _enqueue_values(item, now))
-        return _new_task(task_id, item, now)
+            values = _enqueue_values(item, self.sql.enqueue_rows.converted(now), {})
+            task_id = self.sql.enqueue_rows.insert(conn, values, ready=True)
+        return _new_tasks([task_id], [item], now)[0]
 
     def enqueue_many(self, items: Sequence[NewTask], now: datetime) -> list[LocalTask]:
         """Local-only tasks ``(type, params, priority, metadata)``, in ONE transaction."""
-        rows = [_enqueue_values(item, now) for item in items]
+        created, texts = self.sql.enqueue_rows.converted(now), dict[int, str]()
+        rows = [_enqueue_values(item, created, texts) for item in items]
         with self.db.hot_write() as conn:
             if len(rows) > 1 and not self.db.is_postgresql:
                 added = _insert_in_a_row(self.sql.enqueue_rows, conn, rows)
             else:
-                added = [self.sql.enqueue.run(conn, values).one()[0] for values in rows]
-        return [_new_task(task_id, item, now) for task_id, item in zip(added, items, strict=True)]
+                added = [self.sql.enqueue.run(conn, row, ready=True).one()[0] for row in rows]
+        return _new_tasks(added, items, now)
 
     def dequeue(
         self,

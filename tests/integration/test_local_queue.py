@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
 import sqlite3
 import stat
 import threading
@@ -658,6 +660,28 @@ def test_enqueue_many_is_one_transaction_all_or_nothing(queue: LocalQueue, clock
         queue.enqueue_many([("a", {"i": 3}), ("a", {"bad": float("nan")})])
     assert queue.status().tasks == {("a", "queued"): 1, ("b", "queued"): 1}
     assert queue.enqueue_many([]) == []
+
+
+def test_a_batch_with_metadata_of_its_own_per_task_stores_each_one(queue: LocalQueue, clock: Clock):
+    shared, own = {"batch": 1}, {"batch": 2}
+    items = [("a", {"i": 1}, 0, shared), ("a", {"i": 2}, 1, own), ("b", {}, 2, shared)]
+    items.append(("b", {"i": 4}, 3, None))
+    added = queue.store.enqueue_many(items, clock.now)
+    assert [t.metadata for t in added] == [shared, own, shared, {}]
+    assert [queue.get(t.id) for t in added] == added
+
+
+def test_a_task_is_a_frozen_value_that_pickles_and_copies(queue: LocalQueue):
+    task = queue.enqueue("a", {"i": 1}, metadata={"m": 1})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        task.priority = 5  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(task)) == task
+    raised = dataclasses.replace(task, priority=5)
+    assert (raised.priority, raised.params, task.priority) == (5, {"i": 1}, 0)
+    assert queue.dequeue() == dataclasses.replace(
+        task, status="running", attempts=1, locked_by="worker-a",
+        locked_until=queue.get(task.id).locked_until, started_at=queue.get(task.id).started_at,
+    )  # fmt: skip
 
 
 def test_dequeue_many_takes_the_best_first_and_respects_types_and_leases(

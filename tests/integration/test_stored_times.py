@@ -7,6 +7,7 @@ and to the PostgreSQL behaviour.
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -66,3 +67,34 @@ def test_a_naive_datetime_is_refused_and_nothing_is_written(
         queue.enqueue("t", {})
     with LocalQueue(migrated_url, clock=clock) as queue:
         assert queue.status().tasks == {}
+
+
+def test_times_converted_from_many_threads_at_once_each_get_their_own_text() -> None:
+    """The hot statements share one converter that remembers its latest values by
+    identity; threads converting their own instants at once never get another's text."""
+    from sqlalchemy.dialects import sqlite
+
+    from bridge.storage.schema import UTCDateTime
+    from bridge.storage.statements import time_converter
+
+    convert = time_converter(sqlite.dialect())
+    reference = UTCDateTime().dialect_impl(sqlite.dialect()).bind_processor(sqlite.dialect())
+    assert convert is not None and reference is not None
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    wrong: list[tuple[datetime, str]] = []
+
+    def convert_own(offset: int) -> None:
+        instants = [start + timedelta(seconds=offset * 1000 + i) for i in range(5)]
+        for round_ in range(4000):
+            instant = instants[round_ % 5]  # more than the converter remembers
+            for _ in range(2):  # and the same object again, as a task's statements do
+                text = convert(instant)
+                if text != reference(instant):
+                    wrong.append((instant, text))
+
+    threads = [threading.Thread(target=convert_own, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
