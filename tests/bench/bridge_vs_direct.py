@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,10 +37,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root
+
 from bridge.storage.migrations import upgrade
 from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.emulator import EmulatorServer
 from taskmanager.emulator.app import REALISTIC_COSTS
+from tests.bench.figures import spread
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -228,13 +230,6 @@ def measure(
     seconds = max(r.answered for r in done) - min(r.at for r in claims)
     calls = sum(1 for r in records if r.path == "/tasks/claim" or r.path.endswith("/complete"))
     return Run(pattern, seconds, calls / tasks, cpu, 1000 * percentile(busy_starts, 0.95))
-
-
-def spread(values: list[float], digits: int = 2) -> str:
-    return (
-        f"{statistics.median(values):.{digits}f} "
-        f"[{min(values):.{digits}f}-{max(values):.{digits}f}]"
-    )
 
 
 def main() -> int:

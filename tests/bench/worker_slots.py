@@ -15,7 +15,6 @@ of four slots to one measured in each round.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root
 
 from bridge import LocalQueue, Worker
 from bridge.storage.migrations import upgrade
+from tests.bench.figures import spread
 from tests.seed import seed_claimed_tasks
 
 
@@ -48,10 +48,6 @@ def drain(n: int, concurrency: int) -> tuple[float, float]:
     return 1000 * cpu / n, 1000 * wall / n
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("n", nargs="?", type=int, default=2000)
@@ -72,9 +68,9 @@ def main() -> None:
     for concurrency, rows in found.items():
         cpu = [row[0] for row in rows]
         wall = [row[1] for row in rows]
-        print(f"  {concurrency} slot(s): CPU {spread(cpu)}, wall {spread(wall)}")
+        print(f"  {concurrency} slot(s): CPU {spread(cpu, 3)}, wall {spread(wall, 3)}")
     ratio = [four[0] / one[0] for one, four in zip(found[1], found[4], strict=True)]
-    print(f"  CPU, 4 slots / 1 slot: {spread(ratio)}")
+    print(f"  CPU, 4 slots / 1 slot: {spread(ratio, 3)}")
 
 
 if __name__ == "__main__":

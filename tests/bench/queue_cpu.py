@@ -1,0 +1,114 @@
+"""CPU per item of the local queue's hot calls against their floors, on SQLite.
+
+``local_queue.py`` measures throughput; on a shared VM a throughput ratio moves with
+the disk's fsync time, which is the same for every queue. This script reports the
+CPU (user + system of this process) of:
+
+* ``enqueue_many`` in batches of 100 against litequeue's ``put`` in batches in one
+  ``transaction()``: both one synced commit a batch;
+* the worker loop (``complete_and_dequeue``) against the floor: our exact statements
+  on bare sqlite3 (``local_queue.floor_cycle_seeded``), one synced commit a task.
+
+Interleaved rounds in one run, median [spread]. To compare two commits, run it in
+each tree alternately (``PYTHONPATH=<tree> python3 tests/bench/queue_cpu.py``).
+
+    python3 tests/bench/queue_cpu.py --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bridge import LocalQueue
+from bridge.storage.migrations import upgrade
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.bench import local_queue
+from tests.bench.figures import spread
+
+BATCH = 100
+
+
+def ours_enqueue_many(folder: Path, items: int) -> float:
+    url = str(folder / "enqueue.db")
+    upgrade(url)
+    with LocalQueue(url) as queue:
+        queue.enqueue("warm", {"n": -1})
+        started = time.process_time()
+        for first in range(0, items, BATCH):
+            queue.enqueue_many(("bench", {"n": i}) for i in range(first, first + BATCH))
+        return (time.process_time() - started) / items
+
+
+def litequeue_put_batches(folder: Path, items: int) -> float:
+    queue = local_queue._litequeue(folder / "lq.db")
+    queue.put("warm")
+    started = time.process_time()
+    for first in range(0, items, BATCH):
+        with queue.transaction():
+            for i in range(first, first + BATCH):
+                queue.put(f'{{"n": {i}}}')
+    return (time.process_time() - started) / items
+
+
+def _seeded(folder: Path, tasks: int) -> str:
+    url = str(folder / "loop.db")
+    upgrade(url)
+    local_queue._seed_remote(url, tasks)
+    return url
+
+
+def ours_loop(folder: Path, tasks: int) -> float:
+    with LocalQueue(_seeded(folder, tasks)) as queue:
+        task = queue.dequeue()
+        started = time.process_time()
+        while task is not None:
+            task = queue.complete_and_dequeue(task, {"ok": True, "n": task.params["n"]})
+        return (time.process_time() - started) / tasks
+
+
+def floor_loop(folder: Path, tasks: int) -> float:
+    url = _seeded(folder, tasks)
+    started = time.process_time()
+    local_queue.floor_cycle_seeded(url, tasks)
+    return (time.process_time() - started) / tasks
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=5000, help="enqueued, per round")
+    parser.add_argument("--tasks", type=int, default=2000, help="worker-loop tasks, per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    cases: dict[str, tuple[Callable[[Path, int], float], int]] = {
+        "ours enqueue_many": (ours_enqueue_many, args.items),
+        "litequeue put, batched": (litequeue_put_batches, args.items),
+        "ours complete_and_dequeue": (ours_loop, args.tasks),
+        "floor: our statements on bare sqlite3": (floor_loop, args.tasks),
+    }
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
+    for round_ in range(args.rounds):
+        order = list(cases) if round_ % 2 == 0 else list(reversed(cases))
+        for name in order:
+            run, count = cases[name]
+            with tempfile.TemporaryDirectory() as folder:
+                cpu[name].append(run(Path(folder), count) * 1e6)
+    print(f"CPU us an item, median [spread] over {args.rounds} interleaved rounds:")
+    for name, values in cpu.items():
+        print(f"  {name:40s} {spread(values, 1)}")
+    for ours, base in (
+        ("ours enqueue_many", "litequeue put, batched"),
+        ("ours complete_and_dequeue", "floor: our statements on bare sqlite3"),
+    ):
+        ratios = [b / a for a, b in zip(cpu[ours], cpu[base], strict=True)]
+        print(f"  {base} / {ours} (>= 1.00: ours spends no more): {spread(ratios)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
