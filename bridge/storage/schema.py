@@ -95,11 +95,18 @@ def _sqlite_datetime_text(value: datetime | None) -> str | None:
 
 
 def _sqlite_datetime_value(value: str | None) -> datetime | None:
-    """The column's UTC text, read as an aware datetime (the offset is parsed with it,
-    ten times cheaper than ``replace(tzinfo=...)`` after)."""
+    """The column's UTC text, read as an aware datetime: the offset is parsed with it,
+    ten times cheaper than ``replace(tzinfo=...)`` after. Text another tool wrote (a
+    date alone, an offset of its own) is read as that instant, in UTC."""
     if value is None:
         return None
-    return datetime.fromisoformat(value + "+00:00")
+    try:
+        parsed = datetime.fromisoformat(value + "+00:00")
+    except ValueError:  # it has an offset already
+        parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:  # a date alone: the offset was not taken
+        return parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo is timezone.utc else parsed.astimezone(timezone.utc)
 
 
 class Base(DeclarativeBase):

@@ -41,16 +41,20 @@ def _new_tasks(ids: Sequence[int], items: Sequence[NewTask], now: datetime) -> l
     return tasks
 
 
-def _enqueue_values(item: NewTask, created: Any, texts: dict[int, str]) -> dict[str, Any]:
+def _enqueue_values(item: NewTask, created: Any, texts: dict[int, Any]) -> dict[str, Any]:
     """The row's values, every one in the driver's form: ``created`` is the batch's time
     converted once, and ``texts`` the metadata already encoded in this batch, by identity
-    (a batch's tasks usually share one metadata dict, encoded once for all of them)."""
+    (a batch's tasks usually share one metadata dict, encoded once for all of them); each
+    text is kept with its dict, so that no other dict can take the same id meanwhile."""
     task_type, params, priority, metadata = item
     meta: str | None = None
     if metadata is not None:
-        meta = texts.get(id(metadata))
-        if meta is None:
-            meta = texts[id(metadata)] = json_text(metadata)
+        known = texts.get(id(metadata))
+        if known is not None and known[0] is metadata:
+            meta = known[1]
+        else:
+            meta = json_text(metadata)
+            texts[id(metadata)] = (metadata, meta)
     return {
         "v_type": task_type,
         "v_params": json_text(params),
@@ -108,7 +112,7 @@ class WorkerQueries:
 
     def enqueue_many(self, items: Sequence[NewTask], now: datetime) -> list[LocalTask]:
         """Local-only tasks ``(type, params, priority, metadata)``, in ONE transaction."""
-        created, texts = self.sql.enqueue_rows.converted(now), dict[int, str]()
+        created, texts = self.sql.enqueue_rows.converted(now), dict[int, Any]()
         rows = [_enqueue_values(item, created, texts) for item in items]
         with self.db.hot_write() as conn:
             if len(rows) > 1 and not self.db.is_postgresql:

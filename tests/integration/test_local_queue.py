@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from bridge import DatabaseError, LocalQueue, TaskNotHeldError, ValidationError
+from bridge.storage.task_queue import _enqueue_values
 from taskmanager import ClaimedTask, dedupe_key
 
 from .conftest import Clock
@@ -669,6 +670,16 @@ def test_a_batch_with_metadata_of_its_own_per_task_stores_each_one(queue: LocalQ
     added = queue.store.enqueue_many(items, clock.now)
     assert [t.metadata for t in added] == [shared, own, shared, {}]
     assert [queue.get(t.id) for t in added] == added
+
+
+def test_metadata_encoded_once_a_batch_is_never_taken_for_another_dict():
+    """The batch's encoded metadata is found by the dict's identity: a dict freed
+    meanwhile must not lend its id (and its text) to the next one."""
+    texts: dict[int, Any] = {}
+    written = [
+        _enqueue_values(("t", {}, 0, {"n": n}), "now", texts)["v_metadata"] for n in range(6)
+    ]
+    assert written == [f'{{"n": {n}}}' for n in range(6)]
 
 
 def test_a_task_is_a_frozen_value_that_pickles_and_copies(queue: LocalQueue):

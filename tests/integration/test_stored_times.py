@@ -98,3 +98,32 @@ def test_times_converted_from_many_threads_at_once_each_get_their_own_text() -> 
     for thread in threads:
         thread.join()
     assert wrong == []
+
+
+@pytest.mark.parametrize(
+    ("text", "instant"),
+    [
+        ("2026-01-02 03:04:05.000006", datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)),
+        ("2026-01-02 03:04:05", datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)),
+        ("2026-01-02 05:04:05+02:00", datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)),
+        ("2026-01-02 03:04:05.5+00:00", datetime(2026, 1, 2, 3, 4, 5, 500000, tzinfo=timezone.utc)),
+        ("2026-01-02", datetime(2026, 1, 2, tzinfo=timezone.utc)),
+    ],
+)
+def test_times_another_tool_wrote_read_as_their_instant_in_utc(
+    tmp_path, clock: Clock, text: str, instant: datetime
+) -> None:
+    """SQLite keeps text: a row changed by hand or by another program may carry an
+    offset of its own, or a date alone."""
+    from bridge.storage.migrations import upgrade
+
+    url = str(tmp_path / "q.db")
+    upgrade(url)
+    with LocalQueue(url, clock=clock) as queue:
+        task = queue.enqueue("t", {})
+        with queue.store.engine.connect() as conn:
+            conn.exec_driver_sql("UPDATE tasks SET created_at = ? WHERE id = ?", (text, task.id))
+            conn.commit()
+        read = queue.get(task.id)
+    assert read is not None
+    assert read.created_at == instant and read.created_at.tzinfo is timezone.utc

@@ -10,6 +10,7 @@ import enum
 import functools
 import json
 import json.encoder
+import sys
 import uuid
 from pathlib import PurePosixPath
 from typing import Any
@@ -156,3 +157,26 @@ def test_without_the_c_encoder_the_json_writer_is_json_dumps(monkeypatch: pytest
     write = json_writer(compact=True)
     assert isinstance(write, functools.partial) and write.func is json.dumps
     assert write({"a": [1, "é"]}) == '{"a":[1,"\\u00e9"]}'
+
+
+def test_values_nested_as_deep_as_the_server_reads_are_encoded():
+    """The server's PHP decoder reads 512 levels; the walk takes a frame a level of dicts."""
+    nested: dict[str, Any] = {}
+    for _ in range(600):
+        nested = {"a": nested}
+    assert to_json(nested, "results") == nested
+
+
+def test_a_cycle_is_refused_even_when_the_recursion_limit_is_raised():
+    """Each thread's encoder keeps json.dumps' cycle marks: a raised recursion limit
+    must not let a cycle run the C stack out (a crash, not an error)."""
+    cycle: dict[str, Any] = {}
+    cycle["self"] = cycle
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        with pytest.raises(ValueError, match="Circular reference"):
+            json_writer()(cycle)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert json_writer()({"after": [1]}) == '{"after": [1]}'
