@@ -27,11 +27,18 @@ Write = Callable[[Connection], Any]
 Take = tuple["Sequence[str] | None", float, float]
 
 
+# Every field of a task just enqueued that does not come from its caller.
+_NEW_TASK: dict[str, Any] = {
+    **dict.fromkeys(LocalTask.__dataclass_fields__),
+    "status": "queued",
+    "attempts": 0,
+    "progress": 0,
+}
+
+
 def _new_tasks(ids: Sequence[int], items: Sequence[NewTask], now: datetime) -> list[LocalTask]:
     """The tasks just inserted, from what was given (their rows hold nothing else)."""
-    unset = dict.fromkeys(LocalTask.__dataclass_fields__)
-    common = {**unset, "status": "queued", "attempts": 0, "progress": 0}
-    common["created_at"] = now.astimezone(timezone.utc)
+    common = {**_NEW_TASK, "created_at": now.astimezone(timezone.utc)}
     tasks = []
     for task_id, (task_type, params, priority, metadata) in zip(ids, items, strict=True):
         fields = common.copy()
