@@ -6,6 +6,9 @@ Its behaviour on the wire (every server quirk, TLS, closing, idle connections) i
 
 from __future__ import annotations
 
+import http.client
+from typing import Any
+
 import pytest
 import requests
 
@@ -45,3 +48,75 @@ def test_the_path_of_api_url_goes_percent_encoded_and_the_rest_as_built():
 def test_a_request_shows_no_key_in_its_repr():
     send = Send("POST", "https://tm.example/api/tasks", b"{}", None, {"X-API-Key": "s3cret"})
     assert "s3cret" not in repr(send) and "s3cret" not in str(send)
+
+
+class _Recorder:
+    """A socket that keeps what ``http.client`` writes to it."""
+
+    def __init__(self) -> None:
+        self.sent = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+
+def written_by_http_client(
+    api_url: str, method: str, target: str, headers: dict[str, str], body: bytes | None
+) -> bytes:
+    where = origin(api_url)
+    connection: Any = (http.client.HTTPSConnection if where.https else http.client.HTTPConnection)(
+        where.host, where.port
+    )
+    connection.sock = _Recorder()
+    if where.auth is not None:
+        headers = {**headers, "Authorization": where.auth}
+    connection.request(method, target, body=body, headers=headers)
+    return connection.sock.sent  # type: ignore[no-any-return]
+
+
+HEADERS = {"Accept": "application/json", "User-Agent": "t/1", "X-API-Key": "k"}
+
+
+@pytest.mark.parametrize(
+    ("api_url", "method", "body"),
+    [
+        ("http://127.0.0.1:8080/api", "POST", b'{"worker_id": "w"}'),
+        ("http://127.0.0.1:8080/api", "GET", None),
+        ("http://127.0.0.1:8080/api", "POST", None),  # Content-Length: 0, as http.client
+        ("http://127.0.0.1:8080/api", "DELETE", None),
+        ("https://tm.example/api", "PUT", b"{}"),  # the default port goes unnamed
+        ("https://tm.example:8443/api", "PATCH", b"{}"),
+        ("http://[::1]:8080/api", "GET", None),  # an IPv6 host in brackets
+        ("https://user:pa%20ss@tm.example/api", "POST", b"{}"),  # the login as Basic auth
+    ],
+)
+def test_the_head_is_what_http_client_writes(api_url: str, method: str, body: bytes | None):
+    """The head is built here (once per header set) instead of by ``request``: the bytes
+    on the wire stay those of ``http.client``, line for line and in its order."""
+    where = origin(api_url)
+    target = where.path + "/tasks/claim?n=1"
+    ours = where.head(method, target, HEADERS, body)
+    assert ours + (body or b"") == written_by_http_client(api_url, method, target, HEADERS, body)
+    again = where.head(method, target, HEADERS, body)  # the cached lines
+    assert again == ours
+
+
+@pytest.mark.parametrize("target", ["/api/task types", "/api/x\r\nHost: evil", "/api/\x7f"])
+def test_a_target_http_client_refuses_is_refused(target: str):
+    with pytest.raises(http.client.InvalidURL):
+        origin("http://127.0.0.1:8080/api").head("GET", target, HEADERS, None)
+    with pytest.raises(http.client.InvalidURL):
+        written_by_http_client("http://127.0.0.1:8080/api", "GET", target, HEADERS, None)
+
+
+def test_a_header_that_would_split_its_line_is_refused_without_its_value():
+    """http.client's own message shows the value: for the key, that would be a leak."""
+    bad = {**HEADERS, "X-API-Key": "s3cret\r\nX-Evil: 1"}
+    with pytest.raises(ValueError, match="X-API-Key") as refused:
+        origin("http://127.0.0.1:8080/api").head("GET", "/api/health", bad, None)
+    assert "s3cret" not in str(refused.value)
+
+
+def test_a_target_that_is_not_ascii_is_refused_as_http_client_refuses_it():
+    with pytest.raises(UnicodeEncodeError):
+        origin("http://127.0.0.1:8080/api").head("GET", "/api/task-types/ä", HEADERS, None)
