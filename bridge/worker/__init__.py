@@ -2,8 +2,9 @@
 
 ``service.Worker`` is the whole worker; ``core.WorkerCore`` decides how each task
 ends; ``threads`` and ``asyncio_engine`` are the two ways of running handlers (the
-latter with ``handler_loop``); ``thread_runner`` and ``process_pool`` run one call;
-``handlers``, ``retry`` and ``heartbeats`` are what every engine shares.
+latter with ``handler_loop``); ``time_limits`` keeps the thread engine's limits;
+``process_pool`` runs one call in a handler process and ``outcome`` says what a
+call came to; ``handlers``, ``retry`` and ``heartbeats`` are what every engine shares.
 """
 
 from .asyncio_engine import AsyncTaskContext

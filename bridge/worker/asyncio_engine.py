@@ -42,7 +42,7 @@ from ..storage import GaveUp, SchemaGone
 from .core import MIN_POLL_SECONDS, WorkerCore, next_idle_wait
 from .handler_loop import HandlerLoop, HandlerRun
 from .handlers import Handlers, TaskContext, awaitable_refusal, with_writes
-from .thread_runner import Ran, run_call
+from .outcome import Ran, run_call
 
 logger = logging.getLogger("bridge.worker")
 

@@ -27,8 +27,8 @@ from ..queue import LocalQueue
 from ..storage import ChangeWatch, GaveUp, Patience, Write
 from .handlers import TaskPolicy, awaitable_refusal
 from .heartbeats import Heartbeats
+from .outcome import Ran
 from .process_pool import HandlerError, ResultRefused
-from .thread_runner import Ran
 
 logger = logging.getLogger("bridge.worker")
 T = TypeVar("T")

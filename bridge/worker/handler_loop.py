@@ -31,7 +31,7 @@ from typing import Any
 from ..logs import task_fields
 from ..models import LocalTask
 from .loop_stalls import LoopStalls
-from .thread_runner import Ran
+from .outcome import Ran
 
 logger = logging.getLogger("bridge.worker")
 

@@ -20,8 +20,8 @@ from typing import Any
 from ..errors import BridgeError, ValidationError
 from ..models import LocalTask
 from ..queue import LocalQueue
+from .outcome import Ran
 from .retry import RetryPolicy
-from .thread_runner import Ran
 
 Handler = Callable[..., Any]
 

@@ -44,7 +44,7 @@ from ..errors import BridgeError, ValidationError
 from ..models import LocalTask
 from ..payloads import traceback_text
 from .handlers import BoundWrite, Handler
-from .thread_runner import Ran
+from .outcome import Ran
 
 Progress = Callable[[int, "str | None"], None]
 PR_SET_PDEATHSIG = 1

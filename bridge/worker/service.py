@@ -206,6 +206,8 @@ class Worker:
         self.core.hand_back_running()
         for thread in threads:
             thread.join(JOIN_SLICE_SECONDS)  # a slot stuck in a handler is left behind
+        if isinstance(self.engine, ThreadEngine):
+            self.engine.close()
 
     def _wait(self, threads: list[threading.Thread], until: float | None) -> None:
         """Join in slices (so signal handlers run), logging a summary now and then; ``until``

@@ -1,6 +1,6 @@
 """The thread engine: ``concurrency`` slots, each a thread that takes a task, runs its
-handler (inline, on a helper thread under a time limit, or in a handler process of
-its own with ``--pool process``) and hands the outcome to the ``WorkerCore``.
+handler (on its own thread, a ``Watchman`` keeping the time limit; or in a handler
+process of its own with ``--pool process``) and hands the outcome to the ``WorkerCore``.
 
 Finishing a task and taking the next happen in one transaction; an idle slot looks
 again as soon as another process commits (SQLite), else backing off to
@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from ..errors import DatabaseError, TaskNotHeldError
 from ..models import LocalTask
 from ..storage import GaveUp, SchemaGone
 from .core import MIN_POLL_SECONDS, WorkerCore, next_idle_wait
 from .handlers import Handlers, TaskContext, with_writes
+from .outcome import Ran, run_call
 from .process_pool import PoolOptions, ProcessRunner
-from .thread_runner import Ran, ThreadRunner
+from .time_limits import Overrun, Watchman
 
 logger = logging.getLogger("bridge.worker")
 
-Runner = ThreadRunner | ProcessRunner
+
+class _TakenOver(Exception):
+    """The slot's call passed its time limit and the slot went on on a new thread: this
+    one ends with the handler, touching neither the task nor the slot."""
 
 
 class ThreadEngine:
@@ -43,12 +48,26 @@ class ThreadEngine:
         self.poll_seconds = poll_seconds
         self.pool = pool
         self.pool_options = pool_options
+        self.watchman = Watchman(self._take_over)
+        self._threads: list[threading.Thread] = []
 
     def threads(self) -> list[threading.Thread]:
-        return [
-            threading.Thread(target=self._loop, args=(i,), daemon=True, name=f"bridge-worker-{i}")
-            for i in range(self.concurrency)
-        ]
+        """The slots' threads. The list stays the slots' current threads: a slot whose
+        handler passed its time limit has its new thread put in the old one's place."""
+        self._threads[:] = [self._thread(i, self._loop, i) for i in range(self.concurrency)]
+        return self._threads
+
+    def close(self) -> None:
+        self.watchman.close()
+
+    @staticmethod
+    def _thread(slot: int, target: object, *args: object) -> threading.Thread:
+        return threading.Thread(
+            target=target,  # type: ignore[arg-type]
+            args=args,
+            daemon=True,
+            name=f"bridge-worker-{slot}",
+        )
 
     # -- one slot -----------------------------------------------------------------------------
     def _loop(self, slot: int) -> None:
@@ -58,7 +77,7 @@ class ThreadEngine:
             while not core.stopping.is_set():
                 try:
                     self._serve(slot, runner)
-                except GaveUp:
+                except (GaveUp, _TakenOver):
                     return
                 except SchemaGone as exc:
                     core.stop_fatally(f"the queue database changed under the worker: {exc}")
@@ -68,18 +87,41 @@ class ThreadEngine:
                     logger.exception("worker thread %d: unexpected error; carrying on", slot)
                     core.stopping.wait(1.0)
         finally:
-            runner.close()
+            if runner is not None:
+                runner.close()
 
-    def _runner(self, slot: int) -> Runner:
+    def _runner(self, slot: int) -> ProcessRunner | None:
+        """A handler process for the slot with ``--pool process``; None: the slot's own
+        thread runs its handlers."""
         if self.pool == "thread":
-            return ThreadRunner(f"bridge-worker-{slot}")
+            return None
         handlers = {
             name: (h, self.handlers.wants_context[name])
             for name, h in self.handlers.by_type.items()
         }
         return ProcessRunner(f"bridge-handler-{slot}", handlers, self.pool_options)
 
-    def _serve(self, slot: int, runner: Runner) -> None:
+    def _take_over(self, call: Overrun) -> None:
+        """The watchman's: ``call`` passed its limit. A new thread fails its task and then
+        serves the slot; the old one is left with the handler."""
+        thread = self._thread(call.slot, self._after_overrun, call)
+        thread.start()
+        self._threads[call.slot] = thread
+        assert call.replaced is not None
+        call.replaced.set()
+
+    def _after_overrun(self, call: Overrun) -> None:
+        try:
+            self._outcome(call.slot, call.task, Ran("timeout"), call.limit, call.started)
+        except (GaveUp, SchemaGone) as exc:
+            if isinstance(exc, SchemaGone):
+                self.core.stop_fatally(f"the queue database changed under the worker: {exc}")
+            return
+        except Exception:
+            logger.exception("worker thread %d: unexpected error; carrying on", call.slot)
+        self._loop(call.slot)
+
+    def _serve(self, slot: int, runner: ProcessRunner | None) -> None:
         core = self.core
         locked_by = f"{core.queue.locked_by}-{slot}"
         task: LocalTask | None = None
@@ -116,14 +158,28 @@ class ThreadEngine:
             return True  # let the dequeue meet the trouble, with its patience and its words
 
     # -- one task -------------------------------------------------------------------------------
-    def _work(self, slot: int, task: LocalTask, runner: Runner) -> LocalTask | None:
+    def _work(self, slot: int, task: LocalTask, runner: ProcessRunner | None) -> LocalTask | None:
         """Run ``task``; the next task when one came with its result."""
         core = self.core
         started = core.clock()
         limit = core.time_limit(task)
         core.begin(slot, task)
         try:
-            ran = self._call(task, runner, limit)
+            ran = self._call(slot, task, runner, limit, started)
+        except BaseException:
+            core.end(slot)
+            core.release(task)
+            raise
+        if ran is None:
+            raise _TakenOver
+        return self._outcome(slot, task, ran, limit, started)
+
+    def _outcome(
+        self, slot: int, task: LocalTask, ran: Ran, limit: float | None, started: float
+    ) -> LocalTask | None:
+        """Store what the handler came to; the next task when one came with its result."""
+        core = self.core
+        try:
             if not core.end(slot):
                 return None  # handed back by the stopping worker meanwhile
             if ran.kind == "ok":
@@ -138,13 +194,33 @@ class ThreadEngine:
             core.end(slot)
             core.release(task)
 
-    def _call(self, task: LocalTask, runner: Runner, limit: float | None) -> Ran:
+    def _call(
+        self,
+        slot: int,
+        task: LocalTask,
+        runner: ProcessRunner | None,
+        limit: float | None,
+        started: float,
+    ) -> Ran | None:
+        """The handler's outcome; None when it passed its limit on this thread and the
+        slot went on without it."""
         queue = self.core.queue
-        if isinstance(runner, ProcessRunner):
+        if runner is not None:
             key = queue.idempotency_key(task) if self.handlers.wants_context[task.type] else ""
             return runner.run_task(task, limit, lambda p, m: queue.progress(task, p, m), key)
         handler = self.handlers[task.type]
-        if self.handlers.wants_context[task.type]:
-            context = TaskContext(task, queue)
-            return with_writes(runner.run(lambda: handler(task.params, context), limit), context)
-        return runner.run(lambda: handler(task.params), limit)
+        context = TaskContext(task, queue) if self.handlers.wants_context[task.type] else None
+        if limit is None:
+            return self._run_handler(handler, task, context)
+        if limit <= 0:
+            return Ran("timeout")  # the lease is already spent: the handler never starts
+        call = Overrun(slot, limit, task, started)
+        self.watchman.watch(call)
+        ran = self._run_handler(handler, task, context)
+        return ran if self.watchman.returned(call) else None
+
+    @staticmethod
+    def _run_handler(handler: Any, task: LocalTask, context: TaskContext | None) -> Ran:
+        if context is None:
+            return run_call(lambda: handler(task.params))
+        return with_writes(run_call(lambda: handler(task.params, context)), context)

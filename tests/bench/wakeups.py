@@ -5,8 +5,10 @@
 1. CPU per timed wait of 5 ms: ``time.sleep``, a bare lock's ``acquire(timeout=)``,
    ``Event.wait`` (a condition and a lock made for each wait). On a small VM each
    is tens of microseconds or more of CPU, more than the read the watch wakes for.
-2. A handler call handed to a slot's helper thread and back (``ThreadRunner.run``
-   under a time limit: every remote task, its lease being its limit): CPU a call.
+2. A handler call under a time limit (every remote task, its lease being its limit),
+   run as the thread engine runs it: on the slot's own thread, its deadline kept by
+   the ``Watchman`` (until 2026-12-07 it was handed to a helper thread and back,
+   33 us; ``docs/BENCHMARKS.md``): CPU a call.
 3. The change watch (``bridge.storage.changes``) while another connection commits
    every 4 ms: its thread's CPU and voluntary context switches a second, read from
    /proc: with a listener, looking every 5 ms (``listener``) and every 20 ms (``daemon``,
@@ -29,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root
 
 from bridge.storage.changes import ChangeWatch
 from bridge.storage.engine import open_engine
-from bridge.worker.thread_runner import ThreadRunner
+from bridge.worker.outcome import run_call
+from bridge.worker.time_limits import Overrun, Watchman
 
 
 def cpu_per_wait(wait: Callable[[], object], count: int = 400) -> float:
@@ -106,14 +109,17 @@ def main() -> None:
         ("Event.wait", lambda: event.wait(0.005)),
     ):
         print(f"  {name:22} {cpu_per_wait(wait):6.1f}")
-    runner = ThreadRunner("bench")
+    watchman = Watchman(lambda call: None)
     calls = 20_000
     started = time.process_time()
     for _ in range(calls):
-        runner.run(lambda: None, 300.0)
-    runner.close()
+        call = Overrun(0, 300.0, None, 0.0)
+        watchman.watch(call)
+        run_call(lambda: None)
+        watchman.returned(call)
+    watchman.close()
     per_call = 1e6 * (time.process_time() - started) / calls
-    print(f"a handler call on the slot's helper and back: {per_call:.1f} us of CPU")
+    print(f"a handler call under a time limit (the watchman's part): {per_call:.1f} us of CPU")
     print("change watch thread, commits every 4 ms (CPU ms a second, switches a second):")
     for mode in ("listener", "daemon", "waiter", "nobody"):
         cpu, switches = watch_cost(mode, args.seconds)
