@@ -26,6 +26,7 @@ import re
 import select
 import socket
 import ssl
+import sys
 import threading
 import time
 import zlib
@@ -49,6 +50,7 @@ POOL_SIZE = 32  # idle connections kept, as the requests transport keeps
 MAX_LINE = 65536  # a status or header line longer than this is refused, as http.client does
 MAX_HEADERS = 100
 # What http.client refuses in a request, refused here with the same exception types.
+_NOT_IN_METHOD = re.compile("[\x00-\x1f]")
 _NOT_IN_TARGET = re.compile("[\x00-\x20\x7f]")
 _HEADER_NAME = re.compile(rb"[^:\s][^:\r\n]*")
 _NOT_IN_HEADER_VALUE = re.compile(rb"\n(?![ \t])|\r(?![ \t\n])")
@@ -185,7 +187,8 @@ class Origin:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         self.tls: ssl.SSLContext | None = context if isinstance(context, ssl.SSLContext) else None
-        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
+        # An IPv6 address in brackets, without its zone (``%eth0``), as http.client writes it.
+        host = f"[{self.host.partition('%')[0]}]" if ":" in self.host else self.host
         if self.port != (443 if self.https else 80):
             host = f"{host}:{self.port}"
         self._host_lines = f"Host: {host}\r\nAccept-Encoding: identity\r\n".encode("ascii")
@@ -201,13 +204,20 @@ class Origin:
         (``ValueError``). Why not ``request``: it checks and encodes each line in a
         call of its own, 23 us a request against 3 here, twice a task on the daemon's
         paths; the lines of one set of headers are checked and encoded once."""
+        bad_method = _NOT_IN_METHOD.search(method)
+        if bad_method:
+            raise ValueError(
+                f"method can't contain control characters. {method!r} "
+                f"(found at least {bad_method.group()!r})"
+            )
         found = _NOT_IN_TARGET.search(target)
         if found:
             raise http.client.InvalidURL(
                 f"URL can't contain control characters. {target!r} "
                 f"(found at least {found.group()!r})"
             )
-        length = len(body) if body is not None else (0 if method in _BODY_METHODS else None)
+        bodiless = 0 if method.upper() in _BODY_METHODS else None
+        length = len(body) if body is not None else bodiless
         sized = b"" if length is None else b"Content-Length: %d\r\n" % length
         key = tuple(headers.items())
         lines = self._header_lines.get(key)
@@ -406,8 +416,10 @@ def _exchange(
     sock = connection.sock
     if sock is None:
         raise http.client.NotConnected()
+    data = head + body if body else head
+    sys.audit("http.client.send", connection, data)  # as http.client's own send
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        sock.sendall(head + body if body else head)
+        sock.sendall(data)
     response = Response(sock, method=method)
     try:
         response.begin()

@@ -112,7 +112,7 @@ def _add_worker(commands: Subparsers) -> None:
     )
     worker.add_argument(
         "--time-limit",
-        type=float,
+        type=_seconds(0),
         default=None,
         help="seconds a handler may run (default: what is left of the remote lease, less "
         "lease_margin_seconds; none for local-only tasks)",

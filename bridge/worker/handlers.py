@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BridgeError, ValidationError
+from ..errors import BridgeConfigError, BridgeError, ValidationError
 from ..models import LocalTask
 from ..queue import LocalQueue
 from .outcome import Ran
@@ -138,6 +139,14 @@ class TaskPolicy:
 
     time_limit: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        limit = self.time_limit
+        if limit is not None and (isinstance(limit, bool) or not 0 <= limit < math.inf):
+            raise BridgeConfigError(
+                f"time_limit must be a finite number of seconds >= 0 (None: the remote "
+                f"lease less the margin), got {limit!r}"
+            )
 
 
 def wants_context(handler: Handler) -> bool:

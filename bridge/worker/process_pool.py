@@ -45,6 +45,7 @@ from ..models import LocalTask
 from ..payloads import traceback_text
 from .handlers import BoundWrite, Handler
 from .outcome import Ran
+from .time_limits import LONGEST_WAIT_SECONDS
 
 Progress = Callable[[int, "str | None"], None]
 PR_SET_PDEATHSIG = 1
@@ -260,7 +261,9 @@ class ProcessRunner:
         deadline = None if limit is None else time.monotonic() + limit
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not conn.poll(left):
+            if not conn.poll(None if left is None else min(left, LONGEST_WAIT_SECONDS)):
+                if deadline is not None and time.monotonic() < deadline:
+                    continue  # a very long limit is waited for in slices
                 self._replace()
                 return Ran("timeout")
             try:

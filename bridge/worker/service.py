@@ -197,17 +197,19 @@ class Worker:
 
     def _run_engine(self) -> None:
         threads = self.engine.threads()
-        for thread in threads:
-            thread.start()
-        self._wait(threads, until=None)
-        deadline = self.clock() + self.grace_seconds
-        self._wait(threads, until=deadline)
-        self.core.abandoned.set()
-        self.core.hand_back_running()
-        for thread in threads:
-            thread.join(JOIN_SLICE_SECONDS)  # a slot stuck in a handler is left behind
-        if isinstance(self.engine, ThreadEngine):
-            self.engine.close()
+        try:
+            for thread in threads:
+                thread.start()
+            self._wait(threads, until=None)
+            deadline = self.clock() + self.grace_seconds
+            self._wait(threads, until=deadline)
+            self.core.abandoned.set()
+            self.core.hand_back_running()
+            for thread in threads:
+                thread.join(JOIN_SLICE_SECONDS)  # a slot stuck in a handler is left behind
+        finally:
+            if isinstance(self.engine, ThreadEngine):
+                self.engine.close()
 
     def _wait(self, threads: list[threading.Thread], until: float | None) -> None:
         """Join in slices (so signal handlers run), logging a summary now and then; ``until``
@@ -218,7 +220,9 @@ class Worker:
                 return
             if until is not None and self.clock() >= until:
                 return
-            next(t for t in threads if t.is_alive()).join(JOIN_SLICE_SECONDS)
+            alive = next((t for t in threads if t.is_alive()), None)
+            if alive is not None:  # else all ended since the look above
+                alive.join(JOIN_SLICE_SECONDS)
             now = self.clock()
             if now - last >= self.summary_seconds:
                 self._summary(seen, now - last)

@@ -103,23 +103,40 @@ class ThreadEngine:
 
     def _take_over(self, call: Overrun) -> None:
         """The watchman's: ``call`` passed its limit. A new thread fails its task and then
-        serves the slot; the old one is left with the handler."""
-        thread = self._thread(call.slot, self._after_overrun, call)
-        thread.start()
+        serves the slot; the old one is left with the handler. Without a new thread (a
+        process at its limit of threads) the task is failed here, and the old thread
+        serves the slot again once its handler returns."""
+        try:
+            thread = self._thread(call.slot, self._after_overrun, call)
+            thread.start()
+        except Exception:  # RuntimeError: can't start new thread
+            logger.exception(
+                "worker thread %d: no new thread for the slot past its time limit; its task "
+                "is failed now and the slot goes on when the handler returns",
+                call.slot,
+            )
+            self._settle_overrun(call)
+            return  # the watchman sets ``replaced``
         self._threads[call.slot] = thread
-        assert call.replaced is not None
-        call.replaced.set()
+        call.successor = True
 
     def _after_overrun(self, call: Overrun) -> None:
+        if self._settle_overrun(call):
+            self._loop(call.slot)
+
+    def _settle_overrun(self, call: Overrun) -> bool:
+        """Fail ``call``'s task as timed out; False when the slot must stop (the worker
+        gave up on the database, or its schema is gone)."""
         try:
             self._outcome(call.slot, call.task, Ran("timeout"), call.limit, call.started)
-        except (GaveUp, SchemaGone) as exc:
-            if isinstance(exc, SchemaGone):
-                self.core.stop_fatally(f"the queue database changed under the worker: {exc}")
-            return
+        except GaveUp:
+            return False
+        except SchemaGone as exc:
+            self.core.stop_fatally(f"the queue database changed under the worker: {exc}")
+            return False
         except Exception:
             logger.exception("worker thread %d: unexpected error; carrying on", call.slot)
-        self._loop(call.slot)
+        return True
 
     def _serve(self, slot: int, runner: ProcessRunner | None) -> None:
         core = self.core
@@ -170,8 +187,10 @@ class ThreadEngine:
             core.end(slot)
             core.release(task)
             raise
-        if ran is None:
-            raise _TakenOver
+        if isinstance(ran, Overrun):  # past its limit: the task is failed without this thread
+            if ran.successor:
+                raise _TakenOver
+            return None  # no thread could take the slot over: this one serves it again
         return self._outcome(slot, task, ran, limit, started)
 
     def _outcome(
@@ -201,9 +220,9 @@ class ThreadEngine:
         runner: ProcessRunner | None,
         limit: float | None,
         started: float,
-    ) -> Ran | None:
-        """The handler's outcome; None when it passed its limit on this thread and the
-        slot went on without it."""
+    ) -> Ran | Overrun:
+        """The handler's outcome; its ``Overrun`` when it passed its limit and the
+        watchman settled the task without this thread."""
         queue = self.core.queue
         if runner is not None:
             key = queue.idempotency_key(task) if self.handlers.wants_context[task.type] else ""
@@ -217,7 +236,7 @@ class ThreadEngine:
         call = Overrun(slot, limit, task, started)
         self.watchman.watch(call)
         ran = self._run_handler(handler, task, context)
-        return ran if self.watchman.returned(call) else None
+        return ran if self.watchman.returned(call) else call
 
     @staticmethod
     def _run_handler(handler: Any, task: LocalTask, context: TaskContext | None) -> Ran:

@@ -20,21 +20,25 @@ holds, until the process exits, as before: ``--pool process`` really stops it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-# With no call under way the watchman still sleeps only this long: a call starting
+logger = logging.getLogger("bridge.worker")
+
+# The watchman looks at least this often. With no call under way, a call starting
 # later than that never wakes it (a limit is mostly what is left of a remote lease,
-# minutes), so a worker whose slots go idle between tasks does not wake it per task.
-IDLE_LOOK_SECONDS = 60.0
+# minutes), so a worker whose slots go idle between tasks does not wake it per task;
+# and no wait is longer than the platform's timeouts can take (a limit of 1e10 s).
+LONGEST_WAIT_SECONDS = 60.0
 
 
 class Overrun:
     """One call under a time limit: its slot's, until the watchman takes it away."""
 
-    __slots__ = ("deadline", "limit", "replaced", "slot", "started", "task")
+    __slots__ = ("deadline", "limit", "replaced", "slot", "started", "successor", "task")
 
     def __init__(self, slot: int, limit: float, task: Any, started: float) -> None:
         self.slot = slot
@@ -42,9 +46,13 @@ class Overrun:
         self.limit = limit
         self.task = task
         self.started = started  # the worker's clock, for the failure's message
-        # Set once a new thread serves the slot: the old one ends only then, so that the
-        # worker never sees a slot without a live thread.
+        # Set once the call is settled without its thread: a new thread serves the slot
+        # (``successor``), and the old one ends only then, so that the worker never
+        # sees a slot without a live thread; or no thread could be started, the task
+        # was failed all the same, and the old one serves the slot again when its
+        # handler returns.
         self.replaced: threading.Event | None = None
+        self.successor = False
 
 
 class Watchman:
@@ -65,20 +73,19 @@ class Watchman:
     def watch(self, call: Overrun) -> None:
         """``call`` starts on its slot's thread."""
         with self._lock:
+            if self._thread is None:  # set once started: a failed start is tried again
+                thread = threading.Thread(target=self._run, daemon=True, name="bridge-time-limits")
+                thread.start()
+                self._thread = thread
             self._calls[call.slot] = call
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, daemon=True, name="bridge-time-limits"
-                )
-                self._thread.start()
             if self._wake_at is None or call.deadline < self._wake_at:
                 self._wake_at = call.deadline
                 self._lock.notify()
 
     def returned(self, call: Overrun) -> bool:
         """``call`` returned on its slot's thread: True when its outcome is still the
-        slot's; False when the watchman took it away, once the slot has a new thread
-        (the caller's thread then ends)."""
+        slot's; False when the watchman took it away, once that is settled (see
+        ``replaced``)."""
         with self._lock:
             replaced = call.replaced
             if replaced is None and self._calls.get(call.slot) is call:
@@ -106,8 +113,15 @@ class Watchman:
                     del self._calls[call.slot]
                 if not overdue:
                     deadlines = [call.deadline for call in self._calls.values()]
-                    self._wake_at = min(deadlines, default=now + IDLE_LOOK_SECONDS)
+                    look_again = now + LONGEST_WAIT_SECONDS
+                    self._wake_at = min(min(deadlines, default=look_again), look_again)
                     self._lock.wait(self._wake_at - now)
                     continue
             for call in overdue:
-                self._on_overrun(call)
+                try:
+                    self._on_overrun(call)
+                except Exception:  # the watchman must outlive it: other limits depend on it
+                    logger.exception("time limits: the overrun of slot %d failed", call.slot)
+                finally:
+                    assert call.replaced is not None
+                    call.replaced.set()  # never leave the old thread waiting

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bridge import LocalQueue, TaskPolicy, Worker
+from bridge import BridgeConfigError, LocalQueue, TaskPolicy, Worker
 from bridge.worker.time_limits import Overrun, Watchman
 
 from .conftest import Clock
@@ -169,3 +169,93 @@ def test_a_hung_slot_per_overrun_and_the_rest_keep_their_threads(
         assert not runner.is_alive() and time.monotonic() - started < 2.0
     finally:
         hang.set()
+
+
+def test_a_limit_longer_than_the_platform_can_wait_still_leaves_the_others_kept(
+    queue: LocalQueue,
+):
+    """A deadline centuries away is waited for in slices: the watchman (every limit's
+    keeper) must not die of it, and the next short limit is still kept."""
+    release = threading.Event()
+
+    def handler(params: dict[str, Any]) -> None:
+        if params["slow"]:
+            release.wait(30)
+        else:
+            time.sleep(0.3)
+
+    big = queue.enqueue("big", {"slow": False})
+    small = queue.enqueue("small", {"slow": True})
+    policies = {"big": TaskPolicy(time_limit=1e10), "small": TaskPolicy(time_limit=0.3)}
+    worker = Worker(queue, {"big": handler, "small": handler}, poll_seconds=0.01, policies=policies)
+    runner = run_in_background(worker)
+    try:
+        assert wait_for(lambda: queue.get(small.id).status == "failed", 5.0)
+        assert queue.get(big.id).status == "done"
+        assert worker.engine.watchman._thread.is_alive()  # type: ignore[union-attr]
+    finally:
+        release.set()
+        worker.stop()
+        runner.join(10)
+
+
+@pytest.mark.parametrize("limit", [float("inf"), float("nan"), -1.0, True])
+def test_a_limit_that_is_not_a_finite_number_of_seconds_is_refused(limit: float):
+    with pytest.raises(BridgeConfigError, match="time_limit must be a finite number"):
+        TaskPolicy(time_limit=limit)
+
+
+def test_without_a_thread_to_take_the_slot_over_the_task_is_failed_all_the_same(
+    queue: LocalQueue,
+):
+    """A process at its limit of threads: the watchman fails the task itself, and the
+    old thread serves the slot again once its handler returns; later limits hold."""
+    release = threading.Event()
+    ran: list[str] = []
+
+    def handler(params: dict[str, Any]) -> dict[str, Any]:
+        ran.append(params["name"])
+        if params["name"] == "slow":
+            release.wait(30)
+            return {"late": True}
+        if params["name"] == "slow-again":
+            time.sleep(1.0)
+        return {"name": params["name"]}
+
+    slow = queue.enqueue("t", {"name": "slow"})
+    worker = Worker(
+        queue, {"t": handler}, poll_seconds=0.01, default_policy=TaskPolicy(time_limit=0.3)
+    )
+    engine: Any = worker.engine
+    make_thread = engine._thread
+    refused: list[int] = []
+
+    def no_new_thread_once(slot: int, target: Any, *args: Any) -> threading.Thread:
+        thread = make_thread(slot, target, *args)
+        if target == engine._after_overrun and not refused:
+            refused.append(slot)
+
+            def start() -> None:
+                raise RuntimeError("can't start new thread")
+
+            thread.start = start  # type: ignore[method-assign]
+        return thread
+
+    engine._thread = no_new_thread_once
+    runner = run_in_background(worker)
+    try:
+        assert wait_for(lambda: queue.get(slow.id).status == "failed", 5.0)
+        assert refused == [0]
+        quick = queue.enqueue("t", {"name": "quick"})
+        time.sleep(0.2)
+        assert queue.get(quick.id).status == "queued"  # the slot's one thread is busy
+        release.set()  # the old thread comes back and serves the slot
+        assert wait_for(lambda: queue.get(quick.id).status == "done", 5.0)
+        assert queue.get(slow.id).result is None  # its late result is dropped
+        again = queue.enqueue("t", {"name": "slow-again"})  # the watchman still keeps limits
+        assert wait_for(lambda: queue.get(again.id).status == "failed", 5.0)
+    finally:
+        release.set()
+        worker.stop()
+        runner.join(10)
+    assert not runner.is_alive()

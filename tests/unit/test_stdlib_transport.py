@@ -87,6 +87,7 @@ HEADERS = {"Accept": "application/json", "User-Agent": "t/1", "X-API-Key": "k"}
         ("https://tm.example/api", "PUT", b"{}"),  # the default port goes unnamed
         ("https://tm.example:8443/api", "PATCH", b"{}"),
         ("http://[::1]:8080/api", "GET", None),  # an IPv6 host in brackets
+        ("http://127.0.0.1:8080/api", "post", None),  # Content-Length: 0 whatever the case
         ("https://user:pa%20ss@tm.example/api", "POST", b"{}"),  # the login as Basic auth
     ],
 )
@@ -120,3 +121,14 @@ def test_a_header_that_would_split_its_line_is_refused_without_its_value():
 def test_a_target_that_is_not_ascii_is_refused_as_http_client_refuses_it():
     with pytest.raises(UnicodeEncodeError):
         origin("http://127.0.0.1:8080/api").head("GET", "/api/task-types/ä", HEADERS, None)
+
+
+def test_an_ipv6_zone_stays_out_of_the_host_header():
+    """The zone names an interface of this machine: http.client leaves it out."""
+    head = origin("https://[fe80::1%eth0]:8443/api").head("GET", "/api/health", HEADERS, None)
+    assert b"\r\nHost: [fe80::1]:8443\r\n" in head
+
+
+def test_a_method_with_a_control_character_is_refused():
+    with pytest.raises(ValueError, match="method can't contain control characters"):
+        origin("http://127.0.0.1:8080/api").head("GET\r\nX: 1", "/api/health", HEADERS, None)
