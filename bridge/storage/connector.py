@@ -23,8 +23,6 @@ from .db_errors import driver_errors, translated_errors
 from .group_commit import GroupCommit, mark_committed
 from .sqlite_locking import (
     PATIENCE_KEY,
-    SYNCHRONOUS_FULL,
-    SYNCHRONOUS_NORMAL,
     ThreadConnection,
     begin_polling,
 )
@@ -108,16 +106,13 @@ class Connector:
                     # whole back on the connection.
                     if not self.is_postgresql:
                         conn.info[PATIENCE_KEY] = left
-                    if relaxed:
-                        conn.connection.driver_connection.execute("PRAGMA synchronous = NORMAL")  # type: ignore[union-attr]
+                        holder.synchronous(full=not relaxed)
                     try:
                         with conn.begin():
                             yield conn
                     finally:
                         if not self.is_postgresql:  # begin set the whole back
                             holder.timeout_ms = holder.full_ms
-                        if relaxed:
-                            conn.connection.driver_connection.execute(SYNCHRONOUS_FULL)  # type: ignore[union-attr]
                 except self._driver_errors:
                     # A failure below SQLAlchemy leaves it unaware of the connection's state.
                     self.drop(conn)
@@ -159,8 +154,7 @@ class Connector:
         driver = holder.driver
         with self._my_turn(holder.patience) as patience:
             try:
-                if not durable:
-                    driver.execute(SYNCHRONOUS_NORMAL)
+                holder.synchronous(full=durable)
                 holder.to_polling()
                 begin_polling(driver, patience)
             except BaseException as exc:  # an interrupt too: never reuse it half begun
@@ -177,13 +171,11 @@ class Connector:
                     # look for signals inside it): the transaction is kept, say so.
                     mark_committed(exc)
                     raise
-                self._roll_back(driver, durable)
+                self._roll_back(driver)
                 self._forget_if_read_only(driver, exc)
                 if isinstance(exc, self._translated):
                     self._raise_translated(exc)
                 raise
-            if not durable:
-                self._restore_full_sync(driver)
 
     def shared_write(self, action: Callable[[Any], T]) -> T:
         """``action(connection)`` in a durable ``hot_write``, and its value. On SQLite the
@@ -217,11 +209,12 @@ class Connector:
         with self._my_turn(holder.patience) as left:
             driver = holder.driver
             try:
+                holder.synchronous(full=True)
                 holder.waiting(left)  # the statement waits for the lock with SQLite's handler
                 yield driver
             except self._translated as exc:
                 if driver.in_transaction:  # never left open: the next BEGIN would fail
-                    self._roll_back(driver, durable=True)
+                    self._roll_back(driver)
                 self._forget_if_read_only(driver, exc)
                 self._raise_translated(exc)
 
@@ -265,17 +258,8 @@ class Connector:
         if holder is not None and holder.driver is driver:
             self.drop(holder.conn)
 
-    def _roll_back(self, driver: Any, durable: bool) -> None:
+    def _roll_back(self, driver: Any) -> None:
         try:
             driver.rollback()
-            if not durable:
-                driver.execute(SYNCHRONOUS_FULL)
         except self._driver_errors:
-            self._drop_driver(driver)  # unknown state, or skipping fsyncs: never reuse it
-
-    def _restore_full_sync(self, driver: Any) -> None:
-        try:
-            driver.execute(SYNCHRONOUS_FULL)
-        except self._driver_errors:
-            self._drop_driver(driver)
-            raise
+            self._drop_driver(driver)  # unknown state: never reuse it

@@ -25,6 +25,9 @@ from ..errors import BridgeConfigError, DatabaseError, SchemaError
 POOL_OVERFLOW = 64  # beyond the pool's 5: one connection per thread using the queue
 SYNCHRONOUS_FULL = "PRAGMA synchronous = FULL"  # a commit waits for the disk
 SYNCHRONOUS_NORMAL = "PRAGMA synchronous = NORMAL"  # taking a task only (hot_write)
+# In the pool's record of a connection left at NORMAL (``ThreadConnection.synchronous``):
+# whoever takes it from the pool next gets FULL back first.
+RELAXED_KEY = "bridge.relaxed"
 PATIENCE_KEY = "bridge.patience"  # Connection.info: the next begin's wait for the lock
 POLL_SECONDS = 0.0002  # first wait between two tries for SQLite's write lock, doubling
 POLL_MAX_SECONDS = 0.002  # to this (begin_immediate),
@@ -119,10 +122,13 @@ def sqlite_engine(url: URL, busy_timeout: float, *, create: bool = False) -> Eng
             cursor.close()
 
     @event.listens_for(engine, "checkout")
-    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         # A thread's hot connection keeps its busy timeout at 0 between transactions
-        # (storage.connector): whoever takes it from the pool next gets the real one.
+        # (storage.connector), and may be left at NORMAL: whoever takes it from the pool
+        # next gets the real timeout, and FULL.
         dbapi_connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        if record.info.pop(RELAXED_KEY, False):
+            dbapi_connection.execute(SYNCHRONOUS_FULL)
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
@@ -154,9 +160,26 @@ class ThreadConnection:
         # (``waiting``); a connection taken from the pool gets the configured one back at
         # checkout (``sqlite_engine``).
         self.timeout_ms = 0
+        # SQLite: the pool's record of the connection, where ``synchronous`` notes NORMAL.
+        self._record_info: dict[Any, Any] = conn.connection.info
         if conn.dialect.name == "sqlite":
             found = driver.execute("PRAGMA busy_timeout").fetchone()
             self.full_ms = self.timeout_ms = int(found[0])
+
+    def synchronous(self, full: bool) -> None:
+        """SQLite: FULL (a commit waits for the disk) or NORMAL for this connection's next
+        commits, set only when it changes. A thread that only takes tasks, or only
+        records claims, stays at NORMAL; every durable write sets FULL first, and a
+        connection back in the pool at NORMAL gets FULL at its next checkout. (Set and
+        restored around each relaxed write, it was two more statements a task.)"""
+        relaxed = self._record_info.get(RELAXED_KEY, False)
+        if relaxed == (not full):
+            return
+        self.driver.execute(SYNCHRONOUS_FULL if full else SYNCHRONOUS_NORMAL)
+        if full:
+            self._record_info.pop(RELAXED_KEY, None)
+        else:
+            self._record_info[RELAXED_KEY] = True
 
     @property
     def patience(self) -> float:

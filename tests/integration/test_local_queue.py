@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import pickle
 import sqlite3
@@ -358,37 +359,87 @@ def test_sqlite_files_are_private(tmp_path):
 
 
 def test_taking_a_task_skips_the_fsync_but_nothing_after_it_does(tmp_path):
-    """Only the dequeue commits without waiting for the disk (see Store._hot_write):
-    the connection is back to synchronous=FULL after it, even when it fails."""
+    """Only the dequeue (and a claim's record) commits without waiting for the disk
+    (see ``Connector.hot_write``): every durable write after it commits at
+    synchronous=FULL, even after a relaxed one failed; and a thread that only takes
+    tasks sets the mode once, not around every take."""
     from bridge.storage.migrations import upgrade
 
     path = str(tmp_path / "q.db")
     upgrade(path)
-    full = 2
     with LocalQueue(path) as queue:
+        driver = queue.store.db.connection().connection.driver_connection
+        assert int(driver.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
+        mode = ["FULL"]
+        commits: list[tuple[str, str]] = []  # (what, the mode it committed at)
+        pragmas: list[str] = []
 
-        def synchronous() -> int:
-            driver = queue.store.db.connection().connection.driver_connection
-            return int(driver.execute("PRAGMA synchronous").fetchone()[0])
+        def trace(statement: str) -> None:
+            text = statement.strip().upper()
+            if text.startswith("PRAGMA SYNCHRONOUS ="):
+                mode[0] = text.rsplit("=", 1)[1].strip()
+                pragmas.append(mode[0])
+            elif text == "COMMIT" or (text.startswith("INSERT") and not driver.in_transaction):
+                commits.append((text.split()[0], mode[0]))
 
-        assert synchronous() == full
+        driver.set_trace_callback(trace)
+
         queue.enqueue("a", {})
+        assert commits[-1] == ("INSERT", "FULL")  # the enqueue commits on its own
         task = queue.dequeue()
-        assert task is not None and synchronous() == full
-        assert queue.dequeue() is None and synchronous() == full
+        assert task is not None and commits[-1] == ("COMMIT", "NORMAL")
+        queue.enqueue("a", {})
+        assert commits[-1] == ("INSERT", "FULL")
+        pragmas.clear()
+        second = queue.dequeue()
+        third = queue.dequeue()
+        assert second is not None and third is None
+        assert pragmas == ["NORMAL"]  # once for both takes
         with pytest.raises(ValueError):
             queue.dequeue(lock_seconds=float("nan"))  # fails inside the transaction
-        assert synchronous() == full
         queue.complete(task, {"ok": True})
+        assert commits[-1] == ("COMMIT", "FULL")
         assert queue.get(task.id).status == "done"
         # Recording a claim (covered by the daemon's durable claim intent) is the other.
         claimed = ClaimedTask(77, "a", {}, 1, 0, "bridge-1", queue.clock())
         queue.store.insert_claimed(claimed, 300, queue.clock())
-        assert synchronous() == full
+        assert commits[-1] == ("COMMIT", "NORMAL")
         unencodable = ClaimedTask(78, "a", {"x": {1, 2}}, 1, 0, "bridge-1", queue.clock())
         with pytest.raises((DatabaseError, TypeError)):  # fails inside the relaxed transaction
             queue.store.insert_claimed(unencodable, 300, queue.clock())
-        assert synchronous() == full
+        queue.complete(second, {"ok": True})
+        assert commits[-1] == ("COMMIT", "FULL")
+        before = len(commits)
+        with queue.store.db.write() as conn:  # a write through SQLAlchemy's own begin
+            conn.exec_driver_sql("UPDATE tasks SET priority = 1 WHERE remote_id = 77")
+        assert commits[before:] == [("COMMIT", "FULL")]
+        driver.set_trace_callback(None)
+
+
+def test_a_connection_left_relaxed_is_full_again_for_whoever_takes_it_next(tmp_path):
+    """A thread that took a task last leaves its connection at NORMAL; when the thread
+    ends the connection goes back to the pool, and the next checkout sets FULL."""
+    from bridge.storage.migrations import upgrade
+
+    path = str(tmp_path / "q.db")
+    upgrade(path)
+    with LocalQueue(path) as queue:
+        queue.enqueue("a", {})
+        seen: list[int] = []
+
+        def take() -> None:
+            assert queue.dequeue() is not None
+            driver = queue.store.db.connection().connection.driver_connection
+            seen.append(int(driver.execute("PRAGMA synchronous").fetchone()[0]))
+
+        thread = threading.Thread(target=take)
+        thread.start()
+        thread.join()
+        del thread
+        gc.collect()  # the thread's connection back to the pool
+        with queue.store.engine.connect() as conn:
+            after = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+        assert seen == [1] and after == 2  # NORMAL in the thread, FULL for the next
 
 
 def test_complete_and_dequeue_is_one_step(migrated_url: str, clock: Clock):
