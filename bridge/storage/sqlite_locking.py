@@ -175,11 +175,15 @@ class ThreadConnection:
         relaxed = self._record_info.get(RELAXED_KEY, False)
         if relaxed == (not full):
             return
-        self.driver.execute(SYNCHRONOUS_FULL if full else SYNCHRONOUS_NORMAL)
+        # The note errs towards NORMAL: written before NORMAL is set and cleared only
+        # after FULL is, so that a PRAGMA cut short (a KeyboardInterrupt raised the
+        # moment it returned) costs one FULL more later, never a durable commit at NORMAL.
         if full:
+            self.driver.execute(SYNCHRONOUS_FULL)
             self._record_info.pop(RELAXED_KEY, None)
         else:
             self._record_info[RELAXED_KEY] = True
+            self.driver.execute(SYNCHRONOUS_NORMAL)
 
     @property
     def patience(self) -> float:

@@ -416,6 +416,55 @@ def test_taking_a_task_skips_the_fsync_but_nothing_after_it_does(tmp_path):
         driver.set_trace_callback(None)
 
 
+def test_a_relaxed_write_interrupted_after_its_pragma_leaves_no_durable_write_relaxed(tmp_path):
+    """A SIGINT lands the moment ``PRAGMA synchronous = NORMAL`` returns (Python raises
+    it there): the thread keeps its connection, and its next durable write must still
+    commit at FULL."""
+    from bridge.storage.migrations import upgrade
+    from bridge.storage.sqlite_locking import SYNCHRONOUS_NORMAL
+
+    path = str(tmp_path / "q.db")
+    upgrade(path)
+
+    class InterruptedAfterPragma:
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            cursor = self.real.execute(sql, *args)
+            if sql == SYNCHRONOUS_NORMAL:
+                raise KeyboardInterrupt
+            return cursor
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+    with LocalQueue(path) as queue:
+        db = queue.store.db
+        queue.enqueue("a", {})
+        holder = db._holder()
+        real = holder.driver
+        holder.driver = InterruptedAfterPragma(real)
+        with pytest.raises(KeyboardInterrupt), db.write(durable=False):
+            pass
+        holder.driver = real
+        assert db._holder() is holder  # kept: only driver errors drop it
+        mode = ["NORMAL" if int(real.execute("PRAGMA synchronous").fetchone()[0]) == 1 else "FULL"]
+        commits: list[tuple[str, str]] = []
+
+        def trace(statement: str) -> None:
+            text = statement.strip().upper()
+            if text.startswith("PRAGMA SYNCHRONOUS ="):
+                mode[0] = text.rsplit("=", 1)[1].strip()
+            elif text.startswith("INSERT") and not real.in_transaction:
+                commits.append((text.split()[0], mode[0]))
+
+        real.set_trace_callback(trace)
+        queue.enqueue("a", {})  # durable, on its own
+        real.set_trace_callback(None)
+        assert commits == [("INSERT", "FULL")]
+
+
 def test_a_connection_left_relaxed_is_full_again_for_whoever_takes_it_next(tmp_path):
     """A thread that took a task last leaves its connection at NORMAL; when the thread
     ends the connection goes back to the pool, and the next checkout sets FULL."""
