@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import DatabaseError, TaskNotHeldError
@@ -61,34 +62,35 @@ class ThreadEngine:
         self.watchman.close()
 
     @staticmethod
-    def _thread(slot: int, target: object, *args: object) -> threading.Thread:
-        return threading.Thread(
-            target=target,  # type: ignore[arg-type]
-            args=args,
-            daemon=True,
-            name=f"bridge-worker-{slot}",
-        )
+    def _thread(slot: int, target: Callable[..., object], *args: object) -> threading.Thread:
+        return threading.Thread(target=target, args=args, daemon=True, name=f"bridge-worker-{slot}")
 
     # -- one slot -----------------------------------------------------------------------------
     def _loop(self, slot: int) -> None:
-        core = self.core
         runner = self._runner(slot)
         try:
-            while not core.stopping.is_set():
-                try:
-                    self._serve(slot, runner)
-                except (GaveUp, _TakenOver):
+            while not self.core.stopping.is_set():
+                if not self._guarded(slot, lambda: self._serve(slot, runner)):
                     return
-                except SchemaGone as exc:
-                    core.stop_fatally(f"the queue database changed under the worker: {exc}")
-                    return
-                except Exception:
-                    # A bug of ours, not the handler's: say so loudly, keep the thread.
-                    logger.exception("worker thread %d: unexpected error; carrying on", slot)
-                    core.stopping.wait(1.0)
         finally:
             if runner is not None:
                 runner.close()
+
+    def _guarded(self, slot: int, action: Callable[[], object]) -> bool:
+        """Run ``action`` for the slot; False when the slot's thread must end (the worker
+        gave up on the database, its schema is gone, or another thread took the slot)."""
+        try:
+            action()
+        except (GaveUp, _TakenOver):
+            return False
+        except SchemaGone as exc:
+            self.core.stop_fatally(f"the queue database changed under the worker: {exc}")
+            return False
+        except Exception:
+            # A bug of ours, not the handler's: say so loudly, keep the thread.
+            logger.exception("worker thread %d: unexpected error; carrying on", slot)
+            self.core.stopping.wait(1.0)
+        return True
 
     def _runner(self, slot: int) -> ProcessRunner | None:
         """A handler process for the slot with ``--pool process``; None: the slot's own
@@ -125,18 +127,12 @@ class ThreadEngine:
             self._loop(call.slot)
 
     def _settle_overrun(self, call: Overrun) -> bool:
-        """Fail ``call``'s task as timed out; False when the slot must stop (the worker
-        gave up on the database, or its schema is gone)."""
-        try:
-            self._outcome(call.slot, call.task, Ran("timeout"), call.limit, call.started)
-        except GaveUp:
-            return False
-        except SchemaGone as exc:
-            self.core.stop_fatally(f"the queue database changed under the worker: {exc}")
-            return False
-        except Exception:
-            logger.exception("worker thread %d: unexpected error; carrying on", call.slot)
-        return True
+        """Fail ``call``'s task as timed out; False when the slot must stop."""
+        timed_out = Ran("timeout")
+        return self._guarded(
+            call.slot,
+            lambda: self._outcome(call.slot, call.task, timed_out, call.limit, call.started),
+        )
 
     def _serve(self, slot: int, runner: ProcessRunner | None) -> None:
         core = self.core

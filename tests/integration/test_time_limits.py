@@ -13,6 +13,7 @@ from bridge import BridgeConfigError, LocalQueue, TaskPolicy, Worker
 from bridge.worker.time_limits import Overrun, Watchman
 
 from .conftest import Clock
+from .helpers import wait_until
 from .test_local_queue import add_remote
 
 
@@ -20,15 +21,6 @@ def run_in_background(worker: Worker) -> threading.Thread:
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     return thread
-
-
-def wait_for(condition: Any, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_a_handler_past_its_limit_fails_its_task_and_its_late_result_is_dropped(
@@ -54,7 +46,7 @@ def test_a_handler_past_its_limit_fails_its_task_and_its_late_result_is_dropped(
     )
     runner = run_in_background(worker)
     try:
-        assert wait_for(lambda: all(queue.get(t.id).status == "done" for t in quick))
+        assert wait_until(lambda: all(queue.get(t.id).status == "done" for t in quick), every=0.01)
         failed = queue.get(slow.id)
         assert failed.status == "failed" and (failed.error or "").startswith(
             "timed out after 0.3 s"
@@ -62,7 +54,9 @@ def test_a_handler_past_its_limit_fails_its_task_and_its_late_result_is_dropped(
         stuck = ran_on["slow"]
         assert stuck.is_alive() and stuck is not ran_on["quick0"]  # the slot went on without it
         release.set()
-        assert wait_for(lambda: not stuck.is_alive()), "the old thread ends with its handler"
+        assert wait_until(lambda: not stuck.is_alive(), every=0.01), (
+            "the old thread ends with its handler"
+        )
         time.sleep(0.1)
         after = queue.get(slow.id)
         assert (after.status, after.result) == ("failed", None)
@@ -70,7 +64,7 @@ def test_a_handler_past_its_limit_fails_its_task_and_its_late_result_is_dropped(
         # The slot has one thread serving it again, not two.
         assert len([t for t in threading.enumerate() if t.name == "bridge-worker-0"]) == 1
         late = queue.enqueue("t", {"kind": "quick", "n": 9})
-        assert wait_for(lambda: queue.get(late.id).status == "done")
+        assert wait_until(lambda: queue.get(late.id).status == "done", every=0.01)
     finally:
         release.set()
         worker.stop()
@@ -128,7 +122,7 @@ def test_an_earlier_deadline_wakes_the_watchman():
         watchman.watch(long)
         short = Overrun(1, 0.05, "short", 0.0)
         watchman.watch(short)
-        assert wait_for(lambda: taken == [short], 2.0)
+        assert wait_until(lambda: taken == [short], 2.0, 0.01)
         assert watchman.returned(short) is False  # its slot went on without it
         assert watchman.returned(long) is True  # returned in time: still its slot's
         assert taken == [short]
@@ -160,9 +154,9 @@ def test_a_hung_slot_per_overrun_and_the_rest_keep_their_threads(
     )
     runner = run_in_background(worker)
     try:
-        assert wait_for(lambda: all(queue.get(t.id).status == "failed" for t in hung))
+        assert wait_until(lambda: all(queue.get(t.id).status == "failed" for t in hung), every=0.01)
         after = [queue.enqueue("t", {"hang": False}) for _ in range(5)]
-        assert wait_for(lambda: all(queue.get(t.id).status == "done" for t in after))
+        assert wait_until(lambda: all(queue.get(t.id).status == "done" for t in after), every=0.01)
         started = time.monotonic()
         worker.stop()
         runner.join(10)
@@ -190,7 +184,7 @@ def test_a_limit_longer_than_the_platform_can_wait_still_leaves_the_others_kept(
     worker = Worker(queue, {"big": handler, "small": handler}, poll_seconds=0.01, policies=policies)
     runner = run_in_background(worker)
     try:
-        assert wait_for(lambda: queue.get(small.id).status == "failed", 5.0)
+        assert wait_until(lambda: queue.get(small.id).status == "failed", 5.0, 0.01)
         assert queue.get(big.id).status == "done"
         assert worker.engine.watchman._thread.is_alive()  # type: ignore[union-attr]
     finally:
@@ -244,16 +238,16 @@ def test_without_a_thread_to_take_the_slot_over_the_task_is_failed_all_the_same(
     engine._thread = no_new_thread_once
     runner = run_in_background(worker)
     try:
-        assert wait_for(lambda: queue.get(slow.id).status == "failed", 5.0)
+        assert wait_until(lambda: queue.get(slow.id).status == "failed", 5.0, 0.01)
         assert refused == [0]
         quick = queue.enqueue("t", {"name": "quick"})
         time.sleep(0.2)
         assert queue.get(quick.id).status == "queued"  # the slot's one thread is busy
         release.set()  # the old thread comes back and serves the slot
-        assert wait_for(lambda: queue.get(quick.id).status == "done", 5.0)
+        assert wait_until(lambda: queue.get(quick.id).status == "done", 5.0, 0.01)
         assert queue.get(slow.id).result is None  # its late result is dropped
         again = queue.enqueue("t", {"name": "slow-again"})  # the watchman still keeps limits
-        assert wait_for(lambda: queue.get(again.id).status == "failed", 5.0)
+        assert wait_until(lambda: queue.get(again.id).status == "failed", 5.0, 0.01)
     finally:
         release.set()
         worker.stop()
