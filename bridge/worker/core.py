@@ -17,7 +17,7 @@ import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from ..errors import BridgeError, TaskNotHeldError, ValidationError, WriteFailed
 from ..logs import task_fields
@@ -39,6 +39,18 @@ MIN_POLL_SECONDS = 0.01  # an idle slot looks again this soon after work, doubli
 def next_idle_wait(current: float, poll_seconds: float) -> float:
     """... to ``poll_seconds`` while the queue stays empty (both engines' back-off)."""
     return min(poll_seconds, current * 2)
+
+
+class NextTask(NamedTuple):
+    """What storing a result brought its slot: the next task, and whether the queue was
+    looked at for one (``looked`` without a task: nothing the slot could take was queued
+    when the result committed, so the slot need not look again before it waits)."""
+
+    task: LocalTask | None
+    looked: bool
+
+
+NOT_LOOKED = NextTask(None, looked=False)
 
 
 class WorkerExit(enum.IntEnum):
@@ -241,7 +253,7 @@ class WorkerCore:
         started: float,
         next_from: Sequence[str] | None = None,
         writes: Sequence[Write] = (),
-    ) -> LocalTask | None:
+    ) -> NextTask:
         """Store the handler's ``value`` as the result, with its ``writes`` in the same
         transaction; with ``next_from`` (types), the next task for the same slot comes in
         that transaction too, unless the worker is stopping or ``max_tasks`` is reached.
@@ -250,7 +262,7 @@ class WorkerCore:
         refused = awaitable_refusal(value)
         if refused is not None:
             self.fail(task, refused, started)
-            return None
+            return NOT_LOOKED
         result = as_result(value)
         wanted = next_from is not None and not self.stopping.is_set() and self.room(1) != 0
         what = f"storing the result of task {task.id}"
@@ -267,13 +279,13 @@ class WorkerCore:
                 next_task = None
         except ValidationError as exc:
             self.fail(task, f"result refused: {exc}", started)
-            return None
+            return NOT_LOOKED
         except WriteFailed as exc:
             self._raised(task, exc.error, started, "its write_with_result")
-            return None
+            return NOT_LOOKED
         self.count("done")
         self.log(task, "done", started)
-        return next_task
+        return NextTask(next_task, looked=wanted)
 
     def stored(self, task: LocalTask, started: float) -> None:
         """A result the engine stored itself (in a batch): count and log it."""

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import DatabaseError, TaskNotHeldError
 from ..models import LocalTask
 from ..storage import GaveUp, SchemaGone
-from .core import MIN_POLL_SECONDS, WorkerCore, next_idle_wait
+from .core import MIN_POLL_SECONDS, NOT_LOOKED, NextTask, WorkerCore, next_idle_wait
 from .handlers import Handlers, TaskContext, with_writes
 from .outcome import Ran, run_call
 from .process_pool import PoolOptions, ProcessRunner
@@ -138,12 +138,16 @@ class ThreadEngine:
         core = self.core
         locked_by = f"{core.queue.locked_by}-{slot}"
         task: LocalTask | None = None
+        looked = False  # the last result's transaction found nothing queued for the slot
+        seen = core.changes.generation
         idle = MIN_POLL_SECONDS
         while not core.stopping.is_set():
             if task is None:
-                seen = core.changes.generation
-                # A look first: most wake-ups are commits that queued nothing.
-                task = self._take(locked_by) if self._may_take() else None
+                if not looked:
+                    seen = core.changes.generation
+                    # A look first: most wake-ups are commits that queued nothing.
+                    task = self._take(locked_by) if self._may_take() else None
+                looked = False
                 if task is None:
                     if core.stopping.is_set():
                         break
@@ -153,7 +157,10 @@ class ThreadEngine:
                     idle = next_idle_wait(idle, self.poll_seconds)
                     continue
                 idle = MIN_POLL_SECONDS
-            task = self._work(slot, task, runner)
+            # Noted before the result's transaction looks for the next task: a commit
+            # after that look moves the generation past it, and the wait sees it.
+            seen = core.changes.generation
+            task, looked = self._work(slot, task, runner)
 
     def _take(self, locked_by: str) -> LocalTask | None:
         core = self.core
@@ -171,7 +178,7 @@ class ThreadEngine:
             return True  # let the dequeue meet the trouble, with its patience and its words
 
     # -- one task -------------------------------------------------------------------------------
-    def _work(self, slot: int, task: LocalTask, runner: ProcessRunner | None) -> LocalTask | None:
+    def _work(self, slot: int, task: LocalTask, runner: ProcessRunner | None) -> NextTask:
         """Run ``task``; the next task when one came with its result."""
         core = self.core
         started = core.clock()
@@ -186,25 +193,25 @@ class ThreadEngine:
         if isinstance(ran, Overrun):  # past its limit: the task is failed without this thread
             if ran.successor:
                 raise _TakenOver
-            return None  # no thread could take the slot over: this one serves it again
+            return NOT_LOOKED  # no thread could take the slot over: this one serves it again
         return self._outcome(slot, task, ran, limit, started)
 
     def _outcome(
         self, slot: int, task: LocalTask, ran: Ran, limit: float | None, started: float
-    ) -> LocalTask | None:
+    ) -> NextTask:
         """Store what the handler came to; the next task when one came with its result."""
         core = self.core
         try:
             if not core.end(slot):
-                return None  # handed back by the stopping worker meanwhile
+                return NOT_LOOKED  # handed back by the stopping worker meanwhile
             if ran.kind == "ok":
                 types = self.handlers.types
                 return core.complete(task, ran.value, started, types, ran.writes)
             core.settle_failure(task, ran, limit, started)
-            return None
+            return NOT_LOOKED
         except (TaskNotHeldError, GaveUp) as exc:
             core.not_ended(task, exc)
-            return None
+            return NOT_LOOKED
         finally:
             core.end(slot)
             core.release(task)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import event
 
 from bridge import BridgeConfig, LocalQueue, Worker
 from bridge.daemon.jobs import DaemonJobs
@@ -179,3 +180,46 @@ def test_stop_waits_for_a_push_under_way_before_its_last_push(tmp_path):
         assert not stopper.is_alive()
         assert before_release == 1  # no second push beside the one under way
         assert admin.get_task(task_id).status == "completed"
+
+
+def test_a_slot_whose_result_found_nothing_queued_waits_without_looking_again(tmp_path):
+    """Storing a result also looks for the slot's next task. When none was queued the
+    slot goes straight to its wait: a look of its own (``any_queued``) comes only after
+    a wait. Seen in the slot's statements and waits, in order."""
+    url = str(tmp_path / "looks.db")
+    upgrade(url)
+    seen: list[str] = []  # the slot thread's: "stored", "look", "wait"
+
+    def traced(dbapi_connection, _record, _proxy):
+        def note(statement: str) -> None:
+            if not threading.current_thread().name.startswith("bridge-worker"):
+                return
+            text = " ".join(statement.split())
+            if text.startswith("SELECT tasks.id FROM tasks"):
+                seen.append("look")
+            elif text.startswith("UPDATE tasks SET status='done'"):
+                seen.append("stored")
+
+        dbapi_connection.set_trace_callback(note)
+
+    with LocalQueue(url) as queue:
+        event.listen(queue.store.engine, "checkout", traced)
+        for n in range(3):
+            queue.enqueue("t", {"x": n})
+        worker = Worker(queue, {"t": _done}, poll_seconds=SLOW_POLL)
+        watch = worker.core.changes
+        real_wait = watch.wait
+
+        def noted_wait(generation: int, timeout: float) -> int:
+            seen.append("wait")
+            return real_wait(generation, timeout)
+
+        watch.wait = noted_wait  # type: ignore[method-assign]
+        runner = threading.Thread(target=worker.run, daemon=True)
+        runner.start()
+        assert wait_until(lambda: seen.count("stored") == 3 and "wait" in seen, 10)
+        worker.stop()
+        runner.join(10)
+    assert seen[0] == "look"  # an idle slot looks before it takes
+    after_last = seen[seen.index("stored", len(seen) - seen[::-1].index("stored") - 1) :]
+    assert after_last[:2] == ["stored", "wait"], seen
