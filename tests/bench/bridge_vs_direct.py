@@ -18,8 +18,9 @@ request, 4 at a time, 1 deadlock in ~300) and a network delay each way of half t
 round trip (``--latency-ms``: the emulator's ``network_seconds``, which holds no place
 among the server's 4), unless ``--url``/``--key`` name a server. Rounds are interleaved:
 each round runs every latency, the patterns' order alternating. Prints, per latency,
-time and CPU per task of each pattern and process with their spread, calls per task,
-and the ratios (bridge / direct: time <= 0.6 at 20 ms and CPU <= 1.0 are the goals).
+time, CPU and context switches per task of each pattern and process with their spread,
+calls per task, and the ratios (bridge / direct: time <= 0.6 at 20 ms and CPU <= 1.0
+are the goals).
 ``--trickle 0.5`` creates half the tasks during the run (create-to-start latency);
 ``BENCH_BRIDGE_CONFIG="poll_min_seconds = 0.05; ..."`` adds lines to the bridge's config.
 """
@@ -57,6 +58,7 @@ class Run:
     calls_per_task: float
     cpu_ms: dict[str, float]  # process name -> CPU ms per task, first claim to last completion
     start_p95_ms: float
+    switches: dict[str, float]  # process name -> context switches per task, same span
 
     @property
     def cpu_total_ms(self) -> float:
@@ -75,6 +77,22 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process so far (its threads included), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def context_switches(pid: int) -> int:
+    """Context switches so far of a process's live threads (voluntary or not), from /proc:
+    each is a thread put to sleep and woken, which on a small VM costs more CPU than most
+    of the Python a task runs. A thread that ended meanwhile is not counted."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:  # the thread ended between the listing and the read
+            continue
+        for line in text.splitlines():
+            if "ctxt_switches:" in line:
+                total += int(line.split(":")[1])
+    return total
 
 
 class Target:
@@ -148,6 +166,7 @@ def run_pattern(pattern: str, target: Target, tasks: int, workers: int, upfront:
                 raise RuntimeError(f"{', '.join(exited)} exited before the first claim:\n{log}")
             time.sleep(0.002)
         before = {name: cpu_seconds(p.pid) for name, p in processes.items()}
+        switched = {name: context_switches(p.pid) for name, p in processes.items()}
         trickle = threading.Thread(
             target=create_slowly, args=(admin, task_type, upfront, tasks, created)
         )
@@ -160,6 +179,10 @@ def run_pattern(pattern: str, target: Target, tasks: int, workers: int, upfront:
             name: 1000 * (cpu_seconds(p.pid) - before[name]) / tasks
             for name, p in processes.items()
         }
+        switches = {
+            name: (context_switches(p.pid) - switched[name]) / tasks
+            for name, p in processes.items()
+        }
     finally:
         for process in processes.values():
             process.terminate()
@@ -167,7 +190,7 @@ def run_pattern(pattern: str, target: Target, tasks: int, workers: int, upfront:
             process.wait(30)
     starts = start_log(starts_file)
     busy = [starts[i] - created[i] for i in list(created)[upfront:] if i in starts]
-    return measure(pattern, target, tasks, busy, cpu)
+    return measure(pattern, target, tasks, busy, cpu, switches)
 
 
 def create_slowly(
@@ -219,17 +242,23 @@ def start_processes(
 
 
 def measure(
-    pattern: str, target: Target, tasks: int, busy_starts: list[float], cpu: dict[str, float]
+    pattern: str,
+    target: Target,
+    tasks: int,
+    busy_starts: list[float],
+    cpu: dict[str, float],
+    switches: dict[str, float],
 ) -> Run:
     server = target.server
     if server is None:  # a real server: only what the client side can see
-        return Run(pattern, float("nan"), float("nan"), cpu, 0.0)
+        return Run(pattern, float("nan"), float("nan"), cpu, 0.0, switches)
     records = [r for r in server.requests if r.path != "/health"]
     claims = [r for r in records if r.path == "/tasks/claim"]
     done = [r for r in records if r.path.endswith("/complete") and r.status == 200]
     seconds = max(r.answered for r in done) - min(r.at for r in claims)
     calls = sum(1 for r in records if r.path == "/tasks/claim" or r.path.endswith("/complete"))
-    return Run(pattern, seconds, calls / tasks, cpu, 1000 * percentile(busy_starts, 0.95))
+    p95 = 1000 * percentile(busy_starts, 0.95)
+    return Run(pattern, seconds, calls / tasks, cpu, p95, switches)
 
 
 def main() -> int:
@@ -265,10 +294,12 @@ def main() -> int:
             runs[latency].append(found)
             for run in found.values():
                 cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in run.cpu_ms.items())
+                switches = ", ".join(f"{name} {n:.1f}" for name, n in run.switches.items())
                 print(
                     f"  round {round_number + 1} rtt {latency:g} ms {run.pattern:6} "
                     f"{run.seconds:6.2f} s  calls/task {run.calls_per_task:.2f}  "
-                    f"CPU ms/task {cpu}  create-to-start p95 {run.start_p95_ms:.0f} ms",
+                    f"CPU ms/task {cpu}  switches/task {switches}  "
+                    f"create-to-start p95 {run.start_p95_ms:.0f} ms",
                     flush=True,
                 )
     print("\nmedian [spread] over rounds:")
@@ -284,6 +315,8 @@ def main() -> int:
                     f"; {name} CPU {spread([r[pattern].cpu_ms[name] for r in rounds])} ms/task",
                     end="",
                 )
+                per_task = [r[pattern].switches[name] for r in rounds]
+                print(f", {spread(per_task, 1)} switches/task", end="")
             calls = [r[pattern].calls_per_task for r in rounds]
             print(f"; calls/task {spread(calls)}")
         print(f"  bridge / direct: time {spread(time_ratio)}, CPU {spread(cpu_ratio)}")
