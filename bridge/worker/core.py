@@ -44,10 +44,12 @@ def next_idle_wait(current: float, poll_seconds: float) -> float:
 class NextTask(NamedTuple):
     """What storing a result brought its slot: the next task, and whether the queue was
     looked at for one (``looked`` without a task: nothing the slot could take was queued
-    when the result committed, so the slot need not look again before it waits)."""
+    when the result committed, so the slot need not look again before it waits for
+    the change watch to move past ``generation``, noted just before that look)."""
 
     task: LocalTask | None
     looked: bool
+    generation: int = 0
 
 
 NOT_LOOKED = NextTask(None, looked=False)
@@ -267,6 +269,7 @@ class WorkerCore:
         wanted = next_from is not None and not self.stopping.is_set() and self.room(1) != 0
         what = f"storing the result of task {task.id}"
         queue = self.queue
+        generation = self.changes.generation  # a commit after the look moves past it
         try:
             if wanted:
                 assert next_from is not None
@@ -285,7 +288,7 @@ class WorkerCore:
             return NOT_LOOKED
         self.count("done")
         self.log(task, "done", started)
-        return NextTask(next_task, looked=wanted)
+        return NextTask(next_task, looked=wanted, generation=generation)
 
     def stored(self, task: LocalTask, started: float) -> None:
         """A result the engine stored itself (in a batch): count and log it."""

@@ -139,7 +139,7 @@ class ThreadEngine:
         locked_by = f"{core.queue.locked_by}-{slot}"
         task: LocalTask | None = None
         looked = False  # the last result's transaction found nothing queued for the slot
-        seen = core.changes.generation
+        seen = 0
         idle = MIN_POLL_SECONDS
         while not core.stopping.is_set():
             if task is None:
@@ -157,10 +157,9 @@ class ThreadEngine:
                     idle = next_idle_wait(idle, self.poll_seconds)
                     continue
                 idle = MIN_POLL_SECONDS
-            # Noted before the result's transaction looks for the next task: a commit
-            # after that look moves the generation past it, and the wait sees it.
-            seen = core.changes.generation
-            task, looked = self._work(slot, task, runner)
+            task, looked, seen = self._work(slot, task, runner)
+        if task is not None:  # taken with the last result as the worker stopped: not run
+            core.hand_back(task, "handed back: the worker stopped")
 
     def _take(self, locked_by: str) -> LocalTask | None:
         core = self.core
@@ -179,7 +178,7 @@ class ThreadEngine:
 
     # -- one task -------------------------------------------------------------------------------
     def _work(self, slot: int, task: LocalTask, runner: ProcessRunner | None) -> NextTask:
-        """Run ``task``; the next task when one came with its result."""
+        """Run ``task``; what storing its outcome brought (``NextTask``)."""
         core = self.core
         started = core.clock()
         limit = core.time_limit(task)
@@ -199,7 +198,8 @@ class ThreadEngine:
     def _outcome(
         self, slot: int, task: LocalTask, ran: Ran, limit: float | None, started: float
     ) -> NextTask:
-        """Store what the handler came to; the next task when one came with its result."""
+        """Store what the handler came to; the next task when one came with its result,
+        and whether the queue was looked at for it (``NextTask``)."""
         core = self.core
         try:
             if not core.end(slot):

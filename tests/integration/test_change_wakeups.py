@@ -188,7 +188,7 @@ def test_a_slot_whose_result_found_nothing_queued_waits_without_looking_again(tm
     a wait. Seen in the slot's statements and waits, in order."""
     url = str(tmp_path / "looks.db")
     upgrade(url)
-    seen: list[str] = []  # the slot thread's: "stored", "look", "wait"
+    seen: list[str] = []  # the slot thread's: "stored", "look", "commit", "wait"
 
     def traced(dbapi_connection, _record, _proxy):
         def note(statement: str) -> None:
@@ -199,6 +199,8 @@ def test_a_slot_whose_result_found_nothing_queued_waits_without_looking_again(tm
                 seen.append("look")
             elif text.startswith("UPDATE tasks SET status='done'"):
                 seen.append("stored")
+            elif text == "COMMIT":
+                seen.append("commit")
 
         dbapi_connection.set_trace_callback(note)
 
@@ -221,5 +223,8 @@ def test_a_slot_whose_result_found_nothing_queued_waits_without_looking_again(tm
         worker.stop()
         runner.join(10)
     assert seen[0] == "look"  # an idle slot looks before it takes
-    after_last = seen[seen.index("stored", len(seen) - seen[::-1].index("stored") - 1) :]
-    assert after_last[:2] == ["stored", "wait"], seen
+    last_stored = len(seen) - 1 - seen[::-1].index("stored")
+    after = seen[last_stored:]
+    # Its transaction took no next task: once it committed, the slot waits, neither
+    # looking nor beginning another transaction first.
+    assert after[after.index("commit") + 1] == "wait", seen

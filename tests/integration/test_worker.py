@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -154,3 +156,40 @@ def test_a_summary_line_says_what_was_done_and_how_fast(local: LocalQueue):
         logger.removeHandler(seen)
         logger.setLevel(level)
     assert summarised.is_set()
+
+
+def test_a_task_taken_with_a_result_as_the_worker_stops_goes_back_to_the_queue(tmp_path):
+    """Storing a result takes the slot's next task in the same transaction. A stop that
+    comes while that transaction waits for the write lock leaves the slot holding a
+    task it will not run: it goes back to the queue at once, not when its lock runs out."""
+    url = str(tmp_path / "back.db")
+    upgrade(url)
+    release = threading.Event()
+
+    def first_waits(params):
+        if params["n"] == 0:
+            assert release.wait(30), "the test never released the handler"
+        return {"n": params["n"]}
+
+    with LocalQueue(config=BridgeConfig.load(env={}, db_url=url, lock_seconds=300)) as queue:
+        first = queue.enqueue("t", {"n": 0}, priority=1)
+        second = queue.enqueue("t", {"n": 1})
+        worker = Worker(queue, {"t": first_waits}, poll_seconds=0.05)
+        runner = threading.Thread(target=worker.run, daemon=True)
+        runner.start()
+        assert wait_until(lambda: queue.get(first.id).status == "running", 10)
+        blocker = sqlite3.connect(url, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the result's transaction will wait for this
+        try:
+            release.set()
+            time.sleep(0.3)  # the handler returned; its result waits for the write lock
+            worker.stop()
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        runner.join(30)
+        assert not runner.is_alive()
+        assert queue.get(first.id).status == "done"
+        taken = queue.get(second.id)
+        assert taken.status == "queued" and taken.locked_by is None, taken
+        assert worker.counters.handed_back == 1
