@@ -76,6 +76,25 @@ def test_the_watch_rests_while_nobody_waits_and_a_commit_meanwhile_wakes_the_nex
         assert wait_until(lambda: bool(heard), 5, 0.01)  # a listener keeps it looking
 
 
+def test_the_watch_reads_less_often_once_commits_stop(tmp_path):
+    """While commits come the watch reads at its interval; a quarter of a second after
+    the last one, at most every 20 ms. An idle daemon's own bookkeeping commits every
+    second or two: a longer quiet period kept an idle worker's watch at its fast pace."""
+    with watched(str(tmp_path / "quiet.db")) as (queue, watch):  # interval: 2 ms
+        before = watch.generation
+        queue.enqueue("t", {"x": 1})
+        assert watch.wait(before, 5.0) > before
+        waiter = threading.Thread(target=watch.wait, args=(watch.generation, 3.0), daemon=True)
+        waiter.start()  # someone waits: the watch keeps reading
+        time.sleep(0.3)
+        reads = watch.reads
+        time.sleep(1.0)
+        quiet_reads = watch.reads - reads
+        waiter.join(5)
+    # At 2 ms for the second after the commit (as before), this was some 350 reads.
+    assert quiet_reads <= 75, quiet_reads
+
+
 def _done(params):
     return {"ok": True}
 
