@@ -80,9 +80,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def context_switches(pid: int) -> int:
-    """Context switches so far of a process's live threads (voluntary or not), from /proc:
-    each is a thread put to sleep and woken, which on a small VM costs more CPU than most
-    of the Python a task runs. A thread that ended meanwhile is not counted."""
+    """Context switches so far of a process's live threads, from /proc: voluntary (the
+    thread went to sleep to wait: for the GIL, a lock, a socket, the disk) and
+    involuntary (preempted). Each costs the thread a wake-up, which on a small VM costs
+    more CPU than most of the Python a task runs. A thread that ended is not counted."""
     total = 0
     for status in Path(f"/proc/{pid}/task").glob("*/status"):
         try:
