@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import requests
 
@@ -20,12 +20,15 @@ from .client_base import ClientBase
 from .closing import ClosedOnExit
 from .config import TaskManagerConfig
 from .exceptions import TaskManagerConfigError
+from .exchange import Steps
+from .in_flight import run_together
 from .loop_transport import LoopTransport
 from .models import ClaimedTask, CompletionResult, CreatedTask, Task, TaskType
 from .stdlib_transport import StdlibTransport
 from .transport import RequestObserver, Transport
 
 HttpLibrary = Literal["requests", "aiohttp", "stdlib"]
+_R = TypeVar("_R")
 
 
 class TaskManagerClient(ClientBase, ClosedOnExit):
@@ -74,6 +77,44 @@ class TaskManagerClient(ClientBase, ClosedOnExit):
     # -- lifecycle -------------------------------------------------------------
     def close(self) -> None:
         self._transport.close()
+
+    # -- operations as steps -----------------------------------------------------
+    @property
+    def calls(self) -> Calls:
+        """Each API call as ``Steps`` (a generator of its requests and waits): to be run
+        by ``run``, or several at once by ``run_together``, inside a caller's own
+        generator that does its own work between them."""
+        return self._calls
+
+    def run(self, steps: Steps[_R]) -> _R:
+        """Carry out one operation's steps in the calling thread; what the call returns."""
+        return self._run(steps)
+
+    @property
+    def runs_together(self) -> bool:
+        """Whether ``run_together`` keeps several requests in flight from one thread
+        (``http="stdlib"``); otherwise it runs the operations one after another."""
+        return isinstance(self._transport, StdlibTransport)
+
+    def run_together(self, operations: Sequence[Steps[_R]], width: int) -> list[_R]:
+        """Carry out ``operations`` in the calling thread, up to ``width`` with a request
+        in flight at once (on ``http="stdlib"``; see ``taskmanager.in_flight``), each
+        result in order; the first error is raised once all ended. On the other HTTP
+        libraries they run one after another (use threads and ``run`` for more)."""
+        if isinstance(self._transport, StdlibTransport):
+            return run_together(
+                self._transport, operations, width, clock=self._calls.requester.clock
+            )
+        results: list[_R] = []
+        error: Exception | None = None
+        for steps in operations:
+            try:
+                results.append(self._run(steps))
+            except Exception as exc:  # the first is raised once all ended, as in flight
+                error = error or exc
+        if error is not None:
+            raise error
+        return results
 
     # -- health ----------------------------------------------------------------
     def health_check(self) -> bool:

@@ -374,12 +374,18 @@ class StdlibTransport(BlockingTransport):
 
     def _send(self, send: Send) -> Answer | Outcome:
         """One HTTP exchange: the answer, or the ``Outcome`` of getting none."""
+        started = self.start(send)
+        if isinstance(started, Outcome):
+            return started
+        return self.finish(send, started)
+
+    def start(self, send: Send) -> http.client.HTTPConnection | Outcome:
+        """The request sent on a connection of the pool (its answer for ``finish`` to
+        read), or the ``Outcome`` of not getting it out. Apart from ``finish`` so that
+        one thread can have several requests in flight (``taskmanager.in_flight``)."""
         origin = self.pool.origin
         try:
             target = origin.target(send)
-        except ValueError as exc:
-            return no_answer("request", exc, send.method, send.url)
-        try:
             head = origin.head(send.method, target, send.headers, send.body)
         except ValueError as exc:  # InvalidURL, a header that cannot be written
             return no_answer("request", exc, send.method, send.url)
@@ -387,9 +393,22 @@ class StdlibTransport(BlockingTransport):
             connection = self.pool.take()
         except (OSError, http.client.HTTPException, TaskManagerConnectionError) as exc:
             return no_answer(self._failure(exc), exc, send.method, send.url)
+        try:
+            _write(connection, head, send.body)
+        except (OSError, http.client.HTTPException) as exc:
+            self.pool.give_back(connection, reusable=False)
+            return no_answer(self._failure(exc), exc, send.method, send.url)
+        except BaseException:
+            self.pool.give_back(connection, reusable=False)
+            raise
+        return connection
+
+    def finish(self, send: Send, connection: http.client.HTTPConnection) -> Answer | Outcome:
+        """Read the answer to the request ``start`` sent on ``connection``, which goes
+        back to the pool (kept when the answer leaves it open)."""
         reusable = False
         try:
-            response = _exchange(connection, send.method, head, send.body)
+            response = _read_answer(connection, send.method)
             raw = response.read()
             reusable = not response.will_close
         except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -401,18 +420,27 @@ class StdlibTransport(BlockingTransport):
             response.status, decode_body(text), text, CaseInsensitiveDict(response.fields)
         )
 
+    def fail(
+        self,
+        send: Send,
+        connection: http.client.HTTPConnection,
+        kind: FailureKind,
+        exc: BaseException,
+    ) -> Outcome:
+        """Give up on the answer to a request ``start`` sent (no answer in time): the
+        connection is closed, since a late answer would be read as the next one's."""
+        self.pool.give_back(connection, reusable=False)
+        return no_answer("closed" if self._closed else kind, exc, send.method, send.url)
+
     def _failure(self, exc: BaseException) -> FailureKind:
         return "closed" if self._closed else _failure_kind(exc)
 
 
-def _exchange(
-    connection: http.client.HTTPConnection, method: str, head: bytes, body: bytes | None
-) -> Response:
-    """Send the request (head and body in one write, as ``http.client`` sends bytes)
-    and read the answer's head. A server may answer (413, 401) and close before it
-    read the whole body: the send then fails, but the answer is there to read, and it
-    is read (as urllib3 does), not taken for a lost connection. The caller closes a
-    connection the answer does not leave open."""
+def _write(connection: http.client.HTTPConnection, head: bytes, body: bytes | None) -> None:
+    """Send the request, head and body in one write (``http.client`` sends the bytes
+    the same way). A server may answer (413, 401) and close before it read the whole
+    body: the send then fails, but the answer is there to read, and it is read (as
+    urllib3 does), not taken for a lost connection."""
     sock = connection.sock
     if sock is None:
         raise http.client.NotConnected()
@@ -420,6 +448,14 @@ def _exchange(
     sys.audit("http.client.send", connection, data)  # as http.client's own send
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         sock.sendall(data)
+
+
+def _read_answer(connection: http.client.HTTPConnection, method: str) -> Response:
+    """The answer's head (the body is the caller's to read). The caller closes a
+    connection the answer does not leave open."""
+    sock = connection.sock
+    if sock is None:
+        raise http.client.NotConnected()
     response = Response(sock, method=method)
     try:
         response.begin()

@@ -71,6 +71,10 @@ class BlockingTransport:
                 drive.reply = self._send(step)
         return drive.result
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _send(self, send: Send) -> Answer | Outcome:
         raise NotImplementedError
 

@@ -6,7 +6,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,13 @@ def bridge_cli(
         check=False,
         **kwargs,
     )
+
+
+def most_at_once(records: Iterable[Any], path: str) -> int:
+    """The most requests whose path matches ``path`` (a shell pattern: ``/tasks/*``) the
+    emulator held at the same moment, from its request log (``server.requests``)."""
+    spans = [(r.at, r.answered) for r in records if fnmatch(r.path, path)]
+    return max((sum(1 for a, b in spans if a <= at < b) for at, _ in spans), default=0)
 
 
 def free_port() -> int:

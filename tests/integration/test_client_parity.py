@@ -39,7 +39,7 @@ from taskmanager import (
     TaskManagerTimeoutError,
 )
 
-from ..both_clients import CLIENT_KINDS, LOOP, STDLIB, make_client
+from ..both_clients import CLIENT_KINDS, IN_FLIGHT, LOOP, STDLIB, make_client
 from ..scripted_server import Scripted, ScriptedServer, closed_port
 
 pytestmark = pytest.mark.integration
@@ -82,7 +82,7 @@ def sleeps() -> Sleeps:
     return Sleeps()
 
 
-@pytest.fixture(params=(*CLIENT_KINDS, LOOP, STDLIB))
+@pytest.fixture(params=(*CLIENT_KINDS, LOOP, STDLIB, IN_FLIGHT))
 def connect(
     request: pytest.FixtureRequest, server: ScriptedServer, sleeps: Sleeps
 ) -> Iterator[Callable[..., Any]]:

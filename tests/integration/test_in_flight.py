@@ -1,0 +1,186 @@
+"""Several operations with requests in flight at once from one thread (``run_together``),
+over real HTTP against the emulator: what threads gave the daemon, kept without them.
+
+The quirk scenarios (hangs, truncation, redirects, 429s, TLS, ...) run through the same
+driver one operation at a time in ``test_client_parity.py`` (the ``in_flight`` kind).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from taskmanager import (
+    TaskManagerClient,
+    TaskManagerConfig,
+    TaskManagerConfigError,
+    TaskManagerTimeoutError,
+)
+from taskmanager.emulator import EmulatorServer
+
+from .helpers import most_at_once
+
+TYPE = "flight.t"
+
+
+@pytest.fixture
+def server() -> Iterator[EmulatorServer]:
+    # Each request held 100 ms by the server (any number at once): long beside the
+    # client's own work, and inside the span the request log records.
+    with EmulatorServer(service_seconds=0.1) as emulator:
+        yield emulator
+
+
+def client_for(server: EmulatorServer, **config: Any) -> TaskManagerClient:
+    settings = TaskManagerConfig(
+        api_url=server.url, api_key=server.api_key, worker_id="flight", **config
+    )
+    return TaskManagerClient(settings, http="stdlib")
+
+
+def claim_and_complete(client: TaskManagerClient, threads: list[int]) -> Any:
+    """An operation as the daemon writes them: requests, and its own work between."""
+    task = yield from client.calls.claim_task(TYPE)
+    threads.append(threading.get_ident())
+    assert task is not None
+    yield from client.calls.complete_task(task.id, {"by": "flight"})
+    threads.append(threading.get_ident())
+    return task.id
+
+
+def test_operations_have_their_requests_in_flight_together_on_the_calling_thread(
+    server: EmulatorServer,
+):
+    with client_for(server) as client:
+        client.register_task_type(TYPE, "1", {"type": "object"})
+        created = [client.create_task(TYPE, {"n": n}) for n in range(6)]
+        server.reset_requests()
+        threads: list[int] = []
+        done = client.run_together([claim_and_complete(client, threads) for _ in range(6)], 6)
+        assert sorted(done) == sorted(created)  # each claimed one task, and finished it
+        assert set(threads) == {threading.get_ident()}  # every step on this thread
+        assert most_at_once(server.requests, "/tasks/claim") == 6
+        assert all(client.get_task(i).status == "completed" for i in created)
+
+
+def test_width_bounds_the_requests_in_flight_and_results_keep_their_order(
+    server: EmulatorServer,
+):
+    with client_for(server) as client:
+        client.register_task_type(TYPE, "1", {"type": "object"})
+        created = [client.create_task(TYPE, {"n": n}) for n in range(5)]
+        server.reset_requests()
+        done = client.run_together([client.calls.get_task(i) for i in created], 2)
+        assert [task.id for task in done] == created
+        assert most_at_once(server.requests, "/tasks/*") == 2
+
+
+def test_a_retry_waits_without_holding_up_the_other_operations(server: EmulatorServer):
+    with client_for(server, backoff_base=0.5) as client:
+        client.register_task_type(TYPE, "1", {"type": "object"})
+        task_id = client.create_task(TYPE, {"n": 1})
+        server.reset_requests()
+        server.faults.fail_next(1, status=503, path="/tasks/claim")
+
+        def three_reads() -> Any:
+            for _ in range(3):
+                yield from client.calls.get_task(task_id)
+            return "read"
+
+        claimed, read = client.run_together([client.calls.claim_task(TYPE), three_reads()], 2)
+        assert claimed is not None and claimed.id == task_id and read == "read"
+        order = [(r.path, r.status) for r in server.requests]
+        first_claim = order.index(("/tasks/claim", 503))
+        retried = order.index(("/tasks/claim", 200))
+        reads = [i for i, (path, _) in enumerate(order) if path == f"/tasks/{task_id}"]
+        assert len(reads) == 3 and first_claim < min(reads) and max(reads) < retried
+
+
+def test_no_answer_in_time_is_a_timeout_raised_once_the_others_ended(server: EmulatorServer):
+    with client_for(server, timeout=0.5, retry_attempts=0) as client:
+        client.register_task_type(TYPE, "1", {"type": "object"})
+        task_id = client.create_task(TYPE, {"n": 1})
+        server.faults.hang_next(1, path="/tasks/claim")
+        ended: list[str] = []
+
+        def reads() -> Any:
+            for _ in range(3):
+                yield from client.calls.get_task(task_id)
+            ended.append("reads")
+
+        with pytest.raises(TaskManagerTimeoutError):
+            client.run_together([client.calls.claim_task(TYPE), reads()], 2)
+        assert ended == ["reads"]
+        assert client.unanswered("/tasks/claim") == 1  # the server may have applied it
+        server.faults.release_hangs()
+        assert client.health_check()  # the hung connection was closed, not reused
+
+
+def test_an_operations_own_error_is_raised_once_every_other_operation_ended(
+    server: EmulatorServer,
+):
+    with client_for(server) as client:
+        client.register_task_type(TYPE, "1", {"type": "object"})
+        created = [client.create_task(TYPE, {"n": n}) for n in range(2)]
+
+        def breaks() -> Any:
+            yield from client.calls.get_task(created[0])
+            raise ValueError("the operation's own bug")
+
+        threads: list[int] = []
+        with pytest.raises(ValueError, match="own bug"):
+            client.run_together([breaks(), claim_and_complete(client, threads)], 2)
+        assert len(threads) == 2  # the other claimed and completed its task
+        assert [client.get_task(i).status for i in created].count("completed") == 1
+
+
+def test_an_interrupt_ends_every_operation_and_counts_its_request_unanswered(
+    server: EmulatorServer,
+):
+    with client_for(server) as client:
+        client.register_task_type(TYPE, "1", {"type": "object"})
+        client.create_task(TYPE, {"n": 1})
+        server.faults.hang_next(1, path="/tasks/claim")
+        closed: list[str] = []
+
+        def hung() -> Any:
+            try:
+                yield from client.calls.claim_task(TYPE)
+            finally:
+                closed.append("hung")
+
+        def interrupted() -> Any:
+            yield from client.calls.health_check()
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            client.run_together([hung(), interrupted()], 2)
+        assert closed == ["hung"]
+        assert client.unanswered("/tasks/claim") == 1
+        server.faults.release_hangs()
+
+
+def test_a_closed_client_runs_nothing(server: EmulatorServer):
+    client = client_for(server)
+    client.close()
+    steps = client.calls.health_check()
+    with pytest.raises(TaskManagerConfigError, match="closed"):
+        client.run_together([steps], 1)
+    assert server.requests == []
+
+
+def test_on_another_http_library_the_operations_run_one_after_another(
+    server: EmulatorServer,
+):
+    settings = TaskManagerConfig(api_url=server.url, api_key=server.api_key, worker_id="flight")
+    with TaskManagerClient(settings) as client:  # requests
+        assert not client.runs_together
+        client.register_task_type(TYPE, "1", {"type": "object"})
+        created = [client.create_task(TYPE, {"n": n}) for n in range(3)]
+        server.reset_requests()
+        done = client.run_together([client.calls.get_task(i) for i in created], 3)
+        assert [task.id for task in done] == created
+        assert most_at_once(server.requests, "/tasks/*") == 1
