@@ -31,6 +31,8 @@ from taskmanager import (
     TaskManagerRateLimitError,
     TaskManagerValidationError,
 )
+from taskmanager.calls import Calls
+from taskmanager.exchange import Steps
 
 from ..models import FinalOutboxStatus, OutboxEntry
 from ..storage import Store
@@ -54,37 +56,39 @@ class Outcome:
     remote_id: int | None = None  # the id a create/register got
 
 
-def _send(entry: OutboxEntry, client: TaskManagerClient) -> Outcome:
+def _send(entry: OutboxEntry, calls: Calls) -> Steps[Outcome]:
     payload = entry.payload
     if entry.kind in ("complete", "fail", "progress") and entry.remote_id is None:
         return Outcome(Verdict.DEAD, f"{entry.kind} row has no remote task id")
     remote_id = int(entry.remote_id or 0)
     worker = entry.remote_worker_id
     if entry.kind == "complete":
-        done = client.complete_task(remote_id, payload.get("result") or {}, worker_id=worker)
+        result = payload.get("result") or {}
+        done = yield from calls.complete_task(remote_id, result, worker_id=worker)
         note = "already applied (answer lost earlier; verified by reading the task)"
         return Outcome(Verdict.DELIVERED, note if done.settled_by_read else None)
     if entry.kind == "fail":
-        failed = client.fail_task(
-            remote_id, str(payload.get("error") or "failed"), worker_id=worker
+        error = str(payload.get("error") or "failed")
+        failed = yield from calls.complete_task(
+            remote_id, None, "failed", worker_id=worker, error=error
         )
         note = f"server status {failed.status}"
         if failed.settled_by_read:
             note += "; already applied (verified by reading the task)"
         return Outcome(Verdict.DELIVERED, note)
     if entry.kind == "progress":
-        client.update_progress(
+        yield from calls.update_progress(
             remote_id, int(payload["progress"]), payload.get("message"), worker_id=worker
         )
         return Outcome(Verdict.DELIVERED)
     if entry.kind == "create_task":
-        created = client.create_task_detailed(
+        created = yield from calls.create_task_detailed(
             payload["type"], payload["params"], int(payload.get("priority") or 0)
         )
         note = f"remote task {created.id}" + (" (deduplicated)" if created.deduplicated else "")
         return Outcome(Verdict.DELIVERED, note, remote_id=created.id)
     if entry.kind == "register_type":
-        registered = client.register_task_type(
+        registered = yield from calls.register_task_type(
             payload["name"], payload["version"], payload["param_schema"]
         )
         return Outcome(Verdict.DELIVERED, f"task type id {registered.id}", remote_id=registered.id)
@@ -115,8 +119,13 @@ def _conflict(entry: OutboxEntry, exc: TaskManagerConflictError) -> Outcome:
 
 def deliver(entry: OutboxEntry, client: TaskManagerClient) -> Outcome:
     """Send one row and classify the answer; never raises a ``TaskManagerError``."""
+    return client.run(delivery(entry, client.calls))
+
+
+def delivery(entry: OutboxEntry, calls: Calls) -> Steps[Outcome]:
+    """``deliver`` as steps, for a caller that has several rows in flight at once."""
     try:
-        return _send(entry, client)
+        return (yield from _send(entry, calls))
     except TaskManagerConflictError as exc:
         return _conflict(entry, exc)
     except TaskManagerRateLimitError as exc:

@@ -2,9 +2,13 @@
 
 The server answers each request in a few milliseconds and serves several at a
 time; one request after another leaves it idle most of the time. A ``Fanout``
-runs a batch of calls on up to ``width`` threads (the client's session pools
-their connections) and gives back their results in order; with a width of 1 it
-runs them inline, one after another.
+runs a batch of operations with up to ``width`` requests in flight and gives back
+their results in order. ``run_steps`` takes operations written as steps (generators
+that ``yield from`` the client's calls): on the ``http.client`` transport they all
+run on the calling thread (``taskmanager.in_flight``: no thread to wake per answer,
+none waiting for the GIL behind another), elsewhere each on a thread of its own.
+``run`` takes plain callables, on up to ``width`` threads (the client's pool keeps
+their connections); with a width of 1 it runs them inline, one after another.
 """
 
 from __future__ import annotations
@@ -12,9 +16,25 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+from taskmanager.exchange import Steps
 
 T = TypeVar("T")
+
+
+class StepsRunner(Protocol):
+    """The part of ``TaskManagerClient`` that carries out operations given as steps."""
+
+    @property
+    def runs_together(self) -> bool: ...
+
+    def run(self, steps: Steps[Any]) -> Any: ...
+
+    def run_together(self, operations: Sequence[Steps[Any]], width: int) -> list[Any]: ...
+
+
 TopUp = Callable[[int, int], int]  # (in flight, taken so far) -> more requests granted
 
 
@@ -26,6 +46,16 @@ class Fanout:
         self.name = name
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+
+    def run_steps(
+        self, client: StepsRunner, operations: Sequence[Steps[T]], width: int | None = None
+    ) -> list[T]:
+        """Every operation's result, in order, with at most ``width`` (at most the
+        fan-out's own) under way at once; the first exception is raised after all ended."""
+        runners = min(self.width, width or self.width)
+        if client.runs_together:
+            return client.run_together(operations, runners)
+        return self.run([partial(client.run, steps) for steps in operations], runners)
 
     def run(self, calls: Sequence[Callable[[], T]], width: int | None = None) -> list[T]:
         """Every call's result, in order, with at most ``width`` (at most the fan-out's

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from functools import partial
 
 from taskmanager import (
     TaskManagerAuthError,
@@ -22,6 +21,7 @@ from taskmanager import (
     TaskManagerError,
     TaskManagerRateLimitError,
 )
+from taskmanager.exchange import Steps
 
 from ..storage import CLAIM_PLAN_KEY, ClaimIntent
 from .claim_budget import ClaimLimit, claim_limit, prefetch_in_use
@@ -274,15 +274,16 @@ class PullJob(JobState):
         requests (and what ``top_up`` grants), and none started after an empty answer."""
         slots = Slots(limit, top_up)
         width = min(width, limit)
-        claimer = partial(self._claimer, task_type, slots, now, width)
-        results = self._claims.run([claimer] * width, width)
+        claimers = [self._claimer(task_type, slots, now, width) for _ in range(width)]
+        results = self._claims.run_steps(self.client, claimers, width)
         errors = [error for _, error in results if error is not None]
         claimed = sum(count for count, _ in results)
         return claimed, slots.granted, (errors[0] if errors else None)
 
     def _claimer(
         self, task_type: str, slots: Slots, now: datetime, width: int
-    ) -> tuple[int, TaskManagerError | None]:
+    ) -> Steps[tuple[int, TaskManagerError | None]]:
+        """One connection's claims, one after another, each recorded as it comes."""
         claimed = 0
         try:
             while self._claiming.is_set() and slots.take():
@@ -291,7 +292,7 @@ class PullJob(JobState):
                     slots.settle()
                     break
                 try:
-                    task = self.client.claim_task(task_type=task_type, worker_id=self.worker_id)
+                    task = yield from self.client.calls.claim_task(task_type, self.worker_id)
                     if task is None:
                         slots.stop()
                         break

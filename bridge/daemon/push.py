@@ -12,14 +12,14 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import partial
 
+from taskmanager.exchange import Steps
 from taskmanager.transport import backoff_delay
 
 from ..logs import task_fields
 from ..models import FinalOutboxStatus, OutboxEntry
 from ..storage import SettledRow
-from .delivery import Outcome, Verdict, apply_outcome, deliver
+from .delivery import Outcome, Verdict, apply_outcome, delivery
 from .job_state import JobState
 
 logger = logging.getLogger("bridge.daemon")
@@ -78,9 +78,12 @@ class PushJob(JobState):
         batch = _PushBatch()
         try:
             chains = _chains(self.store.pending_outbox(now, self.config.push_batch))
-            deliver_chain = partial(self._deliver_chain, now=now, started=tick_started, batch=batch)
+            deliveries = [
+                self._deliver_chain(chain, now=now, started=tick_started, batch=batch)
+                for chain in chains
+            ]
             width = self.config.connections_now(self.client.fastest_answer_seconds())
-            self._deliveries.run([partial(deliver_chain, chain) for chain in chains], width)
+            self._deliveries.run_steps(self.client, deliveries, width)
             if not batch.stopped.is_set():
                 with self._push_lock:
                     self._push_failures = 0
@@ -92,7 +95,7 @@ class PushJob(JobState):
 
     def _deliver_chain(
         self, chain: list[OutboxEntry], *, now: datetime, started: float, batch: _PushBatch
-    ) -> None:
+    ) -> Steps[None]:
         """One chain's rows in order: a row that must be tried again holds back what must
         follow it (``must_follow``: a task's later rows, a type's creates behind its
         registration), and what is held back holds back its own followers; an outage or
@@ -104,7 +107,8 @@ class PushJob(JobState):
             if any(must_follow(earlier, entry) for earlier in waiting):
                 waiting.append(entry)
                 continue
-            if not self._apply(entry, deliver(entry, self.client), now, started, batch):
+            outcome = yield from delivery(entry, self.client.calls)
+            if not self._apply(entry, outcome, now, started, batch):
                 batch.stopped.set()
                 return
             if entry.id in batch.retrying:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,10 +18,11 @@ from bridge.daemon.service import Daemon
 from bridge.ops.operations import Operations
 from bridge.storage.outbox import append_for_task
 from taskmanager import TaskManagerClient, TaskManagerConfig
+from taskmanager.client import HttpLibrary
 from taskmanager.emulator import EmulatorServer
 
 from .conftest import Clock
-from .helpers import bridge_cli
+from .helpers import bridge_cli, most_at_once
 
 TYPE = "t.work"
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
@@ -42,7 +44,12 @@ class Rig:
 
 
 def make_bridge(
-    queue: LocalQueue, server: EmulatorServer, clock: Clock, retry_attempts: int = 0, **settings
+    queue: LocalQueue,
+    server: EmulatorServer,
+    clock: Clock,
+    retry_attempts: int = 0,
+    http: HttpLibrary = "requests",
+    **settings,
 ) -> DaemonJobs:
     values = {
         "types": [TYPE],
@@ -66,6 +73,7 @@ def make_bridge(
         ),
         now=clock,
         clock=lambda: clock.now.timestamp(),  # the client's waits (Retry-After) on our time
+        http=http,
     )
     return DaemonJobs(queue.store, client, config)
 
@@ -79,6 +87,36 @@ def rig(migrated_url: str, clock: Clock) -> Iterator[Rig]:
     ):
         admin.register_task_type(TYPE, "1", SCHEMA)
         yield Rig(server, queue, make_bridge(queue, server, clock), clock, admin)
+
+
+def test_claims_and_deliveries_go_out_together_from_the_ticking_thread_alone(
+    migrated_url: str, clock: Clock
+):
+    """On the http.client transport (the daemon's default) a burst's requests are in
+    flight at once with no thread of their own: one wake-up may bring several answers,
+    and no thread waits for another to hand over the GIL."""
+    with (
+        EmulatorServer(service_seconds=0.1) as server,  # each request held 100 ms
+        LocalQueue(migrated_url, clock=clock) as queue,
+        server.client() as admin,
+    ):
+        admin.register_task_type(TYPE, "1", SCHEMA)
+        created = [admin.create_task(TYPE, {"n": n}) for n in range(8)]
+        bridge = make_bridge(
+            queue, server, clock, http="stdlib", connections=4, prefetch=8, workers=4
+        )
+        server.reset_requests()
+        before = set(threading.enumerate())  # other tests' bridges may have left theirs
+        assert bridge.pull_tick(clock.now) == 8
+        for task in iter(queue.dequeue, None):
+            queue.complete(task, {"n": task.params["n"]})
+        assert bridge.push_tick(clock.now) == 8
+        names = {thread.name for thread in set(threading.enumerate()) - before}
+        bridge.close()
+        assert not any(name.startswith(("bridge-claim", "bridge-push")) for name in names)
+        assert most_at_once(server.requests, "/tasks/claim") == 4
+        assert most_at_once(server.requests, "/tasks/*/complete") == 4
+        assert {admin.get_task(i).status for i in created} == {"completed"}
 
 
 def test_pull_fills_to_prefetch_then_as_room_appears(rig: Rig):

@@ -70,7 +70,7 @@ class FakeClient:
     clock: Clock
     remote: dict[str, list[int]] = field(default_factory=dict)
     errors: dict[str, list[Exception]] = field(default_factory=dict)
-    calls: list[tuple[str, Any]] = field(default_factory=list)
+    log: list[tuple[str, Any]] = field(default_factory=list)  # (method, first argument)
     claimed_rows: list[Task] = field(default_factory=list)
     windows: dict[str, Any] = field(default_factory=dict)  # path -> RateLimitInfo
     lose_next_answer: bool = False
@@ -81,16 +81,16 @@ class FakeClient:
     config: Any = field(default_factory=lambda: SimpleNamespace(worker_id=WORKER))
 
     def _call(self, method: str, arg: Any) -> None:
-        if len(self.calls) > 10_000:
+        if len(self.log) > 10_000:
             raise AssertionError(f"runaway loop: over 10,000 calls, the last {method}({arg})")
-        self.calls.append((method, arg))
+        self.log.append((method, arg))
         self.clock.mono += self.call_seconds
         pending = self.errors.get(method)
         if pending:
             raise pending.pop(0)
 
     def called(self, method: str) -> list[Any]:
-        return [arg for name, arg in self.calls if name == method]
+        return [arg for name, arg in self.log if name == method]
 
     def unanswered(self, path: str) -> int:
         return self.lost_answers
@@ -144,6 +144,39 @@ class FakeClient:
     def get_task(self, task_id: int) -> Task:
         self._call("get", task_id)
         return next(row for row in self.claimed_rows if row.id == task_id)
+
+    # The daemon runs its claims and deliveries as steps (``client.calls``): here each
+    # call's steps answer at once from the scripted method of the same name, looked up
+    # when called so that a test's replacement of a method is what runs.
+    runs_together = False  # the fan-out runs them on threads, as on the other libraries
+
+    @property
+    def calls(self) -> Any:
+        return FakeCalls(self)
+
+    def run(self, steps: Any) -> Any:
+        try:
+            steps.send(None)
+        except StopIteration as done:
+            return done.value
+        raise AssertionError("a fake call's steps asked for I/O")
+
+
+class FakeCalls:
+    """``Calls`` over a ``FakeClient``: steps that never yield, each the fake's answer."""
+
+    def __init__(self, client: FakeClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        def steps(*args: Any, **kwargs: Any) -> Any:
+            if name == "complete_task" and len(args) > 2 and args[2] == "failed":
+                task_id, error = args[0], kwargs.pop("error")
+                return self._client.fail_task(task_id, error, **kwargs)
+            return getattr(self._client, name)(*args, **kwargs)
+            yield  # a generator that answers without I/O
+
+        return steps
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +262,7 @@ def test_pull_claims_what_it_saw_pending_up_to_the_limit_and_no_empty_claim(rig:
     assert rig.client.called("claim") == [TYPE] * 3  # no claim beyond the limit
     rig.client.remote[TYPE] = [20]
     bridge = rig.make(prefetch=10)
-    rig.client.calls.clear()
+    rig.client.log.clear()
     assert bridge.pull_tick(rig.clock.now) == 1
     assert rig.client.called("claim") == [TYPE]  # the one task seen: no empty claim after it
 
@@ -241,7 +274,7 @@ def test_a_blind_burst_stops_at_the_limit_and_at_the_first_empty_answer(rig: Rig
     assert len(rig.client.called("claim")) == 3
     rig.client.remote[TYPE] = [20]
     bridge = rig.make(prefetch=10, watch_interval_seconds=0)
-    rig.client.calls.clear()
+    rig.client.log.clear()
     assert bridge.pull_tick(rig.clock.now) == 1
     assert rig.client.called("claim") == [TYPE, TYPE]  # the one task, then the empty answer
 
@@ -293,26 +326,26 @@ def test_a_429_pauses_its_job_for_retry_after_counted_from_the_429(rig: Rig, job
     tick = {"pull": bridge.pull_tick, "push": bridge.push_tick, "reconcile": bridge.reconcile_tick}
     started = rig.clock.now
     tick[job](started)
-    spent = 3.0 * len(rig.client.calls)  # every call before (and with) the 429 took 3 s
+    spent = 3.0 * len(rig.client.log)  # every call before (and with) the 429 took 3 s
     paused_job = "push" if job == "push" else "pull"
     assert bridge.server.paused_until[paused_job] == started + timedelta(seconds=spent + 10)
-    rig.client.calls.clear()
+    rig.client.log.clear()
     _queue_completion(rig, remote_id=2)
     rig.client.remote[TYPE] = [7]
     now = started + timedelta(seconds=spent + 9.9)  # still paused
     for name in ("pull", "push", "reconcile"):
-        rig.client.calls.clear()
+        rig.client.log.clear()
         tick[name](now)
-        sent = {method for method, _ in rig.client.calls}
+        sent = {method for method, _ in rig.client.log}
         if name in PAUSES[job]:
             assert sent == set(), f"{name} sent {sent} while paused by a 429 in {job}"
         else:
             assert sent, f"{name} was held back by a 429 in {job}"
     after = started + timedelta(seconds=spent + 10.1)
-    rig.client.calls.clear()
+    rig.client.log.clear()
     for name in ("pull", "push", "reconcile"):
         tick[name](after)
-    assert {name for name, _ in rig.client.calls} >= {"claim", "list"}
+    assert {name for name, _ in rig.client.log} >= {"claim", "list"}
 
 
 # -- push --------------------------------------------------------------------------------------
@@ -347,7 +380,7 @@ def test_a_later_row_of_a_task_never_overtakes_an_earlier_one_waiting_to_retry(r
     assert rig.client.called("complete") == []
     rig.clock.advance(120)  # past any back-off: the fail first, then the completion
     bridge.push_tick(rig.clock.now)
-    assert [name for name, _ in rig.client.calls] == ["fail", "fail", "complete"]
+    assert [name for name, _ in rig.client.log] == ["fail", "fail", "complete"]
 
 
 def test_an_outage_stops_the_push_and_backs_off(rig: Rig):
