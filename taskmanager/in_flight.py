@@ -16,18 +16,24 @@ them one at a time, with the same retries, waits, answers and errors. A ``Sleep`
 (a retry's back-off, a rate limit's wait) parks only its own operation.
 
 What stays blocking: opening a new connection (the connect timeout bounds it; the
-pool keeps them open between requests), and reading an answer once its first
-bytes are in (an answer is a few hundred bytes, in one or two segments; a server
-that sends half an answer and stalls holds every operation here for up to the read
-timeout, where it would hold only its own thread). No answer within the read
-timeout after the request left ends that request as a timeout, as on a thread.
+pool keeps them open between requests), sending a request, and reading an answer
+once its first bytes are in (an answer is a few hundred bytes, in one or two
+segments; a server that sends half an answer and stalls holds every operation here
+for up to the read timeout, where it would hold only its own thread). Under TLS a
+socket also turns readable with the server's own records (session tickets): what
+decrypts is read without waiting, and nothing yet means wait on. No answer within
+the read timeout after the request left ends that request as a timeout, as on a
+thread; an answer that came while the thread was busy past that time (an
+operation's own work) is read first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import http.client
 import selectors
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -42,13 +48,14 @@ _R = TypeVar("_R")
 class _Operation(Generic[_R]):
     """One operation's place: its steps, and the request it has in flight, if any."""
 
-    __slots__ = ("connection", "deadline", "drive", "index", "send")
+    __slots__ = ("connection", "deadline", "drive", "fileno", "index", "send")
 
     def __init__(self, index: int, steps: Steps[_R]) -> None:
         self.index = index
         self.drive = Drive(steps)
         self.send: Send | None = None
         self.connection: http.client.HTTPConnection | None = None
+        self.fileno = -1
         self.deadline = 0.0
 
 
@@ -93,9 +100,10 @@ class _Together(Generic[_R]):
                 steps.close()
             raise TaskManagerConfigError("the client is closed")
         try:
-            self._start_more()
-            while self.under_way:
-                self._wait()
+            while self.waiting or self.under_way:
+                self._start_more()
+                if self.under_way:
+                    self._wait()
         except BaseException:
             self._abandon()
             raise
@@ -107,6 +115,8 @@ class _Together(Generic[_R]):
         return self.results  # type: ignore[return-value]  # every slot filled, none raised
 
     def _start_more(self) -> None:
+        """Start operations while there is room: in a loop, not by recursion, since
+        thousands may end at once without a request (a push's chains after a stop)."""
         while self.waiting and self.under_way < self.width:
             index = self.count - len(self.waiting)
             self.under_way += 1
@@ -130,16 +140,24 @@ class _Together(Generic[_R]):
                 return
             with operation.drive.sending():
                 started = self.transport.start(step)
-                if not isinstance(started, http.client.HTTPConnection):
-                    operation.drive.reply = started
-                    continue
-                sock = started.sock
-                assert sock is not None  # start returns a connected connection
-                operation.send, operation.connection = step, started
-                operation.deadline = time.monotonic() + self.transport.pool.origin.read_timeout
-                self.in_flight[sock.fileno()] = operation
-                self.selector.register(sock, selectors.EVENT_READ, operation)
-                return
+                if isinstance(started, http.client.HTTPConnection):
+                    self._send_off(operation, step, started)
+                    return
+                operation.drive.reply = started
+
+    def _send_off(
+        self, operation: _Operation[_R], send: Send, connection: http.client.HTTPConnection
+    ) -> None:
+        """Wait for the answer to the request just sent on ``connection``."""
+        try:
+            fileno = connection.sock.fileno()
+            self.selector.register(fileno, selectors.EVENT_READ, operation)
+        except BaseException:
+            self.transport.pool.give_back(connection, reusable=False)
+            raise
+        operation.send, operation.connection, operation.fileno = send, connection, fileno
+        operation.deadline = time.monotonic() + self.transport.pool.origin.read_timeout
+        self.in_flight[fileno] = operation
 
     def _ended(self, operation: _Operation[_R], error: BaseException | None = None) -> None:
         if error is None:
@@ -147,34 +165,56 @@ class _Together(Generic[_R]):
         else:
             self.errors[operation.index] = error
         self.under_way -= 1
-        self._start_more()
 
     def _wait(self) -> None:
         """Until an answer comes in, a sleep ends or a request's time runs out; then
         move each such operation on. With nothing in flight the transport's own
         ``sleep`` waits for the first sleeper (a test's fake clock included)."""
         if not self.in_flight:
-            wake_at, _, operation = heapq.heappop(self.sleeping)
-            self.transport.sleep(max(0.0, wake_at - self.clock()))
-            self._advance(operation)
+            self.transport.sleep(max(0.0, self.sleeping[0][0] - self.clock()))
+            self._advance(heapq.heappop(self.sleeping)[2])
             return
-        now = time.monotonic()
-        timeout = min(op.deadline for op in self.in_flight.values()) - now
+        timeout = min(op.deadline for op in self.in_flight.values()) - time.monotonic()
         if self.sleeping:
             timeout = min(timeout, self.sleeping[0][0] - self.clock())
-        for key, _ in self.selector.select(max(0.0, timeout)):
-            self._answered(key.data)
+        self._read_ready(max(0.0, timeout))
         awake = self.clock()
         while self.sleeping and self.sleeping[0][0] <= awake:
             self._advance(heapq.heappop(self.sleeping)[2])
         now = time.monotonic()
-        for operation in [op for op in self.in_flight.values() if op.deadline <= now]:
-            self._timed_out(operation)
+        late = [op for op in self.in_flight.values() if op.deadline <= now]
+        if late:
+            # The thread may have been busy past a deadline (an operation's own work: a
+            # claim's record waiting for SQLite's lock): an answer that came meanwhile
+            # is read, not taken for a timeout.
+            self._read_ready(0.0)
+            for operation in late:
+                if operation.connection is not None and operation.deadline <= now:
+                    self._timed_out(operation)
+
+    def _read_ready(self, timeout: float) -> None:
+        for key, _ in self.selector.select(timeout):
+            operation = key.data
+            if operation.connection is not None:  # not answered earlier in this round
+                self._answered(operation)
 
     def _answered(self, operation: _Operation[_R]) -> None:
+        connection = operation.connection
+        assert connection is not None
+        first = b""
+        if isinstance(connection.sock, ssl.SSLSocket):
+            # Readable is not answered under TLS: the server's own records (TLS 1.3
+            # session tickets, after a new connection's handshake) wake the select too.
+            # Read what decrypts without waiting; nothing yet means wait on.
+            try:
+                first = _read_now(connection.sock, self.transport.pool.origin.read_timeout)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except OSError:
+                first = b""  # the read in ``finish`` meets the same error, and says it
         send, connection = self._land(operation)
         with operation.drive.sending():
-            operation.drive.reply = self.transport.finish(send, connection)
+            operation.drive.reply = self.transport.finish(send, connection, first)
         self._advance(operation)
 
     def _timed_out(self, operation: _Operation[_R]) -> None:
@@ -188,14 +228,8 @@ class _Together(Generic[_R]):
         """The operation's request and connection, no longer waited on."""
         send, connection = operation.send, operation.connection
         assert send is not None and connection is not None
-        sock = connection.sock
-        if sock is not None:
-            self.selector.unregister(sock)
-            del self.in_flight[sock.fileno()]
-        else:  # closed under us (the client closed): find it by the operation
-            fileno = next(f for f, op in self.in_flight.items() if op is operation)
-            self.selector.unregister(fileno)
-            del self.in_flight[fileno]
+        self.selector.unregister(operation.fileno)
+        del self.in_flight[operation.fileno]
         operation.send = operation.connection = None
         return send, connection
 
@@ -204,7 +238,20 @@ class _Together(Generic[_R]):
         counts as unanswered, its connection closed, its steps closed."""
         for operation in list(self.in_flight.values()):
             _, connection = self._land(operation)
-            self.transport.pool.give_back(connection, reusable=False)
-            operation.drive.steps.close()
+            try:
+                operation.drive.steps.close()
+            finally:
+                self.transport.pool.give_back(connection, reusable=False)
         for _, _, operation in self.sleeping:
-            operation.drive.steps.close()
+            with contextlib.suppress(Exception):  # an operation's own cleanup failing
+                operation.drive.steps.close()
+
+
+def _read_now(sock: ssl.SSLSocket, timeout: float) -> bytes:
+    """What the socket has for us now (``b""`` at its end); ``SSLWantReadError`` when
+    only TLS records of its own came. The socket waits again afterwards."""
+    sock.settimeout(0.0)
+    try:
+        return sock.recv(65536)
+    finally:
+        sock.settimeout(timeout)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import io
 import re
 import select
 import socket
@@ -31,6 +32,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
 import idna
@@ -403,12 +405,15 @@ class StdlibTransport(BlockingTransport):
             raise
         return connection
 
-    def finish(self, send: Send, connection: http.client.HTTPConnection) -> Answer | Outcome:
-        """Read the answer to the request ``start`` sent on ``connection``, which goes
-        back to the pool (kept when the answer leaves it open)."""
+    def finish(
+        self, send: Send, connection: http.client.HTTPConnection, first: bytes = b""
+    ) -> Answer | Outcome:
+        """Read the answer to the request ``start`` sent on ``connection`` (``first``:
+        its first bytes, already read), which goes back to the pool (kept when the
+        answer leaves it open)."""
         reusable = False
         try:
-            response = _read_answer(connection, send.method)
+            response = _read_answer(connection, send.method, first)
             raw = response.read()
             reusable = not response.will_close
         except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -450,19 +455,50 @@ def _write(connection: http.client.HTTPConnection, head: bytes, body: bytes | No
         sock.sendall(data)
 
 
-def _read_answer(connection: http.client.HTTPConnection, method: str) -> Response:
-    """The answer's head (the body is the caller's to read). The caller closes a
-    connection the answer does not leave open."""
+def _read_answer(
+    connection: http.client.HTTPConnection, method: str, first: bytes = b""
+) -> Response:
+    """The answer's head (the body is the caller's to read), after ``first``, its
+    bytes already read. The caller closes a connection the answer does not leave open."""
     sock = connection.sock
     if sock is None:
         raise http.client.NotConnected()
-    response = Response(sock, method=method)
+    source: socket.socket | _AfterFirst = _AfterFirst(sock, first) if first else sock
+    response = Response(source, method=method)  # type: ignore[arg-type]  # reads via makefile
     try:
         response.begin()
     except BaseException:
         response.close()
         raise
     return response
+
+
+class _AfterFirst:
+    """A socket whose first bytes were already read: ``makefile`` gives them, then
+    the socket's own."""
+
+    def __init__(self, sock: socket.socket, first: bytes) -> None:
+        self._raw = _FirstThenSocket(sock, first)
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(self._raw)
+
+
+class _FirstThenSocket(io.RawIOBase):
+    def __init__(self, sock: socket.socket, first: bytes) -> None:
+        self._sock = sock
+        self._first = memoryview(first)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._first:
+            count = min(len(buffer), len(self._first))
+            buffer[:count] = self._first[:count]
+            self._first = self._first[count:]
+            return count
+        return self._sock.recv_into(buffer)
 
 
 def _decoded(raw: bytes, response: Response) -> str:

@@ -119,7 +119,10 @@ def _conflict(entry: OutboxEntry, exc: TaskManagerConflictError) -> Outcome:
 
 def deliver(entry: OutboxEntry, client: TaskManagerClient) -> Outcome:
     """Send one row and classify the answer; never raises a ``TaskManagerError``."""
-    return client.run(delivery(entry, client.calls))
+    try:
+        return client.run(delivery(entry, client.calls))
+    except TaskManagerError as exc:  # refused before the row's steps began (a closed client)
+        return Outcome(Verdict.RETRY, str(exc))
 
 
 def delivery(entry: OutboxEntry, calls: Calls) -> Steps[Outcome]:

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 from taskmanager import (
     TaskManagerAuthError,
+    TaskManagerConfigError,
     TaskManagerConnectionError,
     TaskManagerError,
     TaskManagerRateLimitError,
@@ -275,7 +276,10 @@ class PullJob(JobState):
         slots = Slots(limit, top_up)
         width = min(width, limit)
         claimers = [self._claimer(task_type, slots, now, width) for _ in range(width)]
-        results = self._claims.run_steps(self.client, claimers, width)
+        try:
+            results = self._claims.run_steps(self.client, claimers, width)
+        except TaskManagerConfigError as exc:  # the client was closed (a stop): none sent
+            return 0, slots.granted, exc
         errors = [error for _, error in results if error is not None]
         claimed = sum(count for count, _ in results)
         return claimed, slots.granted, (errors[0] if errors else None)

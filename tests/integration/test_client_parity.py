@@ -38,6 +38,7 @@ from taskmanager import (
     TaskManagerServerError,
     TaskManagerTimeoutError,
 )
+from taskmanager.exchange import Sleep
 
 from ..both_clients import CLIENT_KINDS, IN_FLIGHT, LOOP, STDLIB, make_client
 from ..scripted_server import Scripted, ScriptedServer, closed_port
@@ -429,6 +430,37 @@ def test_closing_the_stdlib_client_ends_a_request_in_flight_over_tls(
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
     with ScriptedServer(tls=context) as server:
         closing_ends_the_claim_in_flight(server, "stdlib")
+
+
+def test_over_tls_a_slow_answer_holds_up_no_other_request_in_flight(
+    certificate: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+):
+    """``run_together`` over TLS: a new connection turns readable with the server's
+    session tickets (TLS 1.3), before any answer. Taken for the answer, the slow
+    request's read would hold the thread, and the quick one behind it, for a second."""
+    cert, key = certificate
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
+    row = {"id": 1, "type": "T", "status": "pending"}
+    with ScriptedServer(tls=context) as server:
+        slow = {"success": True, "data": {"items": [row], "count": 1}}
+        server.add("GET", "/tasks/1", Scripted(200, slow, hang=1.0))
+        server.add("GET", "/tasks/2", ok({"items": [{**row, "id": 2}], "count": 1}))
+        config = TaskManagerConfig(api_url=server.url, api_key=KEY, worker_id="w")
+        with TaskManagerClient(config, http="stdlib") as client:
+            started = time.monotonic()
+
+            def quick() -> Any:
+                yield Sleep(0.2)  # the slow request's connection has its tickets by now
+                task = yield from client.calls.get_task(2)
+                return task.id, time.monotonic() - started
+
+            late, (quick_id, quick_seconds) = client.run_together(
+                [client.calls.get_task(1), quick()], 2
+            )
+            assert late.id == 1 and quick_id == 2
+            assert quick_seconds < 0.7  # not behind the slow answer's second
 
 
 # -- the async client's own edges: cancellation, event loops, CA bundles ---------------

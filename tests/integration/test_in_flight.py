@@ -7,7 +7,9 @@ driver one operation at a time in ``test_client_parity.py`` (the ``in_flight`` k
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,9 +19,11 @@ from taskmanager import (
     TaskManagerClient,
     TaskManagerConfig,
     TaskManagerConfigError,
+    TaskManagerConnectionError,
     TaskManagerTimeoutError,
 )
 from taskmanager.emulator import EmulatorServer
+from taskmanager.exchange import Sleep
 
 from .helpers import most_at_once
 
@@ -39,6 +43,11 @@ def client_for(server: EmulatorServer, **config: Any) -> TaskManagerClient:
         api_url=server.url, api_key=server.api_key, worker_id="flight", **config
     )
     return TaskManagerClient(settings, http="stdlib")
+
+
+def no_connection_out(client: TaskManagerClient) -> bool:
+    """Every connection back in the pool or closed: none left out by an operation."""
+    return not client._transport.pool._busy  # type: ignore[union-attr]
 
 
 def claim_and_complete(client: TaskManagerClient, threads: list[int]) -> Any:
@@ -64,6 +73,7 @@ def test_operations_have_their_requests_in_flight_together_on_the_calling_thread
         assert set(threads) == {threading.get_ident()}  # every step on this thread
         assert most_at_once(server.requests, "/tasks/claim") == 6
         assert all(client.get_task(i).status == "completed" for i in created)
+        assert no_connection_out(client)
 
 
 def test_width_bounds_the_requests_in_flight_and_results_keep_their_order(
@@ -79,7 +89,7 @@ def test_width_bounds_the_requests_in_flight_and_results_keep_their_order(
 
 
 def test_a_retry_waits_without_holding_up_the_other_operations(server: EmulatorServer):
-    with client_for(server, backoff_base=0.5) as client:
+    with client_for(server, backoff_base=1.0) as client:
         client.register_task_type(TYPE, "1", {"type": "object"})
         task_id = client.create_task(TYPE, {"n": 1})
         server.reset_requests()
@@ -115,8 +125,59 @@ def test_no_answer_in_time_is_a_timeout_raised_once_the_others_ended(server: Emu
             client.run_together([client.calls.claim_task(TYPE), reads()], 2)
         assert ended == ["reads"]
         assert client.unanswered("/tasks/claim") == 1  # the server may have applied it
+        pool = client._transport.pool  # type: ignore[union-attr]
+        assert no_connection_out(client) and len(pool._idle) == 1  # the reads' one, kept
+        assert all(connection.sock is not None for connection in pool._idle)
         server.faults.release_hangs()
-        assert client.health_check()  # the hung connection was closed, not reused
+
+
+def test_an_answer_that_came_while_the_thread_was_busy_is_read_not_timed_out(
+    server: EmulatorServer,
+):
+    """An operation's own work between requests (a claim's record waiting for SQLite's
+    lock, say) can outlast another's time limit; an answer that came meanwhile is read."""
+    with client_for(server, timeout=1.0, retry_attempts=0) as client:
+        client.register_task_type(TYPE, "1", {"type": "object"})
+        task_id = client.create_task(TYPE, {"n": 1})
+
+        def busy() -> Any:
+            yield Sleep(0.05)  # the read below is in flight by then
+            time.sleep(1.3)  # past the read's time limit; its answer came at 0.1 s
+            return "busy"
+
+        read, done = client.run_together([client.calls.get_task(task_id), busy()], 2)
+        assert read.id == task_id and done == "busy"
+        assert client.unanswered(f"/tasks/{task_id}") == 0
+        assert no_connection_out(client)
+
+
+def test_closing_the_client_from_another_thread_ends_the_requests_in_flight(
+    server: EmulatorServer,
+):
+    with client_for(server) as client:
+        client.register_task_type(TYPE, "1", {"type": "object"})
+        client.create_task(TYPE, {"n": 1})
+        server.faults.hang_next(3, path="/tasks/claim")
+        threading.Timer(0.3, client.close).start()
+        started = time.monotonic()
+        with pytest.raises(TaskManagerConnectionError, match="closed"):
+            client.run_together([client.calls.claim_task(TYPE) for _ in range(3)], 3)
+        assert time.monotonic() - started < 5  # not the 30 s read timeout
+        assert client.unanswered("/tasks/claim") == 3
+        assert no_connection_out(client)
+        server.faults.release_hangs()
+
+
+def test_many_operations_that_send_nothing_end_without_a_deep_stack(server: EmulatorServer):
+    """A push stopped by an outage ends every chain not yet started at once."""
+    with client_for(server) as client:
+
+        def at_once(n: int) -> Any:
+            return n
+            yield  # steps that end before any request
+
+        count = 5 * sys.getrecursionlimit()
+        assert client.run_together([at_once(n) for n in range(count)], 4) == list(range(count))
 
 
 def test_an_operations_own_error_is_raised_once_every_other_operation_ended(
@@ -135,6 +196,7 @@ def test_an_operations_own_error_is_raised_once_every_other_operation_ended(
             client.run_together([breaks(), claim_and_complete(client, threads)], 2)
         assert len(threads) == 2  # the other claimed and completed its task
         assert [client.get_task(i).status for i in created].count("completed") == 1
+        assert no_connection_out(client)
 
 
 def test_an_interrupt_ends_every_operation_and_counts_its_request_unanswered(
@@ -160,6 +222,7 @@ def test_an_interrupt_ends_every_operation_and_counts_its_request_unanswered(
             client.run_together([hung(), interrupted()], 2)
         assert closed == ["hung"]
         assert client.unanswered("/tasks/claim") == 1
+        assert no_connection_out(client)
         server.faults.release_hangs()
 
 
