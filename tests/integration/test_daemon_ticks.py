@@ -48,7 +48,7 @@ def make_bridge(
     server: EmulatorServer,
     clock: Clock,
     retry_attempts: int = 0,
-    http: HttpLibrary = "requests",
+    http: HttpLibrary = "stdlib",  # the daemon's own (http = "auto"): bursts in flight together
     **settings,
 ) -> DaemonJobs:
     values = {
@@ -102,9 +102,7 @@ def test_claims_and_deliveries_go_out_together_from_the_ticking_thread_alone(
     ):
         admin.register_task_type(TYPE, "1", SCHEMA)
         created = [admin.create_task(TYPE, {"n": n}) for n in range(8)]
-        bridge = make_bridge(
-            queue, server, clock, http="stdlib", connections=4, prefetch=8, workers=4
-        )
+        bridge = make_bridge(queue, server, clock, connections=4, prefetch=8, workers=4)
         server.reset_requests()
         before = set(threading.enumerate())  # other tests' bridges may have left theirs
         assert bridge.pull_tick(clock.now) == 8
