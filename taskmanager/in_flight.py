@@ -210,8 +210,12 @@ class _Together(Generic[_R]):
                 first = _read_now(connection.sock, self.transport.pool.origin.read_timeout)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 return
-            except OSError:
-                first = b""  # the read in ``finish`` meets the same error, and says it
+            except OSError as exc:  # a TLS failure, a reset: said as a read on a thread says it
+                send, connection = self._land(operation)
+                with operation.drive.sending():
+                    operation.drive.reply = self.transport.fail(send, connection, exc)
+                self._advance(operation)
+                return
         send, connection = self._land(operation)
         with operation.drive.sending():
             operation.drive.reply = self.transport.finish(send, connection, first)
@@ -221,7 +225,7 @@ class _Together(Generic[_R]):
         send, connection = self._land(operation)
         late = TimeoutError("no answer within the read timeout")
         with operation.drive.sending():
-            operation.drive.reply = self.transport.fail(send, connection, "timeout", late)
+            operation.drive.reply = self.transport.fail(send, connection, late)
         self._advance(operation)
 
     def _land(self, operation: _Operation[_R]) -> tuple[Send, http.client.HTTPConnection]:
@@ -238,10 +242,9 @@ class _Together(Generic[_R]):
         counts as unanswered, its connection closed, its steps closed."""
         for operation in list(self.in_flight.values()):
             _, connection = self._land(operation)
-            try:
+            self.transport.pool.give_back(connection, reusable=False)
+            with contextlib.suppress(Exception):  # an operation's own cleanup failing
                 operation.drive.steps.close()
-            finally:
-                self.transport.pool.give_back(connection, reusable=False)
         for _, _, operation in self.sleeping:
             with contextlib.suppress(Exception):  # an operation's own cleanup failing
                 operation.drive.steps.close()

@@ -426,16 +426,13 @@ class StdlibTransport(BlockingTransport):
         )
 
     def fail(
-        self,
-        send: Send,
-        connection: http.client.HTTPConnection,
-        kind: FailureKind,
-        exc: BaseException,
+        self, send: Send, connection: http.client.HTTPConnection, exc: BaseException
     ) -> Outcome:
-        """Give up on the answer to a request ``start`` sent (no answer in time): the
-        connection is closed, since a late answer would be read as the next one's."""
+        """Give up on the answer to a request ``start`` sent (none in time, or an error
+        before it was read): the connection is closed, since what is left on it would
+        be read as the next request's answer."""
         self.pool.give_back(connection, reusable=False)
-        return no_answer("closed" if self._closed else kind, exc, send.method, send.url)
+        return no_answer(self._failure(exc), exc, send.method, send.url)
 
     def _failure(self, exc: BaseException) -> FailureKind:
         return "closed" if self._closed else _failure_kind(exc)
@@ -496,7 +493,7 @@ class _FirstThenSocket(io.RawIOBase):
         if self._first:
             count = min(len(buffer), len(self._first))
             buffer[:count] = self._first[:count]
-            self._first = self._first[count:]
+            self._first = self._first[count:] if count < len(self._first) else memoryview(b"")
             return count
         return self._sock.recv_into(buffer)
 

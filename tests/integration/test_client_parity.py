@@ -13,7 +13,9 @@ import base64
 import gzip
 import json
 import logging
+import os
 import random
+import socket
 import ssl
 import subprocess
 import threading
@@ -461,6 +463,54 @@ def test_over_tls_a_slow_answer_holds_up_no_other_request_in_flight(
             )
             assert late.id == 1 and quick_id == 2
             assert quick_seconds < 0.7  # not behind the slow answer's second
+
+
+def test_over_tls_a_record_that_does_not_decrypt_is_a_tls_failure_not_retried(
+    certificate: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+):
+    """A server whose answer is not a valid TLS record: on a thread the read raises a
+    TLS error (not retried: it would fail the same way); ``run_together`` must say the
+    same, though it meets the error in its own read without waiting."""
+    cert, key = certificate
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
+    listener = socket.create_server(("127.0.0.1", 0))
+    requests_seen: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            with context.wrap_socket(raw, server_side=True) as tls:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += tls.recv(4096)
+                requests_seen.append(request)
+                # An application-data record that does not decrypt, sent around TLS.
+                with socket.socket(fileno=os.dup(tls.fileno())) as plain:
+                    plain.sendall(b"\x17\x03\x03\x00\x20" + bytes(32))
+                time.sleep(0.2)
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}/api"
+    config = TaskManagerConfig(api_url=url, api_key=KEY, worker_id="w", retry_attempts=3)
+    errors = []
+    try:
+        for together in (False, True):
+            with TaskManagerClient(config, http="stdlib") as client:
+                with pytest.raises(TaskManagerConnectionError) as raised:
+                    if together:
+                        client.run_together([client.calls.get_task(1)], 1)
+                    else:
+                        client.get_task(1)
+                errors.append(str(raised.value))
+    finally:
+        listener.close()
+    assert len(requests_seen) == 2  # one each way: not retried
+    assert all("TLS failed" in error for error in errors), errors
 
 
 # -- the async client's own edges: cancellation, event loops, CA bundles ---------------

@@ -226,6 +226,35 @@ def test_an_interrupt_ends_every_operation_and_counts_its_request_unanswered(
         server.faults.release_hangs()
 
 
+def test_an_interrupt_ends_every_operation_even_when_one_cleanup_fails(
+    server: EmulatorServer,
+):
+    with client_for(server) as client:
+        client.register_task_type(TYPE, "1", {"type": "object"})
+        client.create_task(TYPE, {"n": 1})
+        server.faults.hang_next(2, path="/tasks/claim")
+        closed: list[str] = []
+
+        def hung(name: str) -> Any:
+            try:
+                yield from client.calls.claim_task(TYPE)
+            finally:
+                closed.append(name)
+                if name == "first":
+                    raise RuntimeError("the operation's own cleanup fails")
+
+        def interrupted() -> Any:
+            yield Sleep(0.2)  # both claims are in flight by then
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            client.run_together([hung("first"), hung("second"), interrupted()], 3)
+        assert sorted(closed) == ["first", "second"]
+        assert client.unanswered("/tasks/claim") == 2
+        assert no_connection_out(client)
+        server.faults.release_hangs()
+
+
 def test_a_closed_client_runs_nothing(server: EmulatorServer):
     client = client_for(server)
     client.close()
