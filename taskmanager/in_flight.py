@@ -36,10 +36,12 @@ import selectors
 import ssl
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Generic, TypeVar
 
 from .exceptions import TaskManagerConfigError
 from .exchange import Drive, Send, Sleep, Steps
+from .protocol import Answer, Outcome
 from .stdlib_transport import StdlibTransport
 
 _R = TypeVar("_R")
@@ -211,21 +213,24 @@ class _Together(Generic[_R]):
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 return
             except OSError as exc:  # a TLS failure, a reset: said as a read on a thread says it
-                send, connection = self._land(operation)
-                with operation.drive.sending():
-                    operation.drive.reply = self.transport.fail(send, connection, exc)
-                self._advance(operation)
+                self._reply(operation, partial(self.transport.fail, exc=exc))
                 return
-        send, connection = self._land(operation)
-        with operation.drive.sending():
-            operation.drive.reply = self.transport.finish(send, connection, first)
-        self._advance(operation)
+        self._reply(operation, partial(self.transport.finish, first=first))
 
     def _timed_out(self, operation: _Operation[_R]) -> None:
-        send, connection = self._land(operation)
         late = TimeoutError("no answer within the read timeout")
+        self._reply(operation, partial(self.transport.fail, exc=late))
+
+    def _reply(
+        self,
+        operation: _Operation[_R],
+        outcome: Callable[[Send, http.client.HTTPConnection], Answer | Outcome],
+    ) -> None:
+        """Hand the operation what became of its request (``outcome`` of the request and
+        its connection, which it gives back), and move it on."""
+        send, connection = self._land(operation)
         with operation.drive.sending():
-            operation.drive.reply = self.transport.fail(send, connection, late)
+            operation.drive.reply = outcome(send, connection)
         self._advance(operation)
 
     def _land(self, operation: _Operation[_R]) -> tuple[Send, http.client.HTTPConnection]:

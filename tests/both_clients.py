@@ -17,7 +17,6 @@ from typing import Any
 
 from taskmanager import TaskManagerClient, TaskManagerConfig
 from taskmanager.async_client import AsyncTaskManagerClient
-from taskmanager.calls import TaskPages
 
 CLIENT_KINDS = ("sync", "async")
 # The blocking client sending through aiohttp on its own loop thread (http="aiohttp").
@@ -28,47 +27,13 @@ STDLIB = "stdlib"
 IN_FLIGHT = "in_flight"
 
 
-class InFlightClient:
-    """A ``TaskManagerClient(http="stdlib")`` whose calls go through ``run_together``,
-    one at a time: every quirk scenario then runs through the one-thread driver too."""
-
-    def __init__(self, inner: TaskManagerClient) -> None:
-        assert inner.runs_together
-        self.inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        steps = getattr(self.inner.calls, name, None)
-        if name.startswith("_") or not inspect.ismethod(steps):
-            return getattr(self.inner, name)
-        return lambda *args, **kwargs: self._together(steps(*args, **kwargs))
-
-    def _together(self, steps: Any) -> Any:
-        return self.inner.run_together([steps], 1)[0]
-
-    def create_task(self, task_type: str, params: Any, priority: int = 0) -> int:
-        return int(self.create_task_detailed(task_type, params, priority).id)
-
-    def fail_task(self, task_id: int, error: str, **options: Any) -> Any:
-        result = options.pop("result", None)
-        return self.complete_task(task_id, result, "failed", error=error, **options)
-
-    def list_tasks(
-        self,
-        status: str | None = None,
-        task_type: str | None = None,
-        *,
-        page_size: int = 50,
-        max_items: int | None = None,
-    ) -> Iterator[Any]:
-        pages = TaskPages(status, task_type, page_size, max_items)
-        while not pages.done:
-            yield from self._together(self.inner.calls.list_page(pages))
-
-    def __enter__(self) -> InFlightClient:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.inner.close()
+def in_flight(client: TaskManagerClient) -> TaskManagerClient:
+    """``client`` (``http="stdlib"``) with every call's steps carried out by
+    ``run_together``, one at a time: every quirk scenario then runs through the
+    one-thread driver too (each method runs its steps through ``_run``)."""
+    assert client.runs_together
+    client._run = lambda steps: client.run_together([steps], 1)[0]  # type: ignore[method-assign]
+    return client
 
 
 class BlockingAsyncClient:
@@ -130,7 +95,7 @@ def make_client(
         if kind != "sync":
             options["http"] = "aiohttp" if kind == LOOP else "stdlib"
         client = TaskManagerClient(config, **options)
-        return InFlightClient(client) if kind == IN_FLIGHT else client
+        return in_flight(client) if kind == IN_FLIGHT else client
     if sleep is not None:
         blocking_sleep = sleep
 

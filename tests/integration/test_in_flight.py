@@ -39,10 +39,13 @@ def server() -> Iterator[EmulatorServer]:
 
 
 def client_for(server: EmulatorServer, **config: Any) -> TaskManagerClient:
+    """A client on ``http.client``, the test type registered."""
     settings = TaskManagerConfig(
         api_url=server.url, api_key=server.api_key, worker_id="flight", **config
     )
-    return TaskManagerClient(settings, http="stdlib")
+    client = TaskManagerClient(settings, http="stdlib")
+    client.register_task_type(TYPE, "1", {"type": "object"})
+    return client
 
 
 def no_connection_out(client: TaskManagerClient) -> bool:
@@ -64,7 +67,6 @@ def test_operations_have_their_requests_in_flight_together_on_the_calling_thread
     server: EmulatorServer,
 ):
     with client_for(server) as client:
-        client.register_task_type(TYPE, "1", {"type": "object"})
         created = [client.create_task(TYPE, {"n": n}) for n in range(6)]
         server.reset_requests()
         threads: list[int] = []
@@ -80,7 +82,6 @@ def test_width_bounds_the_requests_in_flight_and_results_keep_their_order(
     server: EmulatorServer,
 ):
     with client_for(server) as client:
-        client.register_task_type(TYPE, "1", {"type": "object"})
         created = [client.create_task(TYPE, {"n": n}) for n in range(5)]
         server.reset_requests()
         done = client.run_together([client.calls.get_task(i) for i in created], 2)
@@ -90,7 +91,6 @@ def test_width_bounds_the_requests_in_flight_and_results_keep_their_order(
 
 def test_a_retry_waits_without_holding_up_the_other_operations(server: EmulatorServer):
     with client_for(server, backoff_base=1.0) as client:
-        client.register_task_type(TYPE, "1", {"type": "object"})
         task_id = client.create_task(TYPE, {"n": 1})
         server.reset_requests()
         server.faults.fail_next(1, status=503, path="/tasks/claim")
@@ -111,7 +111,6 @@ def test_a_retry_waits_without_holding_up_the_other_operations(server: EmulatorS
 
 def test_no_answer_in_time_is_a_timeout_raised_once_the_others_ended(server: EmulatorServer):
     with client_for(server, timeout=0.5, retry_attempts=0) as client:
-        client.register_task_type(TYPE, "1", {"type": "object"})
         task_id = client.create_task(TYPE, {"n": 1})
         server.faults.hang_next(1, path="/tasks/claim")
         ended: list[str] = []
@@ -137,7 +136,6 @@ def test_an_answer_that_came_while_the_thread_was_busy_is_read_not_timed_out(
     """An operation's own work between requests (a claim's record waiting for SQLite's
     lock, say) can outlast another's time limit; an answer that came meanwhile is read."""
     with client_for(server, timeout=1.0, retry_attempts=0) as client:
-        client.register_task_type(TYPE, "1", {"type": "object"})
         task_id = client.create_task(TYPE, {"n": 1})
 
         def busy() -> Any:
@@ -155,7 +153,6 @@ def test_closing_the_client_from_another_thread_ends_the_requests_in_flight(
     server: EmulatorServer,
 ):
     with client_for(server) as client:
-        client.register_task_type(TYPE, "1", {"type": "object"})
         client.create_task(TYPE, {"n": 1})
         server.faults.hang_next(3, path="/tasks/claim")
         threading.Timer(0.3, client.close).start()
@@ -184,7 +181,6 @@ def test_an_operations_own_error_is_raised_once_every_other_operation_ended(
     server: EmulatorServer,
 ):
     with client_for(server) as client:
-        client.register_task_type(TYPE, "1", {"type": "object"})
         created = [client.create_task(TYPE, {"n": n}) for n in range(2)]
 
         def breaks() -> Any:
@@ -203,34 +199,6 @@ def test_an_interrupt_ends_every_operation_and_counts_its_request_unanswered(
     server: EmulatorServer,
 ):
     with client_for(server) as client:
-        client.register_task_type(TYPE, "1", {"type": "object"})
-        client.create_task(TYPE, {"n": 1})
-        server.faults.hang_next(1, path="/tasks/claim")
-        closed: list[str] = []
-
-        def hung() -> Any:
-            try:
-                yield from client.calls.claim_task(TYPE)
-            finally:
-                closed.append("hung")
-
-        def interrupted() -> Any:
-            yield from client.calls.health_check()
-            raise KeyboardInterrupt
-
-        with pytest.raises(KeyboardInterrupt):
-            client.run_together([hung(), interrupted()], 2)
-        assert closed == ["hung"]
-        assert client.unanswered("/tasks/claim") == 1
-        assert no_connection_out(client)
-        server.faults.release_hangs()
-
-
-def test_an_interrupt_ends_every_operation_even_when_one_cleanup_fails(
-    server: EmulatorServer,
-):
-    with client_for(server) as client:
-        client.register_task_type(TYPE, "1", {"type": "object"})
         client.create_task(TYPE, {"n": 1})
         server.faults.hang_next(2, path="/tasks/claim")
         closed: list[str] = []
@@ -244,8 +212,9 @@ def test_an_interrupt_ends_every_operation_even_when_one_cleanup_fails(
                     raise RuntimeError("the operation's own cleanup fails")
 
         def interrupted() -> Any:
+            yield from client.calls.health_check()
             yield Sleep(0.2)  # both claims are in flight by then
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt  # even when one operation's own cleanup then fails
 
         with pytest.raises(KeyboardInterrupt):
             client.run_together([hung("first"), hung("second"), interrupted()], 3)
@@ -258,6 +227,7 @@ def test_an_interrupt_ends_every_operation_even_when_one_cleanup_fails(
 def test_a_closed_client_runs_nothing(server: EmulatorServer):
     client = client_for(server)
     client.close()
+    server.reset_requests()
     steps = client.calls.health_check()
     with pytest.raises(TaskManagerConfigError, match="closed"):
         client.run_together([steps], 1)
