@@ -96,6 +96,10 @@ def test_a_retry_waits_without_holding_up_the_other_operations(server: EmulatorS
         server.faults.fail_next(1, status=503, path="/tasks/claim")
 
         def three_reads() -> Any:
+            # Start once the claim's 503 is surely in (the claim and a first read would
+            # be in flight together, and the server may log either first), and well
+            # before its back-off (0.8-1.2 s) ends.
+            yield Sleep(0.3)
             for _ in range(3):
                 yield from client.calls.get_task(task_id)
             return "read"
