@@ -65,8 +65,9 @@ class Response(http.client.HTTPResponse):
     ``http.client`` parses every answer's headers with ``email.parser``: measured
     at a third of the daemon's CPU on its claim path (py-spy, ``daemon_paths.py``),
     34 us an answer against 4 us for the lines split here; the names go in a plain
-    dict, lower-cased (``headers``). The rest is the standard library's own logic: a
-    1xx skipped, chunked or sized body, whether the connection stays open.
+    dict, lower-cased (``headers``). The rest is the standard library's own logic:
+    chunked or sized body, whether the connection stays open; but every interim 1xx
+    answer is skipped, where the standard library skips only 100.
     """
 
     fields: list[tuple[str, str]]
@@ -77,7 +78,10 @@ class Response(http.client.HTTPResponse):
             return  # already read
         while True:
             version, status, reason = self._read_status()
-            if status != http.client.CONTINUE:
+            # Every interim answer is skipped, not only 100 Continue: a 102 Processing or
+            # a 103 Early Hints (a CDN in front of the server) taken for the answer would
+            # leave the real one on the connection, to be read as the next request's.
+            if not 100 <= status < 200 or status == http.client.SWITCHING_PROTOCOLS:
                 break
             self._read_fields()  # the interim answer's headers, skipped
         self.code = self.status = status
@@ -97,7 +101,8 @@ class Response(http.client.HTTPResponse):
         encoding = named.get("transfer-encoding")
         self.chunked = bool(encoding) and encoding.lower() == "chunked"
         self.chunk_left = None
-        self.will_close = self._check_close()
+        # A 101 (we never ask to switch) leaves the connection speaking something else.
+        self.will_close = status == http.client.SWITCHING_PROTOCOLS or self._check_close()
         self.length = self._body_length(status)
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True  # read until the server closes

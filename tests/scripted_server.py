@@ -23,7 +23,8 @@ class Scripted:
     """One answer. ``hang`` waits that long before answering; ``truncate`` promises
     more bytes than it sends and closes the connection; ``drop_after`` answers in full
     as a keep-alive answer, then closes the connection (as a server whose keep-alive
-    timeout passed)."""
+    timeout passed); ``interim`` sends an interim answer of that status (102, 103) first,
+    then waits ``hang`` before the answer."""
 
     status: int = 200
     body: Any = None  # JSON-encoded unless it is str or bytes
@@ -31,6 +32,7 @@ class Scripted:
     hang: float = 0.0
     truncate: bool = False
     drop_after: bool = False
+    interim: int = 0
 
     def payload(self) -> bytes:
         if isinstance(self.body, bytes):
@@ -79,6 +81,12 @@ class ScriptedServer:
                     )
                 )
                 answer = owner._next(self.command, parts.path)
+                if answer.interim:
+                    self.wfile.write(
+                        f"HTTP/1.1 {answer.interim} Early Hints\r\n"
+                        "Link: </style.css>; rel=preload\r\n\r\n".encode()
+                    )
+                    self.wfile.flush()
                 if answer.hang:
                     owner._stop.wait(answer.hang)
                 payload = answer.payload()

@@ -211,6 +211,30 @@ def test_an_idle_connection_the_server_closed_is_not_used(server: ScriptedServer
     assert len(server.calls("GET", "/tasks/1")) == 2
 
 
+@pytest.mark.parametrize("interim", [102, 103])
+def test_an_interim_answer_is_never_taken_for_the_answer(
+    server: ScriptedServer, connect, sleeps: Sleeps, interim: int
+):
+    """A 102 Processing, or a 103 Early Hints from a CDN in front of the server, then the
+    answer: the next request on the connection reads its own answer, never this one's
+    (a completion would otherwise take a claim's answer for its own verdict). The
+    clients on http.client and aiohttp read past it; urllib3 (requests) takes it for
+    the answer, so that client closes its idle connections and counts it as lost,
+    and the request is sent again."""
+    first = {"id": 1, "type": "T", "status": "pending"}
+    second = {"id": 2, "type": "T", "status": "pending"}
+    late = Scripted(200, {"success": True, "data": {"items": [first]}}, interim=interim, hang=0.3)
+    server.add("GET", "/tasks/1", late, ok({"items": [first]}))
+    server.add("GET", "/tasks/2", ok({"items": [second]}))
+    client = connect()
+    assert client.get_task(1).id == 1
+    time.sleep(0.4)  # the first answer, if left on the connection, is in by now
+    assert client.get_task(2).id == 2
+    assert len(server.calls("GET", "/tasks/2")) == 1
+    sent_again = len(server.calls("GET", "/tasks/1")) - 1
+    assert sent_again == len(sleeps.taken) and sent_again <= 1
+
+
 def test_a_gzip_answer_is_decoded(server: ScriptedServer, connect):
     """A proxy may compress an answer nobody asked it to."""
     row = {"id": 4, "type": "T", "status": "pending"}
