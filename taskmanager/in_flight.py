@@ -18,8 +18,9 @@ them one at a time, with the same retries, waits, answers and errors. A ``Sleep`
 What stays blocking: opening a new connection (the connect timeout bounds it; the
 pool keeps them open between requests), sending a request, and reading an answer
 once its first bytes are in (an answer is a few hundred bytes, in one or two
-segments; a server that sends half an answer and stalls holds every operation here
-for up to the read timeout, where it would hold only its own thread). Under TLS a
+segments; a server that sends half an answer and stalls, or trickles it, holds every
+operation here until that request's deadline, the read timeout after it left, where
+it would hold only its own thread). Under TLS a
 socket also turns readable with the server's own records (session tickets): what
 decrypts is read without waiting, and nothing yet means wait on. No answer within
 the read timeout after the request left ends that request as a timeout, as on a
@@ -215,7 +216,9 @@ class _Together(Generic[_R]):
             except OSError as exc:  # a TLS failure, a reset: said as a read on a thread says it
                 self._reply(operation, partial(self.transport.fail, exc=exc))
                 return
-        self._reply(operation, partial(self.transport.finish, first=first))
+        self._reply(
+            operation, partial(self.transport.finish, first=first, deadline=operation.deadline)
+        )
 
     def _timed_out(self, operation: _Operation[_R]) -> None:
         late = TimeoutError("no answer within the read timeout")

@@ -411,16 +411,27 @@ class StdlibTransport(BlockingTransport):
         return connection
 
     def finish(
-        self, send: Send, connection: http.client.HTTPConnection, first: bytes = b""
+        self,
+        send: Send,
+        connection: http.client.HTTPConnection,
+        first: bytes = b"",
+        deadline: float | None = None,
     ) -> Answer | Outcome:
         """Read the answer to the request ``start`` sent on ``connection`` (``first``:
         its first bytes, already read), which goes back to the pool (kept when the
-        answer leaves it open)."""
+        answer leaves it open). The whole answer must be in by ``deadline``
+        (``time.monotonic``; by default the read timeout from now, which is when the
+        request left on a thread of its own)."""
+        read_timeout = self.pool.origin.read_timeout
+        if deadline is None:
+            deadline = time.monotonic() + read_timeout
         reusable = False
         try:
-            response = _read_answer(connection, send.method, first)
+            response = _read_answer(connection, send.method, first, deadline)
             raw = response.read()
             reusable = not response.will_close
+            if reusable and connection.sock is not None:
+                connection.sock.settimeout(read_timeout)  # the answer's reads shortened it
         except (OSError, http.client.HTTPException, ValueError) as exc:
             return no_answer(self._failure(exc), exc, send.method, send.url)
         finally:
@@ -458,15 +469,14 @@ def _write(connection: http.client.HTTPConnection, head: bytes, body: bytes | No
 
 
 def _read_answer(
-    connection: http.client.HTTPConnection, method: str, first: bytes = b""
+    connection: http.client.HTTPConnection, method: str, first: bytes, deadline: float
 ) -> Response:
     """The answer's head (the body is the caller's to read), after ``first``, its
     bytes already read. The caller closes a connection the answer does not leave open."""
     sock = connection.sock
     if sock is None:
         raise http.client.NotConnected()
-    source: socket.socket | _AfterFirst = _AfterFirst(sock, first) if first else sock
-    response = Response(source, method=method)  # type: ignore[arg-type]  # reads via makefile
+    response = Response(_AnswerBytes(sock, first, deadline), method=method)  # type: ignore[arg-type]
     try:
         response.begin()
     except BaseException:
@@ -475,21 +485,25 @@ def _read_answer(
     return response
 
 
-class _AfterFirst:
-    """A socket whose first bytes were already read: ``makefile`` gives them, then
-    the socket's own."""
-
-    def __init__(self, sock: socket.socket, first: bytes) -> None:
-        self._raw = _FirstThenSocket(sock, first)
-
-    def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(self._raw)
+# After an answer's deadline, what has already come is still read (the thread may have
+# been busy past it): each read then waits this long at most.
+_PAST_DEADLINE_WAIT = 0.001
 
 
-class _FirstThenSocket(io.RawIOBase):
-    def __init__(self, sock: socket.socket, first: bytes) -> None:
+class _AnswerBytes(io.RawIOBase):
+    """An answer's bytes, as ``Response`` reads them (through ``makefile``): ``first``
+    (already read), then the socket's, no read waiting past ``deadline``. The socket's
+    timeout alone bounds each read, not the answer: a server that sends a byte now and
+    then, within it each time, would hold the caller (and, in ``in_flight``, every
+    other request) for as long as it likes."""
+
+    def __init__(self, sock: socket.socket, first: bytes, deadline: float) -> None:
         self._sock = sock
         self._first = memoryview(first)
+        self._deadline = deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(self)
 
     def readable(self) -> bool:
         return True
@@ -500,7 +514,8 @@ class _FirstThenSocket(io.RawIOBase):
             buffer[:count] = self._first[:count]
             self._first = self._first[count:] if count < len(self._first) else memoryview(b"")
             return count
-        return self._sock.recv_into(buffer)
+        self._sock.settimeout(max(self._deadline - time.monotonic(), _PAST_DEADLINE_WAIT))
+        return self._sock.recv_into(buffer)  # socket.timeout: a timeout, as on any read
 
 
 def _decoded(raw: bytes, response: Response) -> str:

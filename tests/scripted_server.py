@@ -24,7 +24,8 @@ class Scripted:
     more bytes than it sends and closes the connection; ``drop_after`` answers in full
     as a keep-alive answer, then closes the connection (as a server whose keep-alive
     timeout passed); ``interim`` sends an interim answer of that status (102, 103) first,
-    then waits ``hang`` before the answer."""
+    then waits ``hang`` before the answer; ``trickle`` sends the head at once, then the
+    body a byte every that many seconds."""
 
     status: int = 200
     body: Any = None  # JSON-encoded unless it is str or bytes
@@ -33,6 +34,7 @@ class Scripted:
     truncate: bool = False
     drop_after: bool = False
     interim: int = 0
+    trickle: float = 0.0
 
     def payload(self) -> bytes:
         if isinstance(self.body, bytes):
@@ -81,30 +83,7 @@ class ScriptedServer:
                     )
                 )
                 answer = owner._next(self.command, parts.path)
-                if answer.interim:
-                    self.wfile.write(
-                        f"HTTP/1.1 {answer.interim} Early Hints\r\n"
-                        "Link: </style.css>; rel=preload\r\n\r\n".encode()
-                    )
-                    self.wfile.flush()
-                if answer.hang:
-                    owner._stop.wait(answer.hang)
-                payload = answer.payload()
-                self.send_response(answer.status)
-                for name, value in answer.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
-                if answer.truncate:
-                    self.send_header("Content-Length", str(len(payload) + 100))
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    self.close_connection = True
-                    return
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-                self.close_connection = answer.drop_after
+                self.close_connection = _write(self, answer, owner._stop)
 
             do_GET = do_POST = _answer
 
@@ -158,3 +137,38 @@ def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _write(handler: BaseHTTPRequestHandler, answer: Scripted, stop: threading.Event) -> bool:
+    """Send ``answer`` as ``handler``'s reply; whether the connection closes after it."""
+    if answer.interim:
+        handler.wfile.write(
+            f"HTTP/1.1 {answer.interim} Early Hints\r\n"
+            "Link: </style.css>; rel=preload\r\n\r\n".encode()
+        )
+        handler.wfile.flush()
+    if answer.hang:
+        stop.wait(answer.hang)
+    payload = answer.payload()
+    handler.send_response(answer.status)
+    for name, value in answer.headers.items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Type", "application/json")
+    if answer.truncate:
+        handler.send_header("Content-Length", str(len(payload) + 100))
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.wfile.write(payload)
+        return True
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    if answer.trickle:
+        handler.wfile.flush()
+        for at in range(len(payload)):
+            if stop.wait(answer.trickle):
+                return True
+            handler.wfile.write(payload[at : at + 1])
+            handler.wfile.flush()
+        return False
+    handler.wfile.write(payload)
+    return answer.drop_after

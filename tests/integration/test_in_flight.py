@@ -25,6 +25,7 @@ from taskmanager import (
 from taskmanager.emulator import EmulatorServer
 from taskmanager.exchange import Sleep
 
+from ..scripted_server import Scripted, ScriptedServer
 from .helpers import most_at_once
 
 TYPE = "flight.t"
@@ -250,3 +251,37 @@ def test_on_another_http_library_the_operations_run_one_after_another(
         done = client.run_together([client.calls.get_task(i) for i in created], 3)
         assert [task.id for task in done] == created
         assert most_at_once(server.requests, "/tasks/*") == 1
+
+
+def test_an_answer_trickled_within_each_read_timeout_holds_nothing_past_its_own():
+    """A server that sends an answer's head, then its body a byte every 0.2 s, each
+    within the 0.5 s read timeout: the whole answer must be in within the read timeout
+    of the request leaving, on a thread of its own as on the shared one, where it would
+    otherwise hold every other operation for as long as it trickles (seconds here; for
+    good with a chunked answer that never ends)."""
+    row = {"success": True, "data": {"items": [{"id": 1, "type": "T", "status": "pending"}]}}
+    with ScriptedServer() as scripted:
+        scripted.add("GET", "/tasks/1", Scripted(200, row, trickle=0.2))
+        scripted.add("GET", "/tasks/2", Scripted(200, row))
+        settings = TaskManagerConfig(
+            api_url=scripted.url, api_key="k", worker_id="w", timeout=0.5, retry_attempts=0
+        )
+        with TaskManagerClient(settings, http="stdlib") as client:
+            started = time.monotonic()
+            with pytest.raises(TaskManagerTimeoutError):
+                client.get_task(1)
+            assert time.monotonic() - started < 1.5  # the body alone would take ~18 s
+
+            started = time.monotonic()
+            answered: list[float] = []
+
+            def read(task_id: int) -> Any:
+                task = yield from client.calls.get_task(task_id)
+                answered.append(time.monotonic() - started)
+                return task
+
+            with pytest.raises(TaskManagerTimeoutError):
+                client.run_together([read(1), read(2)], 2)
+            assert len(answered) == 1 and answered[0] < 1.5  # read 2, not held by read 1
+            assert no_connection_out(client)
+            assert client.get_task(2).id == 1  # a pooled connection still reads whole answers
