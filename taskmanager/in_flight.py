@@ -15,8 +15,13 @@ this thread, between their requests, exactly as ``TaskManagerClient`` would run
 them one at a time, with the same retries, waits, answers and errors. A ``Sleep``
 (a retry's back-off, a rate limit's wait) parks only its own operation.
 
-What stays blocking: opening a new connection (the connect timeout bounds it; the
-pool keeps them open between requests), sending a request, and reading an answer
+A request that needs a new connection (the pool keeps them open between requests,
+so at start and after an outage) is sent from a thread of its own, which opens the
+connection (name lookup, connect, TLS handshake) and wakes the loop: a server whose
+connects hang (a host that is down, a firewall that drops them) costs each operation
+its own connect timeout, side by side, as on threads, not one after another.
+
+What stays blocking: sending a request on an open connection, and reading an answer
 once its first bytes are in (an answer is a few hundred bytes, in one or two
 segments; a server that sends half an answer and stalls, or trickles it, holds every
 operation here until that request's deadline, the read timeout after it left, where
@@ -34,7 +39,9 @@ import contextlib
 import heapq
 import http.client
 import selectors
+import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -46,6 +53,7 @@ from .protocol import Answer, Outcome
 from .stdlib_transport import StdlibTransport
 
 _R = TypeVar("_R")
+_WAKE = object()  # the selector's mark for the connect threads' wake-up socket
 
 
 class _Operation(Generic[_R]):
@@ -96,6 +104,13 @@ class _Together(Generic[_R]):
         self.selector = selectors.DefaultSelector()
         self.in_flight: dict[int, _Operation[_R]] = {}  # by the connection's file number
         self.under_way = 0
+        # Requests sent from a thread of their own, which opens a new connection first:
+        # what each got, handed back under the lock, with a byte on the wake-up socket.
+        self.opening: set[_Operation[_R]] = set()
+        self._opened: list[tuple[_Operation[_R], Send, http.client.HTTPConnection | Outcome]] = []
+        self._opened_lock = threading.Lock()
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._over = False
 
     def run(self) -> list[_R]:
         if self.transport.closed:
@@ -111,7 +126,12 @@ class _Together(Generic[_R]):
             self._abandon()
             raise
         finally:
+            with self._opened_lock:
+                self._over = True  # a thread still opening closes what it opened
             self.selector.close()
+            if self._wake is not None:
+                for end in self._wake:
+                    end.close()
         for error in self.errors:
             if error is not None:
                 raise error
@@ -142,11 +162,57 @@ class _Together(Generic[_R]):
                 heapq.heappush(self.sleeping, (wake_at, operation.index, operation))
                 return
             with operation.drive.sending():
-                started = self.transport.start(step)
+                started = self.transport.start(step, open_new=False)
+                if started is None:
+                    self._send_aside(operation, step)
+                    return
                 if isinstance(started, http.client.HTTPConnection):
                     self._send_off(operation, step, started)
                     return
                 operation.drive.reply = started
+
+    def _send_aside(self, operation: _Operation[_R], send: Send) -> None:
+        """Send ``send`` from a thread of its own, which opens a new connection first."""
+        if self._wake is None:
+            self._wake = socket.socketpair()
+            self._wake[0].setblocking(False)
+            self.selector.register(self._wake[0], selectors.EVENT_READ, _WAKE)
+        self.opening.add(operation)
+        threading.Thread(
+            target=self._open_and_send,
+            args=(operation, send),
+            daemon=True,
+            name="taskmanager-connect",
+        ).start()
+
+    def _open_and_send(self, operation: _Operation[_R], send: Send) -> None:
+        """On the connect thread: what sending got, handed to the loop."""
+        started = self.transport.start(send)
+        assert started is not None  # opens a connection when none is idle
+        with self._opened_lock:
+            if not self._over:
+                self._opened.append((operation, send, started))
+                assert self._wake is not None
+                self._wake[1].send(b"\0")
+                return
+        if isinstance(started, http.client.HTTPConnection):  # nobody waits for it now
+            self.transport.pool.give_back(started, reusable=False)
+
+    def _take_opened(self) -> None:
+        """Move on the operations whose requests went out from a connect thread."""
+        assert self._wake is not None
+        with contextlib.suppress(BlockingIOError):
+            while self._wake[0].recv(4096):
+                pass
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for operation, send, started in opened:
+            self.opening.discard(operation)
+            if isinstance(started, http.client.HTTPConnection):
+                self._send_off(operation, send, started)
+            else:
+                operation.drive.reply = started
+                self._advance(operation)
 
     def _send_off(
         self, operation: _Operation[_R], send: Send, connection: http.client.HTTPConnection
@@ -173,14 +239,16 @@ class _Together(Generic[_R]):
         """Until an answer comes in, a sleep ends or a request's time runs out; then
         move each such operation on. With nothing in flight the transport's own
         ``sleep`` waits for the first sleeper (a test's fake clock included)."""
-        if not self.in_flight:
+        if not self.in_flight and not self.opening:
             self.transport.sleep(max(0.0, self.sleeping[0][0] - self.clock()))
             self._advance(heapq.heappop(self.sleeping)[2])
             return
-        timeout = min(op.deadline for op in self.in_flight.values()) - time.monotonic()
+        ends = [op.deadline - time.monotonic() for op in self.in_flight.values()]
         if self.sleeping:
-            timeout = min(timeout, self.sleeping[0][0] - self.clock())
-        self._read_ready(max(0.0, timeout))
+            ends.append(self.sleeping[0][0] - self.clock())
+        # Only connects under way: their threads wake the loop (the connect timeout
+        # bounds each).
+        self._read_ready(max(0.0, min(ends)) if ends else None)
         awake = self.clock()
         while self.sleeping and self.sleeping[0][0] <= awake:
             self._advance(heapq.heappop(self.sleeping)[2])
@@ -195,10 +263,12 @@ class _Together(Generic[_R]):
                 if operation.connection is not None and operation.deadline <= now:
                     self._timed_out(operation)
 
-    def _read_ready(self, timeout: float) -> None:
+    def _read_ready(self, timeout: float | None) -> None:
         for key, _ in self.selector.select(timeout):
             operation = key.data
-            if operation.connection is not None:  # not answered earlier in this round
+            if operation is _WAKE:
+                self._take_opened()
+            elif operation.connection is not None:  # not answered earlier in this round
                 self._answered(operation)
 
     def _answered(self, operation: _Operation[_R]) -> None:
@@ -248,12 +318,18 @@ class _Together(Generic[_R]):
     def _abandon(self) -> None:
         """An interrupt (KeyboardInterrupt, a cancel): every request still in flight
         counts as unanswered, its connection closed, its steps closed."""
+        with self._opened_lock:
+            self._over = True  # a connect thread still at work closes what it opens
+            opened, self._opened = self._opened, []
+        for _, _, started in opened:
+            if isinstance(started, http.client.HTTPConnection):
+                self.transport.pool.give_back(started, reusable=False)
         for operation in list(self.in_flight.values()):
             _, connection = self._land(operation)
             self.transport.pool.give_back(connection, reusable=False)
             with contextlib.suppress(Exception):  # an operation's own cleanup failing
                 operation.drive.steps.close()
-        for _, _, operation in self.sleeping:
+        for operation in [*(entry[2] for entry in self.sleeping), *self.opening]:
             with contextlib.suppress(Exception):  # an operation's own cleanup failing
                 operation.drive.steps.close()
 

@@ -290,10 +290,11 @@ class ConnectionPool:
         self._lock = threading.Lock()
         self.closed = False
 
-    def take(self) -> http.client.HTTPConnection:
-        """An idle connection the server has not closed, else a new one. It counts as in
-        use from here (``close`` ends it even while it connects), and once the pool is
-        closed none is handed out, so nothing is sent after ``close``."""
+    def take(self, *, open_new: bool = True) -> http.client.HTTPConnection | None:
+        """An idle connection the server has not closed, else a new one (``None`` with
+        ``open_new=False``). It counts as in use from here (``close`` ends it even while
+        it connects), and once the pool is closed none is handed out, so nothing is
+        sent after ``close``."""
         while True:
             with self._lock:
                 if self.closed:
@@ -301,6 +302,8 @@ class ConnectionPool:
                 connection = self._idle.pop() if self._idle else None
                 fresh = connection is None
                 if connection is None:
+                    if not open_new:
+                        return None
                     connection = self.origin.new_connection()
                 self._busy.add(connection)
             try:
@@ -382,14 +385,18 @@ class StdlibTransport(BlockingTransport):
     def _send(self, send: Send) -> Answer | Outcome:
         """One HTTP exchange: the answer, or the ``Outcome`` of getting none."""
         started = self.start(send)
+        assert started is not None  # opens a connection when none is idle
         if isinstance(started, Outcome):
             return started
         return self.finish(send, started)
 
-    def start(self, send: Send) -> http.client.HTTPConnection | Outcome:
+    def start(
+        self, send: Send, *, open_new: bool = True
+    ) -> http.client.HTTPConnection | Outcome | None:
         """The request sent on a connection of the pool (its answer for ``finish`` to
-        read), or the ``Outcome`` of not getting it out. Apart from ``finish`` so that
-        one thread can have several requests in flight (``taskmanager.in_flight``)."""
+        read), or the ``Outcome`` of not getting it out; ``None`` with ``open_new=False``
+        when that would need a new connection (nothing sent). Apart from ``finish`` so
+        that one thread can have several requests in flight (``taskmanager.in_flight``)."""
         origin = self.pool.origin
         try:
             target = origin.target(send)
@@ -397,9 +404,11 @@ class StdlibTransport(BlockingTransport):
         except ValueError as exc:  # InvalidURL, a header that cannot be written
             return no_answer("request", exc, send.method, send.url)
         try:
-            connection = self.pool.take()
+            connection = self.pool.take(open_new=open_new)
         except (OSError, http.client.HTTPException, TaskManagerConnectionError) as exc:
             return no_answer(self._failure(exc), exc, send.method, send.url)
+        if connection is None:
+            return None
         try:
             _write(connection, head, send.body)
         except (OSError, http.client.HTTPException) as exc:

@@ -7,6 +7,8 @@ driver one operation at a time in ``test_client_parity.py`` (the ``in_flight`` k
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sys
 import threading
 import time
@@ -285,3 +287,86 @@ def test_an_answer_trickled_within_each_read_timeout_holds_nothing_past_its_own(
             assert len(answered) == 1 and answered[0] < 1.5  # read 2, not held by read 1
             assert no_connection_out(client)
             assert client.get_task(2).id == 1  # a pooled connection still reads whole answers
+
+
+@pytest.fixture
+def connects_hang() -> Iterator[str]:
+    """An ``api_url`` whose connects hang, as to a host that is down or behind a firewall
+    that drops them: a loopback port whose accept queue is full (SYNs go unanswered)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.2)
+    probe = socket.create_connection  # the queue is full once a connect of our own hangs
+    with pytest.raises(OSError):
+        probe(("127.0.0.1", port), timeout=0.3).close()
+    yield f"http://127.0.0.1:{port}/api"
+    for sock in [listener, *fillers]:
+        sock.close()
+
+
+def test_connects_that_hang_cost_each_operation_its_own_timeout_side_by_side(connects_hang: str):
+    """New connections open on threads of their own: 8 operations whose connects all
+    hang end after one connect timeout (0.5 s), not eight of them one after another,
+    and the loop goes on meanwhile (a sleeping operation wakes on time)."""
+    settings = TaskManagerConfig(
+        api_url=connects_hang, api_key="k", worker_id="w", connect_timeout=0.5, retry_attempts=0
+    )
+    woke: list[float] = []
+    with TaskManagerClient(settings, http="stdlib") as client:
+        started = time.monotonic()
+
+        def read() -> Any:
+            try:
+                yield from client.calls.get_task(1)
+            except TaskManagerConnectionError as exc:  # a timeout is one too
+                return type(exc).__name__
+            return "answered"
+
+        def nap() -> Any:
+            yield Sleep(0.2)
+            woke.append(time.monotonic() - started)
+            return "slept"
+
+        results = client.run_together([*(read() for _ in range(8)), nap()], 9)
+        took = time.monotonic() - started
+        assert results[-1] == "slept" and 0.2 <= woke[0] < 0.45
+        assert all(result != "answered" for result in results[:-1])
+        assert 0.5 <= took < 1.4  # one connect timeout, not 8 x 0.5 s
+        assert no_connection_out(client)
+
+
+def test_an_interrupt_while_a_connection_opens_leaves_nothing_open(connects_hang: str):
+    """The connect thread's connection, once it is open or has failed, goes nowhere:
+    the operation was closed (its request counted as unanswered) and nothing is left
+    out of the pool."""
+    settings = TaskManagerConfig(
+        api_url=connects_hang, api_key="k", worker_id="w", connect_timeout=0.5, retry_attempts=0
+    )
+    with TaskManagerClient(settings, http="stdlib") as client:
+        closed: list[str] = []
+
+        def opening() -> Any:
+            try:
+                yield from client.calls.claim_task(task_type_id=1)
+            finally:
+                closed.append("opening")
+
+        def interrupted() -> Any:
+            yield Sleep(0.1)  # the claim's connection is opening by then
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            client.run_together([opening(), interrupted()], 2)
+        assert closed == ["opening"] and client.unanswered("/tasks/claim") == 1
+        time.sleep(0.7)  # the connect thread's timeout has passed
+        assert no_connection_out(client)
+        assert not [t for t in threading.enumerate() if t.name == "taskmanager-connect"]
