@@ -239,7 +239,15 @@ class _Together(Generic[_R]):
         """Until an answer comes in, a sleep ends or a request's time runs out; then
         move each such operation on. With nothing in flight the transport's own
         ``sleep`` waits for the first sleeper (a test's fake clock included)."""
-        if not self.in_flight and not self.opening:
+        # On a clock and a sleep of the caller's (a test's: its sleep moves its clock) a
+        # sleep is taken at once, as a thread takes it: waiting for it in ``select``
+        # would wait in real time for a clock that only that sleep moves.
+        faked = (
+            self.sleeping
+            and self.clock is not time.monotonic
+            and self.transport.sleep is not time.sleep
+        )
+        if faked or (not self.in_flight and not self.opening):
             self.transport.sleep(max(0.0, self.sleeping[0][0] - self.clock()))
             self._advance(heapq.heappop(self.sleeping)[2])
             return

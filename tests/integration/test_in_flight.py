@@ -370,3 +370,30 @@ def test_an_interrupt_while_a_connection_opens_leaves_nothing_open(connects_hang
         time.sleep(0.7)  # the connect thread's timeout has passed
         assert no_connection_out(client)
         assert not [t for t in threading.enumerate() if t.name == "taskmanager-connect"]
+
+
+def test_on_a_fake_clock_a_sleep_is_taken_at_once_beside_a_request_in_flight(
+    server: EmulatorServer,
+):
+    """A test's clock moves only when the client's sleep is called: a back-off beside a
+    slow request is taken at once, as on a thread, not waited in real time."""
+    now = [1000.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    settings = TaskManagerConfig(api_url=server.url, api_key=server.api_key, worker_id="w")
+    with TaskManagerClient(settings, http="stdlib", clock=lambda: now[0], sleep=sleep) as client:
+        client.register_task_type(TYPE, "1", {"type": "object"})
+        task_id = client.create_task(TYPE, {"n": 1})
+        server.faults.latency = 1.0  # every answer a second late
+        started = time.monotonic()
+        waited: list[float] = []
+
+        def backing_off() -> Any:
+            yield Sleep(5.0)
+            waited.append(time.monotonic() - started)
+            return "slept"
+
+        assert client.run_together([client.calls.get_task(task_id), backing_off()], 2)[1]
+        assert waited[0] < 0.5 and now[0] >= 1005.0
