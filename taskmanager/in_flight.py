@@ -59,7 +59,7 @@ _WAKE = object()  # the selector's mark for the connect threads' wake-up socket
 class _Operation(Generic[_R]):
     """One operation's place: its steps, and the request it has in flight, if any."""
 
-    __slots__ = ("connection", "deadline", "drive", "fileno", "index", "send")
+    __slots__ = ("connection", "deadline", "drive", "fileno", "first", "index", "send")
 
     def __init__(self, index: int, steps: Steps[_R]) -> None:
         self.index = index
@@ -68,6 +68,7 @@ class _Operation(Generic[_R]):
         self.connection: http.client.HTTPConnection | None = None
         self.fileno = -1
         self.deadline = 0.0
+        self.first = b""  # the answer's bytes read so far (interim answers only)
 
 
 def run_together(
@@ -106,8 +107,8 @@ class _Together(Generic[_R]):
         self.under_way = 0
         # Requests sent from a thread of their own, which opens a new connection first:
         # what each got, handed back under the lock, with a byte on the wake-up socket.
-        self.opening: set[_Operation[_R]] = set()
-        self._opened: list[tuple[_Operation[_R], Send, http.client.HTTPConnection | Outcome]] = []
+        self.opening: dict[_Operation[_R], Send] = {}
+        self._opened: list[tuple[_Operation[_R], http.client.HTTPConnection | BaseException]] = []
         self._opened_lock = threading.Lock()
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._over = False
@@ -172,47 +173,54 @@ class _Together(Generic[_R]):
                 operation.drive.reply = started
 
     def _send_aside(self, operation: _Operation[_R], send: Send) -> None:
-        """Send ``send`` from a thread of its own, which opens a new connection first."""
+        """Send ``send`` once a thread of its own has opened a new connection for it."""
         if self._wake is None:
             self._wake = socket.socketpair()
             self._wake[0].setblocking(False)
             self.selector.register(self._wake[0], selectors.EVENT_READ, _WAKE)
-        self.opening.add(operation)
+        self.opening[operation] = send
         threading.Thread(
-            target=self._open_and_send,
-            args=(operation, send),
-            daemon=True,
-            name="taskmanager-connect",
+            target=self._open, args=(operation,), daemon=True, name="taskmanager-connect"
         ).start()
 
-    def _open_and_send(self, operation: _Operation[_R], send: Send) -> None:
-        """On the connect thread: what sending got, handed to the loop."""
-        started = self.transport.start(send)
-        assert started is not None  # opens a connection when none is idle
+    def _open(self, operation: _Operation[_R]) -> None:
+        """On the connect thread: a new connection (or what opening it raised), handed
+        to the loop, which sends the request on it. Nothing is sent from here: after an
+        interrupt nobody would read the answer (a claim granted and lost)."""
+        opened: http.client.HTTPConnection | BaseException
+        try:
+            opened = self.transport.pool.take()  # type: ignore[assignment]  # opens one
+        except BaseException as exc:  # any: the operation must hear of it, or wait for good
+            opened = exc
         with self._opened_lock:
             if not self._over:
-                self._opened.append((operation, send, started))
+                self._opened.append((operation, opened))
                 assert self._wake is not None
                 self._wake[1].send(b"\0")
                 return
-        if isinstance(started, http.client.HTTPConnection):  # nobody waits for it now
-            self.transport.pool.give_back(started, reusable=False)
+        if isinstance(opened, http.client.HTTPConnection):  # nothing sent on it: keep it
+            self.transport.pool.give_back(opened, reusable=True)
 
     def _take_opened(self) -> None:
-        """Move on the operations whose requests went out from a connect thread."""
+        """Send the requests whose connections a connect thread opened, one at a time: an
+        interrupt meanwhile leaves the rest to ``_abandon``."""
         assert self._wake is not None
         with contextlib.suppress(BlockingIOError):
             while self._wake[0].recv(4096):
                 pass
-        with self._opened_lock:
-            opened, self._opened = self._opened, []
-        for operation, send, started in opened:
-            self.opening.discard(operation)
-            if isinstance(started, http.client.HTTPConnection):
-                self._send_off(operation, send, started)
-            else:
+        while True:
+            with self._opened_lock:
+                if not self._opened:
+                    return
+                operation, opened = self._opened.pop(0)
+            send = self.opening.pop(operation)
+            with operation.drive.sending():
+                started = self.transport.start(send, opened=opened)
+                if isinstance(started, http.client.HTTPConnection):
+                    self._send_off(operation, send, started)
+                    continue
                 operation.drive.reply = started
-                self._advance(operation)
+            self._advance(operation)
 
     def _send_off(
         self, operation: _Operation[_R], send: Send, connection: http.client.HTTPConnection
@@ -280,20 +288,24 @@ class _Together(Generic[_R]):
                 self._answered(operation)
 
     def _answered(self, operation: _Operation[_R]) -> None:
+        """Readable is not yet answered: under TLS the server's own records (TLS 1.3
+        session tickets, after a new connection's handshake) wake the select too, and
+        an interim answer (102, 103) comes before the answer. What is there is read
+        without waiting; nothing yet, or interim answers only, means wait on (reading
+        on would hold every operation until this one's answer came)."""
         connection = operation.connection
-        assert connection is not None
-        first = b""
-        if isinstance(connection.sock, ssl.SSLSocket):
-            # Readable is not answered under TLS: the server's own records (TLS 1.3
-            # session tickets, after a new connection's handshake) wake the select too.
-            # Read what decrypts without waiting; nothing yet means wait on.
-            try:
-                first = _read_now(connection.sock, self.transport.pool.origin.read_timeout)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                return
-            except OSError as exc:  # a TLS failure, a reset: said as a read on a thread says it
-                self._reply(operation, partial(self.transport.fail, exc=exc))
-                return
+        assert connection is not None and connection.sock is not None
+        try:
+            came = _read_now(connection.sock, self.transport.pool.origin.read_timeout)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except OSError as exc:  # a TLS failure, a reset: said as a read on a thread says it
+            self._reply(operation, partial(self.transport.fail, exc=exc))
+            return
+        operation.first += came
+        if came and _interim_only(operation.first):
+            return
+        first, operation.first = operation.first, b""
         self._reply(
             operation, partial(self.transport.finish, first=first, deadline=operation.deadline)
         )
@@ -327,11 +339,11 @@ class _Together(Generic[_R]):
         """An interrupt (KeyboardInterrupt, a cancel): every request still in flight
         counts as unanswered, its connection closed, its steps closed."""
         with self._opened_lock:
-            self._over = True  # a connect thread still at work closes what it opens
+            self._over = True  # a connect thread still at work gives back what it opens
             opened, self._opened = self._opened, []
-        for _, _, started in opened:
-            if isinstance(started, http.client.HTTPConnection):
-                self.transport.pool.give_back(started, reusable=False)
+        for _, connection in opened:
+            if isinstance(connection, http.client.HTTPConnection):  # nothing sent on it
+                self.transport.pool.give_back(connection, reusable=True)
         for operation in list(self.in_flight.values()):
             _, connection = self._land(operation)
             self.transport.pool.give_back(connection, reusable=False)
@@ -342,9 +354,24 @@ class _Together(Generic[_R]):
                 operation.drive.steps.close()
 
 
-def _read_now(sock: ssl.SSLSocket, timeout: float) -> bytes:
-    """What the socket has for us now (``b""`` at its end); ``SSLWantReadError`` when
-    only TLS records of its own came. The socket waits again afterwards."""
+def _interim_only(data: bytes) -> bool:
+    """Whether an answer's first bytes are whole interim heads (1xx but 101) and nothing
+    more: the answer itself is still to come. (``Response`` skips them when it reads.)"""
+    while data:
+        status = data[9:12]
+        if not data.startswith(b"HTTP/1.") or status[:1] != b"1" or status == b"101":
+            return False
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return False  # a head cut short: read on, as for any answer cut short
+        data = data[end + 4 :]
+    return True
+
+
+def _read_now(sock: socket.socket, timeout: float) -> bytes:
+    """What the socket has for us now (``b""`` at its end); if nothing,
+    ``BlockingIOError``, or ``SSLWantReadError`` when only TLS records of its own came.
+    The socket waits again afterwards."""
     sock.settimeout(0.0)
     try:
         return sock.recv(65536)

@@ -391,20 +391,30 @@ class StdlibTransport(BlockingTransport):
         return self.finish(send, started)
 
     def start(
-        self, send: Send, *, open_new: bool = True
+        self,
+        send: Send,
+        *,
+        open_new: bool = True,
+        opened: http.client.HTTPConnection | BaseException | None = None,
     ) -> http.client.HTTPConnection | Outcome | None:
         """The request sent on a connection of the pool (its answer for ``finish`` to
-        read), or the ``Outcome`` of not getting it out; ``None`` with ``open_new=False``
-        when that would need a new connection (nothing sent). Apart from ``finish`` so
-        that one thread can have several requests in flight (``taskmanager.in_flight``)."""
+        read), or the ``Outcome`` of not getting it out. Apart from ``finish`` so that
+        one thread can have several requests in flight (``taskmanager.in_flight``),
+        which opens new connections aside: ``open_new=False`` returns ``None`` (nothing
+        sent) when no idle connection is there, and ``opened`` is what ``pool.take``
+        then gave on another thread (a connection, or what it raised)."""
         origin = self.pool.origin
         try:
             target = origin.target(send)
             head = origin.head(send.method, target, send.headers, send.body)
         except ValueError as exc:  # InvalidURL, a header that cannot be written
+            if isinstance(opened, http.client.HTTPConnection):
+                self.pool.give_back(opened, reusable=True)
             return no_answer("request", exc, send.method, send.url)
         try:
-            connection = self.pool.take(open_new=open_new)
+            if isinstance(opened, BaseException):
+                raise opened
+            connection = opened or self.pool.take(open_new=open_new)
         except (OSError, http.client.HTTPException, TaskManagerConnectionError) as exc:
             return no_answer(self._failure(exc), exc, send.method, send.url)
         if connection is None:

@@ -146,26 +146,32 @@ class Transport(BlockingTransport):
                 headers=dict(send.headers),
                 timeout=self.config.timeouts,
                 allow_redirects=False,
+                stream=True,  # the body read below, once the status is known
             )
-            text = response.text
         except requests.RequestException as exc:
             return _no_answer(exc, send.method, send.url)
         if 100 <= response.status_code < 200:
-            return self._interim(response.status_code, send)
+            return _interim(response, send)
+        try:
+            text = response.text
+        except requests.RequestException as exc:
+            response.close()
+            return _no_answer(exc, send.method, send.url)
         return Answer(response.status_code, decode_body(text), text, response.headers)
 
-    def _interim(self, status: int, send: Send) -> Outcome:
-        """An interim answer (102 Processing, 103 Early Hints from a CDN) that urllib3
-        took for the answer, as ``http.client`` does for all but 100: the real one is
-        still to come on that connection, which went back to the pool, and would be
-        read as the next request's answer. Every idle connection is closed (it is
-        among them), and this answer counts as lost: the request may have been
-        applied, as when a connection drops after it left."""
-        self.session.get_adapter(send.url).close()
-        lost = requests.ConnectionError(
-            f"an interim {status} answer where the answer was due; the connection was closed"
-        )
-        return no_answer("connection", lost, send.method, send.url)
+
+def _interim(response: requests.Response, send: Send) -> Outcome:
+    """An interim answer (102 Processing, 103 Early Hints from a CDN) that urllib3 took
+    for the answer, as ``http.client`` does for all but 100: the real one is still to
+    come on that connection, and would be read as the next request's answer. The
+    connection is closed before it goes back to the pool, and this answer counts as
+    lost: the request may have been applied, as when a connection drops after it left."""
+    response.close()  # its body unread: urllib3 closes the connection
+    lost = requests.ConnectionError(
+        f"an interim {response.status_code} answer where the answer was due; "
+        "the connection was closed"
+    )
+    return no_answer("connection", lost, send.method, send.url)
 
 
 def _no_answer(exc: requests.RequestException, method: str, url: str) -> Outcome:

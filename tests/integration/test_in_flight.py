@@ -369,7 +369,6 @@ def test_an_interrupt_while_a_connection_opens_leaves_nothing_open(connects_hang
         assert closed == ["opening"] and client.unanswered("/tasks/claim") == 1
         time.sleep(0.7)  # the connect thread's timeout has passed
         assert no_connection_out(client)
-        assert not [t for t in threading.enumerate() if t.name == "taskmanager-connect"]
 
 
 def test_on_a_fake_clock_a_sleep_is_taken_at_once_beside_a_request_in_flight(
@@ -397,3 +396,148 @@ def test_on_a_fake_clock_a_sleep_is_taken_at_once_beside_a_request_in_flight(
 
         assert client.run_together([client.calls.get_task(task_id), backing_off()], 2)[1]
         assert waited[0] < 0.5 and now[0] >= 1005.0
+
+
+def test_an_unexpected_error_opening_a_connection_reaches_its_operation():
+    """What opening raises beyond a network error (a host name too long to look up is a
+    ``UnicodeError``) goes to the operation, as on a thread: the loop never waits for
+    an operation whose connect thread died."""
+    settings = TaskManagerConfig(
+        api_url=f"https://{'a' * 64}.example/api", api_key="k", worker_id="w", retry_attempts=0
+    )
+    raised: list[BaseException] = []
+    with TaskManagerClient(settings, http="stdlib") as client:
+        with pytest.raises(UnicodeError):
+            client.get_task(1)  # one call at a time, on this thread
+
+        def run() -> None:
+            try:
+                client.run_together([client.calls.get_task(1)], 1)
+            except BaseException as exc:  # whatever it is, the test reads it
+                raised.append(exc)
+
+        runner = threading.Thread(target=run, daemon=True)
+        runner.start()
+        runner.join(5.0)
+        assert not runner.is_alive() and isinstance(raised[0], UnicodeError)
+        assert no_connection_out(client)
+
+
+def test_an_interim_answer_holds_no_other_operation():
+    """A 103 Early Hints, then the answer a second later: the other operations' answers
+    and sleeps go on meanwhile (reading past the 103 would hold them all)."""
+    row = {"success": True, "data": {"items": [{"id": 1, "type": "T", "status": "pending"}]}}
+    with ScriptedServer() as scripted:
+        scripted.add("GET", "/tasks/1", Scripted(200, row, interim=103, hang=1.0))
+        scripted.add("GET", "/tasks/2", Scripted(200, row))
+        settings = TaskManagerConfig(api_url=scripted.url, api_key="k", worker_id="w")
+        with TaskManagerClient(settings, http="stdlib") as client:
+            assert client.get_task(2).id == 1  # a connection in the pool for each below
+            started = time.monotonic()
+            when: dict[str, float] = {}
+
+            def read(task_id: int) -> Any:
+                task = yield from client.calls.get_task(task_id)
+                when[f"read {task_id}"] = time.monotonic() - started
+                return task.id
+
+            def nap() -> Any:
+                yield Sleep(0.3)
+                when["nap"] = time.monotonic() - started
+
+            client.run_together([read(1), read(2), nap()], 3)
+            assert when["read 2"] < 0.6 and 0.3 <= when["nap"] < 0.6
+            assert when["read 1"] >= 1.0 and no_connection_out(client)
+
+
+def test_nothing_is_sent_after_an_interrupt_on_a_connection_opened_since():
+    """A server that accepts again after a while: the connection an interrupted
+    operation was waiting for opens after ``run_together`` has raised, and no request
+    goes out on it (its answer, a granted claim, would reach nobody)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):  # the accept queue full: connects wait for it to drain
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.2)
+    received: list[bytes] = []
+
+    def read(conn: socket.socket) -> None:
+        conn.settimeout(3.0)
+        with contextlib.suppress(OSError):
+            if data := conn.recv(65536):
+                received.append(data)
+
+    def serve() -> None:
+        time.sleep(0.5)  # the server recovers: the queue drains
+        with contextlib.suppress(OSError):
+            while True:
+                threading.Thread(target=read, args=(listener.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    settings = TaskManagerConfig(
+        api_url=f"http://127.0.0.1:{port}/api", api_key="k", worker_id="w", retry_attempts=0
+    )
+    try:
+        with TaskManagerClient(settings, http="stdlib") as client:
+
+            def interrupted() -> Any:
+                yield Sleep(0.1)
+                raise KeyboardInterrupt
+
+            with pytest.raises(KeyboardInterrupt):
+                client.run_together([client.calls.claim_task(task_type_id=1), interrupted()], 2)
+            assert client.unanswered("/tasks/claim") == 1
+            deadline = time.monotonic() + 5.0
+            while not client._transport.pool._idle and time.monotonic() < deadline:  # type: ignore[union-attr]
+                time.sleep(0.05)  # the connection opens, and goes to the pool unused
+            time.sleep(0.3)
+            assert received == [] and no_connection_out(client)
+    finally:
+        for sock in [listener, *fillers]:
+            sock.close()
+
+
+def test_an_interrupt_while_opened_connections_are_taken_leaves_none_out(
+    server: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+):
+    """Two connections opened meanwhile, handed to the loop together; the first one's
+    operation is interrupted as it is moved on: the second's goes back too."""
+    from taskmanager import stdlib_transport
+
+    opened = stdlib_transport.Origin.connect
+    attempts = iter(range(100))
+
+    def connect(origin: Any, connection: Any) -> None:
+        if next(attempts) == 0:
+            raise ConnectionRefusedError(111, "refused at once")
+        time.sleep(0.1)
+        opened(origin, connection)
+
+    monkeypatch.setattr(stdlib_transport.Origin, "connect", connect)
+    settings = TaskManagerConfig(
+        api_url=server.url, api_key=server.api_key, worker_id="w", retry_attempts=0
+    )
+    with TaskManagerClient(settings, http="stdlib") as client:  # no connection open yet
+
+        def refused() -> Any:
+            try:
+                yield from client.calls.get_task(1)
+            except TaskManagerConnectionError:
+                raise KeyboardInterrupt from None  # Ctrl-C landing here
+
+        def busy() -> Any:
+            time.sleep(0.3)  # the loop's own work: both connect threads end meanwhile
+            return None
+            yield  # a generator
+
+        with pytest.raises(KeyboardInterrupt):
+            client.run_together([refused(), client.calls.get_task(1), busy()], 3)
+        time.sleep(0.3)
+        assert no_connection_out(client)
