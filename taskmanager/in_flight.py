@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import http.client
+import re
 import selectors
 import socket
 import ssl
@@ -68,7 +69,7 @@ class _Operation(Generic[_R]):
         self.connection: http.client.HTTPConnection | None = None
         self.fileno = -1
         self.deadline = 0.0
-        self.first = b""  # the answer's bytes read so far (interim answers only)
+        self.first = b""  # the answer's first bytes, read while only interim heads came
 
 
 def run_together(
@@ -178,10 +179,10 @@ class _Together(Generic[_R]):
             self._wake = socket.socketpair()
             self._wake[0].setblocking(False)
             self.selector.register(self._wake[0], selectors.EVENT_READ, _WAKE)
-        self.opening[operation] = send
         threading.Thread(
             target=self._open, args=(operation,), daemon=True, name="taskmanager-connect"
         ).start()
+        self.opening[operation] = send  # once started (what it hands back is read here)
 
     def _open(self, operation: _Operation[_R]) -> None:
         """On the connect thread: a new connection (or what opening it raised), handed
@@ -213,13 +214,22 @@ class _Together(Generic[_R]):
                 if not self._opened:
                     return
                 operation, opened = self._opened.pop(0)
-            send = self.opening.pop(operation)
-            with operation.drive.sending():
-                started = self.transport.start(send, opened=opened)
-                if isinstance(started, http.client.HTTPConnection):
-                    self._send_off(operation, send, started)
-                    continue
-                operation.drive.reply = started
+            handed = False  # to ``start``, which gives it back whatever happens
+            try:
+                send = self.opening[operation]
+                with operation.drive.sending():
+                    handed = True
+                    started = self.transport.start(send, opened=opened)
+                    if isinstance(started, http.client.HTTPConnection):
+                        self._send_off(operation, send, started)
+                        del self.opening[operation]
+                        continue
+                    operation.drive.reply = started
+            except BaseException:  # an interrupt: ``_abandon`` ends the operation
+                if not handed and isinstance(opened, http.client.HTTPConnection):
+                    self.transport.pool.give_back(opened, reusable=True)
+                raise
+            del self.opening[operation]
             self._advance(operation)
 
     def _send_off(
@@ -302,10 +312,11 @@ class _Together(Generic[_R]):
         except OSError as exc:  # a TLS failure, a reset: said as a read on a thread says it
             self._reply(operation, partial(self.transport.fail, exc=exc))
             return
-        operation.first += came
-        if came and _interim_only(operation.first):
+        first, wait = _past_interim(operation.first + came)
+        if came and wait:  # at its end (b""), the answer is read (and found cut short)
+            operation.first = first
             return
-        first, operation.first = operation.first, b""
+        operation.first = b""
         self._reply(
             operation, partial(self.transport.finish, first=first, deadline=operation.deadline)
         )
@@ -333,6 +344,7 @@ class _Together(Generic[_R]):
         self.selector.unregister(operation.fileno)
         del self.in_flight[operation.fileno]
         operation.send = operation.connection = None
+        operation.first = b""  # never read as the next request's
         return send, connection
 
     def _abandon(self) -> None:
@@ -354,17 +366,39 @@ class _Together(Generic[_R]):
                 operation.drive.steps.close()
 
 
-def _interim_only(data: bytes) -> bool:
-    """Whether an answer's first bytes are whole interim heads (1xx but 101) and nothing
-    more: the answer itself is still to come. (``Response`` skips them when it reads.)"""
-    while data:
-        status = data[9:12]
-        if not data.startswith(b"HTTP/1.") or status[:1] != b"1" or status == b"101":
+_INTERIM_STATUS = re.compile(rb"HTTP/1\.\d 1\d\d[ \r\n]")
+_STATUS_SHAPE = b"HTTP/1.# 1##_"  # what an interim status line's first bytes look like
+_HEAD_END = re.compile(rb"\r?\n\r?\n")  # an empty line, as ``Response`` reads one
+
+
+def _past_interim(data: bytes) -> tuple[bytes, bool]:
+    """An answer's first bytes without the whole interim heads (1xx but 101) they start
+    with, and whether to wait for more: nothing else yet, or only the start of what may
+    still be an interim head. What is left is the answer's, or something for
+    ``Response`` to judge (a bad status line fails there, as on a thread)."""
+    while True:
+        if len(data) < len(_STATUS_SHAPE):
+            return data, _may_be_interim(data)
+        if not _INTERIM_STATUS.match(data) or data[9:12] == b"101":
+            return data, False
+        end = _HEAD_END.search(data)
+        if end is None:
+            return data, True  # an interim head, not yet whole
+        data = data[end.end() :]
+
+
+def _may_be_interim(start: bytes) -> bool:
+    """Whether ``start`` (shorter than a status line's first 13 bytes) may still grow
+    into an interim status line."""
+    for got, want in zip(start, _STATUS_SHAPE, strict=False):  # start is the shorter
+        if want == ord("#"):
+            fits = 0x30 <= got <= 0x39
+        elif want == ord("_"):
+            fits = got in b" \r\n"
+        else:
+            fits = got == want
+        if not fits:
             return False
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
-            return False  # a head cut short: read on, as for any answer cut short
-        data = data[end + 4 :]
     return True
 
 

@@ -407,10 +407,12 @@ class StdlibTransport(BlockingTransport):
         try:
             target = origin.target(send)
             head = origin.head(send.method, target, send.headers, send.body)
-        except ValueError as exc:  # InvalidURL, a header that cannot be written
-            if isinstance(opened, http.client.HTTPConnection):
+        except BaseException as exc:
+            if isinstance(opened, http.client.HTTPConnection):  # nothing sent on it
                 self.pool.give_back(opened, reusable=True)
-            return no_answer("request", exc, send.method, send.url)
+            if isinstance(exc, ValueError):  # InvalidURL, a header that cannot be written
+                return no_answer("request", exc, send.method, send.url)
+            raise
         try:
             if isinstance(opened, BaseException):
                 raise opened

@@ -24,8 +24,9 @@ class Scripted:
     more bytes than it sends and closes the connection; ``drop_after`` answers in full
     as a keep-alive answer, then closes the connection (as a server whose keep-alive
     timeout passed); ``interim`` sends an interim answer of that status (102, 103) first,
-    then waits ``hang`` before the answer; ``trickle`` sends the head at once, then the
-    body a byte every that many seconds."""
+    then waits ``hang`` before the answer; ``prelude``: bytes sent first, each part 50 ms
+    after the last (an interim head in pieces, a bad status line), ``hang`` after them;
+    ``trickle`` sends the head at once, then the body a byte every that many seconds."""
 
     status: int = 200
     body: Any = None  # JSON-encoded unless it is str or bytes
@@ -34,6 +35,7 @@ class Scripted:
     truncate: bool = False
     drop_after: bool = False
     interim: int = 0
+    prelude: tuple[bytes, ...] = ()
     trickle: float = 0.0
 
     def payload(self) -> bytes:
@@ -146,6 +148,11 @@ def _write(handler: BaseHTTPRequestHandler, answer: Scripted, stop: threading.Ev
             f"HTTP/1.1 {answer.interim} Early Hints\r\n"
             "Link: </style.css>; rel=preload\r\n\r\n".encode()
         )
+        handler.wfile.flush()
+    for at, part in enumerate(answer.prelude):
+        if at and stop.wait(0.05):
+            return True
+        handler.wfile.write(part)
         handler.wfile.flush()
     if answer.hang:
         stop.wait(answer.hang)

@@ -423,12 +423,25 @@ def test_an_unexpected_error_opening_a_connection_reaches_its_operation():
         assert no_connection_out(client)
 
 
-def test_an_interim_answer_holds_no_other_operation():
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "prelude",
+    [
+        (EARLY_HINTS,),
+        (EARLY_HINTS[:10], EARLY_HINTS[10:30], EARLY_HINTS[30:]),  # in pieces
+        (EARLY_HINTS.replace(b"\r\n", b"\n"),),  # bare newlines, as Response reads them
+        (EARLY_HINTS, b"HTTP/1.1 102 Processing\r\n\r\n"),
+    ],
+    ids=["whole", "in-pieces", "bare-newlines", "two"],
+)
+def test_an_interim_answer_holds_no_other_operation(prelude: tuple[bytes, ...]):
     """A 103 Early Hints, then the answer a second later: the other operations' answers
     and sleeps go on meanwhile (reading past the 103 would hold them all)."""
     row = {"success": True, "data": {"items": [{"id": 1, "type": "T", "status": "pending"}]}}
     with ScriptedServer() as scripted:
-        scripted.add("GET", "/tasks/1", Scripted(200, row, interim=103, hang=1.0))
+        scripted.add("GET", "/tasks/1", Scripted(200, row, prelude=prelude, hang=1.0))
         scripted.add("GET", "/tasks/2", Scripted(200, row))
         settings = TaskManagerConfig(api_url=scripted.url, api_key="k", worker_id="w")
         with TaskManagerClient(settings, http="stdlib") as client:
@@ -541,3 +554,47 @@ def test_an_interrupt_while_opened_connections_are_taken_leaves_none_out(
             client.run_together([refused(), client.calls.get_task(1), busy()], 3)
         time.sleep(0.3)
         assert no_connection_out(client)
+
+
+def test_what_an_attempt_given_up_had_read_is_not_read_into_the_next():
+    """A status line that only looks interim (``1000``) fails the attempt at once, as on
+    a thread, and the retry's answer is read whole, with nothing of the first before it."""
+    row = {"success": True, "data": {"items": [{"id": 1, "type": "T", "status": "pending"}]}}
+    odd = Scripted(200, row, prelude=(b"HTTP/1.1 1000 Odd\r\n\r\n",), hang=5.0)
+    with ScriptedServer() as scripted:
+        scripted.add("GET", "/tasks/1", odd, Scripted(200, row))
+        settings = TaskManagerConfig(
+            api_url=scripted.url,
+            api_key="k",
+            worker_id="w",
+            timeout=1.0,
+            retry_attempts=1,
+            backoff_base=0.01,
+        )
+        with TaskManagerClient(settings, http="stdlib") as client:
+            started = time.monotonic()
+            assert client.run_together([client.calls.get_task(1)], 1)[0].id == 1
+            assert time.monotonic() - started < 0.9  # not a timeout first
+            assert len(scripted.calls("GET", "/tasks/1")) == 2
+            assert no_connection_out(client)
+
+
+def test_an_interrupt_while_the_request_is_written_gives_the_opened_connection_back(
+    server: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+):
+    from taskmanager import stdlib_transport
+
+    written = stdlib_transport.Origin.head
+    heads = iter(range(100))
+
+    def head(origin: Any, *args: Any) -> bytes:
+        if next(heads) == 1:  # the second: on the connection opened aside
+            raise KeyboardInterrupt
+        return written(origin, *args)
+
+    monkeypatch.setattr(stdlib_transport.Origin, "head", head)
+    settings = TaskManagerConfig(api_url=server.url, api_key=server.api_key, worker_id="w")
+    with TaskManagerClient(settings, http="stdlib") as client:  # no connection open yet
+        with pytest.raises(KeyboardInterrupt):
+            client.run_together([client.calls.get_task(1)], 1)
+        assert no_connection_out(client) and len(client._transport.pool._idle) == 1  # type: ignore[union-attr]
