@@ -95,6 +95,36 @@ def test_the_watch_reads_less_often_once_commits_stop(tmp_path):
     assert quiet_reads <= 75, quiet_reads
 
 
+def test_one_commit_alone_leaves_a_quiet_watch_quiet_and_a_stream_speeds_it(tmp_path):
+    """An idle daemon's bookkeeping commits now and then: each alone kept an idle
+    worker's watch at its fast pace for a quarter of a second (a third of its reads).
+    Two commits close together are a stream, and the watch looks at its pace again."""
+    with watched(str(tmp_path / "alone.db")) as (queue, watch):  # interval: 2 ms
+        done = threading.Event()
+
+        def wait_on() -> None:  # someone waits all along: the watch keeps reading
+            while not done.is_set():
+                watch.wait(watch.generation, 0.5)
+
+        waiter = threading.Thread(target=wait_on, daemon=True)
+        waiter.start()
+        time.sleep(0.4)  # quiet by now: a read every 20 ms
+        reads = watch.reads
+        queue.enqueue("t", {"x": 1})
+        time.sleep(0.25)
+        alone = watch.reads - reads  # at 2 ms, some 125
+        queue.enqueue("t", {"x": 2})
+        time.sleep(0.05)
+        reads = watch.reads
+        queue.enqueue("t", {"x": 3})  # a stream: 2 ms again
+        time.sleep(0.2)
+        streaming = watch.reads - reads
+        done.set()
+        waiter.join(5)
+    assert alone <= 25, alone
+    assert streaming >= 25, streaming  # at 20 ms, 10
+
+
 def _done(params):
     return {"ok": True}
 
