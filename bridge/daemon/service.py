@@ -30,6 +30,10 @@ from .systemd import Notifier
 logger = logging.getLogger("bridge.daemon")
 
 PUSH_GAP_SECONDS = 0.02  # pushes started by a commit: at most one per this, batching the rest
+# Once commits stop, the watch looks this often: a result stored after a pause waits no
+# longer for its push than the interval push (0.1 s by default) would have it wait,
+# and the idle daemon wakes 10 times a second for it instead of 50.
+QUIET_PUSH_LOOK_SECONDS = 0.1
 
 
 class Daemon:
@@ -74,7 +78,9 @@ class Daemon:
         self._pusher: threading.Thread | None = None
         # Looked at once a push gap, not at the worker's pace: a push goes out at most
         # that often anyway, and each look is a timed wake-up (a quarter of them now).
-        self._changes = ChangeWatch(jobs.store.engine, interval=PUSH_GAP_SECONDS)
+        self._changes = ChangeWatch(
+            jobs.store.engine, interval=PUSH_GAP_SECONDS, quiet_interval=QUIET_PUSH_LOOK_SECONDS
+        )
         self._changes.on_change(self._push_wanted.set)
         self._push = self._guarded("push", jobs.push_tick)
         scheduled: list[tuple[str, Callable[[], object], float]] = [

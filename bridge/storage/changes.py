@@ -44,9 +44,17 @@ QUIET_AFTER_SECONDS = 0.25
 class ChangeWatch:
     """Counts the commits others made (``generation``); wakes waiters when it moves."""
 
-    def __init__(self, engine: Engine, interval: float = WATCH_SECONDS) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        interval: float = WATCH_SECONDS,
+        quiet_interval: float = QUIET_WATCH_SECONDS,
+    ) -> None:
+        """``interval`` while commits come close together; ``quiet_interval`` (never
+        less) once they stop."""
         self.available = engine.dialect.name == "sqlite"
         self.interval = interval
+        self.quiet_interval = max(interval, quiet_interval)
         self.generation = 0
         self._engine = engine
         lock = threading.Lock()
@@ -138,7 +146,7 @@ class ChangeWatch:
                 changed_at = now
             last = version
             quiet = time.monotonic() - quiet_since > QUIET_AFTER_SECONDS
-            interval = max(self.interval, QUIET_WATCH_SECONDS) if quiet else self.interval
+            interval = self.quiet_interval if quiet else self.interval
         if self._driver is not None:
             with contextlib.suppress(Exception):
                 self._driver.close()

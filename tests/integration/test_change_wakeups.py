@@ -184,6 +184,32 @@ def test_a_stored_result_is_pushed_without_waiting_for_the_interval(tmp_path):
     assert pushed_within < SLOW_POLL, f"took {pushed_within:.2f} s: no push on change"
 
 
+def test_an_idle_daemon_looks_for_commits_ten_times_a_second(tmp_path):
+    """Its watch looks every push gap (20 ms) while results come, and as often as the
+    interval push runs (0.1 s) once they stop: 50 wake-ups a second idle were a third
+    of the idle daemon's."""
+    url = str(tmp_path / "idle.db")
+    upgrade(url)
+    with EmulatorServer() as server:
+        admin = server.client()
+        admin.register_task_type("t", "1", {"type": "object"})
+        config = BridgeConfig.load(env={}, db_url=url, types=["t"])
+        client = TaskManagerClient(
+            TaskManagerConfig.from_env({}, api_url=server.url, api_key=server.api_key)
+        )
+        with LocalQueue(url) as queue:
+            daemon = Daemon(DaemonJobs(queue.store, client, config))
+            daemon.start()
+            try:
+                time.sleep(1.0)  # started, and quiet
+                reads = daemon._changes.reads
+                time.sleep(1.0)
+                idle_reads = daemon._changes.reads - reads
+            finally:
+                daemon.stop()
+    assert 5 <= idle_reads <= 15, idle_reads
+
+
 def test_stop_waits_for_a_push_under_way_before_its_last_push(tmp_path):
     url = str(tmp_path / "stop.db")
     upgrade(url)
