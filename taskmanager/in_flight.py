@@ -51,7 +51,7 @@ from typing import Generic, TypeVar
 from .exceptions import TaskManagerConfigError
 from .exchange import Drive, Send, Sleep, Steps
 from .protocol import Answer, Outcome
-from .stdlib_transport import StdlibTransport
+from .stdlib_transport import MAX_HEADERS, MAX_LINE, StdlibTransport
 
 _R = TypeVar("_R")
 _WAKE = object()  # the selector's mark for the connect threads' wake-up socket
@@ -177,7 +177,8 @@ class _Together(Generic[_R]):
         """Send ``send`` once a thread of its own has opened a new connection for it."""
         if self._wake is None:
             self._wake = socket.socketpair()
-            self._wake[0].setblocking(False)
+            for end in self._wake:  # a full buffer must never block a connect thread
+                end.setblocking(False)
             self.selector.register(self._wake[0], selectors.EVENT_READ, _WAKE)
         threading.Thread(
             target=self._open, args=(operation,), daemon=True, name="taskmanager-connect"
@@ -196,8 +197,10 @@ class _Together(Generic[_R]):
         with self._opened_lock:
             if not self._over:
                 self._opened.append((operation, opened))
-                assert self._wake is not None
-                self._wake[1].send(b"\0")
+                if len(self._opened) == 1:  # one byte wakes the loop for all that follow
+                    assert self._wake is not None
+                    with contextlib.suppress(BlockingIOError):  # a byte is there already
+                        self._wake[1].send(b"\0")
                 return
         if isinstance(opened, http.client.HTTPConnection):  # nothing sent on it: keep it
             self.transport.pool.give_back(opened, reusable=True)
@@ -375,15 +378,19 @@ def _past_interim(data: bytes) -> tuple[bytes, bool]:
     """An answer's first bytes without the whole interim heads (1xx but 101) they start
     with, and whether to wait for more: nothing else yet, or only the start of what may
     still be an interim head. What is left is the answer's, or something for
-    ``Response`` to judge (a bad status line fails there, as on a thread)."""
+    ``Response`` to judge (a bad status line fails there, as on a thread, and so do
+    too many header lines; an interim head not whole within ``MAX_LINE`` bytes is read
+    on there too, as any answer cut short)."""
     while True:
         if len(data) < len(_STATUS_SHAPE):
             return data, _may_be_interim(data)
         if not _INTERIM_STATUS.match(data) or data[9:12] == b"101":
             return data, False
-        end = _HEAD_END.search(data)
+        end = _HEAD_END.search(data, 0, MAX_LINE)
         if end is None:
-            return data, True  # an interim head, not yet whole
+            return data, len(data) <= MAX_LINE  # an interim head, not yet whole
+        if data.count(b"\n", 0, end.start()) > MAX_HEADERS:  # one a header line
+            return data, False
         data = data[end.end() :]
 
 

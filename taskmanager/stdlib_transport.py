@@ -507,8 +507,11 @@ def _read_answer(
 
 
 # After an answer's deadline, what has already come is still read (the thread may have
-# been busy past it): each read then waits this long at most.
+# been busy past it): each read then waits this long at most, and the reads end this
+# long after the deadline, or after they began, whichever is later (a server sending
+# without pause would otherwise never meet a timeout).
 _PAST_DEADLINE_WAIT = 0.001
+_PAST_DEADLINE_GRACE = 0.05
 
 
 class _AnswerBytes(io.RawIOBase):
@@ -522,6 +525,7 @@ class _AnswerBytes(io.RawIOBase):
         self._sock = sock
         self._first = memoryview(first)
         self._deadline = deadline
+        self._cutoff = max(deadline, time.monotonic()) + _PAST_DEADLINE_GRACE
 
     def makefile(self, mode: str) -> io.BufferedReader:
         return io.BufferedReader(self)
@@ -535,7 +539,10 @@ class _AnswerBytes(io.RawIOBase):
             buffer[:count] = self._first[:count]
             self._first = self._first[count:] if count < len(self._first) else memoryview(b"")
             return count
-        self._sock.settimeout(max(self._deadline - time.monotonic(), _PAST_DEADLINE_WAIT))
+        now = time.monotonic()
+        if now >= self._cutoff:
+            raise TimeoutError("the answer did not come whole within the read timeout")
+        self._sock.settimeout(max(self._deadline - now, _PAST_DEADLINE_WAIT))
         return self._sock.recv_into(buffer)  # socket.timeout: a timeout, as on any read
 
 

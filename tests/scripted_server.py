@@ -143,19 +143,8 @@ def closed_port() -> int:
 
 def _write(handler: BaseHTTPRequestHandler, answer: Scripted, stop: threading.Event) -> bool:
     """Send ``answer`` as ``handler``'s reply; whether the connection closes after it."""
-    if answer.interim:
-        handler.wfile.write(
-            f"HTTP/1.1 {answer.interim} Early Hints\r\n"
-            "Link: </style.css>; rel=preload\r\n\r\n".encode()
-        )
-        handler.wfile.flush()
-    for at, part in enumerate(answer.prelude):
-        if at and stop.wait(0.05):
-            return True
-        handler.wfile.write(part)
-        handler.wfile.flush()
-    if answer.hang:
-        stop.wait(answer.hang)
+    if not _before(handler, answer, stop):
+        return True
     payload = answer.payload()
     handler.send_response(answer.status)
     for name, value in answer.headers.items():
@@ -179,3 +168,22 @@ def _write(handler: BaseHTTPRequestHandler, answer: Scripted, stop: threading.Ev
         return False
     handler.wfile.write(payload)
     return answer.drop_after
+
+
+def _before(handler: BaseHTTPRequestHandler, answer: Scripted, stop: threading.Event) -> bool:
+    """What goes before the answer (interim heads, a prelude, a hang); False once the
+    server is stopping."""
+    if answer.interim:
+        handler.wfile.write(
+            f"HTTP/1.1 {answer.interim} Early Hints\r\n"
+            "Link: </style.css>; rel=preload\r\n\r\n".encode()
+        )
+        handler.wfile.flush()
+    for at, part in enumerate(answer.prelude):
+        if at and stop.wait(0.05):
+            return False
+        handler.wfile.write(part)
+        handler.wfile.flush()
+    if answer.hang:
+        stop.wait(answer.hang)
+    return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -27,7 +28,7 @@ from taskmanager import (
 from taskmanager.emulator import EmulatorServer
 from taskmanager.exchange import Sleep
 
-from ..scripted_server import Scripted, ScriptedServer
+from ..scripted_server import Scripted, ScriptedServer, closed_port
 from .helpers import most_at_once
 
 TYPE = "flight.t"
@@ -598,3 +599,109 @@ def test_an_interrupt_while_the_request_is_written_gives_the_opened_connection_b
         with pytest.raises(KeyboardInterrupt):
             client.run_together([client.calls.get_task(1)], 1)
         assert no_connection_out(client) and len(client._transport.pool._idle) == 1  # type: ignore[union-attr]
+
+
+def test_hundreds_of_new_connections_at_once_all_end():
+    """600 operations, each needing a new connection, to a port that refuses them at
+    once: the connect threads all hand back (a blocking wake-up socket filled up after
+    some 280 and deadlocked the loop)."""
+    settings = TaskManagerConfig(
+        api_url=f"http://127.0.0.1:{closed_port()}/api",
+        api_key="k",
+        worker_id="w",
+        retry_attempts=0,
+    )
+    ended: list[Any] = []
+    with TaskManagerClient(settings, http="stdlib") as client:
+
+        def attempt() -> Any:
+            try:
+                yield from client.calls.get_task(1)
+            except TaskManagerConnectionError:
+                return "refused"
+            return "answered"
+
+        def run() -> None:
+            ended.extend(client.run_together([attempt() for _ in range(600)], 600))
+
+        runner = threading.Thread(target=run, daemon=True)
+        runner.start()
+        runner.join(30.0)
+        assert not runner.is_alive() and ended == ["refused"] * 600
+        assert no_connection_out(client)
+
+
+ENDLESS_SERVER = """
+import socket, sys, threading
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(8)
+print(listener.getsockname()[1], flush=True)
+chunk = b"400\\r\\n" + b" " * 0x400 + b"\\r\\n"
+def answer(conn):
+    conn.recv(65536)
+    conn.sendall(b"HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n")
+    try:
+        while True:
+            conn.sendall(chunk)
+    except OSError:
+        pass
+while True:
+    threading.Thread(target=answer, args=(listener.accept()[0],), daemon=True).start()
+"""
+
+
+def test_an_answer_that_never_ends_is_a_timeout_one_at_a_time_and_together():
+    """A chunked body sent without a pause (by a process of its own, so that it never
+    waits for the client's GIL) never meets a per-read timeout: the answer's own
+    deadline (the read timeout after the request left) ends it, on a thread as on the
+    shared one."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", ENDLESS_SERVER], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        settings = TaskManagerConfig(
+            api_url=f"http://127.0.0.1:{port}/api",
+            api_key="k",
+            worker_id="w",
+            timeout=0.5,
+            retry_attempts=0,
+        )
+        with TaskManagerClient(settings, http="stdlib") as client:
+            alone = client.get_task
+            together = lambda i: client.run_together([client.calls.get_task(i)], 1)  # noqa: E731
+            for run in (alone, together):
+                started = time.monotonic()
+                with pytest.raises(TaskManagerTimeoutError):
+                    run(1)
+                assert time.monotonic() - started < 2.0
+            assert no_connection_out(client)
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.parametrize(
+    "interim",
+    [
+        b"HTTP/1.1 103 Early Hints\r\n" + b"Link: </a.css>\r\n" * 150 + b"\r\n",
+        b"HTTP/1.1 103 Early Hints\r\nLink: " + b"a" * 70_000 + b"\r\n\r\n",
+    ],
+    ids=["150-headers", "a-70-KB-line"],
+)
+def test_an_interim_head_over_the_limits_fails_as_one_call_at_a_time_does(interim: bytes):
+    row = {"success": False, "error": "after the interim answer"}
+    with ScriptedServer() as scripted:
+        scripted.add("GET", "/tasks/1", Scripted(500, row, prelude=(interim,)))
+        settings = TaskManagerConfig(
+            api_url=scripted.url, api_key="k", worker_id="w", retry_attempts=0
+        )
+        with TaskManagerClient(settings, http="stdlib") as client:
+            with pytest.raises(TaskManagerConnectionError) as alone:
+                client.get_task(1)
+            with pytest.raises(TaskManagerConnectionError) as together:
+                client.run_together([client.calls.get_task(1)], 1)
+            assert str(together.value) == str(alone.value)
+            assert no_connection_out(client)
