@@ -16,20 +16,22 @@ them one at a time, with the same retries, waits, answers and errors. A ``Sleep`
 (a retry's back-off, a rate limit's wait) parks only its own operation.
 
 A request that needs a new connection (the pool keeps them open between requests,
-so at start and after an outage) is sent from a thread of its own, which opens the
-connection (name lookup, connect, TLS handshake) and wakes the loop: a server whose
+so at start and after an outage) waits for a thread of its own to open it (name
+lookup, connect, TLS handshake), which then wakes the loop to send it: a server whose
 connects hang (a host that is down, a firewall that drops them) costs each operation
-its own connect timeout, side by side, as on threads, not one after another.
+its own connect timeout, side by side, as on threads, not one after another. Nothing
+is sent after an interrupt.
 
-What stays blocking: sending a request on an open connection, and reading an answer
-once its first bytes are in (an answer is a few hundred bytes, in one or two
-segments; a server that sends half an answer and stalls, or trickles it, holds every
-operation here until that request's deadline, the read timeout after it left, where
-it would hold only its own thread). Under TLS a
-socket also turns readable with the server's own records (session tickets): what
-decrypts is read without waiting, and nothing yet means wait on. No answer within
-the read timeout after the request left ends that request as a timeout, as on a
-thread; an answer that came while the thread was busy past that time (an
+A readable socket is not yet an answer: what is there is read without waiting.
+Under TLS the server's own records (session tickets) wake the select too, and
+interim answers (102, 103) come before the answer: nothing yet, or interim heads
+only, means wait on. What stays blocking: sending a request on an open connection,
+and reading the rest of an answer once its first bytes are in (an answer is a few
+hundred bytes, in one or two segments; a server that sends half an answer and
+stalls, or trickles it, holds every operation here until that request's deadline,
+the read timeout after it left, where it would hold only its own thread). No answer
+within the read timeout after the request left ends that request as a timeout, as
+on a thread; an answer that came while the thread was busy past that time (an
 operation's own work) is read first.
 """
 
