@@ -98,7 +98,8 @@ class _Together(Generic[_R]):
         clock: Callable[[], float],
     ) -> None:
         self.transport = transport
-        self.waiting = list(reversed(operations))  # popped from the end: in order
+        operations = list(operations)  # any iterable, as on the other transports
+        self.waiting = operations[::-1]  # popped from the end: in order
         self.count = len(operations)
         self.width = width
         self.clock = clock

@@ -91,6 +91,8 @@ def test_width_bounds_the_requests_in_flight_and_results_keep_their_order(
         done = client.run_together([client.calls.get_task(i) for i in created], 2)
         assert [task.id for task in done] == created
         assert most_at_once(server.requests, "/tasks/*") == 2
+        lazily = client.run_together((client.calls.get_task(i) for i in created), 2)
+        assert [task.id for task in lazily] == created  # any iterable, as on requests
 
 
 def test_a_retry_waits_without_holding_up_the_other_operations(server: EmulatorServer):
