@@ -109,8 +109,8 @@ class _Together(Generic[_R]):
         self.selector = selectors.DefaultSelector()
         self.in_flight: dict[int, _Operation[_R]] = {}  # by the connection's file number
         self.under_way = 0
-        # Requests sent from a thread of their own, which opens a new connection first:
-        # what each got, handed back under the lock, with a byte on the wake-up socket.
+        # Requests waiting for a connect thread to open their connection, and what the
+        # threads opened (or raised), handed back under the lock with a wake-up byte.
         self.opening: dict[_Operation[_R], Send] = {}
         self._opened: list[tuple[_Operation[_R], http.client.HTTPConnection | BaseException]] = []
         self._opened_lock = threading.Lock()
@@ -132,7 +132,7 @@ class _Together(Generic[_R]):
             raise
         finally:
             with self._opened_lock:
-                self._over = True  # a thread still opening closes what it opened
+                self._over = True  # a thread still opening gives back what it opens
             self.selector.close()
             if self._wake is not None:
                 for end in self._wake:
@@ -228,15 +228,15 @@ class _Together(Generic[_R]):
                     started = self.transport.start(send, opened=opened)
                     if isinstance(started, http.client.HTTPConnection):
                         self._send_off(operation, send, started)
-                        del self.opening[operation]
-                        continue
-                    operation.drive.reply = started
+                    else:
+                        operation.drive.reply = started
             except BaseException:  # an interrupt: ``_abandon`` ends the operation
                 if not handed and isinstance(opened, http.client.HTTPConnection):
                     self.transport.pool.give_back(opened, reusable=True)
                 raise
             del self.opening[operation]
-            self._advance(operation)
+            if operation.connection is None:  # not sent: its outcome, or an error
+                self._advance(operation)
 
     def _send_off(
         self, operation: _Operation[_R], send: Send, connection: http.client.HTTPConnection

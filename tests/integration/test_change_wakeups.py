@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import event
@@ -151,36 +152,40 @@ def test_an_idle_worker_takes_a_new_task_at_once(tmp_path, handler):
     assert picked_within < SLOW_POLL / 2, f"took {picked_within:.2f} s: no wake-up"
 
 
+@contextlib.contextmanager
+def running_daemon(
+    url: str, server: EmulatorServer, **settings: Any
+) -> Iterator[tuple[LocalQueue, Daemon]]:
+    """A daemon for type ``t`` on a fresh queue at ``url``, started, stopped after."""
+    upgrade(url)
+    config = BridgeConfig.load(env={}, db_url=url, types=["t"], **settings)
+    client = TaskManagerClient(
+        TaskManagerConfig.from_env({}, api_url=server.url, api_key=server.api_key)
+    )
+    with LocalQueue(url) as queue:
+        daemon = Daemon(DaemonJobs(queue.store, client, config))
+        daemon.start()
+        try:
+            yield queue, daemon
+        finally:
+            daemon.stop()
+
+
 def test_a_stored_result_is_pushed_without_waiting_for_the_interval(tmp_path):
     url = str(tmp_path / "push.db")
-    upgrade(url)
     with EmulatorServer() as server:
         admin = server.client()
         admin.register_task_type("t", "1", {"type": "object"})
         task_id = admin.create_task("t", {"x": 1})
-        config = BridgeConfig.load(
-            env={},
-            db_url=url,
-            types=["t"],
-            push_interval_seconds=SLOW_POLL * 4,
-            reconcile_interval_seconds=600,
-        )
-        client = TaskManagerClient(
-            TaskManagerConfig.from_env({}, api_url=server.url, api_key=server.api_key)
-        )
-        with LocalQueue(url) as queue:
-            daemon = Daemon(DaemonJobs(queue.store, client, config))
-            daemon.start()
-            try:
-                assert wait_until(lambda: queue.status().tasks.get(("t", "queued")) == 1, 10)
-                time.sleep(0.5)  # the first pushes (at start) are behind us
-                with LocalQueue(url) as worker_side:
-                    worker_side.complete(worker_side.dequeue("t"), {"done": True})
-                stored = time.monotonic()
-                assert wait_until(lambda: admin.get_task(task_id).status == "completed", 10)
-                pushed_within = time.monotonic() - stored
-            finally:
-                daemon.stop()
+        slow = {"push_interval_seconds": SLOW_POLL * 4, "reconcile_interval_seconds": 600}
+        with running_daemon(url, server, **slow) as (queue, _):
+            assert wait_until(lambda: queue.status().tasks.get(("t", "queued")) == 1, 10)
+            time.sleep(0.5)  # the first pushes (at start) are behind us
+            with LocalQueue(url) as worker_side:
+                worker_side.complete(worker_side.dequeue("t"), {"done": True})
+            stored = time.monotonic()
+            assert wait_until(lambda: admin.get_task(task_id).status == "completed", 10)
+            pushed_within = time.monotonic() - stored
     assert pushed_within < SLOW_POLL, f"took {pushed_within:.2f} s: no push on change"
 
 
@@ -188,25 +193,13 @@ def test_an_idle_daemon_looks_for_commits_ten_times_a_second(tmp_path):
     """Its watch looks every push gap (20 ms) while results come, and as often as the
     interval push runs (0.1 s) once they stop: 50 wake-ups a second idle were a third
     of the idle daemon's."""
-    url = str(tmp_path / "idle.db")
-    upgrade(url)
     with EmulatorServer() as server:
-        admin = server.client()
-        admin.register_task_type("t", "1", {"type": "object"})
-        config = BridgeConfig.load(env={}, db_url=url, types=["t"])
-        client = TaskManagerClient(
-            TaskManagerConfig.from_env({}, api_url=server.url, api_key=server.api_key)
-        )
-        with LocalQueue(url) as queue:
-            daemon = Daemon(DaemonJobs(queue.store, client, config))
-            daemon.start()
-            try:
-                time.sleep(1.0)  # started, and quiet
-                reads = daemon._changes.reads
-                time.sleep(1.0)
-                idle_reads = daemon._changes.reads - reads
-            finally:
-                daemon.stop()
+        server.client().register_task_type("t", "1", {"type": "object"})
+        with running_daemon(str(tmp_path / "idle.db"), server) as (_, daemon):
+            time.sleep(1.0)  # started, and quiet
+            reads = daemon._changes.reads
+            time.sleep(1.0)
+            idle_reads = daemon._changes.reads - reads
     assert 5 <= idle_reads <= 15, idle_reads
 
 

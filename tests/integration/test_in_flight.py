@@ -292,10 +292,11 @@ def test_an_answer_trickled_within_each_read_timeout_holds_nothing_past_its_own(
             assert client.get_task(2).id == 1  # a pooled connection still reads whole answers
 
 
-@pytest.fixture
-def connects_hang() -> Iterator[str]:
-    """An ``api_url`` whose connects hang, as to a host that is down or behind a firewall
-    that drops them: a loopback port whose accept queue is full (SYNs go unanswered)."""
+@contextlib.contextmanager
+def full_accept_queue() -> Iterator[socket.socket]:
+    """A loopback listener whose accept queue is full: a connect to it hangs (its SYN goes
+    unanswered) until the queue drains, as to a host that is down or behind a firewall
+    that drops them."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(0)
@@ -308,12 +309,21 @@ def connects_hang() -> Iterator[str]:
             filler.connect(("127.0.0.1", port))
         fillers.append(filler)
     time.sleep(0.2)
-    probe = socket.create_connection  # the queue is full once a connect of our own hangs
-    with pytest.raises(OSError):
-        probe(("127.0.0.1", port), timeout=0.3).close()
-    yield f"http://127.0.0.1:{port}/api"
-    for sock in [listener, *fillers]:
-        sock.close()
+    try:
+        yield listener
+    finally:
+        for sock in [listener, *fillers]:
+            sock.close()
+
+
+@pytest.fixture
+def connects_hang() -> Iterator[str]:
+    """An ``api_url`` whose connects hang."""
+    with full_accept_queue() as listener:
+        port = listener.getsockname()[1]
+        with pytest.raises(OSError):  # the queue is full once a connect of our own hangs
+            socket.create_connection(("127.0.0.1", port), timeout=0.3).close()
+        yield f"http://127.0.0.1:{port}/api"
 
 
 def test_connects_that_hang_cost_each_operation_its_own_timeout_side_by_side(connects_hang: str):
@@ -470,18 +480,6 @@ def test_nothing_is_sent_after_an_interrupt_on_a_connection_opened_since():
     """A server that accepts again after a while: the connection an interrupted
     operation was waiting for opens after ``run_together`` has raised, and no request
     goes out on it (its answer, a granted claim, would reach nobody)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    for _ in range(4):  # the accept queue full: connects wait for it to drain
-        filler = socket.socket()
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            filler.connect(("127.0.0.1", port))
-        fillers.append(filler)
-    time.sleep(0.2)
     received: list[bytes] = []
 
     def read(conn: socket.socket) -> None:
@@ -490,17 +488,20 @@ def test_nothing_is_sent_after_an_interrupt_on_a_connection_opened_since():
             if data := conn.recv(65536):
                 received.append(data)
 
-    def serve() -> None:
+    def serve(listener: socket.socket) -> None:
         time.sleep(0.5)  # the server recovers: the queue drains
         with contextlib.suppress(OSError):
             while True:
                 threading.Thread(target=read, args=(listener.accept()[0],), daemon=True).start()
 
-    threading.Thread(target=serve, daemon=True).start()
-    settings = TaskManagerConfig(
-        api_url=f"http://127.0.0.1:{port}/api", api_key="k", worker_id="w", retry_attempts=0
-    )
-    try:
+    with full_accept_queue() as listener:
+        threading.Thread(target=serve, args=(listener,), daemon=True).start()
+        settings = TaskManagerConfig(
+            api_url=f"http://127.0.0.1:{listener.getsockname()[1]}/api",
+            api_key="k",
+            worker_id="w",
+            retry_attempts=0,
+        )
         with TaskManagerClient(settings, http="stdlib") as client:
 
             def interrupted() -> Any:
@@ -515,9 +516,6 @@ def test_nothing_is_sent_after_an_interrupt_on_a_connection_opened_since():
                 time.sleep(0.05)  # the connection opens, and goes to the pool unused
             time.sleep(0.3)
             assert received == [] and no_connection_out(client)
-    finally:
-        for sock in [listener, *fillers]:
-            sock.close()
 
 
 def test_an_interrupt_while_opened_connections_are_taken_leaves_none_out(
