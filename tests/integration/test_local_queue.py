@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bridge import DatabaseError, LocalQueue, TaskNotHeldError, ValidationError
-from bridge.storage.task_queue import _enqueue_values
+from bridge.storage.task_queue import ENQUEUE_ORDER, _enqueue_row
 from taskmanager import ClaimedTask, dedupe_key
 
 from .conftest import Clock
@@ -776,10 +776,25 @@ def test_metadata_encoded_once_a_batch_is_never_taken_for_another_dict():
     """The batch's encoded metadata is found by the dict's identity: a dict freed
     meanwhile must not lend its id (and its text) to the next one."""
     texts: dict[int, Any] = {}
-    written = [
-        _enqueue_values(("t", {}, 0, {"n": n}), "now", texts)["v_metadata"] for n in range(6)
-    ]
+    written = [_enqueue_row(("t", {}, 0, {"n": n}), "now", texts)[3] for n in range(6)]
     assert written == [f'{{"n": {n}}}' for n in range(6)]
+
+
+def test_rows_bound_by_position_name_their_parameters_in_the_statements_order(
+    queue: LocalQueue,
+):
+    """A batch binds its rows as tuples: an order that is not the SQL's would write one
+    column's value into another, so it is refused before anything runs."""
+    statement = queue.store.sql.enqueue_rows
+    swapped = (ENQUEUE_ORDER[1], ENQUEUE_ORDER[0], *ENQUEUE_ORDER[2:])
+    with pytest.raises(ValueError, match="not"):
+        statement.positional(swapped)
+    added = queue.enqueue_many([("a", {"i": 1}), ("b", {"i": 2})], priority=3, metadata={"m": 1})
+    assert [(t.type, t.params, t.priority, t.metadata) for t in added] == [
+        ("a", {"i": 1}, 3, {"m": 1}),
+        ("b", {"i": 2}, 3, {"m": 1}),
+    ]
+    assert [queue.get(t.id) for t in added] == added
 
 
 def test_a_task_is_a_frozen_value_that_pickles_and_copies(queue: LocalQueue):
