@@ -91,6 +91,14 @@ class LocalTask:
 
 _FIELDS = list(LocalTask.__dataclass_fields__)
 _PARAMS, _METADATA = _FIELDS.index("params"), _FIELDS.index("metadata")
+# Every field of a task just inserted that its INSERT does not set: a task built from
+# what was inserted (``LocalTask.from_fields``) needs no read of its row.
+NEW_TASK_FIELDS: dict[str, Any] = {
+    **dict.fromkeys(_FIELDS),
+    "status": "queued",
+    "attempts": 0,
+    "progress": 0,
+}
 
 
 @dataclass(frozen=True)

@@ -250,10 +250,11 @@ class LocalQueue(ClosedOnExit):
     ) -> list[LocalTask]:
         """``enqueue`` for many ``(type, payload)`` in ONE transaction (one commit): all
         are added, or (on any error) none."""
-        meta = encoded_object(metadata, "metadata")
-        batch: list[NewTask] = []
-        for task_type, payload in items:
-            batch.append((task_type, encoded_object(payload, "payload"), int(priority), meta))
+        meta, rank = encoded_object(metadata, "metadata"), int(priority)
+        batch: list[NewTask] = [
+            (task_type, encoded_object(payload, "payload"), rank, meta)
+            for task_type, payload in items
+        ]
         return self.store.enqueue_many(batch, self.clock()) if batch else []
 
     def dequeue_many(

@@ -347,7 +347,7 @@ class Prepared:
         # Only the id comes back: the rest of the new task is what the caller gave.
         self.enqueue = prepare(insert(tasks).values(**task_row).returning(tasks.c.id))
         self.enqueue_rows = prepare(insert(tasks).values(**task_row))  # executemany, SQLite
-        # A claim of a remote task not seen before (the daemon's usual case): the row, or
+        # A claim of a remote task not seen before (the daemon's usual case): its id, or
         # none when the remote id is known (then the careful path reads and decides).
         claim_row: dict[str, Any] = {
             name: p(f"c_{name}")
@@ -368,7 +368,7 @@ class Prepared:
             upsert(tasks)
             .values(**claim_row)
             .on_conflict_do_nothing(index_elements=[tasks.c.remote_id])
-            .returning(*TASK_COLUMNS)
+            .returning(tasks.c.id)
         )
         self.task_by_id = prepare(select(*TASK_COLUMNS).where(tasks.c.id == p("p_id")))
         # The daemon's claim bursts read this before each top-up: from the index, prepared.

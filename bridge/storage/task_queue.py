@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..errors import TaskNotHeldError, WriteFailed
-from ..models import LocalTask
+from ..models import NEW_TASK_FIELDS, LocalTask
 from .connector import Connector
 from .db_errors import passing_trouble
 from .outbox import append_for_task
@@ -27,18 +27,9 @@ Write = Callable[[Connection], Any]
 Take = tuple["Sequence[str] | None", float, float]
 
 
-# Every field of a task just enqueued that does not come from its caller.
-_NEW_TASK: dict[str, Any] = {
-    **dict.fromkeys(LocalTask.__dataclass_fields__),
-    "status": "queued",
-    "attempts": 0,
-    "progress": 0,
-}
-
-
 def _new_tasks(ids: Sequence[int], items: Sequence[NewTask], now: datetime) -> list[LocalTask]:
     """The tasks just inserted, from what was given (their rows hold nothing else)."""
-    common = {**_NEW_TASK, "created_at": now.astimezone(timezone.utc)}
+    common = {**NEW_TASK_FIELDS, "created_at": now.astimezone(timezone.utc)}
     tasks = []
     for task_id, (task_type, params, priority, metadata) in zip(ids, items, strict=True):
         fields = common.copy()  # a key at a time: half the cost of update(**fields)
