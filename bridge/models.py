@@ -91,8 +91,9 @@ class LocalTask:
 
 _FIELDS = list(LocalTask.__dataclass_fields__)
 _PARAMS, _METADATA = _FIELDS.index("params"), _FIELDS.index("metadata")
-# Every field of a task just inserted that its INSERT does not set: a task built from
-# what was inserted (``LocalTask.from_fields``) needs no read of its row.
+# Every field of a task just inserted that its caller does not give (the constants its
+# INSERT writes, NULL for the rest): a task built from what was inserted
+# (``LocalTask.from_fields``) needs no read of its row.
 NEW_TASK_FIELDS: dict[str, Any] = {
     **dict.fromkeys(_FIELDS),
     "status": "queued",

@@ -145,7 +145,8 @@ def _new_claim(
     task_id: int, claimed: ClaimedTask, fresh: dict[str, Any], now: datetime
 ) -> LocalTask:
     """The task a claim just inserted, from what was inserted: reading its row back (and
-    decoding its params again) was a sixth of what recording a claim cost."""
+    decoding its params again) was a sixth of what recording a claim cost. Its params
+    are the claim's own dict, not a copy."""
     fields = {**NEW_TASK_FIELDS, **fresh}
     fields["id"] = task_id
     fields["remote_id"] = claimed.id

@@ -1,7 +1,8 @@
 """The worker's hot-path statements: SQL compiled once, run straight on the driver.
 
-Written with SQLAlchemy Core and compiled once per store with named parameters;
-what is kept is only public API: the compiled ``string`` and ``params``, the
+Written with SQLAlchemy Core and compiled once per store with named parameters (on
+SQLite a batch's INSERT also with positional ones, ``Statement.positional``); what is
+kept is only public API: the compiled ``string``, ``params`` and ``positiontup``, the
 statement's ``selected_columns`` / ``exported_columns`` (RETURNING), and each
 type's ``bind_processor`` / ``result_processor``. A statement carries no bound
 values of its own (constants are written into the SQL, which also lets SQLite
@@ -195,13 +196,15 @@ class Statement:
             cursor.close()
 
     def positional(self, order: tuple[str, ...]) -> str:
-        """The SQL taking its values as a tuple in ``order`` (which must be the order its
-        parameters appear in). sqlite3 binds a dict name by name and a tuple by index:
-        a batch of rows as tuples costs 0.6 us a row less (docs/BENCHMARKS.md)."""
+        """SQLite: the SQL taking its values as a tuple in ``order`` (which must be the
+        order its parameters appear in). sqlite3 binds a dict name by name and a tuple
+        by index: a batch of rows as tuples costs 0.6 us a row less (docs/BENCHMARKS.md,
+        "Rows bound by position")."""
         sql = self._positional.get(order)
         if sql is None:
-            style = "qmark" if self._dialect.name == "sqlite" else "format"
-            dialect = type(self._dialect)(paramstyle=style)  # type: ignore[call-arg]
+            if self._dialect.name != "sqlite":
+                raise ValueError(f"rows bound by position are for SQLite, not {self._dialect.name}")
+            dialect = type(self._dialect)(paramstyle="qmark")  # type: ignore[call-arg]
             compiled = self._statement.compile(dialect=dialect)
             if tuple(compiled.positiontup or ()) != order:
                 raise ValueError(f"parameters in order {compiled.positiontup}, not {order}")
@@ -209,8 +212,8 @@ class Statement:
         return sql
 
     def insert(self, conn: Any, order: tuple[str, ...], row: tuple[Any, ...]) -> int:
-        """Run an ``INSERT`` of one row given as a tuple in ``order``, every value ready
-        (``converted``); the new row's id (``lastrowid``: no ``RETURNING`` to fetch)."""
+        """SQLite: run an ``INSERT`` of one row given as a tuple in ``order``, every value
+        ready (``converted``); the new row's id (``lastrowid``: no ``RETURNING`` to fetch)."""
         cursor = driver_of(conn).execute(self.positional(order), row)
         try:
             return int(cursor.lastrowid)

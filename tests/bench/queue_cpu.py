@@ -7,7 +7,10 @@ CPU (user + system of this process) of:
 * ``enqueue_many`` in batches of 100 against litequeue's ``put`` in batches in one
   ``transaction()``: both one synced commit a batch;
 * the worker loop (``complete_and_dequeue``) against the floor: our exact statements
-  on bare sqlite3 (``local_queue.floor_cycle_seeded``), one synced commit a task.
+  on bare sqlite3 (``local_queue.floor_cycle_seeded``), one synced commit a task;
+* the daemon's record of a new claim (``Store.insert_claimed``) against its floor: the
+  same statement on bare sqlite3, one transaction a claim at ``synchronous=NORMAL``,
+  as the daemon commits them.
 
 Interleaved rounds in one run, median [spread]. To compare two commits, run it in
 each tree alternately (``PYTHONPATH=<tree> python3 tests/bench/queue_cpu.py``).
@@ -18,14 +21,19 @@ each tree alternately (``PYTHONPATH=<tree> python3 tests/bench/queue_cpu.py``).
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 from bridge import LocalQueue
+from bridge.storage.engine import open_engine
 from bridge.storage.migrations import upgrade
+from bridge.storage.statements import Prepared, json_text
+from taskmanager import ClaimedTask
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.bench import local_queue
@@ -79,6 +87,48 @@ def floor_loop(folder: Path, tasks: int) -> float:
     return (time.process_time() - started) / tasks
 
 
+def ours_record_claims(folder: Path, claims: int) -> float:
+    url = str(folder / "claims.db")
+    upgrade(url)
+    now = datetime.now(timezone.utc)
+    batch = [ClaimedTask(n, "bench", {"n": n}, 1, 0, "bench", now) for n in range(1, claims + 1)]
+    with LocalQueue(url) as queue:
+        started = time.process_time()
+        for claim in batch:
+            queue.store.insert_claimed(claim, 300, now)
+        return (time.process_time() - started) / claims
+
+
+def floor_record_claims(folder: Path, claims: int) -> float:
+    url = str(folder / "claims.db")
+    upgrade(url)
+    engine = open_engine(url)
+    statement = Prepared(engine.dialect).claim_new.sql
+    engine.dispose()
+    conn = sqlite3.connect(url, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    now, lease = "2026-11-28 12:00:00.000000", "2026-11-28 12:05:00.000000"
+    started = time.process_time()
+    for n in range(1, claims + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        values = {
+            "c_remote_id": n,
+            "c_type": "bench",
+            "c_params": json_text({"n": n}),  # the encoder ours uses
+            "c_priority": 0,
+            "c_created_at": now,
+            "c_remote_attempt": 1,
+            "c_remote_worker_id": "bench",
+            "c_lease_expires_at": lease,
+        }
+        conn.execute(statement, values).fetchall()
+        conn.execute("COMMIT")
+    cpu = (time.process_time() - started) / claims
+    conn.close()
+    return cpu
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=5000, help="enqueued, per round")
@@ -90,6 +140,8 @@ def main() -> int:
         "litequeue put, batched": (litequeue_put_batches, args.items),
         "ours complete_and_dequeue": (ours_loop, args.tasks),
         "floor: our statements on bare sqlite3": (floor_loop, args.tasks),
+        "ours insert_claimed": (ours_record_claims, args.tasks),
+        "floor: the claim's statement on sqlite3": (floor_record_claims, args.tasks),
     }
     cpu: dict[str, list[float]] = {name: [] for name in cases}
     for round_ in range(args.rounds):
@@ -104,6 +156,7 @@ def main() -> int:
     for ours, base in (
         ("ours enqueue_many", "litequeue put, batched"),
         ("ours complete_and_dequeue", "floor: our statements on bare sqlite3"),
+        ("ours insert_claimed", "floor: the claim's statement on sqlite3"),
     ):
         ratios = [b / a for a, b in zip(cpu[ours], cpu[base], strict=True)]
         print(f"  {base} / {ours} (>= 1.00: ours spends no more): {spread(ratios)}")

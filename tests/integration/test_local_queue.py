@@ -10,7 +10,7 @@ import sqlite3
 import stat
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +234,25 @@ def test_insert_claimed_is_idempotent_and_requeues_newer_attempts(queue: LocalQu
     assert changed and queue.get(first.id).status == "done"
     resent = [e for e in queue.outbox("pending", 10) if e.kind == "complete"]
     assert [(e.payload, e.remote_attempt) for e in resent] == [({"result": {"ok": 1}}, 4)]
+
+
+def test_a_new_claim_is_recorded_as_sent_whatever_its_zone_and_values(queue: LocalQueue):
+    """The task a new claim returns is built from what was inserted, not read back: it
+    must be the row exactly (UTC times to the microsecond, the params' values as JSON
+    keeps them), and params JSON cannot hold are refused with nothing written."""
+    zone = timezone(timedelta(hours=-7, minutes=-30))
+    now = datetime(2026, 12, 7, 14, 3, 9, 123457, tzinfo=zone)
+    params = {"f": 0.1, "big": 2**70, "text": "žluťoučký kůň", "nested": {"a": [1, None]}}
+    task, created = queue.store.insert_claimed(
+        ClaimedTask(901, "yt.scrape", params, 2, 7, "bridge-1", now), LEASE, now
+    )
+    assert created and task == queue.get(task.id)
+    assert task.created_at == now and task.created_at.tzinfo == timezone.utc
+    assert task.lease_expires_at == now + timedelta(seconds=LEASE)
+    unencodable = ClaimedTask(902, "yt.scrape", {"x": {1, 2}}, 1, 0, "bridge-1", now)
+    with pytest.raises(TypeError):
+        queue.store.insert_claimed(unencodable, LEASE, now)
+    assert queue.status().tasks == {("yt.scrape", "queued"): 1}
 
 
 def test_create_remote_task_offline_validated_and_deduplicated(queue: LocalQueue):
