@@ -372,22 +372,22 @@ class _Together(Generic[_R]):
                 operation.drive.steps.close()
 
 
-_INTERIM_STATUS = re.compile(rb"HTTP/1\.\d 1\d\d[ \r\n]")
-_STATUS_SHAPE = b"HTTP/1.# 1##_"  # what an interim status line's first bytes look like
 _HEAD_END = re.compile(rb"\r?\n\r?\n")  # an empty line, as ``Response`` reads one
 
 
 def _past_interim(data: bytes) -> tuple[bytes, bool]:
     """An answer's first bytes without the whole interim heads (1xx but 101) they start
-    with, and whether to wait for more: nothing else yet, or only the start of what may
-    still be an interim head. What is left is the answer's, or something for
-    ``Response`` to judge (a bad status line fails there, as on a thread, and so do
-    too many header lines; an interim head not whole within ``MAX_LINE`` bytes is read
-    on there too, as any answer cut short)."""
+    with, and whether to wait for more: nothing else yet, or a status line not yet
+    whole (waited for here, where ``Response`` would wait for its end blocking, holding
+    every operation), or an interim head not yet whole. What is left is the answer's,
+    or something for ``Response`` to judge (a bad status line fails there, as on a
+    thread, and so do too many header lines; a line or an interim head not whole within
+    ``MAX_LINE`` bytes is read on there too, as any answer cut short)."""
     while True:
-        if len(data) < len(_STATUS_SHAPE):
-            return data, _may_be_interim(data)
-        if not _INTERIM_STATUS.match(data) or data[9:12] == b"101":
+        line_end = data.find(b"\n", 0, MAX_LINE)  # a status line of MAX_LINE bytes at most
+        if line_end < 0:
+            return data, len(data) < MAX_LINE  # longer: ``Response`` refuses it
+        if not _is_interim(data[:line_end]):
             return data, False
         end = _HEAD_END.search(data, 0, MAX_LINE)
         if end is None:
@@ -397,19 +397,19 @@ def _past_interim(data: bytes) -> tuple[bytes, bool]:
         data = data[end.end() :]
 
 
-def _may_be_interim(start: bytes) -> bool:
-    """Whether ``start`` (shorter than a status line's first 13 bytes) may still grow
-    into an interim status line."""
-    for got, want in zip(start, _STATUS_SHAPE, strict=False):  # start is the shorter
-        if want == ord("#"):
-            fits = 0x30 <= got <= 0x39
-        elif want == ord("_"):
-            fits = got in b" \r\n"
-        else:
-            fits = got == want
-        if not fits:
-            return False
-    return True
+def _is_interim(status_line: bytes) -> bool:
+    """Whether ``Response`` skips ``status_line`` as an interim answer's: parsed as
+    ``http.client`` parses it (any run of whitespace between the words, any ``HTTP/``
+    version, the code as ``int`` reads it), so that a line written oddly (``HTTP/1.1
+    103`` with two spaces, ``HTTP/2 103``) is told apart here exactly as it is there."""
+    words = str(status_line, "iso-8859-1").split(None, 2)
+    if len(words) < 2 or not words[0].startswith("HTTP/"):
+        return False
+    try:
+        status = int(words[1])
+    except ValueError:
+        return False
+    return 100 <= status < 200 and status != http.client.SWITCHING_PROTOCOLS
 
 
 def _read_now(sock: socket.socket, timeout: float) -> bytes:

@@ -26,7 +26,8 @@ class Scripted:
     timeout passed); ``interim`` sends an interim answer of that status (102, 103) first,
     then waits ``hang`` before the answer; ``prelude``: bytes sent first, each part 50 ms
     after the last (an interim head in pieces, a bad status line), ``hang`` after them;
-    ``trickle`` sends the head at once, then the body a byte every that many seconds."""
+    ``trickle`` sends the head at once, then the body a byte every that many seconds;
+    ``split_status`` sends the answer's status line in two parts that many seconds apart."""
 
     status: int = 200
     body: Any = None  # JSON-encoded unless it is str or bytes
@@ -37,6 +38,7 @@ class Scripted:
     interim: int = 0
     prelude: tuple[bytes, ...] = ()
     trickle: float = 0.0
+    split_status: float = 0.0
 
     def payload(self) -> bytes:
         if isinstance(self.body, bytes):
@@ -146,7 +148,15 @@ def _write(handler: BaseHTTPRequestHandler, answer: Scripted, stop: threading.Ev
     if not _before(handler, answer, stop):
         return True
     payload = answer.payload()
-    handler.send_response(answer.status)
+    if answer.split_status:
+        line = f"{handler.protocol_version} {answer.status} Answer\r\n".encode()
+        handler.wfile.write(line[:10])  # "HTTP/1.1 2": not yet a status line
+        handler.wfile.flush()
+        if stop.wait(answer.split_status):
+            return True
+        handler.wfile.write(line[10:])
+    else:
+        handler.send_response(answer.status)
     for name, value in answer.headers.items():
         handler.send_header(name, value)
     handler.send_header("Content-Type", "application/json")

@@ -132,3 +132,53 @@ def test_an_ipv6_zone_stays_out_of_the_host_header():
 def test_a_method_with_a_control_character_is_refused():
     with pytest.raises(ValueError, match="method can't contain control characters"):
         origin("http://127.0.0.1:8080/api").head("GET\r\nX: 1", "/api/health", HEADERS, None)
+
+
+def _read_as_interim_by_http_client(line: bytes) -> bool:
+    """The oracle: whether ``Response.begin`` would skip ``line`` as an interim answer's
+    status line (``http.client``'s own parse of it, then 1xx but 101)."""
+    import io
+
+    class _Socket:
+        def makefile(self, _mode: str) -> io.BytesIO:
+            return io.BytesIO(line + b"\r\n")
+
+    try:
+        status = http.client.HTTPResponse(_Socket())._read_status()[1]  # type: ignore[arg-type]
+    except http.client.HTTPException:
+        return False
+    return 100 <= status < 200 and status != 101
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"HTTP/1.1 103 Early Hints",
+        b"HTTP/1.1 102",
+        b"HTTP/1.1  103 Early Hints",
+        b"HTTP/1.1\t103\tEarly Hints",
+        b"  HTTP/1.1 103",
+        b"HTTP/2 103",
+        b"HTTP/1.1 +103",
+        b"HTTP/1.1 1_03",
+        b"HTTP/1.1 101 Switching Protocols",
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 1030",
+        b"HTTP/1.1 099",
+        b"HTTP/1.1 abc",
+        b"HTTP/1.1",
+        b"HTTPS/1.1 103",
+        b"http/1.1 103",
+        b"ICY 103 OK",
+        b"",
+        b"\xffHTTP/1.1 103",
+        b"HTTP/1.1 \xa0103",
+    ],
+)
+def test_the_in_flight_loop_tells_an_interim_status_line_as_http_client_does(line: bytes):
+    """The loop waits past interim heads itself (reading past them blocking would hold
+    every operation): a line it takes for the answer's while ``Response`` skips it, or the
+    other way round, holds the loop or reads the next answer as this one's."""
+    from taskmanager.in_flight import _is_interim
+
+    assert _is_interim(line) == _read_as_interim_by_http_client(line)
