@@ -8,6 +8,12 @@ CPU (user + system of this process) of:
   ``transaction()``: both one synced commit a batch;
 * the worker loop (``complete_and_dequeue``) against the floor: our exact statements
   on bare sqlite3 (``local_queue.floor_cycle_seeded``), one synced commit a task;
+* what bounds the worker loop: the floor's statements with only the work the call
+  must do besides them (the result encoded and size-checked, the times stamped, the
+  next task built: its times parsed, its JSON decoded), inlined with nothing of ours
+  between, once in a bare ``BEGIN IMMEDIATE``/``COMMIT`` and once in the queue's own
+  write transaction (``shared_write``: this process's write turn, the group commit
+  that lets a worker's slots share one commit, the polled begin);
 * the daemon's record of a new claim (``Store.insert_claimed``) against its floor: the
   same statement on bare sqlite3, one transaction a claim at ``synchronous=NORMAL``,
   as the daemon commits them.
@@ -21,18 +27,25 @@ each tree alternately (``PYTHONPATH=<tree> python3 tests/bench/queue_cpu.py``).
 from __future__ import annotations
 
 import argparse
+import json
 import sqlite3
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-from bridge import LocalQueue
+from sqlalchemy import JSON
+
+from bridge import LocalQueue, LocalTask
+from bridge.payloads import stored_result
 from bridge.storage.engine import open_engine
 from bridge.storage.migrations import upgrade
-from bridge.storage.statements import Prepared, json_text
+from bridge.storage.schema import UTCDateTime, _sqlite_datetime_text, _sqlite_datetime_value
+from bridge.storage.statements import TASK_COLUMNS, Prepared, json_text
 from taskmanager import ClaimedTask
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -85,6 +98,81 @@ def floor_loop(folder: Path, tasks: int) -> float:
     started = time.process_time()
     local_queue.floor_cycle_seeded(url, tasks)
     return (time.process_time() - started) / tasks
+
+
+_TIMES = [i for i, c in enumerate(TASK_COLUMNS) if isinstance(c.type, UTCDateTime)]
+_JSON = [i for i, c in enumerate(TASK_COLUMNS) if isinstance(c.type, JSON)]
+
+
+def _bound_loop(folder: Path, tasks: int, framed: bool) -> float:
+    """The floor's statements, bound by name as the floor binds them, with the call's
+    own required work inlined around them (see the module docstring); ``framed``: in
+    the queue's write transaction, else in a bare one on the same connection."""
+    lock, margin = timedelta(seconds=300.0), timedelta(seconds=5.0)
+    with LocalQueue(_seeded(folder, tasks)) as queue:
+        sql, db = queue.store.sql, queue.store.db
+        finish, append, dequeue = sql.finish_done.sql, sql.append.sql, sql.dequeue(0).sql
+
+        def finish_and_take(conn: Any, task: LocalTask, result: dict[str, Any]) -> Any:
+            now = datetime.now(timezone.utc)
+            at, text = _sqlite_datetime_text(now), json_text(result)
+            token = {"p_id": task.id, "p_holder": task.locked_by, "p_attempts": task.attempts}
+            if not conn.execute(finish, {**token, "p_now": at, "p_result": text}).fetchall():
+                raise RuntimeError("no longer held")
+            row = {
+                "kind": "complete",
+                "payload": f'{{"result": {text}}}',
+                "status": "pending",
+                "attempts": 0,
+                "created_at": at,
+                "dedupe_key": None,
+                "task_id": task.id,
+                "remote_id": task.remote_id,
+                "remote_attempt": task.remote_attempt,
+                "remote_worker_id": task.remote_worker_id,
+            }
+            conn.execute(append, row)
+            take = {
+                "p_worker": task.locked_by,
+                "p_until": _sqlite_datetime_text(now + lock),
+                "p_now": at,
+                "p_lease_floor": _sqlite_datetime_text(now + margin),
+            }
+            found = conn.execute(dequeue, take).fetchone()
+            if found is None:
+                return None
+            values = list(found)
+            for i in _TIMES:
+                values[i] = _sqlite_datetime_value(values[i])
+            for i in _JSON:
+                if values[i] is not None:
+                    values[i] = json.loads(values[i])
+            return LocalTask.from_values(values)
+
+        driver = db.connection().connection.driver_connection
+        task = queue.dequeue()  # leaves the connection at NORMAL: the floor commits at FULL
+        if not framed:
+            driver.execute("PRAGMA synchronous = FULL")
+        started = time.process_time()
+        while task is not None:
+            result, held = stored_result({"ok": True, "n": task.params["n"]}), task
+            if framed:
+                task = db.shared_write(partial(finish_and_take, task=held, result=result))
+            else:
+                driver.execute("BEGIN IMMEDIATE")
+                task = finish_and_take(driver, held, result)
+                driver.execute("COMMIT")
+        cpu = (time.process_time() - started) / tasks
+        assert queue.status().tasks == {("bench", "done"): tasks}
+        return cpu
+
+
+def bound_loop_bare(folder: Path, tasks: int) -> float:
+    return _bound_loop(folder, tasks, framed=False)
+
+
+def bound_loop_framed(folder: Path, tasks: int) -> float:
+    return _bound_loop(folder, tasks, framed=True)
 
 
 def ours_record_claims(folder: Path, claims: int) -> float:
@@ -140,6 +228,8 @@ def main() -> int:
         "litequeue put, batched": (litequeue_put_batches, args.items),
         "ours complete_and_dequeue": (ours_loop, args.tasks),
         "floor: our statements on bare sqlite3": (floor_loop, args.tasks),
+        "bound: + the call's own work, bare": (bound_loop_bare, args.tasks),
+        "bound: + the call's own work, framed": (bound_loop_framed, args.tasks),
         "ours insert_claimed": (ours_record_claims, args.tasks),
         "floor: the claim's statement on sqlite3": (floor_record_claims, args.tasks),
     }
@@ -156,6 +246,8 @@ def main() -> int:
     for ours, base in (
         ("ours enqueue_many", "litequeue put, batched"),
         ("ours complete_and_dequeue", "floor: our statements on bare sqlite3"),
+        ("bound: + the call's own work, bare", "floor: our statements on bare sqlite3"),
+        ("bound: + the call's own work, framed", "floor: our statements on bare sqlite3"),
         ("ours insert_claimed", "floor: the claim's statement on sqlite3"),
     ):
         ratios = [b / a for a, b in zip(cpu[ours], cpu[base], strict=True)]
