@@ -24,12 +24,13 @@ is sent after an interrupt.
 
 A readable socket is not yet an answer: what is there is read without waiting.
 Under TLS the server's own records (session tickets) wake the select too, and
-interim answers (102, 103) come before the answer: nothing yet, or interim heads
-only, means wait on. What stays blocking: sending a request on an open connection,
-and reading the rest of an answer once its first bytes are in (an answer is a few
-hundred bytes, in one or two segments; a server that sends half an answer and
-stalls, or trickles it, holds every operation here until that request's deadline,
-the read timeout after it left, where it would hold only its own thread). No answer
+interim answers (102, 103) come before the answer: nothing yet, interim heads only,
+or an answer's status line not yet whole, means wait on. What stays blocking:
+sending a request on an open connection, and reading the rest of an answer once its
+status line is in (an answer is a few hundred bytes, in one or two segments; a
+server that sends half an answer and stalls, or trickles it, holds every operation
+here until that request's deadline, the read timeout after it left, where it would
+hold only its own thread). No answer
 within the read timeout after the request left ends that request as a timeout, as
 on a thread; an answer that came while the thread was busy past that time (an
 operation's own work) is read first.
@@ -40,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import http.client
-import re
 import selectors
 import socket
 import ssl
@@ -71,7 +71,7 @@ class _Operation(Generic[_R]):
         self.connection: http.client.HTTPConnection | None = None
         self.fileno = -1
         self.deadline = 0.0
-        self.first = b""  # the answer's first bytes, read while only interim heads came
+        self.first = b""  # the answer's first bytes, kept while waiting for more
 
 
 def run_together(
@@ -307,8 +307,9 @@ class _Together(Generic[_R]):
         """Readable is not yet answered: under TLS the server's own records (TLS 1.3
         session tickets, after a new connection's handshake) wake the select too, and
         an interim answer (102, 103) comes before the answer. What is there is read
-        without waiting; nothing yet, or interim answers only, means wait on (reading
-        on would hold every operation until this one's answer came)."""
+        without waiting; nothing yet, interim answers only, or a status line not yet
+        whole, means wait on (``_past_interim``; reading on would hold every operation
+        until this one's answer came)."""
         connection = operation.connection
         assert connection is not None and connection.sock is not None
         try:
@@ -372,36 +373,41 @@ class _Together(Generic[_R]):
                 operation.drive.steps.close()
 
 
-_HEAD_END = re.compile(rb"\r?\n\r?\n")  # an empty line, as ``Response`` reads one
-
-
 def _past_interim(data: bytes) -> tuple[bytes, bool]:
     """An answer's first bytes without the whole interim heads (1xx but 101) they start
-    with, and whether to wait for more: nothing else yet, or a status line not yet
-    whole (waited for here, where ``Response`` would wait for its end blocking, holding
-    every operation), or an interim head not yet whole. What is left is the answer's,
-    or something for ``Response`` to judge (a bad status line fails there, as on a
-    thread, and so do too many header lines; a line or an interim head not whole within
-    ``MAX_LINE`` bytes is read on there too, as any answer cut short)."""
+    with, and whether to wait for more: nothing else yet, a status line not yet whole
+    (``Response`` would wait for the rest of it blocking, holding every operation), or
+    an interim head not yet whole. Each line is judged as ``Response`` judges it: what
+    it would refuse (a line over ``MAX_LINE`` bytes, more than ``MAX_HEADERS`` header
+    lines, a bad status line) goes to it at once, to fail there as on a thread. An
+    interim head over ``MAX_LINE`` bytes in all is handed over unfinished too (bounding
+    what is kept and scanned again at each read): ``Response`` reads the rest of it
+    blocking, which holds the other operations, at most until this one's deadline."""
+    at = 0  # where what follows the whole interim heads starts
     while True:
-        line_end = data.find(b"\n", 0, MAX_LINE)  # a status line of MAX_LINE bytes at most
-        if line_end < 0:
-            return data, len(data) < MAX_LINE  # longer: ``Response`` refuses it
-        if not _is_interim(data[:line_end]):
-            return data, False
-        end = _HEAD_END.search(data, 0, MAX_LINE)
-        if end is None:
-            return data, len(data) <= MAX_LINE  # an interim head, not yet whole
-        if data.count(b"\n", 0, end.start()) > MAX_HEADERS:  # one a header line
-            return data, False
-        data = data[end.end() :]
+        line_end = data.find(b"\n", at, at + MAX_LINE)
+        if line_end < 0:  # the status line, not yet whole (or too long: handed over)
+            return data[at:], len(data) - at <= MAX_LINE
+        if not _is_interim(data[at:line_end]):
+            return data[at:], False
+        fields, start = 0, line_end + 1
+        while True:  # the interim head's header lines, to its empty line
+            line_end = data.find(b"\n", start, start + MAX_LINE)
+            if line_end < 0:
+                return data[at:], len(data) - at <= MAX_LINE
+            if data[start : line_end + 1] in (b"\r\n", b"\n"):
+                break
+            if fields >= MAX_HEADERS:
+                return data[at:], False
+            fields, start = fields + 1, line_end + 1
+        at = line_end + 1
 
 
 def _is_interim(status_line: bytes) -> bool:
     """Whether ``Response`` skips ``status_line`` as an interim answer's: parsed as
     ``http.client`` parses it (any run of whitespace between the words, any ``HTTP/``
-    version, the code as ``int`` reads it), so that a line written oddly (``HTTP/1.1
-    103`` with two spaces, ``HTTP/2 103``) is told apart here exactly as it is there."""
+    version, the code as ``int`` reads it), so that a line written oddly (two spaces
+    before the code, a tab, ``HTTP/2 103``) is told apart here exactly as there."""
     words = str(status_line, "iso-8859-1").split(None, 2)
     if len(words) < 2 or not words[0].startswith("HTTP/"):
         return False

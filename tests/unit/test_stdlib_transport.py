@@ -182,3 +182,112 @@ def test_the_in_flight_loop_tells_an_interim_status_line_as_http_client_does(lin
     from taskmanager.in_flight import _is_interim
 
     assert _is_interim(line) == _read_as_interim_by_http_client(line)
+
+
+class _Blocked(Exception):
+    """A read that would wait for more bytes on a socket."""
+
+
+class _FinalStatus(Exception):
+    """``Response`` has read the answer's own status line."""
+
+
+def _response_on(data: bytes) -> str:
+    """What ``Response.begin`` does with ``data`` as all that came so far: ``"wait"``
+    (it would block before the answer's own status line is read) or ``"read"`` (it
+    reads that line, or refuses what came, without waiting)."""
+    from taskmanager.stdlib_transport import Response
+
+    class _Arrived:
+        def __init__(self) -> None:
+            self.rest = data
+
+        def readline(self, limit: int) -> bytes:
+            end = self.rest.find(b"\n", 0, limit)
+            if end < 0 and len(self.rest) < limit:
+                raise _Blocked
+            take = end + 1 if end >= 0 else limit
+            line, self.rest = self.rest[:take], self.rest[take:]
+            return line
+
+        def close(self) -> None:  # a bad status line closes the connection
+            pass
+
+    class _Socket:
+        def makefile(self, _mode: str) -> _Arrived:
+            return _Arrived()
+
+    response = Response(_Socket())  # type: ignore[arg-type]
+    read_status = response._read_status
+
+    def status_line() -> Any:
+        version, status, reason = read_status()
+        if not 100 <= status < 200 or status == 101:
+            raise _FinalStatus
+        return version, status, reason
+
+    response._read_status = status_line  # type: ignore[method-assign]
+    try:
+        response.begin()
+    except _Blocked:
+        return "wait"
+    except (_FinalStatus, http.client.HTTPException):
+        return "read"
+    raise AssertionError("begin() returned without reading a status line")
+
+
+_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"HTTP/1.1 2",
+        _OK,
+        _OK[:16],
+        _HINTS[:20],
+        _HINTS[:-2],
+        _HINTS,
+        _HINTS + _HINTS[:5],
+        _HINTS + _OK,
+        _HINTS.replace(b"\r\n", b"\n") + _OK,
+        _HINTS.replace(b" 103", b"  103") + _OK,
+        b"HTTP/1.1 102\r\n\r\n" + _HINTS + _OK[:3],
+        b"HTTP/1.1 101 Switching Protocols\r\n",
+        b"\r\n" + _OK,
+        b"HTTP/1.1 103\r\r\n\r\n",
+        b"x" * 65535,
+        b"x" * 65536,
+        b"x" * 65537,
+        b"x" * 65535 + b"\n",
+        b"HTTP/1.1 103 E\r\n" + b"L: x\r\n" * 100,
+        b"HTTP/1.1 103 E\r\n" + b"L: x\r\n" * 101,
+        b"HTTP/1.1 103 E\r\nL: " + b"a" * 65540,
+    ],
+    ids=lambda data: repr(data[:24]) + f"...({len(data)} bytes)",
+)
+def test_the_in_flight_loop_waits_exactly_where_response_would_block(data: bytes):
+    """The loop waits for more of an answer in its select (other operations go on)
+    exactly where ``Response`` would wait for it blocking, before the answer's own status
+    line; what it hands over (the bytes after whole interim heads) reads as the whole."""
+    from taskmanager.in_flight import _past_interim
+
+    rest, wait = _past_interim(data)
+    assert ("wait" if wait else "read") == _response_on(data)
+    assert data.endswith(rest) and _response_on(rest) == _response_on(data)
+
+
+def test_an_interim_head_over_max_line_in_all_is_handed_over_unfinished():
+    """What the loop keeps and scans again at each read is bounded: an interim head past
+    ``MAX_LINE`` bytes in all (``Response`` takes up to 100 lines of that size) goes to
+    ``Response`` unfinished, which reads the rest of it blocking."""
+    from taskmanager.in_flight import _past_interim
+    from taskmanager.stdlib_transport import MAX_LINE
+
+    line = b"L: " + b"a" * 1000 + b"\r\n"  # 64 of them: under 100 lines and MAX_LINE bytes
+    within = b"HTTP/1.1 103 E\r\n" + line * (MAX_LINE // len(line) - 1)
+    assert len(within) <= MAX_LINE and _past_interim(within) == (within, True)
+    over = within + line * 2
+    assert len(over) > MAX_LINE and _past_interim(over) == (over, False)
