@@ -171,8 +171,9 @@ def floor_cycle(url: str, n: int) -> float:
     return floor_cycle_seeded(url, n)
 
 
-def floor_cycle_seeded(url: str, n: int) -> float:
-    """``floor_cycle`` on a queue already seeded with ``n`` tasks."""
+def floor_cycle_seeded(url: str, n: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """``floor_cycle`` on a queue already seeded with ``n`` tasks; ``clock`` starts once
+    connected (``time.process_time`` for its CPU), as ours starts once its queue is open."""
     import json
     import sqlite3
 
@@ -188,7 +189,7 @@ def floor_cycle_seeded(url: str, n: int) -> float:
     conn.execute("PRAGMA synchronous = FULL")
     now, until, floor = "2026-11-28 12:00:00.000000", "2099-01-01 00:00:00.000000", "2000-01-01"
     take = {"p_worker": "bench", "p_until": until, "p_now": now, "p_lease_floor": floor}
-    started = time.perf_counter()
+    started = clock()
     conn.execute("BEGIN IMMEDIATE")
     row = conn.execute(dequeue, take).fetchone()
     conn.execute("COMMIT")
@@ -218,7 +219,7 @@ def floor_cycle_seeded(url: str, n: int) -> float:
         conn.execute("COMMIT")
         done += 1
     assert done == n
-    return n / (time.perf_counter() - started)
+    return n / (clock() - started)
 
 
 # -- litequeue -------------------------------------------------------------------------
