@@ -85,7 +85,12 @@ def _seeded(folder: Path, tasks: int) -> str:
 
 
 def ours_loop(folder: Path, tasks: int) -> float:
-    with LocalQueue(_seeded(folder, tasks)) as queue:
+    return ours_loop_on(_seeded(folder, tasks), tasks)
+
+
+def ours_loop_on(url: str, tasks: int) -> float:
+    """CPU a task of the worker loop on a queue seeded with ``tasks`` (``_seeded``)."""
+    with LocalQueue(url) as queue:
         started = time.process_time()
         task = queue.dequeue()
         while task is not None:
@@ -94,21 +99,25 @@ def ours_loop(folder: Path, tasks: int) -> float:
 
 
 def floor_loop(folder: Path, tasks: int) -> float:
+    return floor_loop_on(_seeded(folder, tasks), tasks)
+
+
+def floor_loop_on(url: str, tasks: int) -> float:
     """CPU from its connection's opening on, as ours and the bounds count from their
     queue's (the first take included in all three)."""
-    return 1 / local_queue.floor_cycle_seeded(_seeded(folder, tasks), tasks, time.process_time)
+    return 1 / local_queue.floor_cycle_seeded(url, tasks, time.process_time)
 
 
 _TIMES = [i for i, c in enumerate(TASK_COLUMNS) if isinstance(c.type, UTCDateTime)]
 _JSON = [i for i, c in enumerate(TASK_COLUMNS) if isinstance(c.type, JSON)]
 
 
-def _bound_loop(folder: Path, tasks: int, framed: bool) -> float:
+def _bound_loop(url: str, tasks: int, framed: bool) -> float:
     """The floor's statements, bound by name as the floor binds them, with the call's
     own required work inlined around them (see the module docstring); ``framed``: in
     the queue's write transaction, else in a bare one on the same connection."""
     lock, margin = timedelta(seconds=300.0), timedelta(seconds=5.0)
-    with LocalQueue(_seeded(folder, tasks)) as queue:
+    with LocalQueue(url) as queue:
         sql, db = queue.store.sql, queue.store.db
         finish, append, dequeue = sql.finish_done.sql, sql.append.sql, sql.dequeue(0).sql
 
@@ -167,11 +176,21 @@ def _bound_loop(folder: Path, tasks: int, framed: bool) -> float:
 
 
 def bound_loop_bare(folder: Path, tasks: int) -> float:
-    return _bound_loop(folder, tasks, framed=False)
+    return _bound_loop(_seeded(folder, tasks), tasks, framed=False)
 
 
 def bound_loop_framed(folder: Path, tasks: int) -> float:
-    return _bound_loop(folder, tasks, framed=True)
+    return _bound_loop(_seeded(folder, tasks), tasks, framed=True)
+
+
+# The worker loop and what it is measured against, each run on a seeded queue's url
+# (``loop_instructions.py`` runs them under valgrind).
+LOOPS: dict[str, Callable[[str, int], float]] = {
+    "ours": ours_loop_on,
+    "floor": floor_loop_on,
+    "bound, bare": partial(_bound_loop, framed=False),
+    "bound, framed": partial(_bound_loop, framed=True),
+}
 
 
 def ours_record_claims(folder: Path, claims: int) -> float:
