@@ -80,18 +80,30 @@ class UTCDateTime(TypeDecorator[datetime]):
         return _sqlite_datetime_value
 
 
+_COLUMN_TEXT = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+
+
 def _sqlite_datetime_text(value: datetime | None) -> str | None:
     """``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC: SQLAlchemy's SQLite DATETIME format.
 
-    The ``+00:00`` that UTC's ISO text ends with is cut off rather than the zone taken
-    away first: ``replace(tzinfo=...)`` costs more than the formatting itself."""
+    Written field by field: ``isoformat`` of an aware datetime formats its offset too (to
+    be cut off), and ``replace(tzinfo=...)`` first costs more than the formatting; three
+    of these a task, a sixth fewer instructions (``tests/bench/loop_instructions.py``)."""
     if value is None:
         return None
     if value.tzinfo is None:
         raise ValueError("naive datetime given to a UTC column")
     if value.tzinfo is not timezone.utc:
         value = value.astimezone(timezone.utc)
-    return value.isoformat(" ", "microseconds")[:-6]
+    return _COLUMN_TEXT % (
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+    )
 
 
 def _sqlite_datetime_value(value: str | None) -> datetime | None:

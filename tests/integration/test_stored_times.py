@@ -127,3 +127,30 @@ def test_times_another_tool_wrote_read_as_their_instant_in_utc(
         read = queue.get(task.id)
     assert read is not None
     assert read.created_at == instant and read.created_at.tzinfo is timezone.utc
+
+
+@pytest.mark.parametrize(
+    "instant",
+    [
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+        datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc),
+        datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=timezone.utc),
+        datetime(999, 5, 6, 7, 8, 9, 10, tzinfo=timezone.utc),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc),
+        datetime(2026, 1, 1, 1, 30, tzinfo=PLUS_TWO),  # the day before, in UTC
+        datetime(2026, 6, 1, 12, 0, 0, 500, tzinfo=timezone(timedelta(hours=-9, minutes=-30))),
+    ],
+)
+def test_a_time_is_written_as_sqlalchemys_own_sqlite_text(instant: datetime) -> None:
+    """The fast path writes the text SQLAlchemy's generic SQLite DATETIME writes for the
+    same instant in UTC, field by field (years under 1000 padded, microseconds always)."""
+    from sqlalchemy import DateTime
+    from sqlalchemy.dialects import sqlite
+
+    from bridge.storage.schema import UTCDateTime
+
+    dialect = sqlite.dialect()
+    ours = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    generic = DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert ours is not None and generic is not None
+    assert ours(instant) == generic(instant.astimezone(timezone.utc).replace(tzinfo=None))
