@@ -87,8 +87,9 @@ def _sqlite_datetime_text(value: datetime | None) -> str | None:
     """``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC: SQLAlchemy's SQLite DATETIME format.
 
     Written field by field: ``isoformat`` of an aware datetime formats its offset too (to
-    be cut off), and ``replace(tzinfo=...)`` first costs more than the formatting; three
-    of these a task, a sixth fewer instructions (``tests/bench/loop_instructions.py``)."""
+    be cut off), and ``replace(tzinfo=...)`` first costs more than the formatting: each
+    call a sixth fewer instructions, three calls a worker-loop task
+    (``tests/bench/loop_instructions.py``)."""
     if value is None:
         return None
     if value.tzinfo is None:

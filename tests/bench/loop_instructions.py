@@ -11,7 +11,8 @@ is the loops' work in user space, beside the time ratios, not instead of them.
 Each loop runs in a child process under ``valgrind --tool=callgrind`` on a queue
 seeded beforehand (outside valgrind), at two sizes; the difference of their counts,
 over the difference of their tasks, is a task's instructions without the start-up
-(imports, opening the queue). The database lives on /dev/shm where there is one.
+(imports, opening the queue); each queue is checked finished afterwards, outside the
+counts. The database lives on /dev/shm where there is one.
 Needs valgrind (Debian: ``apt-get install valgrind``); about five minutes.
 
     python3 tests/bench/loop_instructions.py
@@ -51,12 +52,13 @@ def instructions(loop: str, url: str, tasks: int) -> int:
         ],
         capture_output=True,
         text=True,
-        check=True,
         env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict layouts in every run
     )
     found = _COLLECTED.search(run.stderr)
-    if found is None:
-        raise RuntimeError(f"valgrind printed no count:\n{run.stderr[-2000:]}")
+    if run.returncode or found is None:
+        raise RuntimeError(
+            f"{loop} at {tasks} tasks: valgrind exited {run.returncode}\n{run.stderr[-2000:]}"
+        )
     return int(found.group(1))
 
 
@@ -71,6 +73,11 @@ def main() -> int:
         loop, url, tasks = args.child
         queue_cpu.LOOPS[loop](url, int(tasks))
         return 0
+    unknown = [loop for loop in args.loops if loop not in queue_cpu.LOOPS]
+    if unknown:
+        parser.error(f"no such loop: {', '.join(unknown)} (of: {', '.join(queue_cpu.LOOPS)})")
+    if not 0 < args.small < args.large:
+        parser.error("--small must be at least 1 and under --large")
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
@@ -86,6 +93,8 @@ def main() -> int:
         with ThreadPoolExecutor(max_workers=2) as pool:
             found = pool.map(instructions, [loop for loop, _ in runs], urls, [n for _, n in runs])
             counts = dict(zip(runs, found, strict=True))
+        for url, (_, size) in zip(urls, runs, strict=True):
+            queue_cpu.all_done(url, size)  # here, outside the counts
     per_task = {
         loop: (counts[loop, args.large] - counts[loop, args.small]) / (args.large - args.small)
         for loop in args.loops

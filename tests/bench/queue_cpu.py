@@ -170,17 +170,25 @@ def _bound_loop(url: str, tasks: int, framed: bool) -> float:
                 driver.execute("BEGIN IMMEDIATE")
                 task = finish_and_take(driver, held, result)
                 driver.execute("COMMIT")
-        cpu = (time.process_time() - started) / tasks
-        assert queue.status().tasks == {("bench", "done"): tasks}
-        return cpu
+        return (time.process_time() - started) / tasks
+
+
+def all_done(url: str, tasks: int) -> None:
+    """Every task of a loop's queue finished (checked after the loop, outside its count)."""
+    with LocalQueue(url) as queue:
+        assert queue.status().tasks == {("bench", "done"): tasks}, queue.status().tasks
 
 
 def bound_loop_bare(folder: Path, tasks: int) -> float:
-    return _bound_loop(_seeded(folder, tasks), tasks, framed=False)
+    cpu = _bound_loop(url := _seeded(folder, tasks), tasks, framed=False)
+    all_done(url, tasks)
+    return cpu
 
 
 def bound_loop_framed(folder: Path, tasks: int) -> float:
-    return _bound_loop(_seeded(folder, tasks), tasks, framed=True)
+    cpu = _bound_loop(url := _seeded(folder, tasks), tasks, framed=True)
+    all_done(url, tasks)
+    return cpu
 
 
 # The worker loop and what it is measured against, each run on a seeded queue's url
