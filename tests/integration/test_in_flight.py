@@ -439,27 +439,46 @@ def test_an_unexpected_error_opening_a_connection_reaches_its_operation():
 EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
 
 
+def _first(*parts: bytes) -> dict[str, Any]:
+    """An answer preceded by ``parts`` (interim heads), then a second's wait."""
+    return {"prelude": parts, "hang": 1.0}
+
+
 @pytest.mark.parametrize(
-    "prelude",
+    "late",
     [
-        (EARLY_HINTS,),
-        (EARLY_HINTS[:10], EARLY_HINTS[10:30], EARLY_HINTS[30:]),  # in pieces
-        (EARLY_HINTS.replace(b"\r\n", b"\n"),),  # bare newlines, as Response reads them
-        (EARLY_HINTS, b"HTTP/1.1 102 Processing\r\n\r\n"),
+        _first(EARLY_HINTS),
+        _first(EARLY_HINTS[:10], EARLY_HINTS[10:30], EARLY_HINTS[30:]),  # in pieces
+        _first(EARLY_HINTS.replace(b"\r\n", b"\n")),  # bare newlines, as Response reads them
+        _first(EARLY_HINTS, b"HTTP/1.1 102 Processing\r\n\r\n"),
         # Written oddly, and skipped all the same by http.client's parse of a status line.
-        (EARLY_HINTS.replace(b" 103", b"  103"),),
-        (EARLY_HINTS.replace(b" 103", b"\t103"),),
-        (EARLY_HINTS.replace(b"HTTP/1.1", b"HTTP/2"),),
-        (b" " + EARLY_HINTS,),
+        _first(EARLY_HINTS.replace(b" 103", b"  103")),
+        _first(EARLY_HINTS.replace(b" 103", b"\t103")),
+        _first(EARLY_HINTS.replace(b"HTTP/1.1", b"HTTP/2")),
+        _first(b" " + EARLY_HINTS),
+        # The answer's own status line cut after "HTTP/1.1 2", its rest a second later.
+        {"split_status": 1.0},
     ],
-    ids=["whole", "in-pieces", "bare-newlines", "two", "two-spaces", "tab", "http-2", "indented"],
+    ids=[
+        "whole",
+        "in-pieces",
+        "bare-newlines",
+        "two",
+        "two-spaces",
+        "tab",
+        "http-2",
+        "indented",
+        "status-line-in-two-parts",
+    ],
 )
-def test_an_interim_answer_holds_no_other_operation(prelude: tuple[bytes, ...]):
-    """A 103 Early Hints, then the answer a second later: the other operations' answers
-    and sleeps go on meanwhile (reading past the 103 would hold them all)."""
+def test_an_answer_yet_to_begin_holds_no_other_operation(late: dict[str, Any]):
+    """A 103 Early Hints then the answer a second later, or an answer whose status line
+    comes in two parts a second apart: the other operations' answers and sleeps go on
+    meanwhile (reading on blocking would hold them all), and the answer is read as the
+    answer it is."""
     row = {"success": True, "data": {"items": [{"id": 1, "type": "T", "status": "pending"}]}}
     with ScriptedServer() as scripted:
-        scripted.add("GET", "/tasks/1", Scripted(200, row, prelude=prelude, hang=1.0))
+        scripted.add("GET", "/tasks/1", Scripted(200, row, **late))
         scripted.add("GET", "/tasks/2", Scripted(200, row))
         settings = TaskManagerConfig(api_url=scripted.url, api_key="k", worker_id="w")
         with TaskManagerClient(settings, http="stdlib") as client:
@@ -476,33 +495,9 @@ def test_an_interim_answer_holds_no_other_operation(prelude: tuple[bytes, ...]):
                 yield Sleep(0.3)
                 when["nap"] = time.monotonic() - started
 
-            client.run_together([read(1), read(2), nap()], 3)
+            assert client.run_together([read(1), read(2), nap()], 3) == [1, 1, None]
             assert when["read 2"] < 0.6 and 0.3 <= when["nap"] < 0.6
             assert when["read 1"] >= 1.0 and no_connection_out(client)
-
-
-def test_a_status_line_that_comes_in_two_parts_holds_no_other_operation():
-    """An answer whose status line is cut after ``HTTP/1.1 2``, its rest a second later:
-    the line is waited for beside the other operations (read blocking, it would hold
-    them all until it came), and then read as the answer it is."""
-    row = {"success": True, "data": {"items": [{"id": 1, "type": "T", "status": "pending"}]}}
-    with ScriptedServer() as scripted:
-        scripted.add("GET", "/tasks/1", Scripted(200, row, split_status=1.0))
-        scripted.add("GET", "/tasks/2", Scripted(200, row))
-        settings = TaskManagerConfig(api_url=scripted.url, api_key="k", worker_id="w")
-        with TaskManagerClient(settings, http="stdlib") as client:
-            assert client.get_task(2).id == 1  # a connection in the pool for each below
-            started = time.monotonic()
-            when: dict[str, float] = {}
-
-            def read(task_id: int) -> Any:
-                task = yield from client.calls.get_task(task_id)
-                when[f"read {task_id}"] = time.monotonic() - started
-                return task.id
-
-            assert client.run_together([read(1), read(2)], 2) == [1, 1]
-            assert when["read 2"] < 0.6 and when["read 1"] >= 1.0
-            assert no_connection_out(client)
 
 
 def test_nothing_is_sent_after_an_interrupt_on_a_connection_opened_since():
